@@ -1,0 +1,158 @@
+"""Errors of Switchyard, and the stable codes they carry on the wire.
+
+The tree::
+
+    SwitchyardError
+    ├── ProtocolError
+    │   ├── DecodeError
+    │   ├── UnsupportedVersionError
+    │   └── MessageTooLargeError
+    ├── GrantError
+    │   ├── GrantInvalidError
+    │   ├── GrantExpiredError
+    │   ├── GrantScopeError
+    │   ├── ToolNotGrantedError
+    │   └── BudgetExhaustedError
+    ├── ToolError
+    └── ConfigError (also ValueError)
+
+Every exception keeps its facts as attributes and says one lowercase sentence naming the value and
+the limit. ``code`` is the stable snake_case string sent on the wire (``ErrorCode``).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    """Stable error codes on the wire. Never renamed; new ones may be added."""
+
+    BUDGET_EXHAUSTED = "budget_exhausted"
+    DECODE_ERROR = "decode_error"
+    GRANT_EXPIRED = "grant_expired"
+    GRANT_INVALID = "grant_invalid"
+    GRANT_MISSING = "grant_missing"
+    GRANT_SCOPE = "grant_scope"
+    INTERNAL = "internal"
+    INVALID_INPUT = "invalid_input"
+    INVALID_OUTPUT = "invalid_output"
+    MESSAGE_TOO_LARGE = "message_too_large"
+    REJECTED = "rejected"
+    RETRIES_EXHAUSTED = "retries_exhausted"
+    TIMEOUT = "timeout"
+    TOOL_FAILED = "tool_failed"
+    TOOL_NOT_GRANTED = "tool_not_granted"
+    UNKNOWN_TOOL = "unknown_tool"
+    UNSUPPORTED_VERSION = "unsupported_version"
+
+
+class SwitchyardError(Exception):
+    """Root of every error Switchyard raises on purpose."""
+
+    code: ErrorCode = ErrorCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(SwitchyardError, ValueError):
+    """Misuse or bad configuration found at start-up."""
+
+
+class ProtocolError(SwitchyardError):
+    """A message that cannot be accepted as it is."""
+
+
+class DecodeError(ProtocolError):
+    """Malformed bytes or a message that does not match its schema."""
+
+    code = ErrorCode.DECODE_ERROR
+
+    def __init__(self, kind: str, detail: str) -> None:
+        self.kind = kind
+        self.detail = detail
+        super().__init__(f"cannot decode {kind}: {detail}")
+
+
+class UnsupportedVersionError(ProtocolError):
+    code = ErrorCode.UNSUPPORTED_VERSION
+
+    def __init__(self, version: str, supported: str) -> None:
+        self.version = version
+        self.supported = supported
+        super().__init__(
+            f"protocol version {version!r} is not supported (this reader speaks {supported}.x)"
+        )
+
+
+class MessageTooLargeError(ProtocolError):
+    code = ErrorCode.MESSAGE_TOO_LARGE
+
+    def __init__(self, size: int, limit: int, what: str = "message") -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(f"{what} of {size} bytes exceeds the limit of {limit} bytes")
+
+
+class GrantError(SwitchyardError):
+    """A tool call or task whose grant does not allow it."""
+
+
+class GrantInvalidError(GrantError):
+    code = ErrorCode.GRANT_INVALID
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"grant rejected: {reason}")
+
+
+class GrantExpiredError(GrantError):
+    code = ErrorCode.GRANT_EXPIRED
+
+    def __init__(self, task_id: str, expires_at: str, now: str) -> None:
+        self.task_id = task_id
+        self.expires_at = expires_at
+        self.now = now
+        super().__init__(f"grant for task {task_id} expired at {expires_at} (now {now})")
+
+
+class GrantScopeError(GrantError):
+    code = ErrorCode.GRANT_SCOPE
+
+    def __init__(self, field: str, granted: str, asked: str) -> None:
+        self.field = field
+        self.granted = granted
+        self.asked = asked
+        super().__init__(f"grant is for {field} {granted!r}, not {asked!r}")
+
+
+class ToolNotGrantedError(GrantError):
+    code = ErrorCode.TOOL_NOT_GRANTED
+
+    def __init__(self, tool: str, granted: list[str]) -> None:
+        self.tool = tool
+        self.granted = granted
+        names = ", ".join(granted) or "no tools"
+        super().__init__(f"tool {tool!r} is not in the grant (granted: {names})")
+
+
+class BudgetExhaustedError(GrantError):
+    code = ErrorCode.BUDGET_EXHAUSTED
+
+    def __init__(self, grant_id: str, budget: int) -> None:
+        self.grant_id = grant_id
+        self.budget = budget
+        super().__init__(f"grant {grant_id} has used all {budget} of its tool calls")
+
+
+class ToolError(SwitchyardError):
+    """A tool call that failed; ``retryable`` says whether trying again may help."""
+
+    def __init__(
+        self, message: str, *, code: ErrorCode = ErrorCode.TOOL_FAILED, retryable: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retryable = retryable

@@ -1,0 +1,126 @@
+"""Grants: capability tokens the supervisor signs for each task (Ed25519, NATS nkeys).
+
+A token is ``<base64url(JSON grant)>.<base64url(signature)>``. Only the supervisor holds the seed;
+tool hosts and agents hold the supervisor's public key (``A…``) and verify. Pure functions, no I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from datetime import UTC, datetime
+
+import msgspec
+import nacl.exceptions
+import nacl.signing
+import nkeys
+
+from switchyard.protocol.errors import (
+    GrantExpiredError,
+    GrantInvalidError,
+    GrantScopeError,
+    ToolNotGrantedError,
+)
+
+MAX_TOKEN_BYTES = 8 * 1024
+
+
+class Grant(msgspec.Struct, kw_only=True, frozen=True):
+    id: str
+    workflow_id: str
+    task_id: str
+    role: str
+    tools: list[str]
+    budget: int
+    issued_at: float
+    expires_at: float
+    issuer: str
+
+
+_grant_decoder = msgspec.json.Decoder(Grant)
+
+
+def new_seed() -> bytes:
+    """A fresh nkey seed (``SA…``) for a supervisor."""
+    return bytes(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_ACCOUNT))
+
+
+def public_key(seed: bytes) -> str:
+    return bytes(nkeys.from_seed(bytearray(seed)).public_key).decode()
+
+
+class Signer:
+    """Holds the supervisor's key pair and signs grants."""
+
+    def __init__(self, seed: bytes) -> None:
+        self._keys = nkeys.from_seed(bytearray(seed))
+        self.public_key = bytes(self._keys.public_key).decode()
+
+    def mint(self, grant: Grant) -> str:
+        if grant.issuer != self.public_key:
+            grant = msgspec.structs.replace(grant, issuer=self.public_key)
+        body = msgspec.json.encode(grant)
+        signature = self._keys.sign(body)
+        return f"{_b64(body)}.{_b64(signature)}"
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _verify_key(public: str) -> nacl.signing.VerifyKey:
+    try:
+        raw = base64.b32decode(public.encode() + b"=" * (-len(public) % 8))
+    except (binascii.Error, ValueError):
+        raise GrantInvalidError("issuer is not an nkey public key") from None
+    if len(raw) != 35 or not nkeys.valid_public_prefix_byte(raw[0]):
+        raise GrantInvalidError("issuer is not an nkey public key")
+    if nkeys.crc16_checksum(raw[:-2]) != raw[-2:]:
+        raise GrantInvalidError("issuer key checksum does not match")
+    return nacl.signing.VerifyKey(raw[1:-2])
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def verify(token: str, trusted: frozenset[str] | set[str], now: float) -> Grant:
+    """Return the grant in ``token`` if a trusted key signed it and it has not expired.
+
+    Raises ``GrantInvalidError`` (missing, malformed, forged, untrusted issuer) or
+    ``GrantExpiredError``.
+    """
+    if not token:
+        raise GrantInvalidError("no grant was presented")
+    if len(token) > MAX_TOKEN_BYTES:
+        raise GrantInvalidError(f"token of {len(token)} bytes exceeds {MAX_TOKEN_BYTES} bytes")
+    body_text, _, sig_text = token.partition(".")
+    try:
+        body, signature = _unb64(body_text), _unb64(sig_text)
+        grant = _grant_decoder.decode(body)
+    except (binascii.Error, ValueError, msgspec.DecodeError):
+        raise GrantInvalidError("token is malformed") from None
+    if grant.issuer not in trusted:
+        raise GrantInvalidError(f"issuer {grant.issuer[:12]}… is not trusted")
+    try:
+        _verify_key(grant.issuer).verify(body, signature)
+    except (nacl.exceptions.BadSignatureError, ValueError):
+        raise GrantInvalidError("signature does not match (forged or altered)") from None
+    if now >= grant.expires_at:
+        raise GrantExpiredError(grant.task_id, _iso(grant.expires_at), _iso(now))
+    return grant
+
+
+def check_tool(grant: Grant, tool: str, workflow_id: str, task_id: str) -> None:
+    """Raise unless ``grant`` lets task ``task_id`` of ``workflow_id`` call ``tool``."""
+    if grant.workflow_id != workflow_id:
+        raise GrantScopeError("workflow", grant.workflow_id, workflow_id)
+    if grant.task_id != task_id:
+        raise GrantScopeError("task", grant.task_id, task_id)
+    if tool not in grant.tools:
+        raise ToolNotGrantedError(tool, grant.tools)

@@ -1,0 +1,30 @@
+"""Header names carried on the bus, and small helpers around them."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+MSG_ID = "Nats-Msg-Id"
+PROTOCOL = "Sy-Protocol"
+TRACEPARENT = "traceparent"
+DLQ_REASON = "Sy-Dlq-Reason"
+DLQ_CODE = "Sy-Dlq-Code"
+DLQ_SUBJECT = "Sy-Dlq-Subject"
+DLQ_STREAM_SEQ = "Sy-Dlq-Stream-Seq"
+DLQ_DELIVERIES = "Sy-Dlq-Deliveries"
+DLQ_SOURCE = "Sy-Dlq-Source"
+
+
+def traceparent_for(workflow_id: str, span_seed: str = "") -> str:
+    """A W3C ``traceparent`` whose trace id is derived from the workflow id.
+
+    Every message of one workflow then shares one trace id; the span id is random unless a seed
+    (for example a task id) is given.
+    """
+    trace_id = hashlib.blake2b(workflow_id.encode(), digest_size=16).hexdigest()
+    if span_seed:
+        span_id = hashlib.blake2b(span_seed.encode(), digest_size=8).hexdigest()
+    else:
+        span_id = secrets.token_hex(8)
+    return f"00-{trace_id}-{span_id}-01"

