@@ -28,3 +28,26 @@ def traceparent_for(workflow_id: str, span_seed: str = "") -> str:
     else:
         span_id = secrets.token_hex(8)
     return f"00-{trace_id}-{span_id}-01"
+
+
+def dead_letter_headers(
+    *,
+    reason: str,
+    code: str,
+    subject: str,
+    source: str,
+    stream_seq: int | None = None,
+    deliveries: int | None = None,
+) -> dict[str, str]:
+    """Headers of a dead-letter copy: the body stays the original bytes, unchanged."""
+    headers = {
+        DLQ_REASON: reason[:1000],
+        DLQ_CODE: code,
+        DLQ_SUBJECT: subject,
+        DLQ_SOURCE: source,
+    }
+    if stream_seq is not None:
+        headers[DLQ_STREAM_SEQ] = str(stream_seq)
+    if deliveries is not None:
+        headers[DLQ_DELIVERIES] = str(deliveries)
+    return headers

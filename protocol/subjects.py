@@ -98,3 +98,9 @@ def result_subject(role: str, prefix: str = DEFAULT_PREFIX) -> str:
 
 def tool_subject(tool: str, prefix: str = DEFAULT_PREFIX) -> str:
     return Subjects(prefix).tool(tool)
+
+
+def safe_token(value: str) -> str:
+    """A value from an untrusted message (a workflow id), made safe as one subject token."""
+    cleaned = "".join(c if c.isalnum() or c in "-_" else "_" for c in value)[:64]
+    return cleaned or "unknown"

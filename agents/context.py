@@ -1,0 +1,102 @@
+"""TaskContext: what a handler sees besides its input."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import structlog
+from nats.aio.client import Client
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from pydantic import BaseModel
+
+from switchyard.agents.model import ModelClient
+from switchyard.protocol import codec
+from switchyard.protocol.errors import ErrorCode, ToolError
+from switchyard.protocol.headers import TRACEPARENT
+from switchyard.protocol.messages import Task, ToolCall, ToolResult, Usage
+from switchyard.protocol.subjects import Subjects
+
+
+class TaskContext:
+    """The task being worked, its earlier step outputs, a tool client under its grant, a logger."""
+
+    def __init__(
+        self,
+        task: Task,
+        *,
+        nc: Client,
+        subjects: Subjects,
+        traceparent: str = "",
+        model: ModelClient | None = None,
+        tool_timeout: float = 10.0,
+    ) -> None:
+        self.task = task
+        self.model = model
+        self.usage = Usage()
+        self.log = structlog.get_logger("switchyard.agent").bind(
+            workflow_id=task.workflow_id, task_id=task.id, step=task.step, role=task.role
+        )
+        self._nc = nc
+        self._subjects = subjects
+        self._traceparent = traceparent
+        self._tool_timeout = tool_timeout
+        self._calls = 0
+        self.tool_calls: list[dict[str, Any]] = []
+
+    @property
+    def workflow_id(self) -> str:
+        return self.task.workflow_id
+
+    @property
+    def deadline(self) -> float:
+        """Epoch seconds by which the supervisor expects the result (0 means none)."""
+        return self.task.deadline
+
+    @property
+    def outputs(self) -> dict[str, Any]:
+        """Outputs of the workflow's earlier steps, by step name."""
+        return self.task.context.get("steps", {})  # type: ignore[no-any-return]
+
+    @property
+    def workflow_input(self) -> dict[str, Any]:
+        return self.task.context.get("input", {})  # type: ignore[no-any-return]
+
+    async def call_tool(self, name: str, args: BaseModel | dict[str, Any]) -> dict[str, Any]:
+        """Call tool ``name`` over the bus under this task's grant; raise ``ToolError`` if refused."""
+        payload = args.model_dump(mode="json") if isinstance(args, BaseModel) else args
+        self._calls += 1
+        call = ToolCall(
+            tool=name,
+            args=payload,
+            grant=self.task.grant,
+            task_id=self.task.id,
+            workflow_id=self.task.workflow_id,
+            idempotency_key=f"{self.task.id}:{self._calls}",
+        )
+        timeout = self._tool_timeout
+        if self.task.deadline:
+            timeout = max(0.1, min(timeout, self.task.deadline - time.time()))
+        headers = {TRACEPARENT: self._traceparent} if self._traceparent else None
+        try:
+            reply = await self._nc.request(
+                self._subjects.tool(name), codec.encode(call), timeout=timeout, headers=headers
+            )
+        except NoRespondersError:
+            raise ToolError(f"no tool host serves {name!r}", retryable=True) from None
+        except NatsTimeoutError:
+            raise ToolError(
+                f"tool {name!r} did not answer within {timeout:.1f} s",
+                code=ErrorCode.TIMEOUT, retryable=True,
+            ) from None
+        result = codec.decode(reply.data, ToolResult)
+        self.tool_calls.append({"tool": name, "ok": result.ok})
+        if not result.ok:
+            err = result.error
+            raise ToolError(
+                err.message if err else f"tool {name} failed",
+                code=ErrorCode(err.code) if err and err.code in ErrorCode else ErrorCode.TOOL_FAILED,
+                retryable=bool(err and err.retryable),
+            )
+        return result.result or {}

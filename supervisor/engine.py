@@ -1,0 +1,485 @@
+"""The workflow engine: a pure function from (state, event) to (new state, effects).
+
+No I/O, no clock, no randomness: ``now`` comes with every event, so the same inputs always give the
+same outputs. The service stores the new state with one compare-and-set, then carries out the
+effects, whose message ids are deterministic (``<workflow>:<step>:<attempt>``) so a re-publish
+after a crash is deduplicated by JetStream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import msgspec
+
+from switchyard.protocol.messages import (
+    Decision,
+    Escalation,
+    EscalationKind,
+    Outcome,
+    Result,
+    StepTiming,
+    Usage,
+    WorkflowRequest,
+)
+from switchyard.supervisor.routing import build_input, evaluate, holds
+from switchyard.supervisor.workflow import END, HUMAN, Step, Workflow
+
+Status = Literal["running", "waiting_human", "completed", "rejected", "failed"]
+TERMINAL: frozenset[str] = frozenset({"completed", "rejected", "failed"})
+TimerKind = Literal["", "timeout", "retry", "human"]
+
+
+class StepRun(msgspec.Struct, kw_only=True):
+    step: str
+    role: str
+    attempt: int
+    status: str  # dispatched | ok | error | needs_human | timed_out | skipped
+    dispatched_at: float
+    finished_at: float = 0.0
+    confidence: float | None = None
+    error: str = ""
+    agent: str = ""
+    usage: Usage | None = None
+
+
+class Pending(msgspec.Struct, kw_only=True):
+    id: str
+    step: str
+    kind: str
+    reason: str
+    deadline: float
+    resume: str | None
+
+
+class WorkflowState(msgspec.Struct, kw_only=True):
+    id: str
+    workflow: str
+    status: Status
+    input: dict[str, Any]
+    created_at: float
+    updated_at: float
+    outputs: dict[str, Any] = {}
+    current: str = ""
+    role: str = ""
+    attempt: int = 0
+    timer_kind: TimerKind = ""
+    timer_at: float = 0.0
+    history: list[StepRun] = []
+    escalation: Pending | None = None
+    escalations: int = 0
+    events: int = 0
+    output: dict[str, Any] | None = None
+    reason: str = ""
+
+
+# events in ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Submitted:
+    request: WorkflowRequest
+
+
+@dataclass(frozen=True)
+class ResultReceived:
+    result: Result
+
+
+@dataclass(frozen=True)
+class DecisionReceived:
+    decision: Decision
+
+
+@dataclass(frozen=True)
+class TimerFired:
+    kind: TimerKind
+    step: str
+    attempt: int
+
+
+EngineEvent = Submitted | ResultReceived | DecisionReceived | TimerFired
+
+# effects out ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SendTask:
+    task_id: str
+    step: str
+    role: str
+    attempt: int
+    input: dict[str, Any]
+    tools: list[str]
+    tool_budget: int
+    deadline: float
+
+
+@dataclass(frozen=True)
+class SendEscalation:
+    escalation: Escalation
+
+
+@dataclass(frozen=True)
+class CloseEscalation:
+    escalation_id: str
+
+
+@dataclass(frozen=True)
+class SendEvent:
+    msg_id: str
+    type: str
+    step: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    outcome: Outcome
+
+
+Effect = SendTask | SendEscalation | CloseEscalation | SendEvent | SendOutcome
+
+
+@dataclass
+class Transition:
+    state: WorkflowState | None
+    effects: list[Effect] = field(default_factory=list)
+    changed: bool = False
+
+
+def task_id(workflow_id: str, step: str, attempt: int) -> str:
+    return f"{workflow_id}:{step}:{attempt}"
+
+
+def backoff(step: Step, attempt: int, seed: str) -> float:
+    """Exponential backoff with deterministic jitter (0.5x-1.0x), capped by ``backoff_max_s``."""
+    base = min(step.backoff_max_s, step.backoff_s * (2 ** max(0, attempt - 1)))
+    jitter = int(hashlib.blake2b(seed.encode(), digest_size=2).hexdigest(), 16) / 0xFFFF
+    return base * (0.5 + 0.5 * jitter)
+
+
+class _Run:
+    """One transition in progress: a copy of the state plus the effects it implies."""
+
+    def __init__(self, wf: Workflow, state: WorkflowState, now: float) -> None:
+        self.wf = wf
+        self.s = state
+        self.now = now
+        self.effects: list[Effect] = []
+
+    # helpers
+    def event(self, kind: str, step: str = "", **data: Any) -> None:
+        self.s.events += 1
+        self.effects.append(SendEvent(f"{self.s.id}:ev:{self.s.events}", kind, step, data))
+
+    def document(self, output: Any = None, confidence: float | None = None) -> dict[str, Any]:
+        return {
+            "input": self.s.input, "steps": self.s.outputs,
+            "output": output, "confidence": confidence,
+        }
+
+    def set_timer(self, kind: TimerKind, at: float) -> None:
+        self.s.timer_kind, self.s.timer_at = kind, at
+
+    def clear_timer(self) -> None:
+        self.set_timer("", 0.0)
+
+    def last_run(self) -> StepRun | None:
+        for run in reversed(self.s.history):
+            if run.step == self.s.current and run.attempt == self.s.attempt:
+                return run
+        return None
+
+    # moves
+    def enter(self, name: str | None) -> None:
+        """Start step ``name`` (skipping it if its ``when`` is false); None completes."""
+        while name is not None:
+            step = self.wf.step(name)
+            if step.when and not holds(step.when, self.document()):
+                self.s.history.append(
+                    StepRun(step=name, role=step.role, attempt=0, status="skipped",
+                            dispatched_at=self.now, finished_at=self.now)
+                )
+                self.event("step.skipped", name)
+                name = self.wf.after(name)
+                continue
+            self.s.current, self.s.role, self.s.attempt = name, step.role, 0
+            self.dispatch(step)
+            return
+        self.finish("completed", self.final_output(), "")
+
+    def dispatch(self, step: Step) -> None:
+        self.s.attempt += 1
+        tid = task_id(self.s.id, step.name, self.s.attempt)
+        deadline = self.now + step.timeout_s
+        self.s.status = "running"
+        self.s.history.append(
+            StepRun(step=step.name, role=self.s.role, attempt=self.s.attempt,
+                    status="dispatched", dispatched_at=self.now)
+        )
+        self.set_timer("timeout", deadline)
+        self.effects.append(
+            SendTask(
+                task_id=tid, step=step.name, role=self.s.role, attempt=self.s.attempt,
+                input=build_input(step.input, self.document()), tools=list(step.tools),
+                tool_budget=step.tool_budget, deadline=deadline,
+            )
+        )
+        self.event("step.dispatched", step.name, role=self.s.role, attempt=self.s.attempt,
+                   task_id=tid)
+
+    def proceed(self, step: Step, output: Any, confidence: float) -> None:
+        """After an accepted output: threshold, then routes, then the next step."""
+        if confidence < step.threshold:
+            self.escalate(
+                step.name, "low_confidence",
+                f"confidence {confidence:.2f} is below the threshold {step.threshold:.2f} "
+                f"of step {step.name}",
+                resume=self.wf.after(step.name), output=output, confidence=confidence,
+            )
+            return
+        doc = self.document(output, confidence)
+        for route in step.routes:
+            if not holds(route.when, doc):
+                continue
+            self.event("step.routed", step.name, to=route.to, when=route.when)
+            if route.to == HUMAN:
+                self.escalate(
+                    step.name, "routed", route.reason or f"routed to a person by {route.when}",
+                    resume=route.resume or self.wf.after(step.name), output=output,
+                    confidence=confidence,
+                )
+            elif route.to == END:
+                self.finish("completed", self.final_output(), "")
+            else:
+                self.enter(route.to)
+            return
+        self.enter(self.wf.after(step.name))
+
+    def escalate(
+        self, step: str, kind: EscalationKind, reason: str, *, resume: str | None,
+        output: Any = None, confidence: float | None = None,
+    ) -> None:
+        esc_id = f"{self.s.id}:{step}:{self.s.attempt}:esc"
+        deadline = self.now + self.wf.human_deadline_s
+        self.s.status = "waiting_human"
+        self.s.escalations += 1
+        self.s.escalation = Pending(
+            id=esc_id, step=step, kind=kind, reason=reason, deadline=deadline, resume=resume
+        )
+        self.set_timer("human", deadline)
+        self.effects.append(
+            SendEscalation(
+                Escalation(
+                    id=esc_id, workflow_id=self.s.id, workflow=self.s.workflow, step=step,
+                    kind=kind, reason=reason, output=output, confidence=confidence,
+                    input=self.s.input, created_at=self.now, deadline=deadline,
+                )
+            )
+        )
+        self.event("escalated", step, kind=kind, reason=reason, escalation_id=esc_id)
+
+    def retry_or_give_up(self, step: Step, code: str, message: str, retryable: bool) -> None:
+        extra_attempts_used = self.s.attempt - 1
+        if retryable and extra_attempts_used < step.retries:
+            delay = backoff(step, self.s.attempt, task_id(self.s.id, step.name, self.s.attempt))
+            self.set_timer("retry", self.now + delay)
+            self.event("step.retry_scheduled", step.name, attempt=self.s.attempt,
+                       delay_s=round(delay, 3), code=code)
+            return
+        if step.fallback_role and self.s.role != step.fallback_role:
+            self.event("step.fallback", step.name, role=step.fallback_role, code=code)
+            self.s.role = step.fallback_role
+            self.dispatch(step)
+            return
+        kind: EscalationKind = "retries_exhausted" if retryable else "failed"
+        self.escalate(
+            step.name, kind, f"step {step.name} failed after {self.s.attempt} attempt(s): "
+            f"{code}: {message}", resume=self.wf.after(step.name),
+        )
+
+    def final_output(self) -> dict[str, Any] | None:
+        if self.wf.output:
+            value = evaluate(self.wf.output, self.document())
+            return value if isinstance(value, dict) else {"value": value}
+        last = self.wf.steps[-1].name
+        return self.s.outputs.get(last)
+
+    def finish(self, status: Status, output: dict[str, Any] | None, reason: str) -> None:
+        self.s.status = status
+        self.s.output = output
+        self.s.reason = reason
+        self.clear_timer()
+        self.event(f"workflow.{status}", "", reason=reason)
+        self.effects.append(SendOutcome(outcome_of(self.s, self.now)))
+
+
+def outcome_of(s: WorkflowState, now: float) -> Outcome:
+    steps = [
+        StepTiming(
+            step=r.step, role=r.role, attempt=r.attempt, status=r.status,
+            duration_ms=round(max(0.0, (r.finished_at or now) - r.dispatched_at) * 1000, 3),
+            confidence=r.confidence,
+        )
+        for r in s.history
+    ]
+    return Outcome(
+        workflow_id=s.id, workflow=s.workflow, status=s.status,  # type: ignore[arg-type]
+        output=s.output, reason=s.reason, steps=steps, escalations=s.escalations,
+        started_at=s.created_at, finished_at=now,
+    )
+
+
+def transition(
+    wf: Workflow, state: WorkflowState | None, event: EngineEvent, now: float
+) -> Transition:
+    """Apply ``event``. An event that does not fit the state (a duplicate, a stale result, a
+    timer already overtaken) changes nothing and sends nothing."""
+    if isinstance(event, Submitted):
+        if state is not None:
+            return Transition(state)
+        req = event.request
+        fresh = WorkflowState(
+            id=req.id, workflow=wf.name, status="running", input=req.input,
+            created_at=now, updated_at=now,
+        )
+        run = _Run(wf, fresh, now)
+        run.event("workflow.submitted", "", workflow=wf.name, version=wf.version)
+        run.enter(wf.steps[0].name)
+        return _done(run)
+    if state is None or state.status in TERMINAL:
+        return Transition(state)
+    copy = msgspec.structs.replace(
+        state, history=[msgspec.structs.replace(r) for r in state.history],
+        outputs=dict(state.outputs),
+    )
+    run = _Run(wf, copy, now)
+    if isinstance(event, ResultReceived):
+        _on_result(run, event.result)
+    elif isinstance(event, DecisionReceived):
+        _on_decision(run, event.decision)
+    else:
+        _on_timer(run, event)
+    if not run.effects:
+        return Transition(state)
+    return _done(run)
+
+
+def _done(run: _Run) -> Transition:
+    run.s.updated_at = run.now
+    return Transition(run.s, run.effects, changed=True)
+
+
+def _on_result(run: _Run, r: Result) -> None:
+    s = run.s
+    if s.status != "running" or r.step != s.current or r.attempt != s.attempt:
+        return  # stale or duplicate
+    record = run.last_run()
+    if record is None or record.status != "dispatched":
+        return
+    step = run.wf.step(s.current)
+    record.finished_at = run.now
+    record.confidence = r.confidence
+    record.agent = r.agent
+    record.usage = r.usage
+    record.status = r.status
+    run.clear_timer()
+    run.event(f"step.{r.status}", step.name, attempt=r.attempt, confidence=r.confidence,
+              agent=r.agent, duration_ms=r.duration_ms,
+              **({"error": r.error.code} if r.error else {}))
+    if r.status == "ok":
+        s.outputs[step.name] = r.output or {}
+        run.proceed(step, r.output or {}, r.confidence)
+    elif r.status == "needs_human":
+        if r.output is not None:
+            s.outputs[step.name] = r.output
+        run.escalate(
+            step.name, "needs_human", r.reason or "the agent asked for a person",
+            resume=run.wf.after(step.name), output=r.output, confidence=r.confidence,
+        )
+    else:
+        err = r.error
+        record.error = err.code if err else "error"
+        run.retry_or_give_up(
+            step, err.code if err else "error", err.message if err else r.reason,
+            bool(err and err.retryable),
+        )
+
+
+def _on_decision(run: _Run, d: Decision) -> None:
+    s = run.s
+    pending = s.escalation
+    if s.status != "waiting_human" or pending is None or d.escalation_id != pending.id:
+        return
+    run.clear_timer()
+    s.escalation = None
+    run.effects.append(CloseEscalation(pending.id))
+    run.event("decision", pending.step, action=d.action, reviewer=d.reviewer, note=d.note,
+              escalation_id=pending.id)
+    if d.action == "reject":
+        run.finish("rejected", s.outputs.get(pending.step), f"rejected by {d.reviewer}"
+                   + (f": {d.note}" if d.note else ""))
+        return
+    if d.action == "edit" and d.output is not None:
+        s.outputs[pending.step] = d.output
+    run.enter(pending.resume)
+
+
+def _on_timer(run: _Run, t: TimerFired) -> None:
+    s = run.s
+    if t.kind != s.timer_kind or t.step != s.current or t.attempt != s.attempt:
+        return
+    if s.timer_at > run.now:
+        return
+    if t.kind == "human":
+        pending = s.escalation
+        assert pending is not None
+        s.escalation = None
+        run.effects.append(CloseEscalation(pending.id))
+        run.event("escalation.expired", pending.step, escalation_id=pending.id)
+        status: Status = "rejected" if run.wf.on_human_timeout == "reject" else "failed"
+        run.finish(status, None, f"no decision on {pending.id} by its deadline")
+        return
+    step = run.wf.step(s.current)
+    if t.kind == "retry":
+        run.clear_timer()
+        run.dispatch(step)
+        return
+    record = run.last_run()
+    if record is not None:
+        record.status, record.finished_at, record.error = "timed_out", run.now, "timeout"
+    run.clear_timer()
+    run.event("step.timed_out", step.name, attempt=s.attempt)
+    run.retry_or_give_up(step, "timeout", f"no result within {step.timeout_s:g} s", True)
+
+
+def due(wf: Workflow, state: WorkflowState, now: float) -> list[Effect]:
+    """What a stored state says must already be on the bus: re-sent after a restart (the ids are
+    deterministic, so JetStream drops what did arrive)."""
+    if state.status == "running" and state.timer_kind == "timeout":
+        step = wf.step(state.current)
+        run = _Run(wf, state, now)
+        return [
+            SendTask(
+                task_id=task_id(state.id, step.name, state.attempt), step=step.name,
+                role=state.role, attempt=state.attempt,
+                input=build_input(step.input, run.document()), tools=list(step.tools),
+                tool_budget=step.tool_budget, deadline=state.timer_at,
+            )
+        ]
+    if state.status == "waiting_human" and state.escalation is not None:
+        p = state.escalation
+        return [
+            SendEscalation(
+                Escalation(
+                    id=p.id, workflow_id=state.id, workflow=state.workflow, step=p.step,
+                    kind=p.kind,  # type: ignore[arg-type]
+                    reason=p.reason, output=state.outputs.get(p.step), input=state.input,
+                    created_at=state.updated_at, deadline=p.deadline,
+                )
+            )
+        ]
+    return []

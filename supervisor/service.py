@@ -1,0 +1,465 @@
+"""The supervisor process: takes submissions, results and decisions off the bus, runs them through
+the engine, stores each transition with compare-and-set, then publishes what it implies.
+
+A message is acked only after its transition is stored and its effects published. A redelivered
+message whose transition is already stored re-publishes what the state says is due (the message
+ids are deterministic, so JetStream drops duplicates): a crash between the store and the publishes
+loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import heapq
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import nats
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.client import JetStreamContext
+from nats.micro import add_service
+from nats.micro.service import Service, ServiceConfig
+from prometheus_client import CollectorRegistry, Counter
+
+from switchyard.protocol import codec, grants
+from switchyard.protocol.errors import ConfigError, ErrorCode, ProtocolError
+from switchyard.protocol.headers import (
+    MSG_ID,
+    PROTOCOL,
+    TRACEPARENT,
+    dead_letter_headers,
+    traceparent_for,
+)
+from switchyard.protocol.messages import (
+    PROTOCOL_VERSION,
+    Decision,
+    Event,
+    Outcome,
+    Result,
+    Task,
+    WorkflowRequest,
+)
+from switchyard.protocol.streams import ensure_streams
+from switchyard.protocol.subjects import Subjects, check_token, safe_token
+from switchyard.supervisor.engine import (
+    TERMINAL,
+    CloseEscalation,
+    DecisionReceived,
+    Effect,
+    EngineEvent,
+    ResultReceived,
+    SendEscalation,
+    SendEvent,
+    SendOutcome,
+    SendTask,
+    Submitted,
+    TimerFired,
+    WorkflowState,
+    due,
+    transition,
+)
+from switchyard.supervisor.escalation import EscalationIndex
+from switchyard.supervisor.store import RevisionConflict, WorkflowStore, open_bucket
+from switchyard.supervisor.workflow import Workflow
+
+log = structlog.get_logger("switchyard.supervisor")
+TRUST_KEY = "supervisor"
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    seed: bytes
+    workflows: dict[str, Workflow]
+    nats_url: str = "nats://127.0.0.1:4222"
+    subjects: Subjects = field(default_factory=Subjects)
+    name: str = "supervisor"
+    version: str = "0.1.0"
+    concurrency: int = 64
+    ack_wait: float = 30.0
+    max_deliver: int = 10
+    grant_slack_s: float = 30.0
+    max_bytes: int = codec.DEFAULT_MAX_BYTES
+    graceful_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not self.workflows:
+            raise ConfigError("the supervisor needs at least one workflow")
+
+
+class Supervisor:
+    def __init__(self, config: SupervisorConfig, *, metrics: CollectorRegistry | None = None):
+        self.config = config
+        self.signer = grants.Signer(config.seed)
+        self._state = _State.NEW
+        self._nc: Client | None = None
+        self._own_nc = False
+        self._js: JetStreamContext | None = None
+        self._store: WorkflowStore | None = None
+        self._index: EscalationIndex | None = None
+        self._service: Service | None = None
+        self._loops: list[asyncio.Task[None]] = []
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(config.concurrency)
+        self._timers: list[tuple[float, str]] = []
+        self._timer_wake = asyncio.Event()
+        reg = metrics or CollectorRegistry()
+        self._transitions = Counter(
+            "switchyard_supervisor_transitions", "Applied transitions", ["event"], registry=reg
+        )
+        self._dead = Counter(
+            "switchyard_supervisor_dead_letters", "Messages dead-lettered", ["kind"], registry=reg
+        )
+        self.counts = {"submitted": 0, "results": 0, "decisions": 0, "dead_lettered": 0}
+
+    @property
+    def store(self) -> WorkflowStore:
+        assert self._store is not None, "supervisor not started"
+        return self._store
+
+    async def start(self, nc: Client | None = None) -> Supervisor:
+        if self._state is not _State.NEW:
+            raise RuntimeError(f"supervisor already {self._state.value}")
+        self._state = _State.RUNNING
+        cfg, s = self.config, self.config.subjects
+        if nc is None:
+            nc = await nats.connect(cfg.nats_url, name="sy-supervisor")
+            self._own_nc = True
+        self._nc, self._js = nc, nc.jetstream()
+        js = self._js
+        await ensure_streams(js, s)
+        self._store = await WorkflowStore.open(js, s.bucket("workflows"))
+        self._index = EscalationIndex(await open_bucket(js, s.bucket("escalations")))
+        trust = await open_bucket(js, s.bucket("trust"))
+        await trust.put(TRUST_KEY, self.signer.public_key.encode())
+        await self._recover()
+        for subject, durable, handler in (
+            (s.submit, "supervisor-submit", self._on_submit),
+            (s.all("result"), "supervisor-results", self._on_result),
+            (s.human_decision, "supervisor-decisions", self._on_decision),
+        ):
+            psub = await js.pull_subscribe(
+                subject, durable=durable,
+                config=ConsumerConfig(
+                    ack_policy=AckPolicy.EXPLICIT, ack_wait=cfg.ack_wait,
+                    max_deliver=cfg.max_deliver, max_ack_pending=cfg.concurrency * 4,
+                ),
+            )
+            self._loops.append(asyncio.create_task(self._fetch_loop(psub, handler)))
+        self._loops.append(asyncio.create_task(self._timer_loop()))
+        self._service = await add_service(
+            nc,
+            ServiceConfig(
+                name=s.service(cfg.name), version=cfg.version,
+                description="Switchyard supervisor",
+                metadata={"kind": "supervisor", "workflows": ",".join(sorted(cfg.workflows)),
+                          "public_key": self.signer.public_key},
+                stats_handler=lambda ep: dict(self.counts),
+            ),
+        )
+        log.info("supervisor.started", workflows=sorted(cfg.workflows))
+        return self
+
+    async def stop(self) -> None:
+        if self._state is not _State.RUNNING:
+            self._state = _State.STOPPED
+            return
+        self._state = _State.STOPPED
+        for loop in self._loops:
+            loop.cancel()
+        for loop in self._loops:
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
+        if self._inflight:
+            await asyncio.wait(list(self._inflight), timeout=self.config.graceful_timeout)
+        if self._service is not None:
+            await self._service.stop()
+        if self._own_nc and self._nc is not None:
+            await self._nc.drain()
+        log.info("supervisor.stopped")
+
+    async def __aenter__(self) -> Supervisor:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()
+
+    # intake -----------------------------------------------------------------------------------
+
+    async def _fetch_loop(
+        self, psub: JetStreamContext.PullSubscription, handler: Callable[[Msg], Awaitable[None]]
+    ) -> None:
+        while True:
+            await self._slots.acquire()
+            try:
+                msgs = await psub.fetch(batch=32, timeout=5.0)
+            except (TimeoutError, nats.errors.TimeoutError):
+                msgs = []
+            except asyncio.CancelledError:
+                self._slots.release()
+                raise
+            except Exception:
+                log.exception("supervisor.fetch_failed")
+                msgs = []
+            self._slots.release()
+            for msg in msgs:
+                await self._slots.acquire()
+                task = asyncio.create_task(self._guarded(handler, msg))
+                self._inflight.add(task)
+                task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self._slots.release()
+
+    async def _guarded(self, handler: Callable[[Msg], Awaitable[None]], msg: Msg) -> None:
+        try:
+            await handler(msg)
+        except Exception:
+            log.exception("supervisor.handler_failed", subject=msg.subject)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=1.0)
+
+    async def _on_submit(self, msg: Msg) -> None:
+        self.counts["submitted"] += 1
+        try:
+            req = codec.decode(msg.data, WorkflowRequest, max_bytes=self.config.max_bytes)
+            check_token("workflow id", req.id)
+            wf = self.config.workflows.get(req.workflow)
+            if wf is None:
+                raise ConfigError(
+                    f"unknown workflow {req.workflow!r} (known: "
+                    f"{', '.join(sorted(self.config.workflows))})"
+                )
+        except ConfigError as exc:
+            now = time.time()
+            await self._publish_outcome(Outcome(
+                workflow_id=safe_token(req.id), workflow=req.workflow, status="failed",
+                reason=exc.message, started_at=now, finished_at=now,
+            ))
+            await self._reject(msg, "submit", ErrorCode.INVALID_INPUT, exc.message, req.id)
+            return
+        except ProtocolError as exc:
+            await self._reject(msg, "submit", exc.code, exc.message, "")
+            return
+        await self._apply(wf, req.id, Submitted(req), msg)
+
+    async def _on_result(self, msg: Msg) -> None:
+        self.counts["results"] += 1
+        try:
+            result = codec.decode(msg.data, Result, max_bytes=self.config.max_bytes)
+        except ProtocolError as exc:
+            await self._reject(msg, "result", exc.code, exc.message, "")
+            return
+        wf = await self._workflow_of(result.workflow_id)
+        if wf is None:
+            await self._reject(msg, "result", ErrorCode.INVALID_INPUT,
+                               f"no workflow {result.workflow_id!r} is known",
+                               result.workflow_id)
+            return
+        await self._apply(wf, result.workflow_id, ResultReceived(result), msg)
+
+    async def _on_decision(self, msg: Msg) -> None:
+        self.counts["decisions"] += 1
+        try:
+            decision = codec.decode(msg.data, Decision, max_bytes=self.config.max_bytes)
+        except ProtocolError as exc:
+            await self._reject(msg, "decision", exc.code, exc.message, "")
+            return
+        wf = await self._workflow_of(decision.workflow_id)
+        if wf is None:
+            await self._reject(msg, "decision", ErrorCode.INVALID_INPUT,
+                               f"no workflow {decision.workflow_id!r} is known",
+                               decision.workflow_id)
+            return
+        await self._apply(wf, decision.workflow_id, DecisionReceived(decision), msg)
+
+    async def _workflow_of(self, workflow_id: str) -> Workflow | None:
+        try:
+            check_token("workflow id", workflow_id)
+        except ConfigError:
+            return None
+        state, _ = await self.store.get(workflow_id)
+        return self.config.workflows.get(state.workflow) if state else None
+
+    async def _reject(self, msg: Msg, kind: str, code: str, reason: str, workflow_id: str) -> None:
+        """Dead-letter a message that cannot be processed, audit it, and ``term`` it."""
+        assert self._js is not None
+        s = self.config.subjects
+        meta = msg.metadata
+        self.counts["dead_lettered"] += 1
+        self._dead.labels(kind).inc()
+        log.warning("supervisor.dead_letter", kind=kind, code=code, reason=reason)
+        await self._js.publish(
+            s.dlq(kind), msg.data,
+            headers=dead_letter_headers(
+                reason=reason, code=code, subject=msg.subject, source=self.config.name,
+                stream_seq=meta.sequence.stream, deliveries=meta.num_delivered,
+            ),
+        )
+        wid = safe_token(workflow_id)
+        await self._publish_event(
+            wid, f"dlq:{kind}:{meta.sequence.stream}:{uuid.uuid4().hex[:6]}",
+            f"{kind}.dead_lettered", "", {"code": code, "reason": reason},
+        )
+        await msg.term()
+
+    # transitions ------------------------------------------------------------------------------
+
+    async def _apply(self, wf: Workflow, workflow_id: str, event: EngineEvent, msg: Msg | None):  # type: ignore[no-untyped-def]
+        for _ in range(20):
+            state, revision = await self.store.get(workflow_id)
+            step = transition(wf, state, event, time.time())
+            if not step.changed or step.state is None:
+                if state is not None and msg is not None and (msg.metadata.num_delivered or 1) > 1:
+                    await self._execute(wf, state, due(wf, state, time.time()))
+                break
+            try:
+                await self.store.put(step.state, revision)
+            except RevisionConflict:
+                continue
+            self._transitions.labels(type(event).__name__).inc()
+            await self._execute(wf, step.state, step.effects)
+            break
+        else:
+            raise RuntimeError(f"workflow {workflow_id}: 20 revision conflicts in a row")
+        if msg is not None:
+            await msg.ack()
+
+    async def _execute(self, wf: Workflow, state: WorkflowState, effects: list[Effect]) -> None:
+        assert self._js is not None and self._index is not None
+        js, s = self._js, self.config.subjects
+        trace = traceparent_for(state.id)
+        for effect in effects:
+            if isinstance(effect, SendTask):
+                await self._send_task(wf, state, effect, trace)
+            elif isinstance(effect, SendEvent):
+                await self._publish_event(state.id, effect.msg_id, effect.type, effect.step,
+                                          effect.data)
+            elif isinstance(effect, SendEscalation):
+                esc = effect.escalation
+                await self._index.add(esc)
+                await js.publish(s.human_queue, codec.encode(esc),
+                                 headers={MSG_ID: esc.id, PROTOCOL: PROTOCOL_VERSION,
+                                          TRACEPARENT: trace})
+            elif isinstance(effect, CloseEscalation):
+                await self._index.remove(effect.escalation_id)
+            elif isinstance(effect, SendOutcome):
+                await self._publish_outcome(effect.outcome)
+        if state.timer_at and state.status not in TERMINAL:
+            self._schedule(state.timer_at, state.id)
+
+    async def _send_task(
+        self, wf: Workflow, state: WorkflowState, effect: SendTask, trace: str
+    ) -> None:
+        assert self._js is not None
+        now = time.time()
+        grant = grants.Grant(
+            id=effect.task_id, workflow_id=state.id, task_id=effect.task_id, role=effect.role,
+            tools=effect.tools, budget=effect.tool_budget, issued_at=now,
+            expires_at=effect.deadline + self.config.grant_slack_s, issuer=self.signer.public_key,
+        )
+        task = Task(
+            id=effect.task_id, workflow_id=state.id, workflow=wf.name, step=effect.step,
+            role=effect.role, attempt=effect.attempt, input=effect.input,
+            context={"input": state.input, "steps": state.outputs},
+            grant=self.signer.mint(grant), deadline=effect.deadline,
+        )
+        await self._js.publish(
+            self.config.subjects.task(effect.role), codec.encode(task),
+            headers={MSG_ID: effect.task_id, PROTOCOL: PROTOCOL_VERSION,
+                     TRACEPARENT: traceparent_for(state.id, effect.task_id)},
+        )
+
+    async def _publish_event(
+        self, workflow_id: str, msg_id: str, kind: str, step: str, data: dict[str, Any]
+    ) -> None:
+        assert self._js is not None
+        event = Event(workflow_id=workflow_id, type=kind, at=time.time(), source=self.config.name,
+                      step=step, data=data)
+        await self._js.publish(self.config.subjects.event(workflow_id), codec.encode(event),
+                               headers={MSG_ID: msg_id})
+
+    async def _publish_outcome(self, outcome: Outcome) -> None:
+        assert self._js is not None
+        await self._js.publish(
+            self.config.subjects.outcome(outcome.workflow_id), codec.encode(outcome),
+            headers={MSG_ID: f"{outcome.workflow_id}:outcome", PROTOCOL: PROTOCOL_VERSION},
+        )
+
+    # timers and recovery ----------------------------------------------------------------------
+
+    def _schedule(self, at: float, workflow_id: str) -> None:
+        heapq.heappush(self._timers, (at, workflow_id))
+        if self._timers[0][1] == workflow_id:
+            self._timer_wake.set()
+
+    async def _timer_loop(self) -> None:
+        while True:
+            self._timer_wake.clear()
+            delay = self._timers[0][0] - time.time() if self._timers else 60.0
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._timer_wake.wait()
+                continue
+            _, workflow_id = heapq.heappop(self._timers)
+            try:
+                await self._fire(workflow_id)
+            except Exception:
+                log.exception("supervisor.timer_failed", workflow_id=workflow_id)
+                self._schedule(time.time() + 1.0, workflow_id)
+
+    async def _fire(self, workflow_id: str) -> None:
+        state, _ = await self.store.get(workflow_id)
+        if state is None or state.status in TERMINAL or not state.timer_kind:
+            return
+        if state.timer_at > time.time():
+            self._schedule(state.timer_at, workflow_id)
+            return
+        wf = self.config.workflows.get(state.workflow)
+        if wf is None:
+            return
+        await self._apply(wf, workflow_id,
+                          TimerFired(state.timer_kind, state.current, state.attempt), None)
+
+    async def _recover(self) -> None:
+        """Re-publish what every unfinished workflow's state says is due, and re-arm its timer."""
+        recovered = 0
+        async for state in self.store.all():
+            if state.status in TERMINAL:
+                continue
+            wf = self.config.workflows.get(state.workflow)
+            if wf is None:
+                log.warning("supervisor.unknown_workflow", workflow=state.workflow, id=state.id)
+                continue
+            await self._execute(wf, state, due(wf, state, time.time()))
+            recovered += 1
+        if recovered:
+            log.info("supervisor.recovered", workflows=recovered)

@@ -1,0 +1,124 @@
+"""Workflow definitions: pydantic models, loaded from YAML.
+
+```yaml
+name: support
+steps:
+  - name: triage
+    role: triage
+    threshold: 0.55          # a result below this goes to a person
+    timeout_s: 20
+    retries: 2               # extra attempts after the first
+    tools: [kb_search]
+    routes:
+      - when: "output.intent == 'legal'"
+        to: "@human"         # or "@end", or a step name
+        reason: legal requests are handled by a person
+```
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from switchyard.protocol.errors import ConfigError
+from switchyard.protocol.subjects import check_token
+from switchyard.supervisor.routing import compile_expression
+
+HUMAN = "@human"
+END = "@end"
+
+
+class Route(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    when: str
+    to: str
+    reason: str = ""
+    resume: str | None = None  # after a person approves a @human route; default: the next step
+
+
+class Step(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    role: str
+    input: dict[str, str] | None = None
+    when: str | None = None
+    threshold: float = Field(default=0.0, ge=0.0, le=1.0)
+    timeout_s: float = Field(default=30.0, gt=0)
+    retries: int = Field(default=2, ge=0, le=20)
+    backoff_s: float = Field(default=1.0, ge=0)
+    backoff_max_s: float = Field(default=30.0, ge=0)
+    fallback_role: str | None = None
+    tools: list[str] = []
+    tool_budget: int = Field(default=20, ge=0)
+    routes: list[Route] = []
+
+
+class Workflow(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    version: str = "1"
+    description: str = ""
+    steps: list[Step] = Field(min_length=1)
+    output: str | None = None
+    human_deadline_s: float = Field(default=24 * 3600.0, gt=0)
+    on_human_timeout: Literal["reject", "fail"] = "reject"
+
+    @model_validator(mode="after")
+    def _check(self) -> Workflow:
+        names = [s.name for s in self.steps]
+        if len(set(names)) != len(names):
+            raise ValueError(f"step names must be unique: {names}")
+        targets = {*names, HUMAN, END}
+        for step in self.steps:
+            check_token("step", step.name)
+            check_token("role", step.role)
+            for tool in step.tools:
+                check_token("tool", tool)
+            exprs = [*(step.input or {}).values(), *([step.when] if step.when else [])]
+            for route in step.routes:
+                if route.to not in targets:
+                    raise ValueError(f"step {step.name}: route target {route.to!r} is unknown")
+                if route.resume is not None and route.resume not in targets - {HUMAN}:
+                    raise ValueError(f"step {step.name}: resume target {route.resume!r} is unknown")
+                exprs.append(route.when)
+            for expr in exprs:
+                compile_expression(expr)
+        if self.output:
+            compile_expression(self.output)
+        return self
+
+    def step(self, name: str) -> Step:
+        for s in self.steps:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def after(self, name: str) -> str | None:
+        """The step after ``name`` in declaration order, or None at the end."""
+        names = [s.name for s in self.steps]
+        i = names.index(name)
+        return names[i + 1] if i + 1 < len(names) else None
+
+
+def load_workflow(path: str | Path) -> Workflow:
+    return parse_workflow(Path(path).read_text(), str(path))
+
+
+def parse_workflow(text: str, source: str = "<text>") -> Workflow:
+    try:
+        return Workflow.model_validate(yaml.safe_load(text))
+    except (ValidationError, yaml.YAMLError) as exc:
+        raise ConfigError(f"workflow {source} is invalid: {exc}") from None
+
+
+def builtin_workflow(name: str) -> Workflow:
+    """A workflow shipped with Switchyard (``support``)."""
+    path = resources.files("switchyard.supervisor").joinpath("workflows", f"{name}.yaml")
+    if not path.is_file():
+        raise ConfigError(f"no built-in workflow named {name!r}")
+    return parse_workflow(path.read_text(), f"builtin:{name}")

@@ -1,0 +1,139 @@
+"""SupportStore: customers, tickets, refunds and the knowledge base in one SQLite file.
+
+The knowledge base is an FTS5 table ranked with BM25. The store is created and seeded from the
+shipped data on first open; later opens keep what earlier runs wrote (tickets, refunds).
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+import time
+import uuid
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS customers (
+  id TEXT PRIMARY KEY, name TEXT NOT NULL, email TEXT NOT NULL UNIQUE, phone TEXT, plan TEXT);
+CREATE TABLE IF NOT EXISTS tickets (
+  id TEXT PRIMARY KEY, customer_id TEXT, subject TEXT NOT NULL, body TEXT NOT NULL,
+  category TEXT, severity TEXT, status TEXT NOT NULL, created_at REAL NOT NULL,
+  updated_at REAL NOT NULL, notes TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS refunds (
+  id TEXT PRIMARY KEY, customer_id TEXT NOT NULL, amount REAL NOT NULL, currency TEXT NOT NULL,
+  reason TEXT NOT NULL, status TEXT NOT NULL, created_at REAL NOT NULL);
+CREATE VIRTUAL TABLE IF NOT EXISTS kb USING fts5(
+  article_id UNINDEXED, category UNINDEXED, title, body, tokenize='porter unicode61');
+"""
+_WORD_RE = re.compile(r"[A-Za-z0-9]{2,}")
+
+
+def _shipped(name: str) -> list[dict[str, Any]]:
+    text = resources.files("switchyard.tools.builtin").joinpath("data", name).read_text()
+    data: list[dict[str, Any]] = yaml.safe_load(text)
+    return data
+
+
+class SupportStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(_SCHEMA)
+            self._seed()
+
+    def _seed(self) -> None:
+        if not self._db.execute("SELECT 1 FROM customers LIMIT 1").fetchone():
+            self._db.executemany(
+                "INSERT INTO customers VALUES (:id, :name, :email, :phone, :plan)",
+                _shipped("customers.yaml"),
+            )
+        if not self._db.execute("SELECT 1 FROM kb LIMIT 1").fetchone():
+            self._db.executemany(
+                "INSERT INTO kb VALUES (:id, :category, :title, :body)", _shipped("kb.yaml")
+            )
+
+    def close(self) -> None:
+        self._db.close()
+
+    def search(self, query: str, category: str | None, limit: int) -> list[dict[str, Any]]:
+        words = _WORD_RE.findall(query.lower())[:32]
+        if not words:
+            return []
+        match = " OR ".join(f'"{w}"' for w in words)
+        sql = (
+            "SELECT article_id, category, title, snippet(kb, 3, '', '', ' … ', 24) AS snippet, "
+            "-bm25(kb, 0, 0, 2.0, 1.0) AS score FROM kb WHERE kb MATCH ?"
+        )
+        params: list[Any] = [match]
+        if category:
+            sql += " AND category = ?"
+            params.append(category)
+        sql += " ORDER BY bm25(kb, 0, 0, 2.0, 1.0) LIMIT ?"
+        params.append(limit)
+        with self._lock:
+            return [dict(r) for r in self._db.execute(sql, params)]
+
+    def customer(self, *, email: str | None = None, customer_id: str | None = None) -> (
+        dict[str, Any] | None
+    ):
+        with self._lock:
+            if customer_id:
+                row = self._db.execute(
+                    "SELECT * FROM customers WHERE id = ?", (customer_id,)
+                ).fetchone()
+            elif email:
+                row = self._db.execute(
+                    "SELECT * FROM customers WHERE lower(email) = lower(?)", (email,)
+                ).fetchone()
+            else:
+                row = None
+        return dict(row) if row else None
+
+    def open_ticket(
+        self, customer_id: str | None, subject: str, body: str, category: str, severity: str
+    ) -> str:
+        ticket_id = f"T-{uuid.uuid4().hex[:8].upper()}"
+        now = time.time()
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO tickets VALUES (?, ?, ?, ?, ?, ?, 'open', ?, ?, '')",
+                (ticket_id, customer_id, subject, body, category, severity, now, now),
+            )
+        return ticket_id
+
+    def update_ticket(self, ticket_id: str, status: str, note: str) -> bool:
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE tickets SET status = ?, notes = notes || ? || char(10), updated_at = ? "
+                "WHERE id = ?",
+                (status, note, time.time(), ticket_id),
+            )
+        return cur.rowcount == 1
+
+    def ticket(self, ticket_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM tickets WHERE id = ?", (ticket_id,)).fetchone()
+        return dict(row) if row else None
+
+    def propose_refund(self, customer_id: str, amount: float, currency: str, reason: str) -> str:
+        refund_id = f"R-{uuid.uuid4().hex[:8].upper()}"
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO refunds VALUES (?, ?, ?, ?, ?, 'proposed', ?)",
+                (refund_id, customer_id, amount, currency, reason, time.time()),
+            )
+        return refund_id
+
+    def refunds(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(r) for r in self._db.execute("SELECT * FROM refunds ORDER BY created_at")]

@@ -1,0 +1,47 @@
+"""``open_ticket`` and ``update_ticket``: the ticket record of a support case."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from switchyard.protocol.errors import ToolError
+from switchyard.tools.builtin.store import SupportStore
+from switchyard.tools.contract import Tool, tool
+
+
+class NewTicket(BaseModel):
+    customer_id: str | None = None
+    subject: str = Field(max_length=200)
+    body: str = Field(max_length=20_000)
+    category: str = "other"
+    severity: str = "normal"
+
+
+class TicketUpdate(BaseModel):
+    ticket_id: str
+    status: str = Field(pattern=r"^(open|pending|solved|escalated)$")
+    note: str = Field(default="", max_length=4000)
+
+
+class TicketRef(BaseModel):
+    ticket_id: str
+    status: str
+
+
+def ticket_tools(store: SupportStore) -> list[Tool]:
+    @tool(name="open_ticket", risk="write", side_effects=True)
+    async def open_ticket(args: NewTicket) -> TicketRef:
+        """Open a ticket for a customer's request."""
+        ticket_id = store.open_ticket(
+            args.customer_id, args.subject, args.body, args.category, args.severity
+        )
+        return TicketRef(ticket_id=ticket_id, status="open")
+
+    @tool(name="update_ticket", risk="write", side_effects=True)
+    async def update_ticket(args: TicketUpdate) -> TicketRef:
+        """Change a ticket's status and append a note."""
+        if not store.update_ticket(args.ticket_id, args.status, args.note):
+            raise ToolError(f"ticket {args.ticket_id} does not exist")
+        return TicketRef(ticket_id=args.ticket_id, status=args.status)
+
+    return [open_ticket, update_ticket]
