@@ -128,6 +128,7 @@ class Agent:
         self.input_model: type[BaseModel] | None = None
         self.output_model: type[BaseModel] | None = None
         self._handler: Handler | None = None
+        self._startup: list[Callable[[], Awaitable[None]]] = []
         self._state = _State.NEW
         self._config = AgentConfig()
         self._nc: Client | None = None
@@ -169,6 +170,11 @@ class Agent:
         self._handler = fn
         return fn
 
+    def on_startup(self, fn: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        """Register a coroutine run once at start, before the first task is taken."""
+        self._startup.append(fn)
+        return fn
+
     def schemas(self) -> dict[str, Any]:
         return {
             "input": self.input_model.model_json_schema() if self.input_model else {},
@@ -205,6 +211,8 @@ class Agent:
         self._trusted = await resolve_trusted_keys(
             js, s, cfg.trusted_keys, wait=cfg.trust_wait
         )
+        for hook in self._startup:
+            await hook()
         self._slots = asyncio.Semaphore(cfg.concurrency)
         psub = await js.pull_subscribe(
             s.task(self.role),

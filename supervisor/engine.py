@@ -171,9 +171,9 @@ class _Run:
         self.effects: list[Effect] = []
 
     # helpers
-    def event(self, kind: str, step: str = "", **data: Any) -> None:
+    def event(self, event_type: str, step: str = "", /, **data: Any) -> None:
         self.s.events += 1
-        self.effects.append(SendEvent(f"{self.s.id}:ev:{self.s.events}", kind, step, data))
+        self.effects.append(SendEvent(f"{self.s.id}:ev:{self.s.events}", event_type, step, data))
 
     def document(self, output: Any = None, confidence: float | None = None) -> dict[str, Any]:
         return {

@@ -1,0 +1,448 @@
+"""The ``switchyard`` command line. Signals are handled here and only here."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+import nats
+import structlog
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from switchyard.settings import Settings
+
+T = TypeVar("T")
+app = typer.Typer(help="Switchyard: a governed team of AI agents on a NATS bus.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+agent_app = typer.Typer(help="Run agent processes.", no_args_is_help=True)
+tools_app = typer.Typer(help="Run the tool host.", no_args_is_help=True)
+supervisor_app = typer.Typer(help="Run the supervisor.", no_args_is_help=True)
+protocol_app = typer.Typer(help="The wire protocol, for other languages.", no_args_is_help=True)
+review_app = typer.Typer(help="Escalations waiting for a person.", invoke_without_command=True)
+app.add_typer(agent_app, name="agent")
+app.add_typer(tools_app, name="tools")
+app.add_typer(supervisor_app, name="supervisor")
+app.add_typer(protocol_app, name="protocol")
+app.add_typer(review_app, name="review")
+
+out = Console()
+err = Console(stderr=True)
+BUILTIN_AGENTS = {r: f"switchyard.agents.{r}:agent"
+                  for r in ("triage", "retrieval", "action", "compliance", "reviewer")}
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
+
+
+def _settings() -> Settings:
+    settings = Settings()
+    level = getattr(logging, settings.log_level.upper(), logging.INFO)
+    tail: list[Any] = (
+        [structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)]
+        if sys.stderr.isatty()
+        else [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso"),
+            *tail,
+        ],
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+    )
+    return settings
+
+
+def _serve(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run until SIGINT/SIGTERM sets the stop event; a second signal cancels outright."""
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+
+        def on_signal() -> None:
+            if stop.is_set() and task is not None:
+                task.cancel()
+            stop.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal)
+        await main(stop)
+
+    try:
+        asyncio.run(runner())
+    except asyncio.CancelledError:
+        raise typer.Exit(130) from None
+
+
+def _once(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+async def _connect(settings: Settings) -> nats.NATS:
+    from switchyard.stack import nats_answers
+
+    if await nats_answers(settings.nats_url):
+        return await nats.connect(settings.nats_url)
+    else:
+        err.print(f"[red]no NATS server answers at {settings.nats_url}[/] "
+                  "(start the stack with `switchyard up`)")
+        raise typer.Exit(2) from None
+
+
+def _dump(value: Any) -> None:
+    sys.stdout.write(msgspec.json.format(msgspec.json.encode(value), indent=2).decode() + "\n")
+
+
+# processes ----------------------------------------------------------------------------------
+
+
+@agent_app.command("run")
+def agent_run(target: Annotated[str, typer.Argument(
+        help="A built-in role (triage, retrieval, action, compliance, reviewer) or module:attr")]
+) -> None:
+    """Run one agent process."""
+    settings = _settings()
+    spec = BUILTIN_AGENTS.get(target, target)
+    module_name, _, attr = spec.partition(":")
+    if not attr:
+        err.print(f"[red]{target!r} is neither a built-in role nor module:attr[/]")
+        raise typer.Exit(2)
+    sys.path.insert(0, os.getcwd())
+    agent = getattr(importlib.import_module(module_name), attr)
+    _serve(lambda stop: agent.serve(stop, settings.agent_config()))
+
+
+@tools_app.command("run")
+def tools_run() -> None:
+    """Run the tool host with the built-in support tools (SQLite in the data dir)."""
+    from switchyard.tools import ToolHost
+    from switchyard.tools.builtin import support_registry
+    from switchyard.tools.trust import resolve_trusted_keys
+
+    settings = _settings()
+
+    async def main(stop: asyncio.Event) -> None:
+        nc = await nats.connect(settings.nats_url, name="sy-toolhost")
+        registry, store = support_registry(settings.data_dir / "support.db")
+        trusted = await resolve_trusted_keys(nc.jetstream(), settings.subjects, settings.trusted())
+        async with ToolHost(nc, registry, settings.toolhost_config(trusted)):
+            await stop.wait()
+        await nc.drain()
+        store.close()
+
+    _serve(main)
+
+
+@supervisor_app.command("run")
+def supervisor_run() -> None:
+    """Run the supervisor."""
+    from switchyard.supervisor import Supervisor
+
+    settings = _settings()
+    _serve(lambda stop: Supervisor(settings.supervisor_config()).serve(stop))
+
+
+@app.command()
+def up() -> None:
+    """Start NATS (embedded if none answers), the supervisor, the tool host and five agents."""
+    from switchyard.stack import LocalStack
+
+    settings = _settings()
+
+    async def main(stop: asyncio.Event) -> None:
+        stack = LocalStack(settings)
+        with err.status("starting the stack…"):
+            await stack.start()
+        where = "embedded nats-server" if stack.nats else "existing NATS"
+        out.print(f"[green]Switchyard is up[/] on {stack.url} ({where}); "
+                  f"{len(stack.procs)} processes, logs in {stack.log_dir}. Ctrl-C stops.")
+        try:
+            await stop.wait()
+        finally:
+            out.print("stopping…")
+            await stack.stop()
+
+    _serve(main)
+
+
+# using it -----------------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    json_out: JsonOpt = False,
+    tickets: Annotated[Path | None, typer.Option(help="YAML file of tickets")] = None,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the batch")] = 120.0,
+) -> None:
+    """Start the stack, work a batch of sample tickets, print a summary, stop."""
+    from switchyard.demo import report_json, run_demo, sample_tickets
+
+    settings = _settings()
+    batch = sample_tickets(tickets)
+    if json_out:
+        report = _once(run_demo(settings, batch, timeout=timeout))
+        sys.stdout.write(report_json(report).decode() + "\n")
+        raise typer.Exit(0 if report.ok else 1)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=out)
+    bar = progress.add_task("working tickets", total=len(batch))
+
+    def on_progress(runs: list[Any]) -> None:
+        settled = [r for r in runs if r.status != "running"]
+        c = {k: sum(r.status == k for r in runs) for k in ("completed", "escalated", "failed")}
+        progress.update(bar, completed=len(settled),
+                        description=f"completed {c['completed']} · escalated {c['escalated']} · "
+                                    f"failed {c['failed']}")
+
+    with err.status("starting NATS, supervisor, tool host and five agents…"):
+        pass
+    with progress:
+        report = _once(run_demo(settings, batch, timeout=timeout, on_progress=on_progress))
+    table = Table(title=f"{report.tickets} tickets in {report.elapsed_s:.1f} s "
+                        f"(stack start {report.startup_s:.1f} s)")
+    for col in ("ticket", "expected", "outcome", "why"):
+        table.add_column(col)
+    for run in report.runs:
+        style = "green" if run.matched else "red"
+        table.add_row(run.ticket, run.expect, f"[{style}]{run.status}[/]", run.reason)
+    out.print(table)
+    steps = Table(title="per-step time (dispatch to result)")
+    for col in ("step", "p50 ms", "max ms", "runs"):
+        steps.add_column(col)
+    for step, v in report.step_ms.items():
+        steps.add_row(step, f"{v['p50']:.1f}", f"{v['max']:.1f}", str(int(v["n"])))
+    out.print(steps)
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(report.counts.items()))
+    out.print(f"{counts}; {report.matched}/{report.tickets} as the sample set expects.")
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
+def submit(
+    text: Annotated[str | None, typer.Argument(help="ticket text")] = None,
+    file: Annotated[Path | None, typer.Option(help="JSON file with the workflow input")] = None,
+    email: Annotated[str | None, typer.Option(help="customer email")] = None,
+    workflow: str = "support",
+    timeout: float = 60.0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Submit a ticket, wait, print the outcome. Exit 0 completed, 1 failed or rejected,
+    3 waiting for a person, 4 timed out."""
+    from switchyard.client import SwitchyardClient
+
+    if (text is None) == (file is None):
+        err.print("[red]give the ticket text or --file, not both[/]")
+        raise typer.Exit(2)
+    payload: dict[str, Any] = json.loads(file.read_text()) if file else {"text": text}
+    if email:
+        payload["customer_email"] = email
+    settings = _settings()
+
+    async def main() -> Any:
+        nc = await _connect(settings)
+        try:
+            client = SwitchyardClient(nc, settings.subjects)
+            wid = await client.submit(workflow, payload)
+            return await client.wait(wid, timeout=timeout)
+        finally:
+            await nc.close()
+
+    res = _once(main())
+    code = {"completed": 0, "escalated": 3, "timeout": 4}.get(res.status, 1)
+    if json_out:
+        _dump({"workflow_id": res.workflow_id, "status": res.status, "reason": res.reason,
+               "escalation_id": res.escalation_id,
+               "outcome": msgspec.to_builtins(res.outcome) if res.outcome else None})
+        raise typer.Exit(code)
+    out.print(f"workflow [bold]{res.workflow_id}[/]: [bold]{res.status}[/]"
+              + (f" — {res.reason}" if res.reason else ""))
+    if res.outcome and res.outcome.output:
+        reply = res.outcome.output.get("reply")
+        out.print(reply if isinstance(reply, str) else res.outcome.output)
+    raise typer.Exit(code)
+
+
+@review_app.callback()
+def review(ctx: typer.Context, json_out: JsonOpt = False) -> None:
+    """List escalations waiting for a person (see the subcommands to decide one)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from switchyard.client import SwitchyardClient
+
+    settings = _settings()
+
+    async def main() -> list[Any]:
+        nc = await _connect(settings)
+        try:
+            return await SwitchyardClient(nc, settings.subjects).escalations()
+        finally:
+            await nc.close()
+
+    pending = _once(main())
+    if json_out:
+        _dump([msgspec.to_builtins(e) for e in pending])
+        return
+    table = Table(title=f"{len(pending)} escalation(s) waiting")
+    for col in ("id", "step", "kind", "reason", "confidence"):
+        table.add_column(col)
+    for e in pending:
+        conf = f"{e.confidence:.2f}" if e.confidence is not None else ""
+        table.add_row(e.id, e.step, e.kind, e.reason, conf)
+    out.print(table)
+
+
+def _decide(escalation_id: str, action: str, note: str, output: dict[str, Any] | None) -> None:
+    from switchyard.client import SwitchyardClient
+
+    settings = _settings()
+    reviewer = os.environ.get("USER", "reviewer")
+
+    async def main() -> None:
+        nc = await _connect(settings)
+        try:
+            await SwitchyardClient(nc, settings.subjects).decide(
+                escalation_id, action, reviewer=reviewer, output=output, note=note  # type: ignore[arg-type]
+            )
+        finally:
+            await nc.close()
+
+    try:
+        _once(main())
+    except LookupError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    out.print(f"{action} sent for {escalation_id}")
+
+
+@review_app.command("approve")
+def review_approve(escalation_id: str, note: str = "") -> None:
+    """Approve: the workflow goes on from where it stopped."""
+    _decide(escalation_id, "approve", note, None)
+
+
+@review_app.command("reject")
+def review_reject(escalation_id: str, note: str = "") -> None:
+    """Reject: the workflow ends as rejected."""
+    _decide(escalation_id, "reject", note, None)
+
+
+@review_app.command("edit")
+def review_edit(
+    escalation_id: str,
+    output: Annotated[str, typer.Option(help="the step's corrected output, as JSON")],
+    note: str = "",
+) -> None:
+    """Edit the step's output and approve."""
+    try:
+        value = json.loads(output)
+    except json.JSONDecodeError as exc:
+        err.print(f"[red]--output is not JSON: {exc}[/]")
+        raise typer.Exit(2) from None
+    if not isinstance(value, dict):
+        err.print("[red]--output must be a JSON object[/]")
+        raise typer.Exit(2)
+    _decide(escalation_id, "edit", note, value)
+
+
+@review_app.command("next")
+def review_next() -> None:
+    """Claim escalations from the human queue one at a time and decide them interactively."""
+    from switchyard.client import SwitchyardClient
+
+    settings = _settings()
+    reviewer = os.environ.get("USER", "reviewer")
+
+    async def main() -> None:
+        nc = await _connect(settings)
+        client = SwitchyardClient(nc, settings.subjects)
+        try:
+            while (claimed := await client.claim()) is not None:
+                esc, msg = claimed
+                out.rule(f"{esc.id}")
+                out.print(f"[bold]{esc.kind}[/]: {esc.reason}")
+                out.print_json(data={"input": esc.input, "output": esc.output})
+                choice = typer.prompt("approve / reject / edit / skip", default="skip")
+                if choice in ("approve", "reject"):
+                    await client.decide(esc.id, choice, reviewer=reviewer)  # type: ignore[arg-type]
+                    await msg.ack()
+                elif choice == "edit":
+                    value = json.loads(typer.prompt("corrected output (JSON object)"))
+                    await client.decide(esc.id, "edit", reviewer=reviewer, output=value)
+                    await msg.ack()
+                else:
+                    await msg.nak()
+            out.print("nothing is waiting")
+        finally:
+            await nc.close()
+
+    _once(main())
+
+
+@app.command()
+def status(json_out: JsonOpt = False) -> None:
+    """Live agents and tool hosts (from $SRV), their counters, workflows in flight and waiting."""
+    from switchyard.client import SwitchyardClient
+
+    settings = _settings()
+
+    async def main() -> dict[str, Any]:
+        nc = await _connect(settings)
+        try:
+            client = SwitchyardClient(nc, settings.subjects)
+            return {"services": await client.services(),
+                    "workflows": await client.workflow_counts(),
+                    "escalations_waiting": len(await client.escalations())}
+        finally:
+            await nc.close()
+
+    data = _once(main())
+    if json_out:
+        _dump(data)
+        return
+    table = Table(title="services")
+    for col in ("name", "version", "instance", "counters"):
+        table.add_column(col)
+    for svc in sorted(data["services"], key=lambda s: s["name"]):
+        endpoints = svc["stats"].get("endpoints") or [{}]
+        counters = endpoints[0].get("data") or {}
+        shown = ", ".join(f"{k} {v}" for k, v in counters.items() if k != "role")
+        table.add_row(svc["name"], svc.get("version", ""), svc["id"][:10], shown)
+    out.print(table)
+    flows = ", ".join(f"{k} {v}" for k, v in sorted(data["workflows"].items())) or "none"
+    out.print(f"workflows: {flows}; escalations waiting for people: "
+              f"{data['escalations_waiting']}")
+
+
+@protocol_app.command("schema")
+def protocol_schema(
+    out_dir: Annotated[Path, typer.Option("--out", help="directory to write into")] = Path(
+        "schema"),
+) -> None:
+    """Write JSON Schema for every message and an AsyncAPI 3 document of the subjects."""
+    from switchyard.protocol.schema import asyncapi, message_schemas
+
+    settings = _settings()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, schema in message_schemas().items():
+        (out_dir / f"{name}.schema.json").write_text(json.dumps(schema, indent=2) + "\n")
+    (out_dir / "asyncapi.json").write_text(
+        json.dumps(asyncapi(settings.subjects), indent=2) + "\n")
+    out.print(f"wrote {len(message_schemas())} message schemas and asyncapi.json to {out_dir}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,165 @@
+"""SwitchyardClient: submit workflows, wait for outcomes, decide escalations, discover services.
+
+What the CLI's ``submit``, ``review``, ``status`` and ``demo`` are built on, usable from Python.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from switchyard.protocol import codec
+from switchyard.protocol.headers import MSG_ID, PROTOCOL
+from switchyard.protocol.messages import (
+    PROTOCOL_VERSION,
+    Decision,
+    DecisionAction,
+    Escalation,
+    Event,
+    Outcome,
+    WorkflowRequest,
+)
+from switchyard.protocol.subjects import Subjects
+from switchyard.supervisor.escalation import EscalationIndex
+from switchyard.supervisor.store import WorkflowStore, open_bucket
+
+WaitStatus = Literal["completed", "rejected", "failed", "escalated", "timeout"]
+FINAL_EVENTS = {"workflow.completed", "workflow.rejected", "workflow.failed"}
+
+
+@dataclass
+class WaitResult:
+    status: WaitStatus
+    workflow_id: str
+    outcome: Outcome | None = None
+    reason: str = ""
+    escalation_id: str = ""
+
+
+class SwitchyardClient:
+    def __init__(self, nc: Client, subjects: Subjects | None = None) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.s = subjects or Subjects()
+
+    async def submit(
+        self, workflow: str, input: dict[str, Any], *, workflow_id: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> str:
+        wid = workflow_id or uuid.uuid4().hex
+        req = WorkflowRequest(id=wid, workflow=workflow, input=input, submitted_at=time.time(),
+                              metadata=metadata or {})
+        await self.js.publish(self.s.submit, codec.encode(req),
+                              headers={MSG_ID: wid, PROTOCOL: PROTOCOL_VERSION})
+        return wid
+
+    async def outcome(self, workflow_id: str) -> Outcome | None:
+        try:
+            msg = await self.js.get_last_msg(self.s.stream("outcomes"), self.s.outcome(workflow_id))
+        except NotFoundError:
+            return None
+        return codec.decode(msg.data or b"", Outcome)
+
+    async def wait(
+        self, workflow_id: str, *, timeout: float = 60.0, stop_at_escalation: bool = True
+    ) -> WaitResult:
+        """Follow the workflow's events until it ends (or waits for a person)."""
+        sub = await self.js.subscribe(self.s.event(workflow_id), ordered_consumer=True)
+        try:
+            async with asyncio.timeout(timeout):
+                async for msg in sub.messages:
+                    event = codec.decode(msg.data, Event)
+                    if event.type in FINAL_EVENTS:
+                        return WaitResult(event.type.split(".", 1)[1],  # type: ignore[arg-type]
+                                          workflow_id, await self.outcome(workflow_id),
+                                          str(event.data.get("reason", "")))
+                    if event.type == "escalated" and stop_at_escalation:
+                        return WaitResult("escalated", workflow_id,
+                                          reason=str(event.data.get("reason", "")),
+                                          escalation_id=str(event.data.get("escalation_id", "")))
+        except TimeoutError:
+            pass
+        finally:
+            await sub.unsubscribe()
+        return WaitResult("timeout", workflow_id)
+
+    # people ------------------------------------------------------------------------------------
+
+    async def escalations(self) -> list[Escalation]:
+        return await EscalationIndex(await open_bucket(self.js, self.s.bucket("escalations"))).list()
+
+    async def decide(
+        self, escalation_id: str, action: DecisionAction, *, reviewer: str,
+        output: dict[str, Any] | None = None, note: str = "",
+    ) -> Decision:
+        index = EscalationIndex(await open_bucket(self.js, self.s.bucket("escalations")))
+        esc = await index.get(escalation_id)
+        if esc is None:
+            raise LookupError(f"no open escalation {escalation_id!r}")
+        decision = Decision(escalation_id=esc.id, workflow_id=esc.workflow_id, action=action,
+                            reviewer=reviewer, output=output, note=note, decided_at=time.time())
+        await self.js.publish(self.s.human_decision, codec.encode(decision),
+                              headers={MSG_ID: f"{esc.id}:decision", PROTOCOL: PROTOCOL_VERSION})
+        return decision
+
+    async def claim(self, timeout: float = 1.0) -> tuple[Escalation, Msg] | None:
+        """Pull the next open escalation off the human queue (acking stale ones on the way)."""
+        psub = await self.js.pull_subscribe(
+            self.s.human_queue, durable="reviewers", stream=self.s.stream("human"),
+            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=600.0),
+        )
+        index = EscalationIndex(await open_bucket(self.js, self.s.bucket("escalations")))
+        try:
+            while True:
+                try:
+                    msgs = await psub.fetch(1, timeout=timeout)
+                except TimeoutError:
+                    return None
+                msg = msgs[0]
+                esc = codec.decode(msg.data, Escalation)
+                if await index.get(esc.id) is not None:
+                    return esc, msg
+                await msg.ack()  # already decided or expired
+        finally:
+            await psub.unsubscribe()
+
+    # discovery ----------------------------------------------------------------------------------
+
+    async def services(self, window: float = 0.5) -> list[dict[str, Any]]:
+        """Every micro service answering ``$SRV.INFO``, with its ``$SRV.STATS``."""
+        infos = await self._gather("$SRV.INFO", window)
+        stats = {s["id"]: s for s in await self._gather("$SRV.STATS", window)}
+        return [{**i, "stats": stats.get(i["id"], {})} for i in infos
+                if i.get("name", "").startswith(f"{self.s.prefix}-")]
+
+    async def _gather(self, subject: str, window: float) -> list[dict[str, Any]]:
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox)
+        out: list[dict[str, Any]] = []
+        try:
+            await self.nc.publish(subject, b"", reply=inbox)
+            deadline = time.monotonic() + window
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    msg = await sub.next_msg(timeout=left)
+                except TimeoutError:
+                    break
+                if msg.data:  # an empty message is the server's "no responders" status
+                    out.append(json.loads(msg.data))
+        finally:
+            await sub.unsubscribe()
+        return out
+
+    async def workflow_counts(self) -> dict[str, int]:
+        store = await WorkflowStore.open(self.js, self.s.bucket("workflows"))
+        return dict(Counter([state.status async for state in store.all()]))

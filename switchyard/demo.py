@@ -1,0 +1,163 @@
+"""The demo run: the local stack, a batch of sample tickets, a live view and a summary."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats
+import yaml
+from nats.js.api import DeliverPolicy
+
+from switchyard.client import FINAL_EVENTS, SwitchyardClient
+from switchyard.protocol import codec
+from switchyard.protocol.messages import Event
+from switchyard.settings import Settings
+from switchyard.stack import LocalStack
+from switchyard.supervisor.store import WorkflowStore
+
+
+def sample_tickets(path: Path | None = None) -> list[dict[str, Any]]:
+    if path is not None:
+        text = path.read_text()
+    else:
+        text = resources.files("switchyard").joinpath("data", "sample_tickets.yaml").read_text()
+    tickets: list[dict[str, Any]] = yaml.safe_load(text)
+    return tickets
+
+
+@dataclass
+class Run:
+    ticket: str
+    workflow_id: str
+    expect: str
+    status: str = "running"  # running | completed | escalated | rejected | failed
+    reason: str = ""
+    kind: str = ""
+    steps: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def matched(self) -> bool:
+        return self.status == self.expect
+
+
+@dataclass
+class DemoReport:
+    tickets: int
+    elapsed_s: float
+    counts: dict[str, int]
+    matched: int
+    runs: list[Run]
+    step_ms: dict[str, dict[str, float]]
+    startup_s: float
+
+    @property
+    def ok(self) -> bool:
+        return self.counts.get("failed", 0) == 0 and self.counts.get("running", 0) == 0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ok"] = self.ok
+        return d
+
+
+async def run_demo(
+    settings: Settings,
+    tickets: list[dict[str, Any]],
+    *,
+    timeout: float = 120.0,
+    on_progress: Any = None,
+) -> DemoReport:
+    t0 = time.perf_counter()
+    async with LocalStack(settings) as stack:
+        startup = time.perf_counter() - t0
+        nc = await nats.connect(stack.url)
+        try:
+            return await _drive(nc, settings, tickets, timeout, on_progress, startup)
+        finally:
+            await nc.drain()
+
+
+async def _drive(
+    nc: nats.NATS, settings: Settings, tickets: list[dict[str, Any]], timeout: float,
+    on_progress: Any, startup: float,
+) -> DemoReport:
+    s = settings.subjects
+    client = SwitchyardClient(nc, s)
+    batch = uuid.uuid4().hex[:8]
+    runs = {f"demo-{batch}-{t['id']}": Run(t["id"], f"demo-{batch}-{t['id']}", t["expect"])
+            for t in tickets}
+    sub = await client.js.subscribe(s.all("event"), ordered_consumer=True,
+                                    deliver_policy=DeliverPolicy.NEW)
+    started = time.perf_counter()
+    for t in tickets:
+        await client.submit(
+            "support", {"text": t["text"], "customer_email": t.get("customer_email")},
+            workflow_id=f"demo-{batch}-{t['id']}",
+        )
+    pending = set(runs)
+    try:
+        async with asyncio.timeout(timeout):
+            async for msg in sub.messages:
+                event = codec.decode(msg.data, Event)
+                run = runs.get(event.workflow_id)
+                if run is None or event.workflow_id not in pending:
+                    continue
+                if event.type == "escalated":
+                    run.status = "escalated"
+                    run.reason = str(event.data.get("reason", ""))
+                    run.kind = str(event.data.get("kind", ""))
+                elif event.type in FINAL_EVENTS:
+                    run.status = event.type.split(".", 1)[1]
+                    run.reason = str(event.data.get("reason", ""))
+                else:
+                    continue
+                pending.discard(event.workflow_id)
+                if on_progress is not None:
+                    on_progress(list(runs.values()))
+                if not pending:
+                    break
+    except TimeoutError:
+        pass
+    finally:
+        await sub.unsubscribe()
+    elapsed = time.perf_counter() - started
+    await _collect_timings(client, runs)
+    counts: dict[str, int] = {}
+    for run in runs.values():
+        counts[run.status] = counts.get(run.status, 0) + 1
+    per_step: dict[str, list[float]] = {}
+    for run in runs.values():
+        for step, ms in run.steps.items():
+            per_step.setdefault(step, []).append(ms)
+    step_ms = {
+        step: {"p50": round(statistics.median(v), 1), "max": round(max(v), 1), "n": len(v)}
+        for step, v in per_step.items()
+    }
+    return DemoReport(
+        tickets=len(tickets), elapsed_s=round(elapsed, 3), counts=counts,
+        matched=sum(r.matched for r in runs.values()), runs=list(runs.values()),
+        step_ms=step_ms, startup_s=round(startup, 3),
+    )
+
+
+async def _collect_timings(client: SwitchyardClient, runs: dict[str, Run]) -> None:
+    store = await WorkflowStore.open(client.js, client.s.bucket("workflows"))
+    for wid, run in runs.items():
+        state, _ = await store.get(wid)
+        if state is None:
+            continue
+        for r in state.history:
+            if r.finished_at:
+                run.steps[r.step] = round((r.finished_at - r.dispatched_at) * 1000, 1)
+
+
+def report_json(report: DemoReport) -> bytes:
+    return msgspec.json.format(msgspec.json.encode(report.as_dict()), indent=2)

@@ -1,0 +1,89 @@
+"""Settings, read from the environment once, here and nowhere else.
+
+| variable | default | meaning |
+| --- | --- | --- |
+| ``NATS_URL`` | ``nats://127.0.0.1:4222`` | the bus |
+| ``SWITCHYARD_PREFIX`` | ``sy`` | subject prefix (several deployments on one NATS) |
+| ``SWITCHYARD_DATA_DIR`` | ``.switchyard`` | keys, SQLite store, embedded NATS data, logs |
+| ``SWITCHYARD_SUPERVISOR_SEED`` | ``<data dir>/supervisor.nk`` | the supervisor's signing key file |
+| ``SWITCHYARD_TRUSTED_KEYS`` | (from the bus) | comma-separated grant issuer public keys |
+| ``SWITCHYARD_CONCURRENCY`` | ``8`` | tasks one agent process runs at once |
+| ``SWITCHYARD_ACK_WAIT`` | ``30`` | seconds before an unacknowledged task is redelivered |
+| ``SWITCHYARD_MAX_DELIVER`` | ``5`` | deliveries of one task before it is given up |
+| ``SWITCHYARD_WORKFLOWS`` | (built-in ``support``) | comma-separated workflow YAML files |
+| ``SWITCHYARD_NATS_SYNC`` | ``always`` | embedded server fsync: ``always`` or ``default`` (2 min) |
+| ``SWITCHYARD_LOG_LEVEL`` | ``info`` | log level |
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from switchyard.agents import AgentConfig
+from switchyard.protocol import Subjects, grants
+from switchyard.protocol.errors import ConfigError
+from switchyard.supervisor import SupervisorConfig, Workflow, builtin_workflow, load_workflow
+from switchyard.tools import ToolHostConfig
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SWITCHYARD_", extra="ignore")
+
+    nats_url: str = Field(default="nats://127.0.0.1:4222", validation_alias="NATS_URL")
+    prefix: str = "sy"
+    data_dir: Path = Path(".switchyard")
+    supervisor_seed: Path | None = None
+    trusted_keys: str = ""
+    concurrency: int = Field(default=8, ge=1, le=1024)
+    ack_wait: float = Field(default=30.0, gt=0)
+    max_deliver: int = Field(default=5, ge=1)
+    workflows: str = ""
+    nats_sync: Literal["always", "default"] = "always"
+    log_level: str = "info"
+
+    @property
+    def subjects(self) -> Subjects:
+        return Subjects(self.prefix)
+
+    @property
+    def seed_path(self) -> Path:
+        return self.supervisor_seed or self.data_dir / "supervisor.nk"
+
+    def trusted(self) -> frozenset[str]:
+        return frozenset(k.strip() for k in self.trusted_keys.split(",") if k.strip())
+
+    def load_seed(self, *, create: bool = True) -> bytes:
+        path = self.seed_path
+        if path.exists():
+            return path.read_bytes().strip()
+        if not create:
+            raise ConfigError(f"no supervisor key at {path}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        seed = grants.new_seed()
+        path.touch(mode=0o600)
+        path.write_bytes(seed)
+        return seed
+
+    def load_workflows(self) -> dict[str, Workflow]:
+        files = [f.strip() for f in self.workflows.split(",") if f.strip()]
+        loaded = [load_workflow(f) for f in files] or [builtin_workflow("support")]
+        return {wf.name: wf for wf in loaded}
+
+    def agent_config(self) -> AgentConfig:
+        return AgentConfig(
+            nats_url=self.nats_url, subjects=self.subjects, concurrency=self.concurrency,
+            ack_wait=self.ack_wait, max_deliver=self.max_deliver, trusted_keys=self.trusted(),
+        )
+
+    def supervisor_config(self) -> SupervisorConfig:
+        return SupervisorConfig(
+            seed=self.load_seed(), workflows=self.load_workflows(), nats_url=self.nats_url,
+            subjects=self.subjects,
+        )
+
+    def toolhost_config(self, trusted: frozenset[str]) -> ToolHostConfig:
+        return ToolHostConfig(subjects=self.subjects, trusted_keys=trusted)

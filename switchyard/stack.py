@@ -1,0 +1,155 @@
+"""LocalStack: the whole deployment on one machine, each part its own process.
+
+An embedded ``nats-server`` (when nothing answers at ``NATS_URL``), then the supervisor, the tool
+host and one process per agent role, started as ``python -m switchyard …`` exactly as they would
+be deployed, logging to ``<data dir>/logs``. Ready when every part answers ``$SRV.INFO``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from types import TracebackType
+from urllib.parse import urlparse
+
+import nats
+from nats.aio.client import Client
+
+from switchyard.client import SwitchyardClient
+from switchyard.natsd import NatsServer
+from switchyard.settings import Settings
+
+ROLES = ("triage", "retrieval", "action", "compliance", "reviewer")
+
+
+async def nats_answers(url: str, timeout: float = 1.0) -> bool:
+    """True if a NATS server greets us (``INFO {…}``) at ``url``'s host and port."""
+    parsed = urlparse(url)
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(
+                parsed.hostname or "127.0.0.1", parsed.port or 4222
+            )
+            try:
+                greeting = await reader.readline()
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+    except (OSError, TimeoutError):
+        return False
+    return greeting.startswith(b"INFO ")
+
+
+class LocalStack:
+    def __init__(self, settings: Settings, *, roles: tuple[str, ...] = ROLES) -> None:
+        self.settings = settings
+        self.roles = roles
+        self.nats: NatsServer | None = None
+        self.url = settings.nats_url
+        self.procs: dict[str, asyncio.subprocess.Process] = {}
+        self.log_dir = settings.data_dir / "logs"
+        self._logs: list[object] = []
+
+    @property
+    def expected_services(self) -> set[str]:
+        s = self.settings.subjects
+        return {s.service("supervisor"), s.service("toolhost"),
+                *(s.service(f"agent-{r}") for r in self.roles)}
+
+    async def start(self, ready_timeout: float = 60.0) -> LocalStack:
+        if not await nats_answers(self.url):
+            port = urlparse(self.url).port or 4222
+            self.nats = NatsServer(
+                port=port, store_dir=self.settings.data_dir / "nats",
+                sync_always=self.settings.nats_sync == "always",
+            )
+            await self.nats.start()
+            self.url = self.nats.url
+        nc = await nats.connect(self.url)
+        try:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            self.settings.load_seed()  # created once, before any process needs it
+            await self._spawn("supervisor", "supervisor", "run")
+            await self._spawn("toolhost", "tools", "run")
+            for role in self.roles:
+                await self._spawn(f"agent-{role}", "agent", "run", role)
+            await self._wait_ready(nc, ready_timeout)
+        except BaseException:
+            await nc.close()
+            await self.stop()
+            raise
+        await nc.close()
+        return self
+
+    async def _spawn(self, name: str, *args: str) -> None:
+        env = {**os.environ, "NATS_URL": self.url,
+               "SWITCHYARD_DATA_DIR": str(self.settings.data_dir),
+               "SWITCHYARD_PREFIX": self.settings.prefix}
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
+        self._logs.append(log)
+        self.procs[name] = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "switchyard", *args,
+            stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+        )
+
+    async def _wait_ready(self, nc: Client, timeout: float) -> None:
+        client = SwitchyardClient(nc, self.settings.subjects)
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    for name, proc in self.procs.items():
+                        if proc.returncode is not None:
+                            raise RuntimeError(
+                                f"{name} exited with code {proc.returncode} at start; "
+                                f"see {self.log_dir / (name + '.log')}:\n{self.tail(name)}"
+                            )
+                    seen = {s["name"] for s in await client.services(window=0.3)}
+                    if self.expected_services <= seen:
+                        return
+        except TimeoutError:
+            raise RuntimeError(
+                f"the stack was not ready within {timeout:g} s; logs in {self.log_dir}"
+            ) from None
+
+    def tail(self, name: str, lines: int = 15) -> str:
+        path = self.log_dir / f"{name}.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    async def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM every process (they drain), kill what is left after ``timeout``."""
+        for proc in self.procs.values():
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                async with asyncio.timeout(timeout):
+                    await proc.wait()
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        self.procs.clear()
+        for log in self._logs:
+            log.close()  # type: ignore[attr-defined]
+        self._logs.clear()
+        if self.nats is not None:
+            await self.nats.stop()
+            self.nats = None
+
+    async def __aenter__(self) -> LocalStack:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
