@@ -247,8 +247,12 @@ class _Run:
                 continue
             self.event("step.routed", step.name, to=route.to, when=route.when)
             if route.to == HUMAN:
+                reason = route.reason or f"routed to a person by {route.when}"
+                if route.detail:
+                    detail = evaluate(route.detail, doc)
+                    reason += f": {detail}" if detail not in (None, "", []) else ""
                 self.escalate(
-                    step.name, "routed", route.reason or f"routed to a person by {route.when}",
+                    step.name, "routed", reason,
                     resume=route.resume or self.wf.after(step.name), output=output,
                     confidence=confidence,
                 )

@@ -50,6 +50,7 @@ from switchyard.protocol.messages import (
 )
 from switchyard.protocol.streams import ensure_streams
 from switchyard.protocol.subjects import Subjects, check_token, safe_token
+from switchyard.supervisor.catalog import WorkflowCatalog
 from switchyard.supervisor.engine import (
     TERMINAL,
     CloseEscalation,
@@ -111,6 +112,7 @@ class Supervisor:
         self._js: JetStreamContext | None = None
         self._store: WorkflowStore | None = None
         self._index: EscalationIndex | None = None
+        self._catalog = WorkflowCatalog(config.workflows)
         self._service: Service | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._inflight: set[asyncio.Task[None]] = set()
@@ -144,6 +146,9 @@ class Supervisor:
         await ensure_streams(js, s)
         self._store = await WorkflowStore.open(js, s.bucket("workflows"))
         self._index = EscalationIndex(await open_bucket(js, s.bucket("escalations")))
+        self._catalog = WorkflowCatalog(
+            cfg.workflows, await open_bucket(js, s.bucket("workflow_defs"), history=5)
+        )
         trust = await open_bucket(js, s.bucket("trust"))
         await trust.put(TRUST_KEY, self.signer.public_key.encode())
         await self._recover()
@@ -251,11 +256,11 @@ class Supervisor:
         try:
             req = codec.decode(msg.data, WorkflowRequest, max_bytes=self.config.max_bytes)
             check_token("workflow id", req.id)
-            wf = self.config.workflows.get(req.workflow)
+            wf = await self._catalog.latest(req.workflow)
             if wf is None:
                 raise ConfigError(
                     f"unknown workflow {req.workflow!r} (known: "
-                    f"{', '.join(sorted(self.config.workflows))})"
+                    f"{', '.join(self._catalog.names())})"
                 )
         except ConfigError as exc:
             now = time.time()
@@ -306,7 +311,7 @@ class Supervisor:
         except ConfigError:
             return None
         state, _ = await self.store.get(workflow_id)
-        return self.config.workflows.get(state.workflow) if state else None
+        return await self._catalog.running(state.workflow) if state else None
 
     async def _reject(self, msg: Msg, kind: str, code: str, reason: str, workflow_id: str) -> None:
         """Dead-letter a message that cannot be processed, audit it, and ``term`` it."""
@@ -443,7 +448,7 @@ class Supervisor:
         if state.timer_at > time.time():
             self._schedule(state.timer_at, workflow_id)
             return
-        wf = self.config.workflows.get(state.workflow)
+        wf = await self._catalog.running(state.workflow)
         if wf is None:
             return
         await self._apply(wf, workflow_id,
@@ -455,7 +460,7 @@ class Supervisor:
         async for state in self.store.all():
             if state.status in TERMINAL:
                 continue
-            wf = self.config.workflows.get(state.workflow)
+            wf = await self._catalog.running(state.workflow)
             if wf is None:
                 log.warning("supervisor.unknown_workflow", workflow=state.workflow, id=state.id)
                 continue

@@ -38,6 +38,7 @@ class Route(BaseModel):
     when: str
     to: str
     reason: str = ""
+    detail: str | None = None  # expression whose value is added to the reason
     resume: str | None = None  # after a person approves a @human route; default: the next step
 
 
@@ -85,7 +86,7 @@ class Workflow(BaseModel):
                     raise ValueError(f"step {step.name}: route target {route.to!r} is unknown")
                 if route.resume is not None and route.resume not in targets - {HUMAN}:
                     raise ValueError(f"step {step.name}: resume target {route.resume!r} is unknown")
-                exprs.append(route.when)
+                exprs.extend([route.when, *([route.detail] if route.detail else [])])
             for expr in exprs:
                 compile_expression(expr)
         if self.output:

@@ -30,12 +30,14 @@ agent_app = typer.Typer(help="Run agent processes.", no_args_is_help=True)
 tools_app = typer.Typer(help="Run the tool host.", no_args_is_help=True)
 supervisor_app = typer.Typer(help="Run the supervisor.", no_args_is_help=True)
 protocol_app = typer.Typer(help="The wire protocol, for other languages.", no_args_is_help=True)
+workflow_app = typer.Typer(help="Workflow definitions on the bus.", no_args_is_help=True)
 review_app = typer.Typer(help="Escalations waiting for a person.", invoke_without_command=True)
 app.add_typer(agent_app, name="agent")
 app.add_typer(tools_app, name="tools")
 app.add_typer(supervisor_app, name="supervisor")
 app.add_typer(protocol_app, name="protocol")
 app.add_typer(review_app, name="review")
+app.add_typer(workflow_app, name="workflow")
 
 out = Console()
 err = Console(stderr=True)
@@ -390,6 +392,53 @@ def review_next() -> None:
             await nc.close()
 
     _once(main())
+
+
+@workflow_app.command("put")
+def workflow_put(file: Path) -> None:
+    """Validate a workflow YAML file and put it on the bus; running supervisors pick it up."""
+    from switchyard.protocol.errors import ConfigError
+    from switchyard.supervisor.catalog import put_workflow
+    from switchyard.supervisor.store import open_bucket
+
+    settings = _settings()
+
+    async def main() -> str:
+        nc = await _connect(settings)
+        try:
+            kv = await open_bucket(nc.jetstream(), settings.subjects.bucket("workflow_defs"),
+                                   history=5)
+            wf = await put_workflow(kv, file.read_text(), str(file))
+            return f"workflow {wf.name!r} ({len(wf.steps)} steps) is on the bus"
+        finally:
+            await nc.close()
+
+    try:
+        out.print(_once(main()))
+    except ConfigError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+
+
+@workflow_app.command("list")
+def workflow_list() -> None:
+    """Workflows put on the bus (the supervisor's built-in ones are not listed)."""
+    from switchyard.supervisor.catalog import list_workflows
+    from switchyard.supervisor.store import open_bucket
+
+    settings = _settings()
+
+    async def main() -> list[str]:
+        nc = await _connect(settings)
+        try:
+            kv = await open_bucket(nc.jetstream(), settings.subjects.bucket("workflow_defs"),
+                                   history=5)
+            return await list_workflows(kv)
+        finally:
+            await nc.close()
+
+    for name in _once(main()):
+        out.print(name)
 
 
 @app.command()

@@ -10,7 +10,7 @@
 | ``SWITCHYARD_CONCURRENCY`` | ``8`` | tasks one agent process runs at once |
 | ``SWITCHYARD_ACK_WAIT`` | ``30`` | seconds before an unacknowledged task is redelivered |
 | ``SWITCHYARD_MAX_DELIVER`` | ``5`` | deliveries of one task before it is given up |
-| ``SWITCHYARD_WORKFLOWS`` | (built-in ``support``) | comma-separated workflow YAML files |
+| ``SWITCHYARD_WORKFLOWS`` | ``support`` | comma-separated workflow YAML files or built-in names |
 | ``SWITCHYARD_NATS_SYNC`` | ``always`` | embedded server fsync: ``always`` or ``default`` (2 min) |
 | ``SWITCHYARD_LOG_LEVEL`` | ``info`` | log level |
 """
@@ -70,7 +70,10 @@ class Settings(BaseSettings):
 
     def load_workflows(self) -> dict[str, Workflow]:
         files = [f.strip() for f in self.workflows.split(",") if f.strip()]
-        loaded = [load_workflow(f) for f in files] or [builtin_workflow("support")]
+        loaded = [
+            load_workflow(f) if f.endswith((".yaml", ".yml")) else builtin_workflow(f)
+            for f in files
+        ] or [builtin_workflow("support")]
         return {wf.name: wf for wf in loaded}
 
     def agent_config(self) -> AgentConfig:

@@ -89,7 +89,7 @@ class LocalStack:
         env = {**os.environ, "NATS_URL": self.url,
                "SWITCHYARD_DATA_DIR": str(self.settings.data_dir),
                "SWITCHYARD_PREFIX": self.settings.prefix}
-        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
+        log = open(self.log_dir / f"{name}.log", "ab")
         self._logs.append(log)
         self.procs[name] = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "switchyard", *args,
