@@ -9,6 +9,7 @@ The tree::
     │   └── MessageTooLargeError
     ├── GrantError
     │   ├── GrantInvalidError
+    │   │   └── GrantMissingError
     │   ├── GrantExpiredError
     │   ├── GrantScopeError
     │   ├── ToolNotGrantedError
@@ -106,6 +107,13 @@ class GrantInvalidError(GrantError):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(f"grant rejected: {reason}")
+
+
+class GrantMissingError(GrantInvalidError):
+    code = ErrorCode.GRANT_MISSING
+
+    def __init__(self) -> None:
+        super().__init__("no grant was presented")
 
 
 class GrantExpiredError(GrantError):

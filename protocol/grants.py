@@ -19,6 +19,7 @@ import nkeys
 from switchyard.protocol.errors import (
     GrantExpiredError,
     GrantInvalidError,
+    GrantMissingError,
     GrantScopeError,
     ToolNotGrantedError,
 )
@@ -96,7 +97,7 @@ def verify(token: str, trusted: frozenset[str] | set[str], now: float) -> Grant:
     ``GrantExpiredError``.
     """
     if not token:
-        raise GrantInvalidError("no grant was presented")
+        raise GrantMissingError()
     if len(token) > MAX_TOKEN_BYTES:
         raise GrantInvalidError(f"token of {len(token)} bytes exceeds {MAX_TOKEN_BYTES} bytes")
     body_text, _, sig_text = token.partition(".")

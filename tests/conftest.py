@@ -1,0 +1,127 @@
+"""Fixtures: one real nats-server per session (or --nats-url / NATS_URL), a connection per test,
+and a unique subject prefix per test so tests share the server but not state."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
+from nats.js.client import JetStreamContext
+
+from switchyard.natsd import NatsServer, find_binary
+from switchyard.protocol import Subjects, grants
+from switchyard.protocol.streams import ensure_streams
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--nats-url", default=os.environ.get("NATS_URL", ""),
+                     help="run against this NATS server instead of starting one")
+
+
+@pytest.fixture(autouse=True)
+def _no_remote_model_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Model calls may only go to loopback (pydantic-ai's ALLOW_MODEL_REQUESTS idea)."""
+    import httpx
+
+    real_send = httpx.AsyncClient.send
+
+    async def guarded(self: httpx.AsyncClient, request: httpx.Request, **kw: Any) -> httpx.Response:
+        if request.url.host not in ("127.0.0.1", "localhost", "::1"):
+            raise AssertionError(f"test tried to reach {request.url.host}; only loopback is allowed")
+        return await real_send(self, request, **kw)
+
+    monkeypatch.setattr(httpx.AsyncClient, "send", guarded)
+
+
+def _docker_nats() -> Any:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from testcontainers.nats import NatsContainer  # type: ignore[import-not-found]
+
+    return NatsContainer("nats:2.11").with_command("-js")
+
+
+@pytest.fixture(scope="session")
+async def nats_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    given = request.config.getoption("--nats-url")
+    if given:
+        yield given
+        return
+    try:
+        find_binary()
+    except FileNotFoundError:
+        if not shutil.which("docker"):
+            raise
+        with _docker_nats() as container:  # a real server in Docker, never a mock
+            yield container.nats_uri()
+        return
+    async with NatsServer(sync_always=False) as server:
+        yield server.url
+
+
+@pytest.fixture
+def subjects() -> Subjects:
+    return Subjects(f"t{uuid.uuid4().hex[:10]}")
+
+
+@pytest.fixture
+async def nc(nats_url: str) -> AsyncIterator[Client]:
+    conn = await nats.connect(nats_url)
+    yield conn
+    await conn.drain()
+
+
+@pytest.fixture
+async def js(nc: Client, subjects: Subjects) -> JetStreamContext:
+    ctx = nc.jetstream()
+    await ensure_streams(ctx, subjects)
+    return ctx
+
+
+@pytest.fixture(scope="session")
+def seed() -> bytes:
+    return grants.new_seed()
+
+
+@pytest.fixture(scope="session")
+def signer(seed: bytes) -> grants.Signer:
+    return grants.Signer(seed)
+
+
+class Watch:
+    """Messages on a subject (from a stream, from the start), awaited with a bound."""
+
+    def __init__(self, sub: Any) -> None:
+        self.sub = sub
+
+    async def next(self, timeout: float = 10.0) -> Msg:
+        async with asyncio.timeout(timeout):
+            msg: Msg = await self.sub.next_msg(timeout=None)
+            return msg
+
+    async def until(self, pred: Callable[[Msg], bool], timeout: float = 10.0) -> Msg:
+        async with asyncio.timeout(timeout):
+            while True:
+                msg: Msg = await self.sub.next_msg(timeout=None)
+                if pred(msg):
+                    return msg
+
+
+@pytest.fixture
+def watch(js: JetStreamContext) -> Callable[[str], Awaitable[Watch]]:
+    async def make(subject: str) -> Watch:
+        sub = await js.subscribe(subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+        return Watch(sub)
+
+    return make
