@@ -136,6 +136,7 @@ class Agent:
         self._js: JetStreamContext | None = None
         self._service: Service | None = None
         self._loop_task: asyncio.Task[None] | None = None
+        self._psub: JetStreamContext.PullSubscription | None = None
         self._inflight: dict[asyncio.Task[None], Msg] = {}
         self._slots: asyncio.Semaphore | None = None
         self._trusted: frozenset[str] = frozenset()
@@ -248,6 +249,7 @@ class Agent:
                 metadata={"role": self.role},
             )
         )
+        self._psub = psub
         self._loop_task = asyncio.create_task(self._fetch_loop(psub))
         log.info("agent.started", role=self.role, instance=cfg.instance)
         return self
@@ -289,6 +291,9 @@ class Agent:
                 if msg is not None:
                     with contextlib.suppress(Exception):
                         await msg.nak()
+        if self._psub is not None:
+            with contextlib.suppress(Exception):
+                await self._psub.unsubscribe()
         if self._service is not None:
             await self._service.stop()
         if self._own_nc and self._nc is not None:

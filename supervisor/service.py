@@ -115,6 +115,7 @@ class Supervisor:
         self._catalog = WorkflowCatalog(config.workflows)
         self._service: Service | None = None
         self._loops: list[asyncio.Task[None]] = []
+        self._psubs: list[JetStreamContext.PullSubscription] = []
         self._inflight: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(config.concurrency)
         self._timers: list[tuple[float, str]] = []
@@ -164,6 +165,7 @@ class Supervisor:
                     max_deliver=cfg.max_deliver, max_ack_pending=cfg.concurrency * 4,
                 ),
             )
+            self._psubs.append(psub)
             self._loops.append(asyncio.create_task(self._fetch_loop(psub, handler)))
         self._loops.append(asyncio.create_task(self._timer_loop()))
         self._service = await add_service(
@@ -191,6 +193,9 @@ class Supervisor:
                 await loop
         if self._inflight:
             await asyncio.wait(list(self._inflight), timeout=self.config.graceful_timeout)
+        for psub in self._psubs:
+            with contextlib.suppress(Exception):
+                await psub.unsubscribe()
         if self._service is not None:
             await self._service.stop()
         if self._own_nc and self._nc is not None:

@@ -119,9 +119,14 @@ class Watch:
 
 
 @pytest.fixture
-def watch(js: JetStreamContext) -> Callable[[str], Awaitable[Watch]]:
+async def watch(js: JetStreamContext) -> AsyncIterator[Callable[[str], Awaitable[Watch]]]:
+    subs: list[Any] = []
+
     async def make(subject: str) -> Watch:
         sub = await js.subscribe(subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+        subs.append(sub)
         return Watch(sub)
 
-    return make
+    yield make
+    for sub in subs:  # unread messages would hold up the connection's drain
+        await sub.unsubscribe()

@@ -1,0 +1,145 @@
+"""The tool host refuses every call without a valid grant naming the tool, with a clear error,
+an audit event and a dead-letter copy, and keeps serving."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from nats.aio.client import Client
+from nats.js.client import JetStreamContext
+
+from switchyard.protocol import Event, Subjects, ToolCall, ToolResult, decode, encode, grants
+from switchyard.protocol.headers import DLQ_CODE, DLQ_SUBJECT
+from switchyard.tools import ToolHost, ToolHostConfig
+from switchyard.tools.builtin import SupportStore, support_registry
+
+Watch = Any
+
+
+@pytest.fixture
+async def host(
+    nc: Client, js: JetStreamContext, subjects: Subjects, signer: grants.Signer, tmp_path: Path
+) -> AsyncIterator[tuple[ToolHost, SupportStore]]:
+    registry, store = support_registry(tmp_path / "support.db")
+    config = ToolHostConfig(subjects=subjects, trusted_keys=frozenset({signer.public_key}))
+    async with ToolHost(nc, registry, config) as h:
+        yield h, store
+    store.close()
+
+
+def mint(signer: grants.Signer, *, tools: list[str], workflow: str = "w1", task: str = "w1:a:1",
+         ttl: float = 60, budget: int = 5, role: str = "action") -> str:
+    now = time.time()
+    return signer.mint(grants.Grant(
+        id=f"g-{task}-{now}", workflow_id=workflow, task_id=task, role=role, tools=tools,
+        budget=budget, issued_at=now, expires_at=now + ttl, issuer=""))
+
+
+async def call(nc: Client, s: Subjects, tool: str, args: dict[str, Any], grant: str,
+               workflow: str = "w1", task: str = "w1:a:1") -> ToolResult:
+    msg = ToolCall(tool=tool, args=args, grant=grant, task_id=task, workflow_id=workflow)
+    reply = await nc.request(s.tool(tool), encode(msg), timeout=5)
+    return decode(reply.data, ToolResult)
+
+
+async def test_host_executes_a_granted_call_and_audits_it(
+    host: Any, nc: Client, subjects: Subjects, signer: grants.Signer,
+    watch: Callable[[str], Awaitable[Watch]],
+) -> None:
+    events = await watch(subjects.event("w1"))
+    grant = mint(signer, tools=["lookup_customer"])
+    res = await call(nc, subjects, "lookup_customer", {"email": "ada@example.com"}, grant)
+    assert res.ok and res.result is not None and res.result["customer"]["id"] == "C-1001"
+    event = decode((await events.next()).data, Event)
+    assert (event.type, event.data["tool"], event.data["grant"]) == (
+        "tool.called", "lookup_customer", grants.verify(grant, {signer.public_key}, time.time()).id)
+
+
+def _other_key_grant(signer: grants.Signer) -> str:
+    return mint(grants.Signer(grants.new_seed()), tools=["propose_refund"])
+
+
+def _tampered_grant(signer: grants.Signer) -> str:
+    body, sig = mint(signer, tools=["kb_search"]).split(".")
+    grant = msgspec.json.decode(grants._unb64(body))
+    grant["tools"].append("propose_refund")
+    return f"{grants._b64(msgspec.json.encode(grant))}.{sig}"
+
+
+REFUSALS: list[tuple[str, Callable[[grants.Signer], str], dict[str, str], str]] = [
+    ("missing", lambda s: "", {}, "grant_missing"),
+    ("forged", _other_key_grant, {}, "grant_invalid"),
+    ("tampered", _tampered_grant, {}, "grant_invalid"),
+    ("expired", lambda s: mint(s, tools=["propose_refund"], ttl=-1), {}, "grant_expired"),
+    ("other_tool", lambda s: mint(s, tools=["kb_search"]), {}, "tool_not_granted"),
+    ("other_workflow", lambda s: mint(s, tools=["propose_refund"], workflow="w2"), {},
+     "grant_scope"),
+    ("other_task", lambda s: mint(s, tools=["propose_refund"], task="w1:b:1"), {}, "grant_scope"),
+]
+
+
+@pytest.mark.parametrize("case, make_grant, _unused, code", REFUSALS, ids=[r[0] for r in REFUSALS])
+async def test_host_refuses_calls_without_a_valid_grant(
+    case: str, make_grant: Callable[[grants.Signer], str], _unused: dict[str, str], code: str,
+    host: Any, nc: Client, subjects: Subjects, signer: grants.Signer,
+    watch: Callable[[str], Awaitable[Watch]],
+) -> None:
+    _, store = host
+    dlq = await watch(subjects.dlq("tool"))
+    events = await watch(subjects.event("w1"))
+    args = {"customer_id": "C-1001", "amount": 5000, "reason": "injected"}
+    res = await call(nc, subjects, "propose_refund", args, make_grant(signer))
+    assert not res.ok and res.error is not None and res.error.code == code
+    assert res.error.message  # a sentence, not a repr
+    dead = await dlq.next()
+    assert dead.headers is not None and dead.headers[DLQ_CODE] == code
+    assert dead.headers[DLQ_SUBJECT] == subjects.tool("propose_refund")
+    assert decode(dead.data, ToolCall).args == args  # the original, unchanged
+    event = decode((await events.next()).data, Event)
+    assert (event.type, event.data["code"]) == ("tool.refused", code)
+    assert store.refunds() == []  # no side effect
+    ok = await call(nc, subjects, "kb_search", {"query": "refund"}, mint(signer, tools=["kb_search"]))
+    assert ok.ok  # still serving
+
+
+async def test_host_enforces_the_call_budget(
+    host: Any, nc: Client, subjects: Subjects, signer: grants.Signer,
+    watch: Callable[[str], Awaitable[Watch]],
+) -> None:
+    dlq = await watch(subjects.dlq("tool"))
+    grant = mint(signer, tools=["kb_search"], budget=2)
+    results = [await call(nc, subjects, "kb_search", {"query": "refund"}, grant) for _ in range(3)]
+    assert [r.ok for r in results] == [True, True, False]
+    assert results[2].error is not None and results[2].error.code == "budget_exhausted"
+    assert (await dlq.next()).headers[DLQ_CODE] == "budget_exhausted"  # type: ignore[index]
+
+
+async def test_host_rejects_malformed_calls_and_bad_arguments(
+    host: Any, nc: Client, subjects: Subjects, signer: grants.Signer,
+    watch: Callable[[str], Awaitable[Watch]],
+) -> None:
+    dlq = await watch(subjects.dlq("tool"))
+    reply = await nc.request(subjects.tool("kb_search"), b"\x00not json", timeout=5)
+    res = decode(reply.data, ToolResult)
+    assert res.error is not None and res.error.code == "decode_error"
+    assert (await dlq.next()).data == b"\x00not json"
+    bad = await call(nc, subjects, "propose_refund", {"customer_id": "C-1001", "amount": -3,
+                                                      "reason": "x"},
+                     mint(signer, tools=["propose_refund"]))
+    assert bad.error is not None and bad.error.code == "invalid_input"
+    assert "amount" in bad.error.message
+    assert (await dlq.next()).headers[DLQ_CODE] == "invalid_input"  # type: ignore[index]
+
+
+async def test_host_reports_tool_failures_without_leaking_internals(
+    host: Any, nc: Client, subjects: Subjects, signer: grants.Signer,
+) -> None:
+    res = await call(nc, subjects, "update_ticket", {"ticket_id": "T-NOPE", "status": "solved"},
+                     mint(signer, tools=["update_ticket"]))
+    assert res.error is not None and res.error.code == "tool_failed"
+    assert res.error.message == "ticket T-NOPE does not exist"
