@@ -317,8 +317,9 @@ class _Run:
         self.s.output = output
         self.s.reason = reason
         self.clear_timer()
-        self.event(f"workflow.{status}", "", reason=reason)
+        # the outcome first: whoever sees the final event can read the outcome
         self.effects.append(SendOutcome(outcome_of(self.s, self.now)))
+        self.event(f"workflow.{status}", "", reason=reason)
 
 
 def outcome_of(s: WorkflowState, now: float) -> Outcome:

@@ -269,10 +269,13 @@ class Supervisor:
                 )
         except ConfigError as exc:
             now = time.time()
+            wid = safe_token(req.id)
             await self._publish_outcome(Outcome(
-                workflow_id=safe_token(req.id), workflow=req.workflow, status="failed",
+                workflow_id=wid, workflow=req.workflow, status="failed",
                 reason=exc.message, started_at=now, finished_at=now,
             ))
+            await self._publish_event(wid, f"{wid}:failed", "workflow.failed", "",
+                                      {"reason": exc.message})
             await self._reject(msg, "submit", ErrorCode.INVALID_INPUT, exc.message, req.id)
             return
         except ProtocolError as exc:

@@ -7,8 +7,8 @@ import pytest
 
 import switchyard.protocol as protocol
 from switchyard.protocol import (
-    DecodeError,
     Decision,
+    DecodeError,
     Escalation,
     Event,
     MessageTooLargeError,
@@ -153,7 +153,7 @@ def test_grant_forged_with_a_trusted_issuer_name_is_rejected(signer: grants.Sign
 
 def test_grant_altered_after_signing_is_rejected(signer: grants.Signer) -> None:
     token = signer.mint(_grant())
-    body, sig = token.split(".")
+    _, sig = token.split(".")
     wider = msgspec.json.encode(_grant(tools=["a", "refund"], issuer=signer.public_key))
     with pytest.raises(protocol.GrantInvalidError):
         grants.verify(f"{grants._b64(wider)}.{sig}", {signer.public_key}, NOW)

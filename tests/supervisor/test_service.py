@@ -1,0 +1,248 @@
+"""The supervisor process against a real nats-server, with real agents on the bus."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from nats.aio.client import Client
+from nats.js.client import JetStreamContext
+from pydantic import BaseModel
+
+from switchyard.agents import Agent, AgentConfig, Scored, TaskContext
+from switchyard.client import SwitchyardClient
+from switchyard.protocol import Event, Subjects, Task, WorkflowRequest, decode, encode, grants
+from switchyard.protocol.headers import DLQ_CODE, MSG_ID
+from switchyard.supervisor import Supervisor, SupervisorConfig, Workflow
+from switchyard.supervisor.catalog import put_workflow
+from switchyard.supervisor.engine import Submitted, transition
+from switchyard.supervisor.store import WorkflowStore, open_bucket
+from switchyard.supervisor.workflow import parse_workflow
+
+Watch = Any
+PAIR = """
+name: pair
+steps:
+  - name: first
+    role: alpha
+    threshold: 0.5
+    routes:
+      - when: "output.route == 'person'"
+        to: "@human"
+        reason: asked for a person
+  - name: second
+    role: beta
+    input: {value: steps.first.value}
+    timeout_s: 0.3
+    retries: 1
+    backoff_s: 0
+"""
+
+
+class AlphaIn(BaseModel):
+    n: int
+    confidence: float = 1.0
+    route: str = ""
+
+
+class AlphaOut(BaseModel):
+    value: int
+    route: str
+
+
+class BetaIn(BaseModel):
+    value: int
+
+
+class BetaOut(BaseModel):
+    total: int
+
+
+def alpha_agent() -> Agent:
+    agent = Agent("alpha")
+
+    @agent.task
+    async def alpha(inp: AlphaIn, ctx: TaskContext) -> Scored[AlphaOut]:
+        return Scored(AlphaOut(value=inp.n * 2, route=inp.route), confidence=inp.confidence)
+
+    return agent
+
+
+def beta_agent() -> Agent:
+    agent = Agent("beta")
+
+    @agent.task
+    async def beta(inp: BetaIn, ctx: TaskContext) -> BetaOut:
+        assert ctx.outputs["first"]["value"] == inp.value  # earlier outputs travel along
+        return BetaOut(total=inp.value + 1)
+
+    return agent
+
+
+@pytest.fixture
+async def stack(
+    nc: Client, js: JetStreamContext, subjects: Subjects, seed: bytes, signer: grants.Signer
+) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+    running: list[Any] = []
+
+    async def start(*, supervisor: bool = True, agents: tuple[str, ...] = ("alpha", "beta")) -> Any:
+        if supervisor:
+            sup = Supervisor(SupervisorConfig(seed=seed, workflows={"pair": parse_workflow(PAIR)},
+                                              subjects=subjects))
+            await sup.start(nc)
+            running.append(sup)
+        for role in agents:
+            agent = alpha_agent() if role == "alpha" else beta_agent()
+            await agent.start(nc, AgentConfig(subjects=subjects,
+                                              trusted_keys=frozenset({signer.public_key})))
+            running.append(agent)
+        return running[0] if supervisor else None
+
+    yield start
+    for part in reversed(running):
+        await part.stop()
+
+
+async def test_supervisor_runs_a_workflow_to_completion(
+    stack: Any, nc: Client, subjects: Subjects, watch: Callable[[str], Awaitable[Watch]],
+) -> None:
+    sup = await stack()
+    client = SwitchyardClient(nc, subjects)
+    wid = await client.submit("pair", {"n": 20})
+    res = await client.wait(wid, timeout=10)
+    assert res.status == "completed" and res.outcome is not None
+    assert res.outcome.output == {"total": 41}
+    assert [(s.step, s.status) for s in res.outcome.steps] == [("first", "ok"), ("second", "ok")]
+    state, revision = await sup.store.get(wid)
+    assert state is not None and state.status == "completed" and revision > 0
+    events = await watch(subjects.event(wid))
+    kinds = [decode((await events.next()).data, Event).type for _ in range(6)]
+    assert kinds == ["workflow.submitted", "step.dispatched", "step.ok", "step.dispatched",
+                     "step.ok", "workflow.completed"]
+
+
+async def test_supervisor_escalates_low_confidence_and_resumes_on_approval(
+    stack: Any, nc: Client, subjects: Subjects,
+) -> None:
+    await stack()
+    client = SwitchyardClient(nc, subjects)
+    wid = await client.submit("pair", {"n": 1, "confidence": 0.2})
+    res = await client.wait(wid, timeout=10)
+    assert res.status == "escalated" and "0.20 is below the threshold 0.50" in res.reason
+    (esc,) = await client.escalations()
+    assert esc.workflow_id == wid and esc.output == {"value": 2, "route": ""}
+    await client.decide(esc.id, "edit", reviewer="ann", output={"value": 100, "route": ""})
+    done = await client.wait(wid, timeout=10, stop_at_escalation=False)
+    assert done.status == "completed" and done.outcome is not None
+    assert done.outcome.output == {"total": 101}
+    assert await client.escalations() == []
+
+
+async def test_supervisor_routes_to_a_person_and_rejection_ends_the_run(
+    stack: Any, nc: Client, subjects: Subjects,
+) -> None:
+    await stack()
+    client = SwitchyardClient(nc, subjects)
+    wid = await client.submit("pair", {"n": 1, "route": "person"})
+    res = await client.wait(wid, timeout=10)
+    assert (res.status, res.reason) == ("escalated", "asked for a person")
+    claimed = await client.claim(timeout=5)
+    assert claimed is not None and claimed[0].id == res.escalation_id
+    await client.decide(res.escalation_id, "reject", reviewer="bob", note="no")
+    await claimed[1].ack()
+    done = await client.wait(wid, timeout=10, stop_at_escalation=False)
+    assert done.status == "rejected" and done.reason == "rejected by bob: no"
+
+
+async def test_supervisor_times_out_retries_then_escalates(
+    stack: Any, nc: Client, js: JetStreamContext, subjects: Subjects,
+    watch: Callable[[str], Awaitable[Watch]],
+) -> None:
+    await stack(agents=("alpha",))  # nobody serves beta
+    client = SwitchyardClient(nc, subjects)
+    wid = await client.submit("pair", {"n": 3})
+    res = await client.wait(wid, timeout=10)
+    assert res.status == "escalated" and "after 2 attempt(s): timeout" in res.reason
+    info = (await js.stream_info(subjects.stream("tasks"))).state
+    waiting = [await js.get_msg(subjects.stream("tasks"), seq)
+               for seq in range(info.first_seq, info.last_seq + 1)]
+    beta = [decode(m.data or b"", Task) for m in waiting if m.subject == subjects.task("beta")]
+    assert [t.id for t in beta] == [f"{wid}:second:1", f"{wid}:second:2"]
+    assert beta[0].grant != beta[1].grant  # a fresh grant for each attempt
+
+
+async def test_supervisor_dead_letters_bad_submissions(
+    stack: Any, nc: Client, js: JetStreamContext, subjects: Subjects,
+    watch: Callable[[str], Awaitable[Watch]],
+) -> None:
+    await stack(agents=())
+    dlq = await watch(subjects.dlq("submit"))
+    await js.publish(subjects.submit, b"nonsense", headers={MSG_ID: "bad-1"})
+    dead = await dlq.next()
+    assert dead.data == b"nonsense" and dead.headers[DLQ_CODE] == "decode_error"  # type: ignore[index]
+    client = SwitchyardClient(nc, subjects)
+    wid = await client.submit("no-such-flow", {})
+    res = await client.wait(wid, timeout=10)
+    assert res.status == "failed"
+    assert res.outcome is not None and "unknown workflow 'no-such-flow'" in res.outcome.reason
+    assert (await dlq.next()).headers[DLQ_CODE] == "invalid_input"  # type: ignore[index]
+
+
+async def test_supervisor_dead_letters_malformed_results_and_keeps_going(
+    stack: Any, nc: Client, js: JetStreamContext, subjects: Subjects,
+    watch: Callable[[str], Awaitable[Watch]],
+) -> None:
+    await stack()
+    dlq = await watch(subjects.dlq("result"))
+    await js.publish(subjects.result("alpha"), b'{"protocol": "7.0"}')
+    assert (await dlq.next()).headers[DLQ_CODE] == "unsupported_version"  # type: ignore[index]
+    client = SwitchyardClient(nc, subjects)
+    assert (await client.wait(await client.submit("pair", {"n": 1}), timeout=10)).status == "completed"
+
+
+async def test_supervisor_runs_a_resubmitted_request_once(
+    stack: Any, nc: Client, js: JetStreamContext, subjects: Subjects,
+    watch: Callable[[str], Awaitable[Watch]],
+) -> None:
+    await stack()
+    req = WorkflowRequest(id="once", workflow="pair", input={"n": 1}, submitted_at=0)
+    for msg_id in ("a", "b"):  # different message ids: JetStream cannot deduplicate these
+        await js.publish(subjects.submit, encode(req), headers={MSG_ID: msg_id})
+    client = SwitchyardClient(nc, subjects)
+    assert (await client.wait("once", timeout=10)).status == "completed"
+    events = await watch(subjects.event("once"))
+    seen = [decode((await events.next()).data, Event).type for _ in range(6)]
+    assert seen.count("workflow.submitted") == 1
+    info = await js.stream_info(subjects.stream("events"))
+    assert info.state.messages == 6
+
+
+async def test_supervisor_restart_republishes_what_the_state_says_is_due(
+    stack: Any, nc: Client, js: JetStreamContext, subjects: Subjects,
+) -> None:
+    """A crash after the state was stored but before its task was published: on start, the
+    supervisor reads the state and publishes what it says is due."""
+    store = await WorkflowStore.open(js, subjects.bucket("workflows"))
+    req = WorkflowRequest(id="crashed", workflow="pair", input={"n": 4}, submitted_at=0)
+    stored = transition(parse_workflow(PAIR), None, Submitted(req), time.time()).state
+    assert stored is not None
+    await store.put(stored, 0)  # ... and the process died here, before any publish
+    await stack()
+    res = await SwitchyardClient(nc, subjects).wait("crashed", timeout=10)
+    assert res.status == "completed" and res.outcome is not None
+    assert res.outcome.output == {"total": 9}
+
+
+async def test_supervisor_runs_a_workflow_put_on_the_bus(
+    stack: Any, nc: Client, js: JetStreamContext, subjects: Subjects,
+) -> None:
+    await stack()
+    kv = await open_bucket(js, subjects.bucket("workflow_defs"))
+    wf: Workflow = await put_workflow(kv, "name: solo\nsteps: [{name: only, role: alpha}]\n")
+    assert wf.name == "solo"
+    client = SwitchyardClient(nc, subjects)
+    res = await client.wait(await client.submit("solo", {"n": 5}), timeout=10)
+    assert res.status == "completed" and res.outcome is not None
+    assert res.outcome.output == {"value": 10, "route": ""}
