@@ -31,7 +31,7 @@ from switchyard.tools import ToolHostConfig
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SWITCHYARD_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="SWITCHYARD_", extra="ignore", populate_by_name=True)
 
     nats_url: str = Field(default="nats://127.0.0.1:4222", validation_alias="NATS_URL")
     prefix: str = "sy"

@@ -1,0 +1,162 @@
+"""The stack as deployed: supervisor, tool host and five agents as separate processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from nats.js.api import DeliverPolicy
+
+from switchyard.client import SwitchyardClient
+from switchyard.protocol import Task, encode, grants
+from switchyard.protocol.headers import DLQ_CODE
+
+from .conftest import CLI, Deployment, free_port, readme_example, run_cli
+
+pytestmark = pytest.mark.e2e
+
+
+async def test_stack_runs_the_readme_agent_in_its_own_process(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    (tmp_path / "summarize.py").write_text(readme_example("summarize.py"))
+    (tmp_path / "summarize.yaml").write_text(readme_example("summarize.yaml"))
+    assert len(readme_example("summarize.py").strip().splitlines()) <= 16
+    put = await deployment.cli("workflow", "put", "summarize.yaml", cwd=tmp_path)
+    assert put.code == 0, put.stderr
+    agent = await asyncio.create_subprocess_exec(
+        CLI, "agent", "run", "summarize:agent", cwd=tmp_path, env=deployment.env,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        nc = await nats.connect(deployment.stack.url)
+        client = SwitchyardClient(nc, deployment.settings.subjects)
+        wid = await client.submit("summarize", {"text": "Printer on fire.\nPlease advise."})
+        res = await client.wait(wid, timeout=30)  # the agent may still be starting
+        await nc.close()
+        assert res.status == "completed", res
+        assert res.outcome is not None
+        assert res.outcome.output == {"words": 5, "first_line": "Printer on fire."}
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(20):
+            _, err = await agent.communicate()
+    assert agent.returncode == 0, err.decode()[-2000:]
+
+
+async def test_stack_dead_letters_bad_tasks_and_every_process_keeps_running(
+    deployment: Deployment,
+) -> None:
+    s = deployment.settings.subjects
+    pids = {name: p.pid for name, p in deployment.stack.procs.items()}
+    nc = await nats.connect(deployment.stack.url)
+    js = nc.jetstream()
+    now = time.time()
+    forged = grants.Signer(grants.new_seed()).mint(grants.Grant(
+        id="x:triage:1", workflow_id="x", task_id="x:triage:1", role="triage", tools=["kb_search"],
+        budget=99, issued_at=now, expires_at=now + 60, issuer=""))
+    genuine = Task(id="x:triage:1", workflow_id="x", workflow="support", step="triage",
+                   role="triage", attempt=1, input={"text": "hi"}, grant=forged)
+    bad = {
+        "decode_error": b'{"protocol": "1.0", "id": "trunc',
+        "unsupported_version": encode(genuine).replace(b'"1.0"', b'"9.0"'),
+        "grant_invalid": encode(genuine),
+    }
+    dlq = await js.subscribe(s.dlq("task"), ordered_consumer=True,
+                             deliver_policy=DeliverPolicy.NEW)
+    for body in bad.values():
+        await js.publish(s.task("triage"), body)
+    seen: dict[str, bytes] = {}
+    async with asyncio.timeout(20):
+        while len(seen) < len(bad):
+            msg = await dlq.next_msg(timeout=None)
+            assert msg.headers is not None
+            seen[msg.headers[DLQ_CODE]] = msg.data
+    await dlq.unsubscribe()
+    assert seen == bad  # each rejected with its reason, the bytes unchanged
+    client = SwitchyardClient(nc, s)
+    wid = await client.submit("support", {"text": "The app crashes every time I open it",
+                                          "customer_email": "ada@example.com"})
+    res = await client.wait(wid, timeout=30)
+    await nc.close()
+    assert res.status == "completed", res
+    assert {n: p.pid for n, p in deployment.stack.procs.items()} == pids
+    assert all(p.returncode is None for p in deployment.stack.procs.values())
+
+
+async def test_stack_review_flow_from_the_command_line(deployment: Deployment) -> None:
+    sub = await deployment.cli("submit", "--json", "--email", "katherine@example.com",
+                               "Under GDPR I request a copy of all personal data you hold about me.")
+    assert sub.code == 3, sub.stderr  # waiting for a person
+    first = json.loads(sub.stdout)
+    assert first["status"] == "escalated" and "legal" in first["reason"]
+    listed = await deployment.cli("review", "--json")
+    assert first["escalation_id"] in [e["id"] for e in json.loads(listed.stdout)]
+    approve = await deployment.cli("review", "approve", first["escalation_id"], "--note", "ok")
+    assert approve.code == 0, approve.stderr
+    nc = await nats.connect(deployment.stack.url)
+    res = await SwitchyardClient(nc, deployment.settings.subjects).wait(
+        first["workflow_id"], timeout=30, stop_at_escalation=False)
+    await nc.close()
+    assert res.status == "completed" and res.outcome is not None
+    assert res.outcome.output is not None and res.outcome.output["approved"] is True
+    again = await deployment.cli("review", "approve", first["escalation_id"])
+    assert again.code == 1 and "no open escalation" in again.stderr
+
+
+async def test_stack_status_lists_every_process(deployment: Deployment) -> None:
+    res = await deployment.cli("status", "--json")
+    assert res.code == 0, res.stderr
+    data: dict[str, Any] = json.loads(res.stdout)
+    names = {svc["name"] for svc in data["services"]}
+    assert deployment.stack.expected_services <= names
+    triage = next(s for s in data["services"] if s["name"].endswith("agent-triage"))
+    assert triage["stats"]["endpoints"][0]["data"]["received"] >= 1
+    assert data["workflows"].get("completed", 0) >= 1
+
+
+async def test_submit_without_a_server_says_so(tmp_path: Path) -> None:
+    env = {**os.environ, "NATS_URL": f"nats://127.0.0.1:{free_port()}"}
+    res = await run_cli("submit", "hello", env=env, cwd=tmp_path)
+    assert res.code == 2 and "no NATS server answers" in res.stderr
+
+
+def _processes_with(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "environ").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+async def test_up_starts_embedded_nats_and_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
+    data = tmp_path / "up-data"
+    env = {**os.environ, "NATS_URL": f"nats://127.0.0.1:{free_port()}",
+           "SWITCHYARD_DATA_DIR": str(data)}
+    up = await asyncio.create_subprocess_exec(
+        CLI, "up", env=env, cwd=tmp_path, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    assert up.stdout is not None
+    async with asyncio.timeout(60):
+        line = await up.stdout.readline()
+    assert b"Switchyard is up" in line and b"embedded nats-server" in line, line
+    children = set(_processes_with(str(data))) - {up.pid}
+    assert len(children) == 8  # nats-server, supervisor, tool host, five agents
+    up.send_signal(signal.SIGINT)
+    async with asyncio.timeout(40):
+        await up.wait()
+    assert up.returncode == 0
+    assert _processes_with(str(data)) == []
