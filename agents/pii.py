@@ -9,7 +9,7 @@ from dataclasses import dataclass
 _EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b")
 _CARD = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,4})?\b")
-_PHONE = re.compile(r"(?<![\w+])\+?\d[\d ()-]{7,16}\d\b(?![ -]?\d)")
+_PHONE = re.compile(r"(?<![\w+])(?<!\d[ -])\+?\d[\d ()-]{7,16}\d\b(?![ -]?\d)")
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ handler                 on the bus
 ======================  =====================================================================
 returns                 ``Result(ok)``, then ``ack``
 raises ``NeedsHuman``   ``Result(needs_human)``, then ``ack``
-raises ``Retry``        ``nak(delay)`` until ``max_deliver``; then ``Result(error, retryable)``
+raises ``Retry``        ``nak(delay * 2**(n-1))`` until ``max_deliver``; then ``Result(error)``
 raises ``Reject``       ``Result(error, rejected)``, dead-letter copy, ``term``
 bad task                dead-letter copy, audit event, ``term`` (and ``Result(error)`` when the
                         task is genuine but its input does not validate)
@@ -69,6 +69,7 @@ log = structlog.get_logger("switchyard.agent")
 I = TypeVar("I", bound=BaseModel)  # noqa: E741
 O = TypeVar("O", bound=BaseModel)  # noqa: E741
 Handler = Callable[[Any, TaskContext], Awaitable[Any]]
+MAX_RETRY_DELAY = 300.0  # a Retry's delay doubles with each delivery, up to this
 
 
 class _State(enum.Enum):
@@ -246,7 +247,9 @@ class Agent:
                 name="schema",
                 subject=f"{s.prefix}.agent.{self.role}.schema",
                 handler=self._answer_schema,
-                metadata={"role": self.role},
+                metadata={"role": self.role,
+                          "input_schema": json.dumps(self.schemas()["input"]),
+                          "output_schema": json.dumps(self.schemas()["output"])},
             )
         )
         self._psub = psub
@@ -413,7 +416,7 @@ class Agent:
             if delivered < cfg.max_deliver:
                 self.counters.retried += 1
                 self._metrics[0].labels(self.role, "retried").inc()
-                await msg.nak(delay=exc.delay)
+                await msg.nak(delay=min(exc.delay * 2 ** (delivered - 1), MAX_RETRY_DELAY))
                 return
             reason = f"gave up after {delivered} deliveries: {exc.reason or 'retry'}"
             await self._publish_result(

@@ -400,24 +400,27 @@ def workflow_put(file: Path) -> None:
     from switchyard.protocol.errors import ConfigError
     from switchyard.supervisor.catalog import put_workflow
     from switchyard.supervisor.store import open_bucket
+    from switchyard.supervisor.workflow import parse_workflow
 
     settings = _settings()
+    text = file.read_text()
+    try:
+        parse_workflow(text, str(file))  # before touching the bus
+    except ConfigError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
 
     async def main() -> str:
         nc = await _connect(settings)
         try:
             kv = await open_bucket(nc.jetstream(), settings.subjects.bucket("workflow_defs"),
                                    history=5)
-            wf = await put_workflow(kv, file.read_text(), str(file))
+            wf = await put_workflow(kv, text, str(file))
             return f"workflow {wf.name!r} ({len(wf.steps)} steps) is on the bus"
         finally:
             await nc.close()
 
-    try:
-        out.print(_once(main()))
-    except ConfigError as exc:
-        err.print(f"[red]{exc}[/]")
-        raise typer.Exit(1) from None
+    out.print(_once(main()))
 
 
 @workflow_app.command("list")

@@ -154,7 +154,8 @@ async def test_runtime_naks_retry_with_delay_and_redelivers(
     await publish(js, subjects, make_task(signer))
     assert decode((await results.next()).data, Result).status == "ok"
     assert len(deliveries) == 3 and agent.counters.retried == 2
-    assert deliveries[1] - deliveries[0] >= 0.19  # the nak carried the delay
+    assert deliveries[1] - deliveries[0] >= 0.19  # the nak carried the delay ...
+    assert deliveries[2] - deliveries[1] >= 0.39  # ... doubled on the next delivery
 
 
 async def test_runtime_gives_up_after_max_deliver(
@@ -340,6 +341,8 @@ async def test_runtime_registers_a_micro_service_for_discovery(
     (svc,) = await SwitchyardClient(nc, subjects).services()
     assert svc["name"] == subjects.service("agent-doubler") and svc["version"] == "1.2.3"
     assert svc["metadata"]["role"] == "doubler"
+    info = (await SwitchyardClient(nc, subjects)._gather("$SRV.INFO", 0.5))[0]
+    assert "doubled" in info["endpoints"][0]["metadata"]["output_schema"]
     assert svc["stats"]["endpoints"][0]["data"]["received"] == 0
     reply = await nc.request(f"{subjects.prefix}.agent.doubler.schema", b"", timeout=5)
     assert b'"doubled"' in reply.data and b'"n"' in reply.data

@@ -112,6 +112,25 @@ async def test_stack_review_flow_from_the_command_line(deployment: Deployment) -
     assert again.code == 1 and "no open escalation" in again.stderr
 
 
+async def test_stack_review_next_claims_from_the_human_queue(deployment: Deployment) -> None:
+    sub = await deployment.cli("submit", "--json", "--email", "linus@example.org", "hello?")
+    assert sub.code == 3, sub.stderr
+    first = json.loads(sub.stdout)
+    proc = await asyncio.create_subprocess_exec(
+        CLI, "review", "next", env=deployment.env, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(60):  # reject whatever is claimed until the queue is empty
+        out, err = await proc.communicate(b"reject\n" * 20)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert first["escalation_id"] in out.decode() and "nothing is waiting" in out.decode()
+    nc = await nats.connect(deployment.stack.url)
+    res = await SwitchyardClient(nc, deployment.settings.subjects).wait(
+        first["workflow_id"], timeout=30, stop_at_escalation=False)
+    await nc.close()
+    assert res.status == "rejected"
+
+
 async def test_stack_status_lists_every_process(deployment: Deployment) -> None:
     res = await deployment.cli("status", "--json")
     assert res.code == 0, res.stderr

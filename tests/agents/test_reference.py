@@ -1,0 +1,184 @@
+"""The five reference agents' logic, with their tools served for real over the bus."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nats.aio.client import Client
+from nats.js.client import JetStreamContext
+
+from switchyard.agents import (
+    OpenAICompatibleModel,
+    TaskContext,
+    action,
+    compliance,
+    retrieval,
+    reviewer,
+    triage,
+)
+from switchyard.agents.pii import find_pii, iban_valid, luhn_valid, redact
+from switchyard.protocol import Subjects, Task, grants
+from switchyard.tools import ToolHost, ToolHostConfig
+from switchyard.tools.builtin import SupportStore, support_registry
+
+TOOLS = ["kb_search", "lookup_customer", "open_ticket", "update_ticket", "propose_refund"]
+
+
+def test_pii_checks_cards_with_luhn_and_ibans_with_mod97() -> None:
+    assert luhn_valid("4111 1111 1111 1111") and not luhn_valid("4111 1111 1111 1112")
+    assert iban_valid("DE89 3704 0044 0532 0130 00") and not iban_valid("DE89 3704 0044 0532 0130 01")
+    text = ("write to bob@example.com or +44 20 7946 0001; card 4111-1111-1111-1111; "
+            "IBAN GB82 WEST 1234 5698 7654 32; order 48213")
+    kinds = [f.kind for f in find_pii(text)]
+    assert kinds == ["email", "phone", "card", "iban"]
+    assert redact(text) == "write to [email] or [phone]; card [card]; IBAN [iban]; order 48213"
+    assert find_pii("card 4111 1111 1111 1112 is not valid") == []
+
+
+def test_triage_confidence_is_a_calibrated_probability() -> None:
+    clear, c_clear = triage.classify("The app crashes every time I open it after the update")
+    assert clear.intent == "technical" and c_clear > 0.8
+    assert sum(clear.scores.values()) == pytest.approx(1, abs=1e-3)
+    assert max(clear.scores.values()) == pytest.approx(c_clear, abs=1e-4)
+    _, c_vague = triage.classify("hello?")
+    assert c_vague < 0.5  # ambiguous tickets really score low
+    legal, _ = triage.classify("Our lawyer will file a lawsuit")
+    assert (legal.intent, legal.sensitivity) == ("legal", "high")
+
+
+def test_triage_training_set_is_shipped_and_balanced() -> None:
+    rows = triage.labelled_tickets()
+    assert len(rows) >= 250
+    intents = {r["intent"] for r in rows}
+    assert intents == {"billing", "technical", "account", "legal", "other"}
+    assert min(sum(r["intent"] == i for r in rows) for i in intents) >= 30
+
+
+@pytest.fixture
+async def tools(
+    nc: Client, js: JetStreamContext, subjects: Subjects, signer: grants.Signer, tmp_path: Path
+) -> AsyncIterator[SupportStore]:
+    registry, store = support_registry(tmp_path / "support.db")
+    config = ToolHostConfig(subjects=subjects, trusted_keys=frozenset({signer.public_key}))
+    async with ToolHost(nc, registry, config):
+        yield store
+    store.close()
+
+
+def ctx_for(nc: Client, subjects: Subjects, signer: grants.Signer, role: str,
+            context: dict[str, Any] | None = None) -> TaskContext:
+    tid = f"w1:{role}:1"
+    now = time.time()
+    grant = signer.mint(grants.Grant(id=tid, workflow_id="w1", task_id=tid, role=role, tools=TOOLS,
+                                     budget=20, issued_at=now, expires_at=now + 60, issuer=""))
+    task = Task(id=tid, workflow_id="w1", workflow="support", step=role, role=role, attempt=1,
+                input={}, context=context or {}, grant=grant, deadline=now + 30)
+    return TaskContext(task, nc=nc, subjects=subjects)
+
+
+async def test_retrieval_cites_articles_of_the_intent(
+    tools: SupportStore, nc: Client, subjects: Subjects, signer: grants.Signer
+) -> None:
+    scored = await retrieval.retrieve(
+        retrieval.Query(text="I was charged twice this month", intent="billing"),
+        ctx_for(nc, subjects, signer, "retrieval"))
+    assert scored.value.citations[0] == "KB-102" and scored.confidence > 0.5
+
+
+async def test_action_proposes_a_refund_and_compliance_stops_it_above_the_limit(
+    tools: SupportStore, nc: Client, subjects: Subjects, signer: grants.Signer
+) -> None:
+    draft = await action.act(action.Request(
+        text="Please refund 250 EUR for the outage", customer_email="ada@example.com",
+        intent="billing"), ctx_for(nc, subjects, signer, "action"))
+    assert draft.refund is not None and draft.refund.amount == 250.0
+    assert [r["amount"] for r in tools.refunds()] == [250.0]  # the side effect, in SQLite
+    assert "refund of 250.00 EUR" in draft.reply and draft.customer_id == "C-1001"
+    verdict = await compliance.check(compliance.Review(
+        draft=draft.reply, customer_email="ada@example.com", customer_id=draft.customer_id,
+        refund_amount=250.0), ctx_for(nc, subjects, signer, "compliance"))
+    assert not verdict.passed
+    assert verdict.violations == ["refund of 250.00 EUR promised above the limit of 100.00 EUR "
+                                  "without approval"]
+
+
+async def test_compliance_catches_another_customers_data_and_redacts_it(
+    tools: SupportStore, nc: Client, subjects: Subjects, signer: grants.Signer
+) -> None:
+    draft = await action.act(action.Request(
+        text="What phone number do you have for alan@example.com?",
+        customer_email="grace@example.com", intent="other"),
+        ctx_for(nc, subjects, signer, "action"))
+    assert "+44 20 7946 0003" in draft.reply  # the naive helper leaked it ...
+    verdict = await compliance.check(compliance.Review(
+        draft=draft.reply, customer_email="grace@example.com", customer_id=draft.customer_id),
+        ctx_for(nc, subjects, signer, "compliance"))
+    assert not verdict.passed  # ... and compliance caught it
+    assert "+44" not in verdict.redacted and "alan@" not in verdict.redacted
+    assert verdict.pii_found == {"email": 1, "phone": 1}
+
+
+async def test_compliance_passes_a_clean_draft(
+    tools: SupportStore, nc: Client, subjects: Subjects, signer: grants.Signer
+) -> None:
+    verdict = await compliance.check(compliance.Review(
+        draft="Hello Ada, we refunded 20.00 EUR. Reach us at ada@example.com.",
+        customer_email="ada@example.com", customer_id="C-1001", refund_amount=20.0),
+        ctx_for(nc, subjects, signer, "compliance"))
+    assert verdict.passed and verdict.redacted.endswith("at [email].")
+
+
+async def test_reviewer_scores_what_is_missing(
+    nc: Client, subjects: Subjects, signer: grants.Signer
+) -> None:
+    ctx = ctx_for(nc, subjects, signer, "reviewer")
+    good = await reviewer.review(reviewer.Answer(
+        reply="Hello Ada,\nRefund policy [KB-101]: ...", intent="billing", citations=["KB-101"],
+        ticket_id="T-1"), ctx)
+    assert good.value.approved and good.confidence == 1.0
+    bad = await reviewer.review(reviewer.Answer(reply="Call 0049 170 1234567", intent="billing"),
+                                ctx)
+    assert not bad.value.approved and bad.confidence < 0.6
+    assert "no personal data left" in bad.value.failed_checks
+
+
+class _ChatHandler(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        reply = {"model": body["model"], "choices": [{"message": {
+            "content": f"echo: {body['messages'][-1]['content']}"}}],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 3}}
+        data = json.dumps(reply).encode()
+        self.send_response(200 if self.path == "/v1/chat/completions" else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def chat_server() -> Iterator[str]:
+    server = HTTPServer(("127.0.0.1", 0), _ChatHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+async def test_model_client_speaks_openai_chat_completions(chat_server: str) -> None:
+    model = OpenAICompatibleModel(chat_server, "tiny", api_key="k")
+    reply = await model.chat([{"role": "user", "content": "hi"}])
+    await model.aclose()
+    assert reply.text == "echo: hi"
+    assert (reply.usage.input_tokens, reply.usage.output_tokens, reply.usage.model) == (7, 3, "tiny")

@@ -1,0 +1,33 @@
+"""Commands that need no running stack."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+CLI = str(Path(sys.executable).parent / "switchyard")
+
+
+def test_cli_protocol_schema_writes_json_schema_and_asyncapi(tmp_path: Path) -> None:
+    res = subprocess.run([CLI, "protocol", "schema", "--out", str(tmp_path / "schema")],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    files = sorted(p.name for p in (tmp_path / "schema").iterdir())
+    assert "asyncapi.json" in files and "Task.schema.json" in files and len(files) == 10
+    task = json.loads((tmp_path / "schema" / "Task.schema.json").read_text())
+    assert task["title"] == "Task" and "grant" in json.dumps(task)
+    doc = json.loads((tmp_path / "schema" / "asyncapi.json").read_text())
+    assert doc["channels"]["task"]["address"] == "sy.task.{role}"
+
+
+def test_cli_workflow_put_rejects_an_invalid_file_before_touching_the_bus(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nsteps: [{name: a, role: r, routes: [{when: 'true', to: nowhere}]}]\n")
+    env = {**os.environ, "NATS_URL": "nats://127.0.0.1:1"}  # nothing there, and not needed
+    res = subprocess.run([CLI, "workflow", "put", str(bad)], capture_output=True, text=True,
+                         timeout=60, env=env)
+    assert res.returncode == 1
+    assert "route target 'nowhere' is unknown" in res.stderr
