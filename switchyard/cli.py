@@ -210,8 +210,7 @@ def demo(
                         description=f"completed {c['completed']} · escalated {c['escalated']} · "
                                     f"failed {c['failed']}")
 
-    with err.status("starting NATS, supervisor, tool host and five agents…"):
-        pass
+    err.print("starting NATS, the supervisor, the tool host and five agents…")
     with progress:
         report = _once(run_demo(settings, batch, timeout=timeout, on_progress=on_progress))
     table = Table(title=f"{report.tickets} tickets in {report.elapsed_s:.1f} s "
