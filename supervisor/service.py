@@ -285,33 +285,29 @@ class Supervisor:
 
     async def _on_result(self, msg: Msg) -> None:
         self.counts["results"] += 1
-        try:
-            result = codec.decode(msg.data, Result, max_bytes=self.config.max_bytes)
-        except ProtocolError as exc:
-            await self._reject(msg, "result", exc.code, exc.message, "")
-            return
-        wf = await self._workflow_of(result.workflow_id)
-        if wf is None:
-            await self._reject(msg, "result", ErrorCode.INVALID_INPUT,
-                               f"no workflow {result.workflow_id!r} is known",
-                               result.workflow_id)
-            return
-        await self._apply(wf, result.workflow_id, ResultReceived(result), msg)
+        await self._on_update(msg, "result", Result, ResultReceived)
 
     async def _on_decision(self, msg: Msg) -> None:
         self.counts["decisions"] += 1
+        await self._on_update(msg, "decision", Decision, DecisionReceived)
+
+    async def _on_update(
+        self, msg: Msg, kind: str, message_type: type[Result] | type[Decision],
+        make_event: Callable[[Any], EngineEvent],
+    ) -> None:
+        """A message about a running workflow: decode it, find its workflow, apply it."""
         try:
-            decision = codec.decode(msg.data, Decision, max_bytes=self.config.max_bytes)
+            message = codec.decode(msg.data, message_type, max_bytes=self.config.max_bytes)
         except ProtocolError as exc:
-            await self._reject(msg, "decision", exc.code, exc.message, "")
+            await self._reject(msg, kind, exc.code, exc.message, "")
             return
-        wf = await self._workflow_of(decision.workflow_id)
+        wf = await self._workflow_of(message.workflow_id)
         if wf is None:
-            await self._reject(msg, "decision", ErrorCode.INVALID_INPUT,
-                               f"no workflow {decision.workflow_id!r} is known",
-                               decision.workflow_id)
+            await self._reject(msg, kind, ErrorCode.INVALID_INPUT,
+                               f"no workflow {message.workflow_id!r} is known",
+                               message.workflow_id)
             return
-        await self._apply(wf, decision.workflow_id, DecisionReceived(decision), msg)
+        await self._apply(wf, message.workflow_id, make_event(message), msg)
 
     async def _workflow_of(self, workflow_id: str) -> Workflow | None:
         try:
