@@ -233,6 +233,40 @@ def demo(
 
 
 @app.command()
+def bench(
+    quick: Annotated[bool, typer.Option(help="a smaller run, under a minute")] = False,
+    json_file: Annotated[Path | None, typer.Option("--json", help="also write JSON here")] = None,
+) -> None:
+    """Measure Switchyard beside raw JetStream and raw core NATS, on a nats-server of its own."""
+    from switchyard.bench import FULL, QUICK, report_json, run_bench
+
+    _settings()
+    try:
+        import uvloop  # type: ignore[import-not-found]
+
+        uvloop.install()
+    except ImportError:
+        pass
+    report = asyncio.run(run_bench(QUICK if quick else FULL, lambda m: err.print(f"· {m}")))
+    table = Table(title="five-hop workflows (median of windows)")
+    for col in ("pipeline", "fsync", "in flight", "steps", "payload", "wf/s", "p50 ms", "p99 ms",
+                "CPU µs/wf", "CPU µs/step", "other CPU %"):
+        table.add_column(col, justify="right" if col not in ("pipeline", "fsync") else "left")
+    for r in report.rows:
+        table.add_row(r.pipeline, r.sync, str(r.inflight), str(r.steps),
+                      f"{r.payload_bytes // 1024} KB", f"{r.workflows_per_s:,.0f}",
+                      f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}",
+                      f"{sum(r.cpu_us_per_workflow.values()):,.0f}", f"{r.cpu_us_per_step:,.0f}",
+                      f"{r.other_cpu_pct:.0f}")
+    out.print(table)
+    for k, v in {**report.ratios, **report.growth}.items():
+        out.print(f"{k}: {v}")
+    if json_file is not None:
+        json_file.write_bytes(report_json(report) + b"\n")
+        out.print(f"wrote {json_file}")
+
+
+@app.command()
 def submit(
     text: Annotated[str | None, typer.Argument(help="ticket text")] = None,
     file: Annotated[Path | None, typer.Option(help="JSON file with the workflow input")] = None,

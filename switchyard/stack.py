@@ -45,9 +45,15 @@ async def nats_answers(url: str, timeout: float = 1.0) -> bool:
 
 
 class LocalStack:
-    def __init__(self, settings: Settings, *, roles: tuple[str, ...] = ROLES) -> None:
+    def __init__(
+        self, settings: Settings, *, roles: tuple[str, ...] = ROLES,
+        agents: dict[str, str] | None = None, toolhost: bool = True,
+    ) -> None:
+        """``agents`` maps role to ``module:attr`` (default: the built-in agents of ``roles``)."""
         self.settings = settings
-        self.roles = roles
+        self.agents = agents or {role: role for role in roles}
+        self.roles = tuple(self.agents)
+        self.toolhost = toolhost
         self.nats: NatsServer | None = None
         self.url = settings.nats_url
         self.procs: dict[str, asyncio.subprocess.Process] = {}
@@ -57,8 +63,8 @@ class LocalStack:
     @property
     def expected_services(self) -> set[str]:
         s = self.settings.subjects
-        return {s.service("supervisor"), s.service("toolhost"),
-                *(s.service(f"agent-{r}") for r in self.roles)}
+        names = {s.service("supervisor"), *(s.service(f"agent-{r}") for r in self.roles)}
+        return names | ({s.service("toolhost")} if self.toolhost else set())
 
     async def start(self, ready_timeout: float = 60.0) -> LocalStack:
         if not await nats_answers(self.url):
@@ -74,9 +80,10 @@ class LocalStack:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             self.settings.load_seed()  # created once, before any process needs it
             await self._spawn("supervisor", "supervisor", "run")
-            await self._spawn("toolhost", "tools", "run")
-            for role in self.roles:
-                await self._spawn(f"agent-{role}", "agent", "run", role)
+            if self.toolhost:
+                await self._spawn("toolhost", "tools", "run")
+            for role, target in self.agents.items():
+                await self._spawn(f"agent-{role}", "agent", "run", target)
             await self._wait_ready(nc, ready_timeout)
         except BaseException:
             await nc.close()
@@ -88,7 +95,9 @@ class LocalStack:
     async def _spawn(self, name: str, *args: str) -> None:
         env = {**os.environ, "NATS_URL": self.url,
                "SWITCHYARD_DATA_DIR": str(self.settings.data_dir),
-               "SWITCHYARD_PREFIX": self.settings.prefix}
+               "SWITCHYARD_PREFIX": self.settings.prefix,
+               "SWITCHYARD_WORKFLOWS": self.settings.workflows,
+               "SWITCHYARD_CONCURRENCY": str(self.settings.concurrency)}
         log = open(self.log_dir / f"{name}.log", "ab")
         self._logs.append(log)
         self.procs[name] = await asyncio.create_subprocess_exec(

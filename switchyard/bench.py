@@ -1,0 +1,517 @@
+"""``switchyard bench``: Switchyard and the raw transport it sits on, measured in the same run.
+
+Three five-hop pipelines, each as separate processes on a nats-server of the benchmark's own:
+
+- ``switchyard``: the real stack: supervisor, tool host and five trivial agents, state in KV;
+- ``raw-jetstream``: a driver publishes each hop's task to a work-queue stream, five workers consume
+  with durable pull consumers and explicit acks and publish results to a stream the driver
+  consumes (10 stored messages per workflow);
+- ``raw-core``: the same five hops as core NATS request-reply.
+
+Every hop decodes and re-encodes the same msgspec envelope. For each pipeline and load: workflows/s,
+p50/p99 latency, CPU microseconds per workflow by process (procfs), peak RSS by process, and the CPU
+other programs used in the window (a window where that is high is rejected and repeated); the
+median of several windows is reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
+
+from switchyard._bench_workers import HOPS, raw_subject
+from switchyard.natsd import NatsServer
+from switchyard.protocol import Result, Subjects, Task, WorkflowRequest, codec
+from switchyard.protocol.headers import MSG_ID
+from switchyard.settings import Settings
+from switchyard.stack import LocalStack
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+NCPU = os.cpu_count() or 1
+OTHER_CPU_LIMIT = 0.25  # a window where other programs used more than this share is repeated
+
+
+# procfs -----------------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def rss_bytes(pid: int, key: str = "VmHWM") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def busy_seconds() -> float:
+    parts = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in parts[:8])
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+# rows -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    pipeline: str
+    sync: str
+    inflight: int
+    steps: int
+    payload_bytes: int
+    workflows: int
+    workflows_per_s: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us_per_workflow: dict[str, float]
+    cpu_us_per_step: float
+    peak_rss_mb: dict[str, float]
+    other_cpu_pct: float
+    windows: int
+    rejected_windows: int
+
+
+@dataclass
+class Report:
+    machine: dict[str, Any]
+    rows: list[Row] = field(default_factory=list)
+    growth: dict[str, Any] = field(default_factory=dict)
+    ratios: dict[str, Any] = field(default_factory=dict)
+    stored_writes_per_step: dict[str, Any] = field(default_factory=dict)
+
+
+# drivers ----------------------------------------------------------------------------------------
+
+
+class Driver:
+    """Keeps ``inflight`` workflows going until ``count`` have finished; returns latencies (s)."""
+
+    async def one(self, i: int) -> None:
+        raise NotImplementedError
+
+    async def run(self, count: int, inflight: int) -> list[float]:
+        latencies: list[float] = []
+        slots = asyncio.Semaphore(inflight)
+
+        async def timed(i: int) -> None:
+            try:
+                t0 = time.perf_counter()
+                await self.one(i)
+                latencies.append(time.perf_counter() - t0)
+            finally:
+                slots.release()
+
+        async with asyncio.TaskGroup() as tg:
+            for i in range(count):
+                await slots.acquire()
+                tg.create_task(timed(i))
+        return latencies
+
+
+class SwitchyardDriver(Driver):
+    def __init__(self, nc: Client, subjects: Subjects, workflow: str, payload: int) -> None:
+        self.nc, self.js, self.s = nc, nc.jetstream(), subjects
+        self.workflow = workflow
+        self.input = {"payload": "x" * payload, "n": 0}
+        self.waiting: dict[str, asyncio.Future[None]] = {}
+        self.sub: Any = None
+        self.run_id = uuid.uuid4().hex[:6]
+
+    async def start(self) -> None:
+        async def done(msg: Msg) -> None:
+            fut = self.waiting.pop(msg.subject.rsplit(".", 1)[1], None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+
+        self.sub = await self.nc.subscribe(self.s.all("workflow.outcome"), cb=done)
+
+    async def one(self, i: int) -> None:
+        wid = f"b{self.run_id}-{i}-{uuid.uuid4().hex[:6]}"
+        fut = self.waiting[wid] = asyncio.get_running_loop().create_future()
+        req = WorkflowRequest(id=wid, workflow=self.workflow, input=self.input, submitted_at=0)
+        await self.js.publish(self.s.submit, codec.encode(req), headers={MSG_ID: wid})
+        await fut
+
+    async def stop(self) -> None:
+        await self.sub.unsubscribe()
+
+
+class RawJetStreamDriver(Driver):
+    def __init__(self, nc: Client, prefix: str, payload: int) -> None:
+        self.nc, self.js, self.prefix = nc, nc.jetstream(), prefix
+        self.payload = "x" * payload
+        self.waiting: dict[str, asyncio.Future[None]] = {}
+        self._loop_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        p = self.prefix
+        for name, subjects, retention in (
+            ("TASKS", [f"{p}.task.*"], RetentionPolicy.WORK_QUEUE),
+            ("RESULTS", [f"{p}.result.*"], RetentionPolicy.LIMITS),
+        ):
+            await self.js.add_stream(StreamConfig(name=f"{p.upper()}_{name}", subjects=subjects,
+                                                  retention=retention, storage=StorageType.FILE))
+        psub = await self.js.pull_subscribe(
+            f"{p}.result.*", durable="driver", stream=f"{p.upper()}_RESULTS",
+            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, max_ack_pending=20_000))
+        self._loop_task = asyncio.create_task(self._results(psub))
+
+    async def _results(self, psub: Any) -> None:
+        while True:
+            try:
+                msgs = await psub.fetch(batch=256, timeout=0.5)
+            except TimeoutError:
+                continue
+            for msg in msgs:
+                task = asyncio.create_task(self._advance(msg))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _advance(self, msg: Msg) -> None:
+        result = codec.decode(msg.data, Result)
+        hop = int(msg.subject.rsplit(".", 1)[1])
+        if hop < HOPS:
+            await self._send(result.workflow_id, hop + 1)
+        else:
+            fut = self.waiting.pop(result.workflow_id, None)
+            if fut is not None:
+                fut.set_result(None)
+        await msg.ack()
+
+    async def _send(self, wid: str, hop: int) -> None:
+        task = Task(id=f"{wid}:{hop}:1", workflow_id=wid, workflow="raw", step=str(hop),
+                    role=f"hop{hop}", attempt=1, input={"payload": self.payload, "n": hop})
+        await self.js.publish(raw_subject(self.prefix, "task", hop), codec.encode(task))
+
+    async def one(self, i: int) -> None:
+        wid = f"r{i}-{uuid.uuid4().hex[:6]}"
+        fut = self.waiting[wid] = asyncio.get_running_loop().create_future()
+        await self._send(wid, 1)
+        await fut
+
+    async def stop(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+
+
+class RawCoreDriver(Driver):
+    def __init__(self, nc: Client, prefix: str, payload: int) -> None:
+        self.nc, self.prefix = nc, prefix
+        self.payload = "x" * payload
+
+    async def start(self) -> None:
+        return None
+
+    async def one(self, i: int) -> None:
+        wid = f"c{i}"
+        for hop in range(1, HOPS + 1):
+            task = Task(id=f"{wid}:{hop}:1", workflow_id=wid, workflow="raw", step=str(hop),
+                        role=f"hop{hop}", attempt=1, input={"payload": self.payload, "n": hop})
+            reply = await self.nc.request(raw_subject(self.prefix, "core", hop),
+                                          codec.encode(task), timeout=10)
+            codec.decode(reply.data, Result)
+
+    async def stop(self) -> None:
+        return None
+
+
+# measuring --------------------------------------------------------------------------------------
+
+
+async def measure(
+    name: str, sync: str, driver: Driver, pids: dict[str, int], *, inflight: int, count: int,
+    windows: int, steps: int = HOPS, payload: int = 1024,
+) -> Row:
+    pids = {**pids, "bench": os.getpid()}
+    await driver.run(min(count, 2 * inflight + 20), inflight)  # warm-up
+    kept: list[tuple[float, list[float], dict[str, float], float]] = []
+    rejected = 0
+    while len(kept) < windows and rejected < 3 * windows:
+        cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
+        busy0 = busy_seconds()
+        t0 = time.perf_counter()
+        lat = await driver.run(count, inflight)
+        elapsed = time.perf_counter() - t0
+        cpu = {k: cpu_seconds(p) - cpu0[k] for k, p in pids.items()}
+        other = max(0.0, busy_seconds() - busy0 - sum(cpu.values())) / (elapsed * NCPU)
+        if other > OTHER_CPU_LIMIT:
+            rejected += 1
+            continue
+        kept.append((elapsed, lat, cpu, other))
+    med = statistics.median
+    rates = [count / e for e, _, _, _ in kept]
+    all_lat = sorted(x for _, lat, _, _ in kept for x in lat)
+    per_wf = {k: round(med(c[k] for _, _, c, _ in kept) / count * 1e6, 1) for k in pids}
+    return Row(
+        pipeline=name, sync=sync, inflight=inflight, steps=steps, payload_bytes=payload,
+        workflows=count, workflows_per_s=round(med(rates), 1),
+        p50_ms=round(_pct(all_lat, 0.50) * 1000, 3), p99_ms=round(_pct(all_lat, 0.99) * 1000, 3),
+        cpu_us_per_workflow=per_wf, cpu_us_per_step=round(sum(per_wf.values()) / steps, 1),
+        peak_rss_mb={k: round(rss_bytes(p) / 2**20, 1) for k, p in pids.items()},
+        other_cpu_pct=round(med(o for *_, o in kept) * 100, 1), windows=len(kept),
+        rejected_windows=rejected,
+    )
+
+
+def _pct(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return 0.0
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+async def _spawn(*args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "switchyard._bench_workers", *args,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL)
+
+
+async def _stop(procs: list[asyncio.subprocess.Process]) -> None:
+    for p in procs:
+        if p.returncode is None:
+            p.terminate()
+    for p in procs:
+        try:
+            async with asyncio.timeout(10):
+                await p.wait()
+        except TimeoutError:
+            p.kill()
+            await p.wait()
+
+
+BENCH_WORKFLOW = "name: {name}\nsteps:\n{steps}"
+STEP = "  - {{name: s{i}, role: hop{role}, timeout_s: 60, input: {{payload: input.payload, n: input.n}}}}\n"
+
+
+def _workflow(name: str, steps: int) -> str:
+    return BENCH_WORKFLOW.format(
+        name=name, steps="".join(STEP.format(i=i, role=(i % HOPS) + 1) for i in range(steps)))
+
+
+@dataclass
+class Plan:
+    inflight: list[int]
+    count: dict[int, int]
+    windows: int
+    syncs: list[str]
+    growth_steps: int
+    growth_payload: int
+    parked: int
+
+
+FULL = Plan(inflight=[1, 64, 256], count={1: 200, 64: 2000, 256: 3000}, windows=3,
+            syncs=["default", "always"], growth_steps=50, growth_payload=100_000, parked=10_000)
+QUICK = Plan(inflight=[1, 64], count={1: 50, 64: 400}, windows=1, syncs=["default"],
+             growth_steps=50, growth_payload=100_000, parked=1_000)
+
+
+async def run_bench(plan: Plan, log: Callable[[str], None]) -> Report:
+    report = Report(machine={"cpus": NCPU, "python": sys.version.split()[0],
+                             "uvloop": "uvloop" in sys.modules})
+    with tempfile.TemporaryDirectory(prefix="switchyard-bench-") as tmp:
+        for sync in plan.syncs:
+            async with NatsServer(store_dir=Path(tmp) / f"nats-{sync}",
+                                  sync_always=sync == "always") as server:
+                pid = server.pid or 0
+                log(f"[{sync}] raw core NATS")
+                await _bench_raw(report, "raw-core", server.url, pid, sync, plan)
+                log(f"[{sync}] raw JetStream")
+                await _bench_raw(report, "raw-jetstream", server.url, pid, sync, plan)
+                log(f"[{sync}] Switchyard")
+                await _bench_switchyard(report, server.url, pid, sync, plan, Path(tmp), log)
+    _ratios(report)
+    await _bench_langgraph(report, plan, log)
+    return report
+
+
+async def _bench_raw(report: Report, name: str, url: str, nats_pid: int, sync: str,
+                     plan: Plan) -> None:
+    prefix = f"raw{uuid.uuid4().hex[:6]}"
+    kind = "core" if name == "raw-core" else "js"
+    procs = [await _spawn(kind, url, str(hop), prefix) for hop in range(1, HOPS + 1)]
+    nc = await nats.connect(url)
+    driver: RawCoreDriver | RawJetStreamDriver = (
+        RawCoreDriver(nc, prefix, 1024) if kind == "core" else RawJetStreamDriver(nc, prefix, 1024))
+    try:
+        await driver.start()
+        if kind == "core":  # the workers subscribe asynchronously: wait until each answers
+            await _wait_for_core(nc, prefix)
+        pids = {"nats-server": nats_pid, **{f"hop{i + 1}": p.pid for i, p in enumerate(procs)}}
+        for inflight in plan.inflight:
+            report.rows.append(await measure(name, sync, driver, pids, inflight=inflight,
+                                             count=plan.count[inflight], windows=plan.windows))
+    finally:
+        await driver.stop()
+        await nc.close()
+        await _stop(procs)
+
+
+async def _wait_for_core(nc: Client, prefix: str) -> None:
+    async with asyncio.timeout(30):
+        for hop in range(1, HOPS + 1):
+            while True:
+                task = Task(id="w:1:1", workflow_id="w", workflow="raw", step="1", role="h",
+                            attempt=1, input={})
+                try:
+                    await nc.request(raw_subject(prefix, "core", hop), codec.encode(task),
+                                     timeout=0.5)
+                    break
+                except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                    await asyncio.sleep(0.05)  # a worker still starting
+
+
+async def _bench_switchyard(report: Report, url: str, nats_pid: int, sync: str, plan: Plan,
+                            tmp: Path, log: Callable[[str], None]) -> None:
+    prefix = f"sb{uuid.uuid4().hex[:6]}"
+    data = tmp / prefix
+    data.mkdir()
+    files = []
+    for name, steps in (("bench5", HOPS), (f"bench{plan.growth_steps}", plan.growth_steps)):
+        path = data / f"{name}.yaml"
+        path.write_text(_workflow(name, steps))
+        files.append(str(path))
+    park = data / "park.yaml"
+    park.write_text("name: park\nsteps:\n  - {name: wait, role: hop1, routes: "
+                    "[{when: '`true`', to: '@human', reason: parked}]}\n")
+    files.append(str(park))
+    settings = Settings(nats_url=url, prefix=prefix, data_dir=data, workflows=",".join(files),
+                        concurrency=256)
+    agents = {f"hop{i}": f"switchyard._bench_workers:hop{i}" for i in range(1, HOPS + 1)}
+    async with LocalStack(settings, agents=agents) as stack:
+        nc = await nats.connect(url)
+        pids = {"nats-server": nats_pid, **{n: p.pid for n, p in stack.procs.items()}}
+        try:
+            driver = SwitchyardDriver(nc, settings.subjects, "bench5", 1024)
+            await driver.start()
+            for inflight in plan.inflight:
+                report.rows.append(await measure("switchyard", sync, driver, pids,
+                                                 inflight=inflight, count=plan.count[inflight],
+                                                 windows=plan.windows))
+            await driver.stop()
+            if sync == plan.syncs[0]:
+                log(f"[{sync}] growth: steps and payload")
+                await _growth(report, nc, settings, pids, sync, plan)
+                log(f"[{sync}] supervisor memory with {plan.parked} workflows waiting")
+                report.growth["parked_workflows"] = plan.parked
+                report.growth["supervisor_rss_mb_parked"] = await _parked(
+                    nc, settings, stack.procs["supervisor"].pid, plan.parked)
+        finally:
+            await nc.close()
+
+
+async def _growth(report: Report, nc: Client, settings: Settings, pids: dict[str, int],
+                  sync: str, plan: Plan) -> None:
+    rows = {}
+    for label, workflow, steps, payload, count in (
+        ("5 steps, 1 KB", "bench5", HOPS, 1024, 400),
+        (f"{plan.growth_steps} steps, 1 KB", f"bench{plan.growth_steps}", plan.growth_steps, 1024,
+         40),
+        ("5 steps, 100 KB", "bench5", HOPS, plan.growth_payload, 200),
+    ):
+        driver = SwitchyardDriver(nc, settings.subjects, workflow, payload)
+        await driver.start()
+        row = await measure("switchyard", sync, driver, pids, inflight=16, count=count, windows=1,
+                            steps=steps, payload=payload)
+        await driver.stop()
+        rows[label] = row.cpu_us_per_step
+        report.rows.append(row)
+    base = rows["5 steps, 1 KB"]
+    report.growth["cpu_us_per_step"] = rows
+    report.growth["per_step_ratio_vs_5_steps_1kb"] = {k: round(v / base, 2) for k, v in rows.items()}
+
+
+async def _parked(nc: Client, settings: Settings, supervisor_pid: int, count: int) -> float:
+    s = settings.subjects
+    seen = 0
+    all_parked = asyncio.Event()
+
+    async def on_escalation(msg: Msg) -> None:
+        nonlocal seen
+        seen += 1
+        if seen >= count:
+            all_parked.set()
+
+    sub = await nc.subscribe(s.human_queue, cb=on_escalation)
+    js = nc.jetstream()
+    run = uuid.uuid4().hex[:6]
+    for i in range(count):
+        req = WorkflowRequest(id=f"p{run}-{i}", workflow="park", input={"n": i}, submitted_at=0)
+        await js.publish(s.submit, codec.encode(req), headers={MSG_ID: req.id})
+    async with asyncio.timeout(600):
+        await all_parked.wait()
+    await sub.unsubscribe()
+    return round(rss_bytes(supervisor_pid, "VmRSS") / 2**20, 1)
+
+
+def _ratios(report: Report) -> None:
+    def row(pipeline: str, sync: str, inflight: int) -> Row | None:
+        for r in report.rows:
+            if (r.pipeline, r.sync, r.inflight, r.steps, r.payload_bytes) == (
+                    pipeline, sync, inflight, HOPS, 1024):
+                return r
+        return None
+
+    for sync in ("default", "always"):
+        sy, js = row("switchyard", sync, 64), row("raw-jetstream", sync, 64)
+        if sy and js:
+            report.ratios[f"throughput_vs_raw_jetstream_64_{sync}"] = round(
+                sy.workflows_per_s / js.workflows_per_s, 3)
+        sy1, js1 = row("switchyard", sync, 1), row("raw-jetstream", sync, 1)
+        if sy1 and js1:
+            report.ratios[f"p50_minus_raw_jetstream_p50_us_1_{sync}"] = round(
+                (sy1.p50_ms - js1.p50_ms) * 1000, 1)
+        if sy:
+            report.ratios[f"p99_over_p50_64_{sync}"] = round(sy.p99_ms / sy.p50_ms, 2)
+    report.stored_writes_per_step = {
+        "switchyard": 5,
+        "raw-jetstream": 2,
+        "which": "task, result, workflow state (KV compare-and-set), and two audit events "
+                 "(step.dispatched, step.ok) per step; raw JetStream stores the task and the result",
+    }
+
+
+async def _bench_langgraph(report: Report, plan: Plan, log: Callable[[str], None]) -> None:
+    try:
+        from switchyard._bench_langgraph import langgraph_rows
+    except ImportError:
+        report.growth["langgraph"] = "not installed (pip install -e '.[bench]')"
+        return
+    log("LangGraph peer rows")
+    for row in await langgraph_rows(plan.count[64], plan.windows):
+        report.rows.append(row)
+    sy = [r for r in report.rows if (r.pipeline, r.inflight, r.steps, r.payload_bytes) ==
+          ("switchyard", 64, HOPS, 1024)]
+    for r in report.rows:
+        if r.pipeline.startswith("langgraph") and sy:
+            ref = sy[-1] if "sqlite" in r.pipeline else sy[0]
+            report.ratios[f"switchyard_{ref.sync}_over_{r.pipeline}"] = round(
+                ref.workflows_per_s / r.workflows_per_s, 2)
+
+
+def report_json(report: Report) -> bytes:
+    return msgspec.json.format(msgspec.json.encode(asdict(report)), indent=2)
+
+
+Runner = Callable[[Plan, Callable[[str], None]], Awaitable[Report]]
