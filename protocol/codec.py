@@ -69,7 +69,9 @@ def decode(
         _raise_if_unknown_version(data)
         raise DecodeError(kind.__name__, str(exc)) from None
     check_version(getattr(message, "protocol", PROTOCOL_VERSION))
-    if _deeper_than(msgspec.structs.astuple(message), max_depth):
+    # Nesting can only exceed the limit if there are more brackets than the limit (C-speed count).
+    brackets = data.count(b"{") + data.count(b"[")
+    if brackets > max_depth and _deeper_than(msgspec.structs.astuple(message), max_depth):
         raise DecodeError(kind.__name__, f"payload nested deeper than {max_depth} levels")
     return message
 

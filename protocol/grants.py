@@ -10,6 +10,7 @@ import base64
 import binascii
 import os
 from datetime import UTC, datetime
+from functools import lru_cache
 
 import msgspec
 import nacl.exceptions
@@ -74,6 +75,7 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+@lru_cache(maxsize=64)
 def _verify_key(public: str) -> nacl.signing.VerifyKey:
     try:
         raw = base64.b32decode(public.encode() + b"=" * (-len(public) % 8))

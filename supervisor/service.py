@@ -15,6 +15,7 @@ import enum
 import heapq
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -93,6 +94,8 @@ class SupervisorConfig:
     concurrency: int = 64
     ack_wait: float = 30.0
     max_deliver: int = 10
+    cache_size: int = 50_000
+    publish_timeout: float = 10.0
     grant_slack_s: float = 30.0
     max_bytes: int = codec.DEFAULT_MAX_BYTES
     graceful_timeout: float = 10.0
@@ -118,6 +121,9 @@ class Supervisor:
         self._psubs: list[JetStreamContext.PullSubscription] = []
         self._inflight: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(config.concurrency)
+        # The last state this replica stored, by workflow: saves a KV read per event. Every write
+        # is still a compare-and-set, so a stale entry only costs a conflict and a re-read.
+        self._cache: OrderedDict[str, tuple[WorkflowState, int]] = OrderedDict()
         self._timers: list[tuple[float, str]] = []
         self._timer_wake = asyncio.Event()
         reg = metrics or CollectorRegistry()
@@ -314,8 +320,23 @@ class Supervisor:
             check_token("workflow id", workflow_id)
         except ConfigError:
             return None
-        state, _ = await self.store.get(workflow_id)
+        state, _ = await self._load(workflow_id)
         return await self._catalog.running(state.workflow) if state else None
+
+    async def _load(self, workflow_id: str, *, fresh: bool = False) -> tuple[WorkflowState | None, int]:
+        cached = None if fresh else self._cache.get(workflow_id)
+        if cached is not None:
+            return cached
+        return await self.store.get(workflow_id)
+
+    def _remember(self, state: WorkflowState, revision: int) -> None:
+        if state.status in TERMINAL:
+            self._cache.pop(state.id, None)
+            return
+        self._cache[state.id] = (state, revision)
+        self._cache.move_to_end(state.id)
+        while len(self._cache) > self.config.cache_size:
+            self._cache.popitem(last=False)
 
     async def _reject(self, msg: Msg, kind: str, code: str, reason: str, workflow_id: str) -> None:
         """Dead-letter a message that cannot be processed, audit it, and ``term`` it."""
@@ -342,16 +363,19 @@ class Supervisor:
     # transitions ------------------------------------------------------------------------------
 
     async def _apply(self, wf: Workflow, workflow_id: str, event: EngineEvent, msg: Msg | None):  # type: ignore[no-untyped-def]
+        fresh = False
         for _ in range(20):
-            state, revision = await self.store.get(workflow_id)
+            state, revision = await self._load(workflow_id, fresh=fresh)
             step = transition(wf, state, event, time.time())
             if not step.changed or step.state is None:
                 if state is not None and msg is not None and (msg.metadata.num_delivered or 1) > 1:
                     await self._execute(wf, state, due(wf, state, time.time()))
                 break
             try:
-                await self.store.put(step.state, revision)
+                self._remember(step.state, await self.store.put(step.state, revision))
             except RevisionConflict:
+                self._cache.pop(workflow_id, None)
+                fresh = True
                 continue
             self._transitions.labels(type(event).__name__).inc()
             await self._execute(wf, step.state, step.effects)
@@ -362,31 +386,39 @@ class Supervisor:
             await msg.ack()
 
     async def _execute(self, wf: Workflow, state: WorkflowState, effects: list[Effect]) -> None:
+        """Publish what a transition implies, in order, pipelined: every message is sent before
+        any publish ack is awaited; then all acks are awaited (bounded)."""
         assert self._js is not None and self._index is not None
         js, s = self._js, self.config.subjects
-        trace = traceparent_for(state.id)
+        acks: list[asyncio.Future[Any]] = []
         for effect in effects:
             if isinstance(effect, SendTask):
-                await self._send_task(wf, state, effect, trace)
+                acks.append(await self._send_task(wf, state, effect))
             elif isinstance(effect, SendEvent):
-                await self._publish_event(state.id, effect.msg_id, effect.type, effect.step,
-                                          effect.data)
+                acks.append(await self._publish_event(
+                    state.id, effect.msg_id, effect.type, effect.step, effect.data, wait=False))
             elif isinstance(effect, SendEscalation):
                 esc = effect.escalation
                 await self._index.add(esc)
-                await js.publish(s.human_queue, codec.encode(esc),
-                                 headers={MSG_ID: esc.id, PROTOCOL: PROTOCOL_VERSION,
-                                          TRACEPARENT: trace})
+                acks.append(await js.publish_async(
+                    s.human_queue, codec.encode(esc),
+                    headers={MSG_ID: esc.id, PROTOCOL: PROTOCOL_VERSION,
+                             TRACEPARENT: traceparent_for(state.id)}))
             elif isinstance(effect, CloseEscalation):
                 await self._index.remove(effect.escalation_id)
             elif isinstance(effect, SendOutcome):
-                await self._publish_outcome(effect.outcome)
+                acks.append(await js.publish_async(
+                    s.outcome(effect.outcome.workflow_id), codec.encode(effect.outcome),
+                    headers={MSG_ID: f"{effect.outcome.workflow_id}:outcome",
+                             PROTOCOL: PROTOCOL_VERSION}))
+        async with asyncio.timeout(self.config.publish_timeout):
+            await asyncio.gather(*acks)
         if state.timer_at and state.status not in TERMINAL:
             self._schedule(state.timer_at, state.id)
 
     async def _send_task(
-        self, wf: Workflow, state: WorkflowState, effect: SendTask, trace: str
-    ) -> None:
+        self, wf: Workflow, state: WorkflowState, effect: SendTask
+    ) -> asyncio.Future[Any]:
         assert self._js is not None
         now = time.time()
         grant = grants.Grant(
@@ -400,20 +432,25 @@ class Supervisor:
             context={"input": state.input, "steps": state.outputs},
             grant=self.signer.mint(grant), deadline=effect.deadline,
         )
-        await self._js.publish(
+        return await self._js.publish_async(
             self.config.subjects.task(effect.role), codec.encode(task),
             headers={MSG_ID: effect.task_id, PROTOCOL: PROTOCOL_VERSION,
                      TRACEPARENT: traceparent_for(state.id, effect.task_id)},
         )
 
     async def _publish_event(
-        self, workflow_id: str, msg_id: str, kind: str, step: str, data: dict[str, Any]
-    ) -> None:
+        self, workflow_id: str, msg_id: str, kind: str, step: str, data: dict[str, Any],
+        *, wait: bool = True,
+    ) -> asyncio.Future[Any]:
         assert self._js is not None
         event = Event(workflow_id=workflow_id, type=kind, at=time.time(), source=self.config.name,
                       step=step, data=data)
-        await self._js.publish(self.config.subjects.event(workflow_id), codec.encode(event),
-                               headers={MSG_ID: msg_id})
+        ack = await self._js.publish_async(self.config.subjects.event(workflow_id),
+                                           codec.encode(event), headers={MSG_ID: msg_id})
+        if wait:
+            async with asyncio.timeout(self.config.publish_timeout):
+                await ack
+        return ack
 
     async def _publish_outcome(self, outcome: Outcome) -> None:
         assert self._js is not None

@@ -496,7 +496,7 @@ async def _bench_langgraph(report: Report, plan: Plan, log: Callable[[str], None
     try:
         from switchyard._bench_langgraph import langgraph_rows
     except ImportError:
-        report.growth["langgraph"] = "not installed (pip install -e '.[bench]')"
+        report.growth["langgraph"] = "not installed: pip install -e .[bench]"
         return
     log("LangGraph peer rows")
     for row in await langgraph_rows(plan.count[64], plan.windows):

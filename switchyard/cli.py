@@ -260,7 +260,7 @@ def bench(
                       f"{r.other_cpu_pct:.0f}")
     out.print(table)
     for k, v in {**report.ratios, **report.growth}.items():
-        out.print(f"{k}: {v}")
+        out.print(f"{k}: {v}", markup=False)
     if json_file is not None:
         json_file.write_bytes(report_json(report) + b"\n")
         out.print(f"wrote {json_file}")
