@@ -366,15 +366,16 @@ class Agent:
 
     async def _process(self, msg: Msg) -> None:
         self.counters.received += 1
-        cfg = self._config
-        meta = msg.metadata
         try:
-            task = codec.decode(msg.data, Task, max_bytes=cfg.max_bytes)
+            task = codec.decode(msg.data, Task, max_bytes=self._config.max_bytes)
+        except ProtocolError as exc:
+            await self._dead_letter(msg, exc.code, exc.message, "")
+            return
+        try:
             grant = grants.verify(task.grant, self._trusted, time.time())
             _check_grant_fits(grant, task, self.role)
-        except (ProtocolError, GrantError) as exc:
-            workflow_id = task.workflow_id if "task" in locals() else ""
-            await self._dead_letter(msg, exc.code, exc.message, workflow_id)
+        except GrantError as exc:
+            await self._dead_letter(msg, exc.code, exc.message, task.workflow_id)
             return
         assert self.input_model is not None
         try:
@@ -386,7 +387,7 @@ class Agent:
             )
             await self._dead_letter(msg, ErrorCode.INVALID_INPUT, reason, task.workflow_id)
             return
-        await self._run_handler(msg, task, inp, meta.num_delivered or 1)
+        await self._run_handler(msg, task, inp, msg.metadata.num_delivered or 1)
 
     async def _run_handler(self, msg: Msg, task: Task, inp: BaseModel, delivered: int) -> None:
         cfg = self._config

@@ -318,13 +318,15 @@ class Plan:
     syncs: list[str]
     growth_steps: int
     growth_payload: int
+    growth_count: int
     parked: int
 
 
 FULL = Plan(inflight=[1, 64, 256], count={1: 200, 64: 2000, 256: 3000}, windows=3,
-            syncs=["default", "always"], growth_steps=50, growth_payload=100_000, parked=10_000)
+            syncs=["default", "always"], growth_steps=50, growth_payload=100_000, growth_count=400,
+            parked=10_000)
 QUICK = Plan(inflight=[1, 64], count={1: 50, 64: 400}, windows=1, syncs=["default"],
-             growth_steps=50, growth_payload=100_000, parked=1_000)
+             growth_steps=50, growth_payload=100_000, growth_count=200, parked=1_000)
 
 
 async def run_bench(plan: Plan, log: Callable[[str], None]) -> Report:
@@ -425,10 +427,11 @@ async def _growth(report: Report, nc: Client, settings: Settings, pids: dict[str
                   sync: str, plan: Plan) -> None:
     rows = {}
     for label, workflow, steps, payload, count in (
-        ("5 steps, 1 KB", "bench5", HOPS, 1024, 400),
+        ("5 steps, 1 KB", "bench5", HOPS, 1024, plan.growth_count),
         (f"{plan.growth_steps} steps, 1 KB", f"bench{plan.growth_steps}", plan.growth_steps, 1024,
-         40),
-        ("5 steps, 100 KB", "bench5", HOPS, plan.growth_payload, 200),
+         max(4, plan.growth_count * HOPS // plan.growth_steps)),
+        (f"5 steps, {plan.growth_payload // 1000} KB", "bench5", HOPS, plan.growth_payload,
+         max(4, plan.growth_count // 2)),
     ):
         driver = SwitchyardDriver(nc, settings.subjects, workflow, payload)
         await driver.start()
@@ -499,7 +502,7 @@ async def _bench_langgraph(report: Report, plan: Plan, log: Callable[[str], None
         report.growth["langgraph"] = "not installed: pip install -e .[bench]"
         return
     log("LangGraph peer rows")
-    for row in await langgraph_rows(plan.count[64], plan.windows):
+    for row in await langgraph_rows(plan.count.get(64, max(plan.count.values())), plan.windows):
         report.rows.append(row)
     sy = [r for r in report.rows if (r.pipeline, r.inflight, r.steps, r.payload_bytes) ==
           ("switchyard", 64, HOPS, 1024)]

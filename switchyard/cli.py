@@ -258,7 +258,7 @@ def bench(
                       f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}",
                       f"{sum(r.cpu_us_per_workflow.values()):,.0f}", f"{r.cpu_us_per_step:,.0f}",
                       f"{r.other_cpu_pct:.0f}")
-    out.print(table)
+    (out if out.is_terminal else Console(width=160)).print(table)
     for k, v in {**report.ratios, **report.growth}.items():
         out.print(f"{k}: {v}", markup=False)
     if json_file is not None:

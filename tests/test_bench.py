@@ -1,0 +1,50 @@
+"""``switchyard bench`` runs every pipeline for real and reports what it promises. It asserts the
+shape and the accounting, never a speed: speed goals are met in the benchmark itself."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from switchyard.bench import Plan, busy_seconds, cpu_seconds, report_json, rss_bytes, run_bench
+
+TINY = Plan(inflight=[1, 8], count={1: 10, 8: 40}, windows=1, syncs=["default"], growth_steps=10,
+            growth_payload=20_000, growth_count=20, parked=30)
+
+
+def test_bench_procfs_readings_are_sane() -> None:
+    import os
+
+    assert cpu_seconds(os.getpid()) > 0
+    assert rss_bytes(os.getpid()) > 10 * 2**20
+    assert busy_seconds() > 0
+
+
+@pytest.mark.e2e
+async def test_bench_measures_all_three_pipelines_side_by_side() -> None:
+    logged: list[str] = []
+    report = await run_bench(TINY, logged.append)
+    pipelines = {(r.pipeline, r.inflight) for r in report.rows if r.steps == 5}
+    for name in ("raw-core", "raw-jetstream", "switchyard"):
+        assert {(name, 1), (name, 8)} <= pipelines
+    sy = next(r for r in report.rows if r.pipeline == "switchyard" and r.inflight == 8)
+    assert sy.workflows_per_s > 0 and sy.p99_ms >= sy.p50_ms > 0
+    assert {"nats-server", "supervisor", "agent-hop1", "agent-hop5", "bench"} <= set(
+        sy.cpu_us_per_workflow)
+    assert sy.peak_rss_mb["supervisor"] > 0 and sy.windows == 1
+    assert "throughput_vs_raw_jetstream_64_default" not in report.ratios  # 64 was not run
+    growth = report.growth["cpu_us_per_step"]
+    assert set(growth) == {"5 steps, 1 KB", "10 steps, 1 KB", "5 steps, 20 KB"}
+    assert report.growth["parked_workflows"] == 30 and report.growth["supervisor_rss_mb_parked"] > 0
+    assert report.stored_writes_per_step["switchyard"] == 5
+    assert json.loads(report_json(report))["rows"]
+
+
+def test_bench_cli_writes_json(tmp_path: Path) -> None:
+    cli = str(Path(sys.executable).parent / "switchyard")
+    res = subprocess.run([cli, "bench", "--help"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "--quick" in res.stdout and "--json" in res.stdout
