@@ -317,9 +317,12 @@ class Agent:
     ) -> None:
         await self.stop()
 
-    async def serve(self, stop: asyncio.Event, config: AgentConfig | None = None) -> None:
+    async def serve(
+        self, stop: asyncio.Event, config: AgentConfig | None = None,
+        *, metrics: CollectorRegistry | None = None,
+    ) -> None:
         """Start, run until ``stop`` is set, then stop gracefully."""
-        await self.start(config=config)
+        await self.start(config=config, metrics=metrics)
         try:
             await stop.wait()
         finally:

@@ -17,6 +17,7 @@ import msgspec
 import nats
 import structlog
 import typer
+from prometheus_client import CollectorRegistry, start_http_server
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -65,6 +66,14 @@ def _settings() -> Settings:
         wrapper_class=structlog.make_filtering_bound_logger(level),
     )
     return settings
+
+
+def _metrics(settings: Settings) -> CollectorRegistry:
+    """This process's registry; served on 127.0.0.1:SWITCHYARD_METRICS_PORT when that is set."""
+    registry = CollectorRegistry()
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr="127.0.0.1", registry=registry)
+    return registry
 
 
 def _serve(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
@@ -125,7 +134,8 @@ def agent_run(target: Annotated[str, typer.Argument(
         raise typer.Exit(2)
     sys.path.insert(0, os.getcwd())
     agent = getattr(importlib.import_module(module_name), attr)
-    _serve(lambda stop: agent.serve(stop, settings.agent_config()))
+    registry = _metrics(settings)
+    _serve(lambda stop: agent.serve(stop, settings.agent_config(), metrics=registry))
 
 
 @tools_app.command("run")
@@ -136,12 +146,13 @@ def tools_run() -> None:
     from switchyard.tools.trust import resolve_trusted_keys
 
     settings = _settings()
+    metrics = _metrics(settings)
 
     async def main(stop: asyncio.Event) -> None:
         nc = await nats.connect(settings.nats_url, name="sy-toolhost")
         registry, store = support_registry(settings.data_dir / "support.db")
         trusted = await resolve_trusted_keys(nc.jetstream(), settings.subjects, settings.trusted())
-        async with ToolHost(nc, registry, settings.toolhost_config(trusted)):
+        async with ToolHost(nc, registry, settings.toolhost_config(trusted), metrics=metrics):
             await stop.wait()
         await nc.drain()
         store.close()
@@ -155,7 +166,8 @@ def supervisor_run() -> None:
     from switchyard.supervisor import Supervisor
 
     settings = _settings()
-    _serve(lambda stop: Supervisor(settings.supervisor_config()).serve(stop))
+    registry = _metrics(settings)
+    _serve(lambda stop: Supervisor(settings.supervisor_config(), metrics=registry).serve(stop))
 
 
 @app.command()

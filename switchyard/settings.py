@@ -13,6 +13,7 @@
 | ``SWITCHYARD_WORKFLOWS`` | ``support`` | comma-separated workflow YAML files or built-in names |
 | ``SWITCHYARD_NATS_SYNC`` | ``always`` | embedded server fsync: ``always`` or ``default`` (2 min) |
 | ``SWITCHYARD_LOG_LEVEL`` | ``info`` | log level |
+| ``SWITCHYARD_METRICS_PORT`` | ``0`` (off) | serve Prometheus ``/metrics`` on 127.0.0.1 at this port |
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class Settings(BaseSettings):
     workflows: str = ""
     nats_sync: Literal["always", "default"] = "always"
     log_level: str = "info"
+    metrics_port: int = Field(default=0, ge=0, le=65535)
 
     @property
     def subjects(self) -> Subjects:

@@ -93,7 +93,9 @@ class LocalStack:
         return self
 
     async def _spawn(self, name: str, *args: str) -> None:
-        env = {**os.environ, "NATS_URL": self.url,
+        port = self.settings.metrics_port
+        metrics = str(port + len(self.procs)) if port else "0"  # one port per process, in order
+        env = {**os.environ, "NATS_URL": self.url, "SWITCHYARD_METRICS_PORT": metrics,
                "SWITCHYARD_DATA_DIR": str(self.settings.data_dir),
                "SWITCHYARD_PREFIX": self.settings.prefix,
                "SWITCHYARD_WORKFLOWS": self.settings.workflows,

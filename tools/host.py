@@ -33,6 +33,7 @@ from switchyard.protocol.errors import (
 )
 from switchyard.protocol.headers import dead_letter_headers
 from switchyard.protocol.messages import ErrorInfo, Event, ToolCall, ToolResult
+from switchyard.protocol.streams import ensure_streams
 from switchyard.protocol.subjects import Subjects, safe_token
 from switchyard.tools.contract import Tool, validation_message
 from switchyard.tools.registry import ToolRegistry
@@ -86,6 +87,7 @@ class ToolHost:
         if self._state is not _State.NEW:
             raise RuntimeError(f"tool host already {self._state.value}")
         s = self.config.subjects
+        await ensure_streams(self.js, s)  # refusals are dead-lettered and audited on streams
         self._service = await add_service(
             self.nc,
             ServiceConfig(
@@ -127,10 +129,7 @@ class ToolHost:
             async with asyncio.timeout(self.config.call_timeout):
                 result = await t.fn(args)
             reply = ToolResult(ok=True, result=result.model_dump(mode="json"))
-            await self._audit(
-                call.workflow_id, "tool.called", t.name,
-                {"grant": grant.id, "task": call.task_id, "args_digest": _digest(req.data)},
-            )
+            called = {"grant": grant.id, "task": call.task_id, "args_digest": _digest(req.data)}
             self._calls.labels(t.name, "ok").inc()
         except (ProtocolError, GrantError) as exc:
             reply = ToolResult(ok=False, error=ErrorInfo(code=exc.code, message=exc.message))
@@ -159,6 +158,11 @@ class ToolHost:
             )
             self._calls.labels(t.name, "crashed").inc()
         self._latency.labels(t.name).observe(time.perf_counter() - started)
+        if reply.ok:
+            try:  # the call happened: a failed audit publish must not turn it into an error
+                await self._audit(workflow_id, "tool.called", t.name, called)
+            except Exception:
+                log.exception("toolhost.call_not_audited", tool=t.name)
         await req.respond(codec.encode(reply))
 
     def _authorize(self, t: Tool, call: ToolCall) -> grants.Grant:
@@ -181,17 +185,20 @@ class ToolHost:
         self._calls.labels(t.name, "refused").inc()
         log.warning("toolhost.refused", tool=t.name, code=code, reason=reason)
         s = self.config.subjects
-        await self.js.publish(
-            s.dlq("tool"),
-            req.data,
-            headers=dead_letter_headers(
-                reason=reason, code=code, subject=s.tool(t.name), source=self.config.name
-            ),
-        )
-        await self._audit(
-            workflow_id or "unknown", "tool.refused", t.name,
-            {"code": code, "reason": reason, "args_digest": _digest(req.data)},
-        )
+        try:
+            await self.js.publish(
+                s.dlq("tool"),
+                req.data,
+                headers=dead_letter_headers(
+                    reason=reason, code=code, subject=s.tool(t.name), source=self.config.name
+                ),
+            )
+            await self._audit(
+                workflow_id or "unknown", "tool.refused", t.name,
+                {"code": code, "reason": reason, "args_digest": _digest(req.data)},
+            )
+        except Exception:  # the refusal itself still goes back to the caller
+            log.exception("toolhost.refusal_not_recorded", tool=t.name, code=code)
 
     async def _audit(self, workflow_id: str, kind: str, tool: str, data: dict[str, str]) -> None:
         event = Event(

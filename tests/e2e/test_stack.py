@@ -179,3 +179,39 @@ async def test_up_starts_embedded_nats_and_stops_everything_on_ctrl_c(tmp_path: 
         await up.wait()
     assert up.returncode == 0
     assert _processes_with(str(data)) == []
+
+
+async def test_processes_serve_prometheus_metrics(
+    nats_url: str, signer: grants.Signer, tmp_path: Path
+) -> None:
+    import httpx
+
+    from switchyard.protocol import Subjects, ToolCall, ToolResult, decode
+
+    port, prefix = free_port(), f"m{os.getpid()}{free_port()}"
+    env = {**os.environ, "NATS_URL": nats_url, "SWITCHYARD_PREFIX": prefix,
+           "SWITCHYARD_DATA_DIR": str(tmp_path), "SWITCHYARD_METRICS_PORT": str(port),
+           "SWITCHYARD_TRUSTED_KEYS": signer.public_key}
+    host = await asyncio.create_subprocess_exec(
+        CLI, "tools", "run", env=env, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    nc = await nats.connect(nats_url)
+    s = Subjects(prefix)
+    try:
+        async with asyncio.timeout(30):  # serving once $SRV.INFO lists the tool's endpoint
+            while not any(ep["name"] == "kb_search"
+                          for svc in await SwitchyardClient(nc, s).services(window=0.2)
+                          for ep in svc.get("endpoints") or []):
+                pass
+        call = ToolCall(tool="kb_search", args={"query": "x"}, grant="", task_id="t",
+                        workflow_id="w")
+        reply = await nc.request(s.tool("kb_search"), encode(call), timeout=5)
+        assert decode(reply.data, ToolResult).error.code == "grant_missing"  # type: ignore[union-attr]
+        async with httpx.AsyncClient() as http:
+            text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+        assert 'switchyard_toolhost_calls_total{outcome="refused",tool="kb_search"} 1.0' in text
+    finally:
+        await nc.close()
+        host.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(20):
+            await host.wait()
