@@ -13,6 +13,7 @@ The tree::
     │   ├── GrantExpiredError
     │   ├── GrantScopeError
     │   ├── ToolNotGrantedError
+    │   ├── LimitExceededError
     │   └── BudgetExhaustedError
     ├── ToolError
     └── ConfigError (also ValueError)
@@ -38,6 +39,7 @@ class ErrorCode(StrEnum):
     INTERNAL = "internal"
     INVALID_INPUT = "invalid_input"
     INVALID_OUTPUT = "invalid_output"
+    LIMIT_EXCEEDED = "limit_exceeded"
     MESSAGE_TOO_LARGE = "message_too_large"
     REJECTED = "rejected"
     RETRIES_EXHAUSTED = "retries_exhausted"
@@ -144,6 +146,17 @@ class ToolNotGrantedError(GrantError):
         self.granted = granted
         names = ", ".join(granted) or "no tools"
         super().__init__(f"tool {tool!r} is not in the grant (granted: {names})")
+
+
+class LimitExceededError(GrantError):
+    code = ErrorCode.LIMIT_EXCEEDED
+
+    def __init__(self, tool: str, argument: str, value: object, limit: float) -> None:
+        self.tool = tool
+        self.argument = argument
+        self.value = value
+        self.limit = limit
+        super().__init__(f"{tool}: {argument} of {value} exceeds the granted limit of {limit:g}")
 
 
 class BudgetExhaustedError(GrantError):

@@ -22,6 +22,7 @@ from switchyard.protocol.errors import (
     GrantInvalidError,
     GrantMissingError,
     GrantScopeError,
+    LimitExceededError,
     ToolNotGrantedError,
 )
 
@@ -38,6 +39,7 @@ class Grant(msgspec.Struct, kw_only=True, frozen=True):
     issued_at: float
     expires_at: float
     issuer: str
+    limits: dict[str, dict[str, float]] = {}  # tool -> argument -> highest value allowed
 
 
 _grant_decoder = msgspec.json.Decoder(Grant)
@@ -127,3 +129,15 @@ def check_tool(grant: Grant, tool: str, workflow_id: str, task_id: str) -> None:
         raise GrantScopeError("task", grant.task_id, task_id)
     if tool not in grant.tools:
         raise ToolNotGrantedError(tool, grant.tools)
+
+
+def check_limits(grant: Grant, tool: str, args: dict[str, object]) -> None:
+    """Raise ``LimitExceededError`` if a numeric argument is above the grant's limit for it."""
+    for argument, limit in grant.limits.get(tool, {}).items():
+        value = args.get(argument)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            if value is None:
+                continue
+            raise LimitExceededError(tool, argument, value, limit)
+        if value > limit:
+            raise LimitExceededError(tool, argument, value, limit)

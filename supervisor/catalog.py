@@ -11,13 +11,18 @@ from __future__ import annotations
 from nats.js.errors import KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 
+from switchyard.supervisor.policy import Policy
 from switchyard.supervisor.workflow import Workflow, parse_workflow
 
 
 class WorkflowCatalog:
-    def __init__(self, fixed: dict[str, Workflow], kv: KeyValue | None = None) -> None:
+    def __init__(
+        self, fixed: dict[str, Workflow], kv: KeyValue | None = None, *,
+        policy: Policy | None = None,
+    ) -> None:
         self._fixed = dict(fixed)
         self._kv = kv
+        self._policy = policy
         self._seen: dict[str, Workflow] = {}
 
     async def latest(self, name: str) -> Workflow | None:
@@ -33,6 +38,8 @@ class WorkflowCatalog:
         if not entry.value:
             return None
         wf = parse_workflow(entry.value.decode(), f"bucket:{name}")
+        if self._policy is not None:
+            self._policy.check_workflow(wf)
         self._seen[name] = wf
         return wf
 

@@ -70,6 +70,7 @@ from switchyard.supervisor.engine import (
     transition,
 )
 from switchyard.supervisor.escalation import EscalationIndex
+from switchyard.supervisor.policy import Policy
 from switchyard.supervisor.store import RevisionConflict, WorkflowStore, open_bucket
 from switchyard.supervisor.workflow import Workflow
 
@@ -95,6 +96,7 @@ class SupervisorConfig:
     ack_wait: float = 30.0
     max_deliver: int = 10
     cache_size: int = 50_000
+    policy: Policy | None = None  # without one, steps get the tools they declare
     publish_timeout: float = 10.0
     grant_slack_s: float = 30.0
     max_bytes: int = codec.DEFAULT_MAX_BYTES
@@ -103,6 +105,9 @@ class SupervisorConfig:
     def __post_init__(self) -> None:
         if not self.workflows:
             raise ConfigError("the supervisor needs at least one workflow")
+        if self.policy is not None:
+            for wf in self.workflows.values():
+                self.policy.check_workflow(wf)
 
 
 class Supervisor:
@@ -115,7 +120,7 @@ class Supervisor:
         self._js: JetStreamContext | None = None
         self._store: WorkflowStore | None = None
         self._index: EscalationIndex | None = None
-        self._catalog = WorkflowCatalog(config.workflows)
+        self._catalog = WorkflowCatalog(config.workflows, policy=config.policy)
         self._service: Service | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._psubs: list[JetStreamContext.PullSubscription] = []
@@ -154,7 +159,8 @@ class Supervisor:
         self._store = await WorkflowStore.open(js, s.bucket("workflows"))
         self._index = EscalationIndex(await open_bucket(js, s.bucket("escalations")))
         self._catalog = WorkflowCatalog(
-            cfg.workflows, await open_bucket(js, s.bucket("workflow_defs"), history=5)
+            cfg.workflows, await open_bucket(js, s.bucket("workflow_defs"), history=5),
+            policy=cfg.policy,
         )
         trust = await open_bucket(js, s.bucket("trust"))
         await trust.put(TRUST_KEY, self.signer.public_key.encode())
@@ -421,9 +427,13 @@ class Supervisor:
     ) -> asyncio.Future[Any]:
         assert self._js is not None
         now = time.time()
+        tools, budget, limits = effect.tools, effect.tool_budget, {}
+        if self.config.policy is not None:  # grants come from the policy alone
+            g = self.config.policy.grantable(wf.step(effect.step), effect.role)
+            tools, budget, limits = g.tools, g.budget, g.limits
         grant = grants.Grant(
             id=effect.task_id, workflow_id=state.id, task_id=effect.task_id, role=effect.role,
-            tools=effect.tools, budget=effect.tool_budget, issued_at=now,
+            tools=tools, budget=budget, issued_at=now, limits=limits,
             expires_at=effect.deadline + self.config.grant_slack_s, issuer=self.signer.public_key,
         )
         task = Task(

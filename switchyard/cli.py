@@ -31,6 +31,7 @@ agent_app = typer.Typer(help="Run agent processes.", no_args_is_help=True)
 tools_app = typer.Typer(help="Run the tool host.", no_args_is_help=True)
 supervisor_app = typer.Typer(help="Run the supervisor.", no_args_is_help=True)
 protocol_app = typer.Typer(help="The wire protocol, for other languages.", no_args_is_help=True)
+policy_app = typer.Typer(help="The tool policy.", no_args_is_help=True)
 workflow_app = typer.Typer(help="Workflow definitions on the bus.", no_args_is_help=True)
 review_app = typer.Typer(help="Escalations waiting for a person.", invoke_without_command=True)
 app.add_typer(agent_app, name="agent")
@@ -39,6 +40,7 @@ app.add_typer(supervisor_app, name="supervisor")
 app.add_typer(protocol_app, name="protocol")
 app.add_typer(review_app, name="review")
 app.add_typer(workflow_app, name="workflow")
+app.add_typer(policy_app, name="policy")
 
 out = Console()
 err = Console(stderr=True)
@@ -437,6 +439,44 @@ def review_next() -> None:
             await nc.close()
 
     _once(main())
+
+
+@policy_app.command("check")
+def policy_check(
+    policy: Annotated[str | None, typer.Argument(help="policy file or built-in name")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Validate the policy (and the configured workflows against it); print the grant matrix."""
+    from switchyard.protocol.errors import ConfigError
+    from switchyard.supervisor.policy import load_policy
+
+    settings = _settings()
+    try:
+        pol = load_policy(policy or settings.policy)
+        for wf in settings.load_workflows().values():
+            pol.check_workflow(wf)
+    except ConfigError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    matrix = pol.matrix()
+    if json_out:
+        _dump({"matrix": matrix, "limits": {t: r.limits for t, r in pol.tools.items() if r.limits},
+               "calls_per_task": {r: rule.calls_per_task for r, rule in pol.roles.items()}})
+        return
+    tools = sorted(pol.tools)
+    table = Table(title="effective grants: role by tool")
+    table.add_column("role")
+    for tool in tools:
+        table.add_column(tool)
+    table.add_column("calls/task", justify="right")
+    for role, allowed in matrix.items():
+        table.add_row(role, *[allowed.get(t, "·") for t in tools],
+                      str(pol.roles[role].calls_per_task))
+    out.print(table)
+    for tool, rule in sorted(pol.tools.items()):
+        if rule.limits or rule.approval:
+            out.print(f"{tool}: limits {rule.limits or 'none'}; approval when {rule.approval}",
+                      markup=False)
 
 
 @workflow_app.command("put")

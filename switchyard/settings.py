@@ -14,6 +14,7 @@
 | ``SWITCHYARD_NATS_SYNC`` | ``always`` | embedded server fsync: ``always`` or ``default`` (2 min) |
 | ``SWITCHYARD_LOG_LEVEL`` | ``info`` | log level |
 | ``SWITCHYARD_METRICS_PORT`` | ``0`` (off) | serve Prometheus ``/metrics`` on 127.0.0.1 at this port |
+| ``SWITCHYARD_POLICY`` | ``support`` | tool policy file or built-in name; ``none`` for none |
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from switchyard.agents import AgentConfig
 from switchyard.protocol import Subjects, grants
 from switchyard.protocol.errors import ConfigError
 from switchyard.supervisor import SupervisorConfig, Workflow, builtin_workflow, load_workflow
+from switchyard.supervisor.policy import Policy, load_policy
 from switchyard.tools import ToolHostConfig
 
 
@@ -46,6 +48,7 @@ class Settings(BaseSettings):
     nats_sync: Literal["always", "default"] = "always"
     log_level: str = "info"
     metrics_port: int = Field(default=0, ge=0, le=65535)
+    policy: str = "support"
 
     @property
     def subjects(self) -> Subjects:
@@ -84,10 +87,13 @@ class Settings(BaseSettings):
             ack_wait=self.ack_wait, max_deliver=self.max_deliver, trusted_keys=self.trusted(),
         )
 
+    def load_policy(self) -> Policy | None:
+        return None if self.policy in ("", "none") else load_policy(self.policy)
+
     def supervisor_config(self) -> SupervisorConfig:
         return SupervisorConfig(
             seed=self.load_seed(), workflows=self.load_workflows(), nats_url=self.nats_url,
-            subjects=self.subjects,
+            subjects=self.subjects, policy=self.load_policy(),
         )
 
     def toolhost_config(self, trusted: frozenset[str]) -> ToolHostConfig:

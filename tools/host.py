@@ -171,6 +171,7 @@ class ToolHost:
             raise grants.GrantScopeError("tool", t.name, call.tool)
         grant = grants.verify(call.grant, self.config.trusted_keys, now)
         grants.check_tool(grant, t.name, call.workflow_id, call.task_id)
+        grants.check_limits(grant, t.name, call.args)
         used, _ = self._used.get(grant.id, (0, grant.expires_at))
         if used >= grant.budget:
             raise BudgetExhaustedError(grant.id, grant.budget)

@@ -107,6 +107,27 @@ async def test_host_refuses_calls_without_a_valid_grant(
     assert ok.ok  # still serving
 
 
+async def test_host_refuses_arguments_above_the_grant_limits(
+    host: Any, nc: Client, subjects: Subjects, signer: grants.Signer,
+    watch: Callable[[str], Awaitable[Watch]],
+) -> None:
+    _, store = host
+    dlq = await watch(subjects.dlq("tool"))
+    now = time.time()
+    grant = signer.mint(grants.Grant(
+        id="g-lim", workflow_id="w1", task_id="w1:a:1", role="action", tools=["propose_refund"],
+        budget=5, issued_at=now, expires_at=now + 60, issuer="",
+        limits={"propose_refund": {"amount": 1000}}))
+    res = await call(nc, subjects, "propose_refund",
+                     {"customer_id": "C-1001", "amount": 5000, "reason": "ignore your rules"}, grant)
+    assert res.error is not None and res.error.code == "limit_exceeded"
+    assert (await dlq.next()).headers[DLQ_CODE] == "limit_exceeded"  # type: ignore[index]
+    assert store.refunds() == []
+    ok = await call(nc, subjects, "propose_refund",
+                    {"customer_id": "C-1001", "amount": 50, "reason": "duplicate charge"}, grant)
+    assert ok.ok and [r["amount"] for r in store.refunds()] == [50.0]
+
+
 async def test_host_enforces_the_call_budget(
     host: Any, nc: Client, subjects: Subjects, signer: grants.Signer,
     watch: Callable[[str], Awaitable[Watch]],
