@@ -73,7 +73,9 @@ class TaskContext:
             grant=self.task.grant,
             task_id=self.task.id,
             workflow_id=self.task.workflow_id,
-            idempotency_key=f"{self.task.id}:{self._calls}",
+            # workflow, step and call index, not the attempt: a retried or redelivered task makes
+            # the same calls under the same keys, and the tool host runs each effect once
+            idempotency_key=f"{self.task.workflow_id}:{self.task.step}:{self._calls}",
         )
         timeout = self._tool_timeout
         if self.task.deadline:

@@ -41,6 +41,7 @@ class ErrorCode(StrEnum):
     INVALID_OUTPUT = "invalid_output"
     LIMIT_EXCEEDED = "limit_exceeded"
     MESSAGE_TOO_LARGE = "message_too_large"
+    OUTCOME_UNKNOWN = "outcome_unknown"
     REJECTED = "rejected"
     RETRIES_EXHAUSTED = "retries_exhausted"
     TIMEOUT = "timeout"

@@ -1,19 +1,22 @@
-"""The JetStream streams and buckets of one deployment, as data.
+"""The JetStream streams and buckets of one deployment.
 
-``stream_configs`` is pure; ``ensure_streams`` applies it through a JetStream context it is given
-(it opens no connection of its own), so every component can provision what it needs at start.
+``stream_configs`` is pure; ``ensure_streams`` and ``open_bucket`` apply it through a JetStream
+context they are given (they open no connection of their own), so every component can provision
+what it needs at start.
 """
 
 from __future__ import annotations
 
 from nats.js.api import (
     DiscardPolicy,
+    KeyValueConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
 from nats.js.client import JetStreamContext
 from nats.js.errors import BadRequestError
+from nats.js.kv import KeyValue
 
 from switchyard.protocol.subjects import Subjects
 
@@ -56,3 +59,16 @@ async def ensure_streams(js: JetStreamContext, s: Subjects, *, replicas: int = 1
             except BadRequestError as exc:
                 if exc.err_code != 10058:  # stream name already in use (a racing peer)
                     raise
+
+
+async def open_bucket(
+    js: JetStreamContext, bucket: str, *, replicas: int = 1, history: int = 1
+) -> KeyValue:
+    try:
+        return await js.key_value(bucket)
+    except Exception:
+        return await js.create_key_value(
+            KeyValueConfig(
+                bucket=bucket, history=history, storage=StorageType.FILE, replicas=replicas
+            )
+        )

@@ -9,15 +9,18 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import msgspec
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.client import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
 
+from switchyard.protocol.streams import open_bucket
 from switchyard.supervisor.engine import WorkflowState
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(WorkflowState)
+
+
+__all__ = ["RevisionConflict", "WorkflowStore", "open_bucket"]
 
 
 class RevisionConflict(Exception):
@@ -65,16 +68,3 @@ class WorkflowStore:
             state, _ = await self.get(key)
             if state is not None:
                 yield state
-
-
-async def open_bucket(
-    js: JetStreamContext, bucket: str, *, replicas: int = 1, history: int = 1
-) -> KeyValue:
-    try:
-        return await js.key_value(bucket)
-    except Exception:
-        return await js.create_key_value(
-            KeyValueConfig(
-                bucket=bucket, history=history, storage=StorageType.FILE, replicas=replicas
-            )
-        )

@@ -1,4 +1,4 @@
-"""The tool contract: a typed async function with a name, a risk level and side-effect flag.
+"""The tool contract: a typed async function with a name, a risk level and side-effect flags.
 
 ```python
 @tool(risk="write", side_effects=True)
@@ -7,6 +7,8 @@ async def propose_refund(args: RefundArgs) -> RefundResult:
 ```
 
 The argument and result models come from the signature, the description from the docstring.
+A tool may take a second parameter, a ``CallContext``, to see the call's idempotency key; one that
+uses it to make its effect happen at most once per key declares ``idempotent=True``.
 """
 
 from __future__ import annotations
@@ -21,9 +23,18 @@ from pydantic import BaseModel
 from switchyard.protocol.errors import ConfigError
 
 Risk = Literal["read", "write", "critical"]
-A = TypeVar("A", bound=BaseModel)
 R = TypeVar("R", bound=BaseModel)
-ToolFn = Callable[[Any], Awaitable[BaseModel]]
+ToolFn = Callable[..., Awaitable[BaseModel]]
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """What a tool may know about the call besides its arguments."""
+
+    tool: str
+    workflow_id: str
+    task_id: str
+    idempotency_key: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +46,11 @@ class Tool:
     fn: ToolFn
     risk: Risk = "read"
     side_effects: bool = False
+    idempotent: bool = False
+    wants_context: bool = False
+
+    async def call(self, args: BaseModel, ctx: CallContext) -> BaseModel:
+        return await (self.fn(args, ctx) if self.wants_context else self.fn(args))  # type: ignore[call-arg]
 
     def schema(self) -> dict[str, Any]:
         return {
@@ -42,6 +58,7 @@ class Tool:
             "description": self.description,
             "risk": self.risk,
             "side_effects": self.side_effects,
+            "idempotent": self.idempotent,
             "args": self.args_model.model_json_schema(),
             "result": self.result_model.model_json_schema(),
         }
@@ -50,8 +67,11 @@ class Tool:
 def _models(fn: Callable[..., Any]) -> tuple[type[BaseModel], type[BaseModel]]:
     hints = get_type_hints(fn)
     params = list(inspect.signature(fn).parameters)
-    if len(params) != 1:
-        raise ConfigError(f"tool {fn.__name__} must take exactly one argument (a pydantic model)")
+    if len(params) not in (1, 2):
+        raise ConfigError(
+            f"tool {fn.__name__} must take its arguments (a pydantic model) and optionally a "
+            "CallContext"
+        )
     args, result = hints.get(params[0]), hints.get("return")
     for what, model in (("argument", args), ("return", result)):
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
@@ -60,22 +80,24 @@ def _models(fn: Callable[..., Any]) -> tuple[type[BaseModel], type[BaseModel]]:
 
 
 @overload
-def tool(fn: Callable[[A], Awaitable[R]], /) -> Tool: ...
+def tool(fn: Callable[..., Awaitable[R]], /) -> Tool: ...
 @overload
 def tool(
-    *, name: str | None = None, risk: Risk = "read", side_effects: bool = False
-) -> Callable[[Callable[[A], Awaitable[R]]], Tool]: ...
+    *, name: str | None = None, risk: Risk = "read", side_effects: bool = False,
+    idempotent: bool = False,
+) -> Callable[[Callable[..., Awaitable[R]]], Tool]: ...
 def tool(
-    fn: Callable[[A], Awaitable[R]] | None = None,
+    fn: Callable[..., Awaitable[R]] | None = None,
     /,
     *,
     name: str | None = None,
     risk: Risk = "read",
     side_effects: bool = False,
-) -> Tool | Callable[[Callable[[A], Awaitable[R]]], Tool]:
+    idempotent: bool = False,
+) -> Tool | Callable[[Callable[..., Awaitable[R]]], Tool]:
     """Turn an async function into a ``Tool``."""
 
-    def wrap(f: Callable[[A], Awaitable[R]]) -> Tool:
+    def wrap(f: Callable[..., Awaitable[R]]) -> Tool:
         if not inspect.iscoroutinefunction(f):
             raise ConfigError(f"tool {f.__name__} must be an async function")
         args_model, result_model = _models(f)
@@ -87,6 +109,8 @@ def tool(
             fn=f,
             risk=risk,
             side_effects=side_effects,
+            idempotent=idempotent,
+            wants_context=len(inspect.signature(f).parameters) == 2,
         )
 
     return wrap(fn) if fn is not None else wrap

@@ -21,7 +21,7 @@ from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, Service, ServiceConfig
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from switchyard.protocol import codec, grants
 from switchyard.protocol.errors import (
@@ -33,9 +33,10 @@ from switchyard.protocol.errors import (
 )
 from switchyard.protocol.headers import dead_letter_headers
 from switchyard.protocol.messages import ErrorInfo, Event, ToolCall, ToolResult
-from switchyard.protocol.streams import ensure_streams
+from switchyard.protocol.streams import ensure_streams, open_bucket
 from switchyard.protocol.subjects import Subjects, safe_token
-from switchyard.tools.contract import Tool, validation_message
+from switchyard.tools.contract import CallContext, Tool, validation_message
+from switchyard.tools.ledger import ToolLedger
 from switchyard.tools.registry import ToolRegistry
 
 log = structlog.get_logger("switchyard.toolhost")
@@ -72,6 +73,7 @@ class ToolHost:
         self.config = config or ToolHostConfig()
         self._state = _State.NEW
         self._service: Service | None = None
+        self._ledger: ToolLedger | None = None
         self._used: dict[str, tuple[int, float]] = {}  # grant id -> (calls, expires_at)
         self._inflight: set[asyncio.Task[None]] = set()
         reg = metrics or CollectorRegistry()
@@ -88,6 +90,7 @@ class ToolHost:
             raise RuntimeError(f"tool host already {self._state.value}")
         s = self.config.subjects
         await ensure_streams(self.js, s)  # refusals are dead-lettered and audited on streams
+        self._ledger = ToolLedger(await open_bucket(self.js, s.bucket("tool_ledger")))
         self._service = await add_service(
             self.nc,
             ServiceConfig(
@@ -126,59 +129,98 @@ class ToolHost:
             workflow_id = call.workflow_id
             grant = self._authorize(t, call)
             args = t.args_model.model_validate(call.args)
-            async with asyncio.timeout(self.config.call_timeout):
-                result = await t.fn(args)
-            reply = ToolResult(ok=True, result=result.model_dump(mode="json"))
-            called = {"grant": grant.id, "task": call.task_id, "args_digest": _digest(req.data)}
-            self._calls.labels(t.name, "ok").inc()
         except (ProtocolError, GrantError) as exc:
-            reply = ToolResult(ok=False, error=ErrorInfo(code=exc.code, message=exc.message))
             await self._refuse(t, req, workflow_id, exc.code, exc.message)
+            await req.respond(codec.encode(_failure(exc.code, exc.message)))
+            return
         except ValidationError as exc:
             msg = f"arguments do not match {t.args_model.__name__}: {validation_message(exc)}"
-            reply = ToolResult(ok=False, error=ErrorInfo(code=ErrorCode.INVALID_INPUT, message=msg))
             await self._refuse(t, req, workflow_id, ErrorCode.INVALID_INPUT, msg)
-        except ToolError as exc:
-            reply = ToolResult(
-                ok=False,
-                error=ErrorInfo(code=exc.code, message=exc.message, retryable=exc.retryable),
-            )
-            self._calls.labels(t.name, "failed").inc()
-        except TimeoutError:
-            msg = f"tool {t.name} took longer than {self.config.call_timeout:g} s"
-            reply = ToolResult(
-                ok=False, error=ErrorInfo(code=ErrorCode.TIMEOUT, message=msg, retryable=True)
-            )
-            self._calls.labels(t.name, "timeout").inc()
-        except Exception:
-            log.exception("toolhost.tool_crashed", tool=t.name)
-            reply = ToolResult(
-                ok=False,
-                error=ErrorInfo(code=ErrorCode.INTERNAL, message=f"tool {t.name} failed"),
-            )
-            self._calls.labels(t.name, "crashed").inc()
+            await req.respond(codec.encode(_failure(ErrorCode.INVALID_INPUT, msg)))
+            return
+        reply, outcome = await self._run(t, call, grant, args)
+        self._calls.labels(t.name, outcome).inc()
         self._latency.labels(t.name).observe(time.perf_counter() - started)
-        if reply.ok:
+        if outcome == "refused" and reply.error is not None:
+            await self._refuse(t, req, workflow_id, reply.error.code, reply.error.message)
+        elif outcome in ("ok", "replayed"):
             try:  # the call happened: a failed audit publish must not turn it into an error
-                await self._audit(workflow_id, "tool.called", t.name, called)
+                await self._audit(workflow_id, f"tool.{'called' if outcome == 'ok' else outcome}",
+                                  t.name, {"grant": grant.id, "task": call.task_id,
+                                           "args_digest": _digest(req.data)})
             except Exception:
                 log.exception("toolhost.call_not_audited", tool=t.name)
         await req.respond(codec.encode(reply))
 
+    async def _run(
+        self, t: Tool, call: ToolCall, grant: grants.Grant, args: BaseModel
+    ) -> tuple[ToolResult, str]:
+        """Run the call at most once per idempotency key; returns the reply and its outcome."""
+        key = call.idempotency_key if t.side_effects and self._ledger is not None else ""
+        claimed_at = time.time()
+        if key:
+            assert self._ledger is not None
+            entry = await self._ledger.begin(t.name, key)
+            if entry is not None and entry.state == "done" and entry.result is not None:
+                return entry.result, "replayed"
+            if entry is not None and not t.idempotent:
+                return _failure(
+                    ErrorCode.OUTCOME_UNKNOWN,
+                    f"an earlier {t.name} call with key {key} began at {entry.started_at:.3f} and "
+                    "its outcome was never recorded; a person must settle it",
+                ), "refused"
+            if entry is not None:
+                claimed_at = entry.started_at  # idempotent: safe to run again under the same key
+        try:
+            self._spend(grant)
+        except BudgetExhaustedError as exc:
+            if key:
+                await self._release(t.name, key)
+            return _failure(exc.code, exc.message), "refused"
+        ctx = CallContext(tool=t.name, workflow_id=call.workflow_id, task_id=call.task_id,
+                          idempotency_key=call.idempotency_key)
+        try:
+            async with asyncio.timeout(self.config.call_timeout):
+                result = await t.call(args, ctx)
+            reply, outcome = ToolResult(ok=True, result=result.model_dump(mode="json")), "ok"
+        except ToolError as exc:
+            reply = _failure(exc.code, exc.message, retryable=exc.retryable)
+            if exc.retryable and key:  # no effect happened: let a retry run
+                await self._release(t.name, key)
+                return reply, "failed"
+            outcome = "failed"
+        except TimeoutError:  # the effect may or may not have happened: the claim stays open
+            msg = f"tool {t.name} took longer than {self.config.call_timeout:g} s"
+            return _failure(ErrorCode.TIMEOUT, msg, retryable=True), "timeout"
+        except Exception:
+            log.exception("toolhost.tool_crashed", tool=t.name)
+            return _failure(ErrorCode.INTERNAL, f"tool {t.name} failed"), "crashed"
+        if key:
+            assert self._ledger is not None
+            await self._ledger.finish(t.name, key, reply, claimed_at)
+        return reply, outcome
+
+    async def _release(self, tool: str, key: str) -> None:
+        assert self._ledger is not None
+        await self._ledger.release(tool, key)
+
     def _authorize(self, t: Tool, call: ToolCall) -> grants.Grant:
-        now = time.time()
         if call.tool != t.name:
             raise grants.GrantScopeError("tool", t.name, call.tool)
-        grant = grants.verify(call.grant, self.config.trusted_keys, now)
+        grant = grants.verify(call.grant, self.config.trusted_keys, time.time())
         grants.check_tool(grant, t.name, call.workflow_id, call.task_id)
         grants.check_limits(grant, t.name, call.args)
+        return grant
+
+    def _spend(self, grant: grants.Grant) -> None:
+        """Count one executed call against the grant's budget (replays are free)."""
+        now = time.time()
         used, _ = self._used.get(grant.id, (0, grant.expires_at))
         if used >= grant.budget:
             raise BudgetExhaustedError(grant.id, grant.budget)
         self._used[grant.id] = (used + 1, grant.expires_at)
         if len(self._used) > 10_000:
             self._used = {k: v for k, v in self._used.items() if v[1] > now}
-        return grant
 
     async def _refuse(
         self, t: Tool, req: Request, workflow_id: str, code: str, reason: str
@@ -226,6 +268,10 @@ class ToolHost:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+def _failure(code: str, message: str, *, retryable: bool = False) -> ToolResult:
+    return ToolResult(ok=False, error=ErrorInfo(code=code, message=message, retryable=retryable))
 
 
 def _digest(data: bytes) -> str:

@@ -6,7 +6,7 @@ from pydantic import BaseModel, Field
 
 from switchyard.protocol.errors import ToolError
 from switchyard.tools.builtin.store import SupportStore
-from switchyard.tools.contract import Tool, tool
+from switchyard.tools.contract import CallContext, Tool, tool
 
 
 class RefundRequest(BaseModel):
@@ -24,12 +24,13 @@ class RefundProposal(BaseModel):
 
 
 def refund_tool(store: SupportStore) -> Tool:
-    @tool(name="propose_refund", risk="write", side_effects=True)
-    async def propose_refund(args: RefundRequest) -> RefundProposal:
-        """Record a refund proposal for a customer."""
+    @tool(name="propose_refund", risk="write", side_effects=True, idempotent=True)
+    async def propose_refund(args: RefundRequest, ctx: CallContext) -> RefundProposal:
+        """Record a refund proposal for a customer (once per idempotency key)."""
         if store.customer(customer_id=args.customer_id) is None:
             raise ToolError(f"customer {args.customer_id} does not exist")
-        refund_id = store.propose_refund(args.customer_id, args.amount, args.currency, args.reason)
+        refund_id = store.propose_refund(args.customer_id, args.amount, args.currency, args.reason,
+                                         idem_key=ctx.idempotency_key or None)
         return RefundProposal(
             refund_id=refund_id, amount=args.amount, currency=args.currency, status="proposed"
         )

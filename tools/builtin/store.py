@@ -23,10 +23,10 @@ CREATE TABLE IF NOT EXISTS customers (
 CREATE TABLE IF NOT EXISTS tickets (
   id TEXT PRIMARY KEY, customer_id TEXT, subject TEXT NOT NULL, body TEXT NOT NULL,
   category TEXT, severity TEXT, status TEXT NOT NULL, created_at REAL NOT NULL,
-  updated_at REAL NOT NULL, notes TEXT NOT NULL DEFAULT '');
+  updated_at REAL NOT NULL, notes TEXT NOT NULL DEFAULT '', idem_key TEXT);
 CREATE TABLE IF NOT EXISTS refunds (
   id TEXT PRIMARY KEY, customer_id TEXT NOT NULL, amount REAL NOT NULL, currency TEXT NOT NULL,
-  reason TEXT NOT NULL, status TEXT NOT NULL, created_at REAL NOT NULL);
+  reason TEXT NOT NULL, status TEXT NOT NULL, created_at REAL NOT NULL, idem_key TEXT);
 CREATE VIRTUAL TABLE IF NOT EXISTS kb USING fts5(
   article_id UNINDEXED, category UNINDEXED, title, body, tokenize='porter unicode61');
 """
@@ -49,7 +49,18 @@ class SupportStore:
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(_SCHEMA)
+            self._migrate()
             self._seed()
+
+    def _migrate(self) -> None:
+        """Stores created before idempotency keys get the column and its unique index."""
+        for table in ("tickets", "refunds"):
+            columns = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+            if "idem_key" not in columns:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN idem_key TEXT")
+            self._db.execute(
+                f"CREATE UNIQUE INDEX IF NOT EXISTS {table}_idem ON {table}(idem_key)"
+            )
 
     def _seed(self) -> None:
         if not self._db.execute("SELECT 1 FROM customers LIMIT 1").fetchone():
@@ -100,15 +111,23 @@ class SupportStore:
         return dict(row) if row else None
 
     def open_ticket(
-        self, customer_id: str | None, subject: str, body: str, category: str, severity: str
+        self, customer_id: str | None, subject: str, body: str, category: str, severity: str,
+        idem_key: str | None = None,
     ) -> str:
+        """A new ticket's id; with ``idem_key``, the same ticket for the same key, once."""
         ticket_id = f"T-{uuid.uuid4().hex[:8].upper()}"
         now = time.time()
         with self._lock:
             self._db.execute(
-                "INSERT INTO tickets VALUES (?, ?, ?, ?, ?, ?, 'open', ?, ?, '')",
-                (ticket_id, customer_id, subject, body, category, severity, now, now),
+                "INSERT INTO tickets VALUES (?, ?, ?, ?, ?, ?, 'open', ?, ?, '', ?) "
+                "ON CONFLICT(idem_key) DO NOTHING",
+                (ticket_id, customer_id, subject, body, category, severity, now, now, idem_key),
             )
+            if idem_key is not None:
+                row = self._db.execute(
+                    "SELECT id FROM tickets WHERE idem_key = ?", (idem_key,)
+                ).fetchone()
+                ticket_id = row[0]
         return ticket_id
 
     def update_ticket(self, ticket_id: str, status: str, note: str) -> bool:
@@ -125,13 +144,23 @@ class SupportStore:
             row = self._db.execute("SELECT * FROM tickets WHERE id = ?", (ticket_id,)).fetchone()
         return dict(row) if row else None
 
-    def propose_refund(self, customer_id: str, amount: float, currency: str, reason: str) -> str:
+    def propose_refund(
+        self, customer_id: str, amount: float, currency: str, reason: str,
+        idem_key: str | None = None,
+    ) -> str:
+        """A new refund proposal's id; with ``idem_key``, the same proposal for the same key."""
         refund_id = f"R-{uuid.uuid4().hex[:8].upper()}"
         with self._lock:
             self._db.execute(
-                "INSERT INTO refunds VALUES (?, ?, ?, ?, ?, 'proposed', ?)",
-                (refund_id, customer_id, amount, currency, reason, time.time()),
+                "INSERT INTO refunds VALUES (?, ?, ?, ?, ?, 'proposed', ?, ?) "
+                "ON CONFLICT(idem_key) DO NOTHING",
+                (refund_id, customer_id, amount, currency, reason, time.time(), idem_key),
             )
+            if idem_key is not None:
+                row = self._db.execute(
+                    "SELECT id FROM refunds WHERE idem_key = ?", (idem_key,)
+                ).fetchone()
+                refund_id = row[0]
         return refund_id
 
     def refunds(self) -> list[dict[str, Any]]:

@@ -6,7 +6,7 @@ from pydantic import BaseModel, Field
 
 from switchyard.protocol.errors import ToolError
 from switchyard.tools.builtin.store import SupportStore
-from switchyard.tools.contract import Tool, tool
+from switchyard.tools.contract import CallContext, Tool, tool
 
 
 class NewTicket(BaseModel):
@@ -29,11 +29,12 @@ class TicketRef(BaseModel):
 
 
 def ticket_tools(store: SupportStore) -> list[Tool]:
-    @tool(name="open_ticket", risk="write", side_effects=True)
-    async def open_ticket(args: NewTicket) -> TicketRef:
-        """Open a ticket for a customer's request."""
+    @tool(name="open_ticket", risk="write", side_effects=True, idempotent=True)
+    async def open_ticket(args: NewTicket, ctx: CallContext) -> TicketRef:
+        """Open a ticket for a customer's request (once per idempotency key)."""
         ticket_id = store.open_ticket(
-            args.customer_id, args.subject, args.body, args.category, args.severity
+            args.customer_id, args.subject, args.body, args.category, args.severity,
+            idem_key=ctx.idempotency_key or None,
         )
         return TicketRef(ticket_id=ticket_id, status="open")
 

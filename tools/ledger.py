@@ -1,0 +1,72 @@
+"""ToolLedger: the idempotency ledger of side-effecting tool calls, in KV bucket
+``<prefix>_tool_ledger``.
+
+Before a side-effecting call runs, the host creates the key's entry (``started``; a create, so two
+hosts racing on one key cannot both win); after it, it records the result (``done``). A call whose
+key is ``done`` gets the recorded result back and nothing runs again, however often the task is
+redelivered. A key left ``started`` means an earlier call began and its outcome was never recorded
+(a crash between the effect and the record): a tool declared ``idempotent`` (it makes its effect
+at most once per key itself) is simply run again; any other is refused with ``outcome_unknown``,
+for a person to settle, rather than risk doing it twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Literal
+
+import msgspec
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from switchyard.protocol.messages import ToolResult
+
+
+class LedgerEntry(msgspec.Struct, kw_only=True):
+    state: Literal["started", "done"]
+    tool: str
+    key: str
+    started_at: float
+    finished_at: float = 0.0
+    result: ToolResult | None = None
+
+
+_decoder = msgspec.json.Decoder(LedgerEntry)
+
+
+def ledger_key(tool: str, key: str) -> str:
+    return hashlib.sha256(f"{tool}\x00{key}".encode()).hexdigest()[:40]
+
+
+class ToolLedger:
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+
+    async def begin(self, tool: str, key: str) -> LedgerEntry | None:
+        """Claim ``key`` for a first run (returns None), or return the entry already there."""
+        entry = LedgerEntry(state="started", tool=tool, key=key, started_at=time.time())
+        try:
+            await self.kv.create(ledger_key(tool, key), msgspec.json.encode(entry))
+            return None
+        except KeyWrongLastSequenceError:
+            return await self.get(tool, key)
+
+    async def get(self, tool: str, key: str) -> LedgerEntry | None:
+        try:
+            found = await self.kv.get(ledger_key(tool, key))
+        except KeyNotFoundError:
+            return None
+        return _decoder.decode(found.value) if found.value else None
+
+    async def finish(self, tool: str, key: str, result: ToolResult, started_at: float) -> None:
+        entry = LedgerEntry(state="done", tool=tool, key=key, started_at=started_at,
+                            finished_at=time.time(), result=result)
+        await self.kv.put(ledger_key(tool, key), msgspec.json.encode(entry))
+
+    async def release(self, tool: str, key: str) -> None:
+        """Forget a claim whose call failed without an effect, so a retry may run."""
+        try:
+            await self.kv.purge(ledger_key(tool, key))
+        except KeyNotFoundError:
+            pass
