@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
 import logging
@@ -141,21 +142,33 @@ def agent_run(target: Annotated[str, typer.Argument(
 
 
 @tools_app.command("run")
-def tools_run() -> None:
-    """Run the tool host with the built-in support tools (SQLite in the data dir)."""
+def tools_run(
+    mcp: Annotated[list[str] | None, typer.Option(
+        "--mcp", help="also serve an MCP server's tools: name=command [args] (repeatable)")] = None,
+) -> None:
+    """Run the tool host: the built-in support tools (SQLite in the data dir), plus the tools of
+    any MCP servers given, under the same grants, ledger and audit."""
     from switchyard.tools import ToolHost
     from switchyard.tools.builtin import support_registry
+    from switchyard.tools.mcp import McpBridge, McpServerConfig
     from switchyard.tools.trust import resolve_trusted_keys
 
     settings = _settings()
     metrics = _metrics(settings)
+    servers = [McpServerConfig.parse(spec) for spec in mcp or []]
 
     async def main(stop: asyncio.Event) -> None:
         nc = await nats.connect(settings.nats_url, name="sy-toolhost")
         registry, store = support_registry(settings.data_dir / "support.db")
-        trusted = await resolve_trusted_keys(nc.jetstream(), settings.subjects, settings.trusted())
-        async with ToolHost(nc, registry, settings.toolhost_config(trusted), metrics=metrics):
-            await stop.wait()
+        async with contextlib.AsyncExitStack() as stack:
+            for server in servers:
+                bridge = await stack.enter_async_context(McpBridge(server))
+                for t in bridge.tools:
+                    registry.add(t)
+            trusted = await resolve_trusted_keys(nc.jetstream(), settings.subjects,
+                                                 settings.trusted())
+            async with ToolHost(nc, registry, settings.toolhost_config(trusted), metrics=metrics):
+                await stop.wait()
         await nc.drain()
         store.close()
 
