@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from switchyard.agents import Agent, TaskContext
 from switchyard.agents.pii import find_pii
+from switchyard.protocol.errors import ErrorCode, ToolError
 
 _AMOUNT = re.compile(
     r"(?:(?:€|EUR|USD|\$)\s?(\d+(?:[.,]\d{1,2})?))|(?:(\d+(?:[.,]\d{1,2})?)\s?(?:€|EUR|euros?|USD|dollars?))",
@@ -43,6 +44,7 @@ class Refund(BaseModel):
     refund_id: str
     amount: float
     currency: str
+    approved_by: str = ""  # the person who approved it, when the policy asked for one
 
 
 class Draft(BaseModel):
@@ -83,13 +85,22 @@ async def act(req: Request, ctx: TaskContext) -> Draft:
     refund = None
     amount = requested_amount(req.text)
     if req.intent == "billing" and customer_id and amount and "refund" in req.text.lower():
-        proposal = await ctx.call_tool("propose_refund", {
-            "customer_id": customer_id, "amount": amount, "currency": "EUR",
-            "reason": req.text[:500],
-        })
-        actions.append("propose_refund")
-        refund = Refund(refund_id=proposal["refund_id"], amount=amount, currency="EUR")
-        lines.append(f"We have issued a refund of {amount:.2f} EUR (reference {refund.refund_id}).")
+        try:  # above the policy's threshold this waits for a person (the runtime escalates)
+            proposal = await ctx.call_tool("propose_refund", {
+                "customer_id": customer_id, "amount": amount, "currency": "EUR",
+                "reason": req.text[:500],
+            })
+        except ToolError as exc:
+            if exc.code != ErrorCode.APPROVAL_REJECTED:
+                raise
+            lines.append("Your refund request was reviewed and could not be approved; our "
+                         "billing team will contact you about it.")
+        else:
+            actions.append("propose_refund")
+            refund = Refund(refund_id=proposal["refund_id"], amount=amount, currency="EUR",
+                            approved_by=ctx.tool_calls[-1]["approved_by"])
+            lines.append(f"We have issued a refund of {amount:.2f} EUR "
+                         f"(reference {refund.refund_id}).")
     # A naive helper: it answers questions about other people it finds in the ticket. The
     # compliance step exists to catch exactly this.
     for finding in find_pii(req.text):

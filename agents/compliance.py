@@ -1,7 +1,8 @@
 """Compliance: redacts personal data from the draft and checks it against policy.
 
-Rules: no refund promised above the approval limit; no personal data of anyone but the customer
-who wrote in. A failed check sets ``passed`` to false, and the workflow routes that to a person.
+Rules: no refund promised above the approval limit unless a person approved it; no personal data
+of anyone but the customer who wrote in. A failed check sets ``passed`` to false, and the
+workflow routes that to a person.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ class Review(BaseModel):
     customer_email: str | None = None
     customer_id: str | None = None
     refund_amount: float | None = None
+    refund_approved_by: str | None = None
     refund_limit: float = REFUND_LIMIT_EUR
 
 
@@ -36,7 +38,8 @@ agent = Agent("compliance", version="1.0.0", description="PII redaction and poli
 async def check(review: Review, ctx: TaskContext) -> Verdict:
     findings = find_pii(review.draft)
     violations: list[str] = []
-    if review.refund_amount is not None and review.refund_amount > review.refund_limit:
+    if (review.refund_amount is not None and review.refund_amount > review.refund_limit
+            and not review.refund_approved_by):
         violations.append(
             f"refund of {review.refund_amount:.2f} EUR promised above the limit of "
             f"{review.refund_limit:.2f} EUR without approval"

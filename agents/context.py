@@ -14,9 +14,12 @@ from pydantic import BaseModel
 from switchyard.agents.model import ModelClient
 from switchyard.protocol import codec
 from switchyard.protocol.errors import ErrorCode, ToolError
+from switchyard.protocol.grants import call_digest
 from switchyard.protocol.headers import TRACEPARENT
 from switchyard.protocol.messages import Task, ToolCall, ToolResult, Usage
 from switchyard.protocol.subjects import Subjects
+
+_KNOWN_CODES = frozenset(code.value for code in ErrorCode)
 
 
 class TaskContext:
@@ -93,12 +96,13 @@ class TaskContext:
                 code=ErrorCode.TIMEOUT, retryable=True,
             ) from None
         result = codec.decode(reply.data, ToolResult)
-        self.tool_calls.append({"tool": name, "ok": result.ok})
+        self.tool_calls.append({"tool": name, "ok": result.ok, "approved_by": result.approved_by})
         if not result.ok:
             err = result.error
+            code = ErrorCode(err.code) if err and err.code in _KNOWN_CODES else ErrorCode.TOOL_FAILED
             raise ToolError(
-                err.message if err else f"tool {name} failed",
-                code=ErrorCode(err.code) if err and err.code in ErrorCode else ErrorCode.TOOL_FAILED,
+                err.message if err else f"tool {name} failed", code=code,
                 retryable=bool(err and err.retryable),
+                details={"tool": name, "args": payload, "digest": call_digest(name, payload)},
             )
         return result.result or {}

@@ -9,7 +9,7 @@ Handler outcomes map to acks here and nowhere else:
 handler                 on the bus
 ======================  =====================================================================
 returns                 ``Result(ok)``, then ``ack``
-raises ``NeedsHuman``   ``Result(needs_human)``, then ``ack``
+raises ``NeedsHuman``   ``Result(needs_human)``, then ``ack`` (so does a tool call that needs approval)
 raises ``Retry``        ``nak(delay * 2**(n-1))`` until ``max_deliver``; then ``Result(error)``
 raises ``Reject``       ``Result(error, rejected)``, dead-letter copy, ``term``
 bad task                dead-letter copy, audit event, ``term`` (and ``Result(error)`` when the
@@ -434,6 +434,12 @@ class Agent:
             )
             await self._dead_letter(msg, ErrorCode.REJECTED, exc.reason, task.workflow_id)
         except ToolError as exc:
+            if exc.code == ErrorCode.APPROVAL_REQUIRED:  # the call waits for a person
+                await self._publish_result(
+                    msg, task, "needs_human", output={"approval": exc.details}, confidence=0.0,
+                    reason=exc.message, ctx=ctx, started=started,
+                )
+                return
             await self._publish_result(
                 msg, task, "error", ctx=ctx, started=started,
                 error=ErrorInfo(code=exc.code, message=exc.message, retryable=exc.retryable),

@@ -30,6 +30,8 @@ from enum import StrEnum
 class ErrorCode(StrEnum):
     """Stable error codes on the wire. Never renamed; new ones may be added."""
 
+    APPROVAL_REJECTED = "approval_rejected"
+    APPROVAL_REQUIRED = "approval_required"
     BUDGET_EXHAUSTED = "budget_exhausted"
     DECODE_ERROR = "decode_error"
     GRANT_EXPIRED = "grant_expired"
@@ -170,11 +172,14 @@ class BudgetExhaustedError(GrantError):
 
 
 class ToolError(SwitchyardError):
-    """A tool call that failed; ``retryable`` says whether trying again may help."""
+    """A tool call that failed; ``retryable`` says whether trying again may help, ``details``
+    what a caller needs to act on it (for ``approval_required``: the tool, arguments and digest)."""
 
     def __init__(
-        self, message: str, *, code: ErrorCode = ErrorCode.TOOL_FAILED, retryable: bool = False
+        self, message: str, *, code: ErrorCode = ErrorCode.TOOL_FAILED, retryable: bool = False,
+        details: dict[str, object] | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.retryable = retryable
+        self.details = details or {}

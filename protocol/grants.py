@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import os
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -40,9 +41,18 @@ class Grant(msgspec.Struct, kw_only=True, frozen=True):
     expires_at: float
     issuer: str
     limits: dict[str, dict[str, float]] = {}  # tool -> argument -> highest value allowed
+    approvals: dict[str, str] = {}  # tool -> JMESPath over {"args": …}: calls that need a person
+    approved: dict[str, str] = {}  # call digest -> who approved that exact call
+    declined: list[str] = []  # call digests a person rejected
 
 
 _grant_decoder = msgspec.json.Decoder(Grant)
+_canonical = msgspec.json.Encoder(order="sorted")
+
+
+def call_digest(tool: str, args: dict[str, object]) -> str:
+    """Names one exact call (tool and arguments), for approvals."""
+    return hashlib.sha256(tool.encode() + b"\x00" + _canonical.encode(args)).hexdigest()[:32]
 
 
 def new_seed() -> bytes:

@@ -92,9 +92,12 @@ class ToolResult(_Message, kw_only=True):
     ok: bool
     result: JSONObject | None = None
     error: ErrorInfo | None = None
+    approved_by: str = ""  # set when the call needed and had a person's approval
 
 
-EscalationKind = Literal["low_confidence", "routed", "needs_human", "retries_exhausted", "failed"]
+EscalationKind = Literal[
+    "low_confidence", "routed", "needs_human", "retries_exhausted", "failed", "approval"
+]
 
 
 class Escalation(_Message, kw_only=True):

@@ -52,6 +52,7 @@ class Pending(msgspec.Struct, kw_only=True):
     reason: str
     deadline: float
     resume: str | None
+    call_digest: str = ""  # for kind "approval": the exact tool call waiting for a person
 
 
 class WorkflowState(msgspec.Struct, kw_only=True):
@@ -70,6 +71,8 @@ class WorkflowState(msgspec.Struct, kw_only=True):
     history: list[StepRun] = []
     escalation: Pending | None = None
     escalations: int = 0
+    approved: dict[str, str] = {}  # call digest -> approver, carried in every later grant
+    declined: list[str] = []
     events: int = 0
     output: dict[str, Any] | None = None
     reason: str = ""
@@ -115,6 +118,8 @@ class SendTask:
     tools: list[str]
     tool_budget: int
     deadline: float
+    approved: dict[str, str] = field(default_factory=dict)
+    declined: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -226,6 +231,7 @@ class _Run:
                 task_id=tid, step=step.name, role=self.s.role, attempt=self.s.attempt,
                 input=build_input(step.input, self.document()), tools=list(step.tools),
                 tool_budget=step.tool_budget, deadline=deadline,
+                approved=dict(self.s.approved), declined=list(self.s.declined),
             )
         )
         self.event("step.dispatched", step.name, role=self.s.role, attempt=self.s.attempt,
@@ -265,14 +271,15 @@ class _Run:
 
     def escalate(
         self, step: str, kind: EscalationKind, reason: str, *, resume: str | None,
-        output: Any = None, confidence: float | None = None,
+        output: Any = None, confidence: float | None = None, call_digest: str = "",
     ) -> None:
         esc_id = f"{self.s.id}:{step}:{self.s.attempt}:esc"
         deadline = self.now + self.wf.human_deadline_s
         self.s.status = "waiting_human"
         self.s.escalations += 1
         self.s.escalation = Pending(
-            id=esc_id, step=step, kind=kind, reason=reason, deadline=deadline, resume=resume
+            id=esc_id, step=step, kind=kind, reason=reason, deadline=deadline, resume=resume,
+            call_digest=call_digest,
         )
         self.set_timer("human", deadline)
         self.effects.append(
@@ -398,6 +405,13 @@ def _on_result(run: _Run, r: Result) -> None:
     if r.status == "ok":
         s.outputs[step.name] = r.output or {}
         run.proceed(step, r.output or {}, r.confidence)
+    elif r.status == "needs_human" and isinstance((r.output or {}).get("approval"), dict):
+        call = (r.output or {})["approval"]  # a tool call the policy holds for a person
+        run.escalate(
+            step.name, "approval", r.reason or f"{call.get('tool')} needs a person's approval",
+            resume=step.name, output=r.output, confidence=r.confidence,
+            call_digest=str(call.get("digest", "")),
+        )
     elif r.status == "needs_human":
         if r.output is not None:
             s.outputs[step.name] = r.output
@@ -424,6 +438,15 @@ def _on_decision(run: _Run, d: Decision) -> None:
     run.effects.append(CloseEscalation(pending.id))
     run.event("decision", pending.step, action=d.action, reviewer=d.reviewer, note=d.note,
               escalation_id=pending.id)
+    if pending.kind == "approval":
+        # the step runs again (a new attempt) under a grant that names the decided call:
+        # approved, it executes once with the approver recorded; rejected, the agent is refused
+        if d.action == "reject":
+            s.declined = [*s.declined, pending.call_digest]
+        else:
+            s.approved = {**s.approved, pending.call_digest: d.reviewer}
+        run.dispatch(run.wf.step(pending.step))
+        return
     if d.action == "reject":
         run.finish("rejected", s.outputs.get(pending.step), f"rejected by {d.reviewer}"
                    + (f": {d.note}" if d.note else ""))
@@ -473,6 +496,7 @@ def due(wf: Workflow, state: WorkflowState, now: float) -> list[Effect]:
                 role=state.role, attempt=state.attempt,
                 input=build_input(step.input, run.document()), tools=list(step.tools),
                 tool_budget=step.tool_budget, deadline=state.timer_at,
+                approved=dict(state.approved), declined=list(state.declined),
             )
         ]
     if state.status == "waiting_human" and state.escalation is not None:

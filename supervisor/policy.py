@@ -6,7 +6,7 @@ tools:
   propose_refund:
     risk: write
     limits: {amount: 1000}          # a call with amount above 1000 is refused
-    approval: "args.amount > `100`" # JMESPath over the call's arguments (enforced in a later step)
+    approval: "args.amount > `100`" # JMESPath over the call's arguments: a person must approve
 roles:
   action: {tools: [lookup_customer, propose_refund], calls_per_task: 8}
 ```
@@ -51,6 +51,7 @@ class Grantable(BaseModel):
     tools: list[str]
     budget: int
     limits: dict[str, dict[str, float]]
+    approvals: dict[str, str] = {}
 
 
 class Policy(BaseModel):
@@ -84,6 +85,7 @@ class Policy(BaseModel):
             tools=tools,
             budget=min(step.tool_budget, rule.calls_per_task) if tools else 0,
             limits={t: dict(self.tools[t].limits) for t in tools if self.tools[t].limits},
+            approvals={t: a for t in tools if (a := self.tools[t].approval)},
         )
 
     def check_workflow(self, wf: Workflow) -> None:

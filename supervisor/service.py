@@ -427,13 +427,14 @@ class Supervisor:
     ) -> asyncio.Future[Any]:
         assert self._js is not None
         now = time.time()
-        tools, budget, limits = effect.tools, effect.tool_budget, {}
+        tools, budget, limits, approvals = effect.tools, effect.tool_budget, {}, {}
         if self.config.policy is not None:  # grants come from the policy alone
             g = self.config.policy.grantable(wf.step(effect.step), effect.role)
-            tools, budget, limits = g.tools, g.budget, g.limits
+            tools, budget, limits, approvals = g.tools, g.budget, g.limits, g.approvals
         grant = grants.Grant(
             id=effect.task_id, workflow_id=state.id, task_id=effect.task_id, role=effect.role,
-            tools=tools, budget=budget, issued_at=now, limits=limits,
+            tools=tools, budget=budget, issued_at=now, limits=limits, approvals=approvals,
+            approved=effect.approved, declined=effect.declined,
             expires_at=effect.deadline + self.config.grant_slack_s, issuer=self.signer.public_key,
         )
         task = Task(

@@ -246,7 +246,9 @@ def demo(
         table.add_column(col)
     for run in report.runs:
         style = "green" if run.matched else "red"
-        table.add_row(run.ticket, run.expect, f"[{style}]{run.status}[/]", run.reason)
+        expected = f"{run.expect} ({run.expect_kind})" if run.expect_kind else run.expect
+        got = f"{run.status} ({run.kind})" if run.kind else run.status
+        table.add_row(run.ticket, expected, f"[{style}]{got}[/]", run.reason)
     out.print(table)
     steps = Table(title="per-step time (dispatch to result)")
     for col in ("step", "p50 ms", "max ms", "runs"):

@@ -38,6 +38,7 @@ class Run:
     ticket: str
     workflow_id: str
     expect: str
+    expect_kind: str = ""
     status: str = "running"  # running | completed | escalated | rejected | failed
     reason: str = ""
     kind: str = ""
@@ -45,7 +46,7 @@ class Run:
 
     @property
     def matched(self) -> bool:
-        return self.status == self.expect
+        return self.status == self.expect and (not self.expect_kind or self.kind == self.expect_kind)
 
 
 @dataclass
@@ -92,7 +93,8 @@ async def _drive(
     s = settings.subjects
     client = SwitchyardClient(nc, s)
     batch = uuid.uuid4().hex[:8]
-    runs = {f"demo-{batch}-{t['id']}": Run(t["id"], f"demo-{batch}-{t['id']}", t["expect"])
+    runs = {f"demo-{batch}-{t['id']}": Run(t["id"], f"demo-{batch}-{t['id']}", t["expect"],
+                                           t.get("kind", ""))
             for t in tickets}
     sub = await client.js.subscribe(s.all("event"), ordered_consumer=True,
                                     deliver_policy=DeliverPolicy.NEW)

@@ -13,8 +13,11 @@ import enum
 import hashlib
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from types import TracebackType
+from typing import Any
 
+import jmespath
 import structlog
 from nats.aio.client import Client
 from nats.micro import add_service
@@ -138,16 +141,33 @@ class ToolHost:
             await self._refuse(t, req, workflow_id, ErrorCode.INVALID_INPUT, msg)
             await req.respond(codec.encode(_failure(ErrorCode.INVALID_INPUT, msg)))
             return
+        digest = grants.call_digest(t.name, call.args)
+        approver = grant.approved.get(digest, "")
+        if not approver and self._needs_approval(t.name, grant, call.args):
+            declined = digest in grant.declined
+            code = ErrorCode.APPROVAL_REJECTED if declined else ErrorCode.APPROVAL_REQUIRED
+            msg = (f"a person rejected this {t.name} call" if declined else
+                   f"this {t.name} call needs a person's approval "
+                   f"(policy: {grant.approvals[t.name]})")
+            self._calls.labels(t.name, code.value).inc()
+            await self._audit(workflow_id, f"tool.{code.value}", t.name,
+                              {"grant": grant.id, "task": call.task_id, "call_digest": digest})
+            await req.respond(codec.encode(_failure(code, msg)))
+            return
         reply, outcome = await self._run(t, call, grant, args)
+        if approver and reply.ok:
+            reply.approved_by = approver
         self._calls.labels(t.name, outcome).inc()
         self._latency.labels(t.name).observe(time.perf_counter() - started)
         if outcome == "refused" and reply.error is not None:
             await self._refuse(t, req, workflow_id, reply.error.code, reply.error.message)
         elif outcome in ("ok", "replayed"):
             try:  # the call happened: a failed audit publish must not turn it into an error
+                facts = {"grant": grant.id, "task": call.task_id, "call_digest": digest}
+                if approver:
+                    facts["approved_by"] = approver
                 await self._audit(workflow_id, f"tool.{'called' if outcome == 'ok' else outcome}",
-                                  t.name, {"grant": grant.id, "task": call.task_id,
-                                           "args_digest": _digest(req.data)})
+                                  t.name, facts)
             except Exception:
                 log.exception("toolhost.call_not_audited", tool=t.name)
         await req.respond(codec.encode(reply))
@@ -199,6 +219,13 @@ class ToolHost:
             assert self._ledger is not None
             await self._ledger.finish(t.name, key, reply, claimed_at)
         return reply, outcome
+
+    @staticmethod
+    def _needs_approval(tool: str, grant: grants.Grant, args: dict[str, Any]) -> bool:
+        rule = grant.approvals.get(tool)
+        if not rule:
+            return False
+        return _compiled(rule).search({"args": args}) not in (None, False, "", [], {})
 
     async def _release(self, tool: str, key: str) -> None:
         assert self._ledger is not None
@@ -268,6 +295,11 @@ class ToolHost:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+@lru_cache(maxsize=256)
+def _compiled(expression: str) -> Any:
+    return jmespath.compile(expression)
 
 
 def _failure(code: str, message: str, *, retryable: bool = False) -> ToolResult:

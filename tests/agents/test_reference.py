@@ -83,6 +83,21 @@ def ctx_for(nc: Client, subjects: Subjects, signer: grants.Signer, role: str,
     return TaskContext(task, nc=nc, subjects=subjects)
 
 
+async def test_tool_refusals_reach_the_handler_as_tool_errors_with_their_code(
+    tools: SupportStore, nc: Client, subjects: Subjects, signer: grants.Signer
+) -> None:
+    from switchyard.protocol.errors import ToolError
+
+    ctx = ctx_for(nc, subjects, signer, "action")
+    with pytest.raises(ToolError) as exc:
+        await ctx.call_tool("teleport", {})
+    assert exc.value.code == "tool_failed" and exc.value.retryable  # nobody serves it
+    with pytest.raises(ToolError) as exc:
+        await ctx.call_tool("propose_refund", {"customer_id": "C-1001", "amount": -1, "reason": ""})
+    assert exc.value.code == "invalid_input"
+    assert exc.value.details["tool"] == "propose_refund"
+
+
 async def test_retrieval_cites_articles_of_the_intent(
     tools: SupportStore, nc: Client, subjects: Subjects, signer: grants.Signer
 ) -> None:

@@ -278,3 +278,32 @@ def test_engine_does_not_mutate_its_input_state() -> None:
 def test_workflow_validation_rejects_bad_definitions(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_workflow(text)
+
+
+def test_engine_holds_a_call_for_approval_then_reruns_the_step_under_the_decision() -> None:
+    s = submit().state
+    assert s is not None
+    s = step(s, T0 + 1, output={"intent": "billing"}).state
+    assert s is not None
+    call = {"tool": "kb_search", "args": {"q": "x"}, "digest": "d1"}
+    t = step(s, T0 + 2, status="needs_human", output={"approval": call}, confidence=0.0)
+    assert t.state is not None and t.state.escalation is not None
+    (esc,) = [e.escalation for e in t.effects if isinstance(e, SendEscalation)]
+    assert (esc.kind, esc.output) == ("approval", {"approval": call})
+    assert t.state.escalation.call_digest == "d1"
+    ok = Decision(escalation_id=esc.id, workflow_id="w1", action="approve", reviewer="ann",
+                  decided_at=T0 + 3)
+    t2 = transition(FLOW, t.state, DecisionReceived(ok), T0 + 3)
+    (task,) = tasks(t2.effects)
+    assert (task.step, task.attempt, task.approved) == ("answer", 2, {"d1": "ann"})
+    assert t2.state is not None and t2.state.approved == {"d1": "ann"}
+    # the same kind of hold, rejected: the step runs again and the call is refused
+    t3 = step(t2.state, T0 + 4, status="needs_human",
+              output={"approval": {**call, "digest": "d2"}})
+    assert t3.state is not None and t3.state.escalation is not None
+    no = Decision(escalation_id=t3.state.escalation.id, workflow_id="w1", action="reject",
+                  reviewer="bob", decided_at=T0 + 5)
+    t4 = transition(FLOW, t3.state, DecisionReceived(no), T0 + 5)
+    (task,) = tasks(t4.effects)
+    assert (task.attempt, task.declined, task.approved) == (3, ["d2"], {"d1": "ann"})
+    assert t4.state is not None and t4.state.status == "running"
