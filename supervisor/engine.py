@@ -235,7 +235,7 @@ class _Run:
             )
         )
         self.event("step.dispatched", step.name, role=self.s.role, attempt=self.s.attempt,
-                   task_id=tid)
+                   task_id=tid, grant=tid, tools=list(step.tools))
 
     def proceed(self, step: Step, output: Any, confidence: float) -> None:
         """After an accepted output: threshold, then routes, then the next step."""

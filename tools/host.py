@@ -77,7 +77,6 @@ class ToolHost:
         self._state = _State.NEW
         self._service: Service | None = None
         self._ledger: ToolLedger | None = None
-        self._used: dict[str, tuple[int, float]] = {}  # grant id -> (calls, expires_at)
         self._inflight: set[asyncio.Task[None]] = set()
         reg = metrics or CollectorRegistry()
         self._calls = Counter(
@@ -176,10 +175,10 @@ class ToolHost:
         self, t: Tool, call: ToolCall, grant: grants.Grant, args: BaseModel
     ) -> tuple[ToolResult, str]:
         """Run the call at most once per idempotency key; returns the reply and its outcome."""
-        key = call.idempotency_key if t.side_effects and self._ledger is not None else ""
+        key = call.idempotency_key if t.side_effects else ""
         claimed_at = time.time()
+        assert self._ledger is not None
         if key:
-            assert self._ledger is not None
             entry = await self._ledger.begin(t.name, key)
             if entry is not None and entry.state == "done" and entry.result is not None:
                 return entry.result, "replayed"
@@ -191,9 +190,9 @@ class ToolHost:
                 ), "refused"
             if entry is not None:
                 claimed_at = entry.started_at  # idempotent: safe to run again under the same key
-        try:
-            self._spend(grant)
-        except BudgetExhaustedError as exc:
+        assert self._ledger is not None
+        if not await self._ledger.spend(grant.id, grant.budget):
+            exc = BudgetExhaustedError(grant.id, grant.budget)
             if key:
                 await self._release(t.name, key)
             return _failure(exc.code, exc.message), "refused"
@@ -216,7 +215,6 @@ class ToolHost:
             log.exception("toolhost.tool_crashed", tool=t.name)
             return _failure(ErrorCode.INTERNAL, f"tool {t.name} failed"), "crashed"
         if key:
-            assert self._ledger is not None
             await self._ledger.finish(t.name, key, reply, claimed_at)
         return reply, outcome
 
@@ -238,16 +236,6 @@ class ToolHost:
         grants.check_tool(grant, t.name, call.workflow_id, call.task_id)
         grants.check_limits(grant, t.name, call.args)
         return grant
-
-    def _spend(self, grant: grants.Grant) -> None:
-        """Count one executed call against the grant's budget (replays are free)."""
-        now = time.time()
-        used, _ = self._used.get(grant.id, (0, grant.expires_at))
-        if used >= grant.budget:
-            raise BudgetExhaustedError(grant.id, grant.budget)
-        self._used[grant.id] = (used + 1, grant.expires_at)
-        if len(self._used) > 10_000:
-            self._used = {k: v for k, v in self._used.items() if v[1] > now}
 
     async def _refuse(
         self, t: Tool, req: Request, workflow_id: str, code: str, reason: str

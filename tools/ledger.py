@@ -1,5 +1,6 @@
-"""ToolLedger: the idempotency ledger of side-effecting tool calls, in KV bucket
-``<prefix>_tool_ledger``.
+"""ToolLedger: the idempotency ledger of side-effecting tool calls, and the used call budget of
+every grant, in KV bucket ``<prefix>_tool_ledger`` (shared by all tool hosts, kept across
+restarts).
 
 Before a side-effecting call runs, the host creates the key's entry (``started``; a create, so two
 hosts racing on one key cannot both win); after it, it records the result (``done``). A call whose
@@ -63,6 +64,28 @@ class ToolLedger:
         entry = LedgerEntry(state="done", tool=tool, key=key, started_at=started_at,
                             finished_at=time.time(), result=result)
         await self.kv.put(ledger_key(tool, key), msgspec.json.encode(entry))
+
+    async def spend(self, grant_id: str, budget: int) -> bool:
+        """Count one call against a grant's budget, shared by every host (compare-and-set);
+        False when the budget is used up."""
+        key = "budget." + hashlib.sha256(grant_id.encode()).hexdigest()[:40]
+        for _ in range(50):
+            try:
+                entry = await self.kv.get(key)
+                used, revision = int(entry.value or b"0"), entry.revision or 0
+            except KeyNotFoundError:
+                used, revision = 0, 0
+            if used >= budget:
+                return False
+            try:
+                if revision:
+                    await self.kv.update(key, str(used + 1).encode(), last=revision)
+                else:
+                    await self.kv.create(key, str(used + 1).encode())
+                return True
+            except KeyWrongLastSequenceError:
+                continue  # another host counted a call in between: read again
+        raise RuntimeError(f"budget of grant {grant_id} is too contended to count")
 
     async def release(self, tool: str, key: str) -> None:
         """Forget a claim whose call failed without an effect, so a retry may run."""

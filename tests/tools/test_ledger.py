@@ -140,3 +140,20 @@ async def test_task_retries_make_their_calls_under_the_same_keys(
         ctx = TaskContext(task, nc=nc, subjects=subjects)
         await ctx.call_tool("propose_refund", REFUND)
     assert len(store.refunds()) == 1
+
+
+async def test_budget_is_shared_by_host_replicas_and_survives_a_restart(
+    nc: Client, js: JetStreamContext, subjects: Subjects, signer: grants.Signer, tmp_path: Path,
+) -> None:
+    config = ToolHostConfig(subjects=subjects, trusted_keys=frozenset({signer.public_key}))
+    registry, store = support_registry(tmp_path / "support.db")
+    grant = grant_for(signer, ["kb_search"], budget=3)
+    async with ToolHost(nc, registry, config), ToolHost(nc, registry, config):
+        # two replicas in one queue group: each call may go to either
+        results = [await call(nc, subjects, "kb_search", {"query": "refund"}, grant, "")
+                   for _ in range(4)]
+    assert [r.ok for r in results] == [True, True, True, False]
+    async with ToolHost(nc, registry, config):  # a restarted host remembers
+        again = await call(nc, subjects, "kb_search", {"query": "refund"}, grant, "")
+    assert again.error is not None and again.error.code == "budget_exhausted"
+    store.close()
