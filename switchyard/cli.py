@@ -94,12 +94,38 @@ def _serve(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
-        await main(stop)
+        watchdog = asyncio.create_task(_orphan_watch(stop))
+        try:
+            await main(stop)
+        finally:
+            watchdog.cancel()
 
     try:
         asyncio.run(runner())
     except asyncio.CancelledError:
         raise typer.Exit(130) from None
+
+
+async def _orphan_watch(stop: asyncio.Event) -> None:
+    """A process started by ``switchyard up`` stops (gracefully) when that parent is gone, even
+    if it was killed outright and could not pass the signal on."""
+    parent = os.environ.get("SWITCHYARD_PARENT_PID")
+    if not parent:
+        return
+    try:
+        fd = os.pidfd_open(int(parent))
+    except (OSError, ValueError):  # already gone
+        stop.set()
+        return
+    gone = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_reader(fd, gone.set)  # a pidfd becomes readable when the process exits
+    try:
+        await gone.wait()
+        stop.set()
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
 
 
 def _once(coro: Coroutine[Any, Any, T]) -> T:

@@ -96,6 +96,7 @@ class LocalStack:
         port = self.settings.metrics_port
         metrics = str(port + len(self.procs)) if port else "0"  # one port per process, in order
         env = {**os.environ, "NATS_URL": self.url, "SWITCHYARD_METRICS_PORT": metrics,
+               "SWITCHYARD_PARENT_PID": str(os.getpid()),
                "SWITCHYARD_DATA_DIR": str(self.settings.data_dir),
                "SWITCHYARD_PREFIX": self.settings.prefix,
                "SWITCHYARD_WORKFLOWS": self.settings.workflows,

@@ -160,6 +160,49 @@ def _processes_with(marker: str) -> list[int]:
     return found
 
 
+async def _exited(pids: set[int], timeout: float) -> None:
+    """Wait until every pid has exited (pidfds become readable on exit)."""
+    loop = asyncio.get_running_loop()
+    waits = []
+    for pid in pids:
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        done = asyncio.Event()
+        loop.add_reader(fd, done.set)
+        waits.append((fd, done))
+    try:
+        async with asyncio.timeout(timeout):
+            for _, done in waits:
+                await done.wait()
+    finally:
+        for fd, _ in waits:
+            loop.remove_reader(fd)
+            os.close(fd)
+
+
+async def test_up_killed_outright_leaves_no_process_behind(tmp_path: Path) -> None:
+    data = tmp_path / "up-data"
+    env = {**os.environ, "NATS_URL": f"nats://127.0.0.1:{free_port()}",
+           "SWITCHYARD_DATA_DIR": str(data)}
+    up = await asyncio.create_subprocess_exec(
+        CLI, "up", env=env, cwd=tmp_path, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert up.stdout is not None
+    try:
+        async with asyncio.timeout(60):
+            assert b"Switchyard is up" in await up.stdout.readline()
+        children = set(_processes_with(str(data))) - {up.pid}
+        assert len(children) == 8
+    finally:
+        up.kill()  # SIGKILL: it cannot pass anything on
+        await up.wait()
+    await _exited(children, timeout=30)  # they noticed, drained and left
+    assert _processes_with(str(data)) == []
+
+
 async def test_up_starts_embedded_nats_and_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
     data = tmp_path / "up-data"
     env = {**os.environ, "NATS_URL": f"nats://127.0.0.1:{free_port()}",
@@ -169,14 +212,19 @@ async def test_up_starts_embedded_nats_and_stops_everything_on_ctrl_c(tmp_path: 
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     assert up.stdout is not None
-    async with asyncio.timeout(60):
-        line = await up.stdout.readline()
-    assert b"Switchyard is up" in line and b"embedded nats-server" in line, line
-    children = set(_processes_with(str(data))) - {up.pid}
-    assert len(children) == 8  # nats-server, supervisor, tool host, five agents
-    up.send_signal(signal.SIGINT)
-    async with asyncio.timeout(40):
-        await up.wait()
+    try:
+        async with asyncio.timeout(60):
+            line = await up.stdout.readline()
+        assert b"Switchyard is up" in line and b"embedded nats-server" in line, line
+        children = set(_processes_with(str(data))) - {up.pid}
+        assert len(children) == 8  # nats-server, supervisor, tool host, five agents
+        up.send_signal(signal.SIGINT)
+        async with asyncio.timeout(40):
+            await up.wait()
+    finally:
+        if up.returncode is None:
+            up.kill()
+            await up.wait()
     assert up.returncode == 0
     assert _processes_with(str(data)) == []
 
