@@ -20,9 +20,9 @@ class WorkflowCatalog:
         self, fixed: dict[str, Workflow], kv: KeyValue | None = None, *,
         policy: Policy | None = None,
     ) -> None:
-        self._fixed = dict(fixed)
-        self._kv = kv
         self._policy = policy
+        self._fixed = {name: self._admit(wf) for name, wf in fixed.items()}
+        self._kv = kv
         self._seen: dict[str, Workflow] = {}
 
     async def latest(self, name: str) -> Workflow | None:
@@ -37,15 +37,20 @@ class WorkflowCatalog:
             return None
         if not entry.value:
             return None
-        wf = parse_workflow(entry.value.decode(), f"bucket:{name}")
-        if self._policy is not None:
-            self._policy.check_workflow(wf)
+        wf = self._admit(parse_workflow(entry.value.decode(), f"bucket:{name}"))
         self._seen[name] = wf
         return wf
 
     async def running(self, name: str) -> Workflow | None:
         """The definition runs already under way use."""
         return self._fixed.get(name) or self._seen.get(name) or await self.latest(name)
+
+    def _admit(self, wf: Workflow) -> Workflow:
+        """Check a workflow against the policy and give it the policy's approval defaults."""
+        if self._policy is None:
+            return wf
+        self._policy.check_workflow(wf)
+        return self._policy.apply_defaults(wf)
 
     def names(self) -> list[str]:
         return sorted({*self._fixed, *self._seen})

@@ -53,6 +53,8 @@ class Pending(msgspec.Struct, kw_only=True):
     deadline: float
     resume: str | None
     call_digest: str = ""  # for kind "approval": the exact tool call waiting for a person
+    round: int = 0  # how many times it was escalated again after its deadline passed
+    output: dict[str, Any] | None = None  # for kind "approval": what the person is shown
 
 
 class WorkflowState(msgspec.Struct, kw_only=True):
@@ -272,14 +274,19 @@ class _Run:
     def escalate(
         self, step: str, kind: EscalationKind, reason: str, *, resume: str | None,
         output: Any = None, confidence: float | None = None, call_digest: str = "",
+        round: int = 0,
     ) -> None:
-        esc_id = f"{self.s.id}:{step}:{self.s.attempt}:esc"
-        deadline = self.now + self.wf.human_deadline_s
+        esc_id = f"{self.s.id}:{step}:{self.s.attempt}:esc" + (f":r{round}" if round else "")
+        wait = self.wf.human_deadline_s
+        if kind == "approval":
+            wait = self.wf.approval_deadline_s or 3600.0
+        deadline = self.now + wait
         self.s.status = "waiting_human"
         self.s.escalations += 1
         self.s.escalation = Pending(
             id=esc_id, step=step, kind=kind, reason=reason, deadline=deadline, resume=resume,
-            call_digest=call_digest,
+            call_digest=call_digest, round=round,
+            output=output if kind == "approval" and isinstance(output, dict) else None,
         )
         self.set_timer("human", deadline)
         self.effects.append(
@@ -468,6 +475,16 @@ def _on_timer(run: _Run, t: TimerFired) -> None:
         s.escalation = None
         run.effects.append(CloseEscalation(pending.id))
         run.event("escalation.expired", pending.step, escalation_id=pending.id)
+        if pending.kind == "approval":
+            if run.wf.on_approval_timeout == "re_escalate":
+                run.escalate(pending.step, "approval", f"{pending.reason} (not decided in time; "
+                             "escalated again)", resume=pending.resume,
+                             output=pending.output, call_digest=pending.call_digest,
+                             round=pending.round + 1)
+                return
+            s.declined = [*s.declined, pending.call_digest]  # nobody approved it: refused
+            run.dispatch(run.wf.step(pending.step))
+            return
         status: Status = "rejected" if run.wf.on_human_timeout == "reject" else "failed"
         run.finish(status, None, f"no decision on {pending.id} by its deadline")
         return
@@ -506,7 +523,8 @@ def due(wf: Workflow, state: WorkflowState, now: float) -> list[Effect]:
                 Escalation(
                     id=p.id, workflow_id=state.id, workflow=state.workflow, step=p.step,
                     kind=p.kind,  # type: ignore[arg-type]
-                    reason=p.reason, output=state.outputs.get(p.step), input=state.input,
+                    reason=p.reason, output=p.output or state.outputs.get(p.step),
+                    input=state.input,
                     created_at=state.updated_at, deadline=p.deadline,
                 )
             )

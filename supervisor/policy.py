@@ -59,6 +59,8 @@ class Policy(BaseModel):
     version: int = 1
     tools: dict[str, ToolRule] = {}
     roles: dict[str, RoleRule] = {}
+    approval_deadline_s: float = Field(default=3600.0, gt=0)
+    on_approval_timeout: Literal["reject", "re_escalate"] = "reject"
 
     @model_validator(mode="after")
     def _check(self) -> Policy:
@@ -87,6 +89,15 @@ class Policy(BaseModel):
             limits={t: dict(self.tools[t].limits) for t in tools if self.tools[t].limits},
             approvals={t: a for t in tools if (a := self.tools[t].approval)},
         )
+
+    def apply_defaults(self, wf: Workflow) -> Workflow:
+        """The workflow with the policy's approval deadline and timeout rule where it sets none."""
+        update: dict[str, object] = {}
+        if wf.approval_deadline_s is None:
+            update["approval_deadline_s"] = self.approval_deadline_s
+        if wf.on_approval_timeout is None:
+            update["on_approval_timeout"] = self.on_approval_timeout
+        return wf.model_copy(update=update) if update else wf
 
     def check_workflow(self, wf: Workflow) -> None:
         """Refuse a workflow whose steps ask for tools their roles may not use."""

@@ -68,6 +68,9 @@ class Workflow(BaseModel):
     output: str | None = None
     human_deadline_s: float = Field(default=24 * 3600.0, gt=0)
     on_human_timeout: Literal["reject", "fail"] = "reject"
+    # for tool calls held for approval; unset, the policy's defaults apply (then 1 h, reject)
+    approval_deadline_s: float | None = Field(default=None, gt=0)
+    on_approval_timeout: Literal["reject", "re_escalate"] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Workflow:

@@ -307,3 +307,39 @@ def test_engine_holds_a_call_for_approval_then_reruns_the_step_under_the_decisio
     (task,) = tasks(t4.effects)
     assert (task.attempt, task.declined, task.approved) == (3, ["d2"], {"d1": "ann"})
     assert t4.state is not None and t4.state.status == "running"
+
+
+@pytest.mark.parametrize("rule", ["reject", "re_escalate"])
+def test_engine_approval_deadline_follows_the_rule(rule: str) -> None:
+    wf = FLOW.model_copy(update={"approval_deadline_s": 60.0, "on_approval_timeout": rule})
+    req = WorkflowRequest(id="w1", workflow="flow", input={"text": "x"}, submitted_at=T0)
+    s = transition(wf, None, Submitted(req), T0).state
+    assert s is not None
+    call = {"tool": "refund", "args": {"amount": 500}, "digest": "d9"}
+    held = transition(wf, s, ResultReceived(result(s, status="needs_human",
+                                                     output={"approval": call})), T0 + 1)
+    assert held.state is not None and held.state.timer_at == T0 + 61  # the approval deadline
+    late = transition(wf, held.state, TimerFired("human", "triage", 1), T0 + 61)
+    assert late.state is not None and "escalation.expired" in events(late.effects)
+    if rule == "reject":  # nobody approved: the step runs again and the call is refused
+        (task,) = tasks(late.effects)
+        assert (task.attempt, task.declined) == (2, ["d9"])
+    else:  # the same exact call goes to a person again, under a new escalation id
+        (esc,) = [e.escalation for e in late.effects if isinstance(e, SendEscalation)]
+        assert esc.id == "w1:triage:1:esc:r1" and esc.output == {"approval": call}
+        assert late.state.status == "waiting_human" and not tasks(late.effects)
+
+
+async def test_policy_defaults_fill_the_approval_rules_of_a_workflow() -> None:
+    from switchyard.supervisor.catalog import WorkflowCatalog
+    from switchyard.supervisor.policy import parse_policy
+
+    policy = parse_policy(
+        "approval_deadline_s: 900\non_approval_timeout: re_escalate\n"
+        "tools: {kb_search: {}}\n"
+        "roles: {writer: {tools: [kb_search]}, senior_writer: {tools: [kb_search]}}\n"
+    )
+    own = FLOW.model_copy(update={"approval_deadline_s": 60.0})
+    wf = await WorkflowCatalog({"flow": own}, policy=policy).latest("flow")
+    assert wf is not None  # its own deadline stays; the timeout rule comes from the policy
+    assert (wf.approval_deadline_s, wf.on_approval_timeout) == (60.0, "re_escalate")
