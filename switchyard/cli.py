@@ -47,6 +47,7 @@ out = Console()
 err = Console(stderr=True)
 BUILTIN_AGENTS = {r: f"switchyard.agents.{r}:agent"
                   for r in ("triage", "retrieval", "action", "compliance", "reviewer")}
+SHUTDOWN_LIMIT_S = 15.0  # after a stop signal: time to drain before in-flight work is cancelled
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
 
 
@@ -95,10 +96,21 @@ def _serve(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
         watchdog = asyncio.create_task(_orphan_watch(stop))
+        work = asyncio.create_task(main(stop))
+        stopping = asyncio.create_task(stop.wait())
         try:
-            await main(stop)
+            await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():  # drain, but not forever (a dead bus must not hold us)
+                try:
+                    async with asyncio.timeout(SHUTDOWN_LIMIT_S):
+                        await asyncio.shield(work)
+                except TimeoutError:
+                    err.print(f"shutdown took over {SHUTDOWN_LIMIT_S:g} s; stopping now")
+                    work.cancel()
+            await work
         finally:
             watchdog.cancel()
+            stopping.cancel()
 
     try:
         asyncio.run(runner())

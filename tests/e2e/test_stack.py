@@ -17,6 +17,7 @@ from nats.js.api import DeliverPolicy
 from switchyard.client import SwitchyardClient
 from switchyard.protocol import Task, encode, grants
 from switchyard.protocol.headers import DLQ_CODE
+from switchyard.tools.builtin import SupportStore
 
 from .conftest import CLI, Deployment, free_port, readme_example, run_cli
 
@@ -110,6 +111,34 @@ async def test_stack_review_flow_from_the_command_line(deployment: Deployment) -
     assert res.outcome.output is not None and res.outcome.output["approved"] is True
     again = await deployment.cli("review", "approve", first["escalation_id"])
     assert again.code == 1 and "no open escalation" in again.stderr
+
+
+async def test_stack_refund_above_the_threshold_waits_for_approval_then_runs_once(
+    deployment: Deployment,
+) -> None:
+    sub = await deployment.cli("submit", "--json", "--email", "ada@example.com",
+                               "Please refund 250 EUR for the outage last week.")
+    assert sub.code == 3, sub.stderr
+    held = json.loads(sub.stdout)
+    assert "propose_refund call needs a person's approval" in held["reason"]
+    listed = {e["id"]: e for e in json.loads((await deployment.cli("review", "--json")).stdout)}
+    esc = listed[held["escalation_id"]]
+    assert esc["kind"] == "approval"
+    assert esc["output"]["approval"]["args"]["amount"] == 250  # the exact call, shown to a person
+    store = SupportStore(deployment.settings.data_dir / "support.db")
+    before = [r for r in store.refunds() if r["amount"] == 250]
+    approve = await deployment.cli("review", "approve", held["escalation_id"])
+    assert approve.code == 0, approve.stderr
+    nc = await nats.connect(deployment.stack.url)
+    res = await SwitchyardClient(nc, deployment.settings.subjects).wait(
+        held["workflow_id"], timeout=30, stop_at_escalation=False)
+    await nc.close()
+    assert res.status == "completed", res
+    assert res.outcome is not None and res.outcome.output is not None
+    assert "refund of 250.00 EUR" in res.outcome.output["reply"]
+    after = [r for r in store.refunds() if r["amount"] == 250]
+    store.close()
+    assert len(after) == len(before) + 1  # executed once, after the approval
 
 
 async def test_stack_review_next_claims_from_the_human_queue(deployment: Deployment) -> None:
