@@ -211,7 +211,8 @@ async def _exited(pids: set[int], timeout: float) -> None:
             os.close(fd)
 
 
-async def test_up_killed_outright_leaves_no_process_behind(tmp_path: Path) -> None:
+async def _start_up(tmp_path: Path) -> tuple[asyncio.subprocess.Process, Path, set[int]]:
+    """``switchyard up`` on an embedded server; returns it, its data dir and its 8 children."""
     data = tmp_path / "up-data"
     env = {**os.environ, "NATS_URL": f"nats://127.0.0.1:{free_port()}",
            "SWITCHYARD_DATA_DIR": str(data)}
@@ -222,31 +223,28 @@ async def test_up_killed_outright_leaves_no_process_behind(tmp_path: Path) -> No
     assert up.stdout is not None
     try:
         async with asyncio.timeout(60):
-            assert b"Switchyard is up" in await up.stdout.readline()
+            line = await up.stdout.readline()
+        assert b"Switchyard is up" in line and b"embedded nats-server" in line, line
         children = set(_processes_with(str(data))) - {up.pid}
-        assert len(children) == 8
-    finally:
-        up.kill()  # SIGKILL: it cannot pass anything on
+        assert len(children) == 8  # nats-server, supervisor, tool host, five agents
+    except BaseException:
+        up.kill()
         await up.wait()
+        raise
+    return up, data, children
+
+
+async def test_up_killed_outright_leaves_no_process_behind(tmp_path: Path) -> None:
+    up, data, children = await _start_up(tmp_path)
+    up.kill()  # SIGKILL: it cannot pass anything on
+    await up.wait()
     await _exited(children, timeout=30)  # they noticed, drained and left
     assert _processes_with(str(data)) == []
 
 
 async def test_up_starts_embedded_nats_and_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
-    data = tmp_path / "up-data"
-    env = {**os.environ, "NATS_URL": f"nats://127.0.0.1:{free_port()}",
-           "SWITCHYARD_DATA_DIR": str(data)}
-    up = await asyncio.create_subprocess_exec(
-        CLI, "up", env=env, cwd=tmp_path, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    assert up.stdout is not None
+    up, data, _ = await _start_up(tmp_path)
     try:
-        async with asyncio.timeout(60):
-            line = await up.stdout.readline()
-        assert b"Switchyard is up" in line and b"embedded nats-server" in line, line
-        children = set(_processes_with(str(data))) - {up.pid}
-        assert len(children) == 8  # nats-server, supervisor, tool host, five agents
         up.send_signal(signal.SIGINT)
         async with asyncio.timeout(40):
             await up.wait()
@@ -256,7 +254,6 @@ async def test_up_starts_embedded_nats_and_stops_everything_on_ctrl_c(tmp_path: 
             await up.wait()
     assert up.returncode == 0
     assert _processes_with(str(data)) == []
-
 
 async def test_processes_serve_prometheus_metrics(
     nats_url: str, signer: grants.Signer, tmp_path: Path
