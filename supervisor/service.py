@@ -333,7 +333,10 @@ class Supervisor:
         cached = None if fresh else self._cache.get(workflow_id)
         if cached is not None:
             return cached
-        return await self.store.get(workflow_id)
+        state, revision = await self.store.get(workflow_id)
+        if state is not None:
+            self._remember(state, revision)
+        return state, revision
 
     def _remember(self, state: WorkflowState, revision: int) -> None:
         if state.status in TERMINAL:
@@ -368,12 +371,19 @@ class Supervisor:
 
     # transitions ------------------------------------------------------------------------------
 
-    async def _apply(self, wf: Workflow, workflow_id: str, event: EngineEvent, msg: Msg | None):  # type: ignore[no-untyped-def]
+    async def _apply(
+        self, wf: Workflow, workflow_id: str, event: EngineEvent, msg: Msg | None
+    ) -> None:
         fresh = False
         for _ in range(20):
             state, revision = await self._load(workflow_id, fresh=fresh)
             step = transition(wf, state, event, time.time())
             if not step.changed or step.state is None:
+                if not fresh and workflow_id in self._cache:
+                    # nothing to do by our cached copy; another replica may have moved the
+                    # workflow on since, so ask the store before dropping the event
+                    fresh = True
+                    continue
                 if state is not None and msg is not None and (msg.metadata.num_delivered or 1) > 1:
                     await self._execute(wf, state, due(wf, state, time.time()))
                 break

@@ -246,3 +246,33 @@ async def test_supervisor_runs_a_workflow_put_on_the_bus(
     res = await client.wait(await client.submit("solo", {"n": 5}), timeout=10)
     assert res.status == "completed" and res.outcome is not None
     assert res.outcome.output == {"value": 10, "route": ""}
+
+
+async def test_supervisor_with_a_stale_cache_asks_the_store_before_dropping_a_result(
+    stack: Any, nc: Client, js: JetStreamContext, subjects: Subjects,
+) -> None:
+    """Two replicas: another one moved the workflow to attempt 2; this one still caches
+    attempt 1. A result for attempt 2 must be applied, not dropped as stale."""
+    from switchyard.protocol import Result
+    from switchyard.supervisor.engine import ResultReceived, TimerFired
+
+    sup = await stack(agents=())
+    wf = parse_workflow(PAIR)
+    store = await WorkflowStore.open(js, subjects.bucket("workflows"))
+    t0 = time.time()
+    req = WorkflowRequest(id="stale", workflow="pair", input={"n": 2}, submitted_at=t0)
+    s1 = transition(wf, None, Submitted(req), t0).state
+    assert s1 is not None
+    rev1 = await store.put(s1, 0)
+    s2 = transition(wf, s1, TimerFired("timeout", "first", 1), s1.timer_at).state
+    assert s2 is not None
+    s2 = transition(wf, s2, TimerFired("retry", "first", 1), s2.timer_at).state
+    assert s2 is not None and s2.attempt == 2
+    await store.put(s2, rev1)  # ... written by the other replica
+    sup._cache["stale"] = (s1, rev1)  # what this replica last saw
+    result = Result(task_id="stale:first:2", workflow_id="stale", step="first", role="alpha",
+                    attempt=2, status="ok", output={"value": 4, "route": ""})
+    await sup._apply(wf, "stale", ResultReceived(result), None)
+    state, _ = await store.get("stale")
+    assert state is not None and state.outputs["first"] == {"value": 4, "route": ""}
+    assert state.current == "second"
