@@ -124,6 +124,11 @@ async def _orphan_watch(stop: asyncio.Event) -> None:
     parent = os.environ.get("SWITCHYARD_PARENT_PID")
     if not parent:
         return
+    if not hasattr(os, "pidfd_open"):  # not Linux: notice being handed to another parent
+        while os.getppid() == int(parent):
+            await asyncio.sleep(1.0)
+        stop.set()
+        return
     try:
         fd = os.pidfd_open(int(parent))
     except (OSError, ValueError):  # already gone
