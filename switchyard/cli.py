@@ -125,7 +125,7 @@ async def _orphan_watch(stop: asyncio.Event) -> None:
     if not parent:
         return
     if not hasattr(os, "pidfd_open"):  # not Linux: notice being handed to another parent
-        while os.getppid() == int(parent):
+        while os.getppid() == int(parent):  # noqa: ASYNC110 - no exit event to wait on here
             await asyncio.sleep(1.0)
         stop.set()
         return
