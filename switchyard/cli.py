@@ -588,6 +588,57 @@ def workflow_list() -> None:
 
 
 @app.command()
+def trace(workflow_id: str, json_out: JsonOpt = False) -> None:
+    """One run's audit trail as a tree: steps with timings, confidence and agent, tool calls,
+    escalations and decisions."""
+    from rich.tree import Tree
+
+    from switchyard.client import SwitchyardClient
+
+    settings = _settings()
+
+    async def main() -> list[Any]:
+        nc = await _connect(settings)
+        try:
+            return await SwitchyardClient(nc, settings.subjects).events(workflow_id)
+        finally:
+            await nc.close()
+
+    events = _once(main())
+    if not events:
+        err.print(f"[red]no events recorded for workflow {workflow_id!r}[/]")
+        raise typer.Exit(1)
+    if json_out:
+        _dump([msgspec.to_builtins(e) for e in events])
+        return
+    start = events[0].at
+    root = Tree(f"[bold]{workflow_id}[/] ({events[0].data.get('workflow', '')})")
+    attempts: dict[str, Any] = {}  # task id -> its node
+    for e in events:
+        at = f"+{(e.at - start) * 1000:8.1f} ms"
+        d = e.data
+        if e.type == "step.dispatched":
+            attempts[str(d.get("task_id"))] = root.add(
+                f"{at}  [bold]{e.step}[/] #{d.get('attempt')} -> {d.get('role')}"
+                + (f"  tools {d.get('tools')}" if d.get("tools") else ""))
+        elif e.type.startswith("tool."):
+            node = attempts.get(str(d.get("task")), root)
+            extra = d.get("code") or (f"approved by {d['approved_by']}" if d.get("approved_by") else "")
+            node.add(f"{at}  {e.type} {d.get('tool', '')} {extra}".rstrip())
+        elif e.type.startswith("step.") and e.type not in ("step.skipped", "step.routed"):
+            node = next((n for t, n in reversed(attempts.items()) if f":{e.step}:" in t), root)
+            conf = d.get("confidence")
+            node.add(f"{at}  {e.type.split('.', 1)[1]}"
+                     + (f"  confidence {conf:.2f}" if isinstance(conf, float) else "")
+                     + (f"  {d['duration_ms']:.1f} ms in {d.get('agent')}" if d.get("duration_ms") else "")
+                     + (f"  {d['error']}" if d.get("error") else ""))
+        else:
+            detail = d.get("reason") or d.get("reviewer") or d.get("to") or ""
+            root.add(f"{at}  [bold]{e.type}[/] {e.step} {detail}".rstrip())
+    out.print(root)
+
+
+@app.command()
 def status(json_out: JsonOpt = False) -> None:
     """Live agents and tool hosts (from $SRV), their counters, workflows in flight and waiting."""
     from switchyard.client import SwitchyardClient

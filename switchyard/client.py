@@ -93,6 +93,24 @@ class SwitchyardClient:
             await sub.unsubscribe()
         return WaitResult("timeout", workflow_id)
 
+    async def events(self, workflow_id: str, *, timeout: float = 10.0) -> list[Event]:
+        """Every event recorded for a workflow so far, in order (the audit trail)."""
+        sub = await self.js.subscribe(self.s.event(workflow_id), ordered_consumer=True)
+        out: list[Event] = []
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    try:
+                        msg = await sub.next_msg(timeout=0.5 if not out else None)
+                    except TimeoutError:
+                        break  # nothing recorded for this workflow
+                    out.append(codec.decode(msg.data, Event))
+                    if msg.metadata.num_pending == 0:
+                        break
+        finally:
+            await sub.unsubscribe()
+        return out
+
     # people ------------------------------------------------------------------------------------
 
     async def escalations(self) -> list[Escalation]:

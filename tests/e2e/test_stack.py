@@ -141,6 +141,24 @@ async def test_stack_refund_above_the_threshold_waits_for_approval_then_runs_onc
     assert len(after) == len(before) + 1  # executed once, after the approval
 
 
+async def test_stack_trace_shows_one_run_as_a_tree(deployment: Deployment) -> None:
+    sub = await deployment.cli("submit", "--json", "--email", "ada@example.com",
+                               "The app crashes every time I open it")
+    assert sub.code == 0, sub.stderr
+    wid = json.loads(sub.stdout)["workflow_id"]
+    as_json = await deployment.cli("trace", wid, "--json")
+    kinds = [e["type"] for e in json.loads(as_json.stdout)]
+    assert kinds[0] == "workflow.submitted" and kinds[-1] == "workflow.completed"
+    assert kinds.count("step.dispatched") == 5 and kinds.count("step.ok") == 5
+    assert "tool.called" in kinds  # retrieval and action called tools under their grants
+    tree = await deployment.cli("trace", wid)
+    assert tree.code == 0, tree.stderr
+    for step in ("triage", "retrieval", "action", "compliance", "reviewer", "kb_search"):
+        assert step in tree.stdout
+    missing = await deployment.cli("trace", "no-such-run")
+    assert missing.code == 1 and "no events recorded" in missing.stderr
+
+
 async def test_stack_review_next_claims_from_the_human_queue(deployment: Deployment) -> None:
     sub = await deployment.cli("submit", "--json", "--email", "linus@example.org", "hello?")
     assert sub.code == 3, sub.stderr
