@@ -242,14 +242,15 @@ class Agent:
                 stats_handler=lambda ep: self._stats(),
             ),
         )
+        schemas = self.schemas()
         await self._service.add_endpoint(
             EndpointConfig(
                 name="schema",
                 subject=f"{s.prefix}.agent.{self.role}.schema",
                 handler=self._answer_schema,
                 metadata={"role": self.role,
-                          "input_schema": json.dumps(self.schemas()["input"]),
-                          "output_schema": json.dumps(self.schemas()["output"])},
+                          "input_schema": json.dumps(schemas["input"]),
+                          "output_schema": json.dumps(schemas["output"])},
             )
         )
         self._psub = psub

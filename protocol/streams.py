@@ -21,6 +21,7 @@ from nats.js.kv import KeyValue
 from switchyard.protocol.subjects import Subjects
 
 DAY = 24 * 3600.0
+TRUST_KEY = "supervisor"  # the supervisor's public key, in bucket <prefix>_trust
 
 
 def stream_configs(s: Subjects, *, replicas: int = 1) -> list[StreamConfig]:

@@ -218,6 +218,16 @@ class _Run:
             return
         self.finish("completed", self.final_output(), "")
 
+    def task(self, step: Step, deadline: float) -> SendTask:
+        """The task of the current attempt of ``step``."""
+        s = self.s
+        return SendTask(
+            task_id=task_id(s.id, step.name, s.attempt), step=step.name, role=s.role,
+            attempt=s.attempt, input=build_input(step.input, self.document()),
+            tools=list(step.tools), tool_budget=step.tool_budget, deadline=deadline,
+            approved=dict(s.approved), declined=list(s.declined),
+        )
+
     def dispatch(self, step: Step) -> None:
         self.s.attempt += 1
         tid = task_id(self.s.id, step.name, self.s.attempt)
@@ -228,14 +238,7 @@ class _Run:
                     status="dispatched", dispatched_at=self.now)
         )
         self.set_timer("timeout", deadline)
-        self.effects.append(
-            SendTask(
-                task_id=tid, step=step.name, role=self.s.role, attempt=self.s.attempt,
-                input=build_input(step.input, self.document()), tools=list(step.tools),
-                tool_budget=step.tool_budget, deadline=deadline,
-                approved=dict(self.s.approved), declined=list(self.s.declined),
-            )
-        )
+        self.effects.append(self.task(step, deadline))
         self.event("step.dispatched", step.name, role=self.s.role, attempt=self.s.attempt,
                    task_id=tid, grant=tid, tools=list(step.tools))
 
@@ -505,17 +508,7 @@ def due(wf: Workflow, state: WorkflowState, now: float) -> list[Effect]:
     """What a stored state says must already be on the bus: re-sent after a restart (the ids are
     deterministic, so JetStream drops what did arrive)."""
     if state.status == "running" and state.timer_kind == "timeout":
-        step = wf.step(state.current)
-        run = _Run(wf, state, now)
-        return [
-            SendTask(
-                task_id=task_id(state.id, step.name, state.attempt), step=step.name,
-                role=state.role, attempt=state.attempt,
-                input=build_input(step.input, run.document()), tools=list(step.tools),
-                tool_budget=step.tool_budget, deadline=state.timer_at,
-                approved=dict(state.approved), declined=list(state.declined),
-            )
-        ]
+        return [_Run(wf, state, now).task(wf.step(state.current), state.timer_at)]
     if state.status == "waiting_human" and state.escalation is not None:
         p = state.escalation
         return [

@@ -49,7 +49,7 @@ from switchyard.protocol.messages import (
     Task,
     WorkflowRequest,
 )
-from switchyard.protocol.streams import ensure_streams
+from switchyard.protocol.streams import TRUST_KEY, ensure_streams, open_bucket
 from switchyard.protocol.subjects import Subjects, check_token, safe_token
 from switchyard.supervisor.catalog import WorkflowCatalog
 from switchyard.supervisor.engine import (
@@ -71,11 +71,10 @@ from switchyard.supervisor.engine import (
 )
 from switchyard.supervisor.escalation import EscalationIndex
 from switchyard.supervisor.policy import Policy
-from switchyard.supervisor.store import RevisionConflict, WorkflowStore, open_bucket
+from switchyard.supervisor.store import RevisionConflict, WorkflowStore
 from switchyard.supervisor.workflow import Workflow
 
 log = structlog.get_logger("switchyard.supervisor")
-TRUST_KEY = "supervisor"
 
 
 class _State(enum.Enum):
@@ -282,10 +281,12 @@ class Supervisor:
         except ConfigError as exc:
             now = time.time()
             wid = safe_token(req.id)
-            await self._publish_outcome(Outcome(
+            outcome = await self._publish_outcome(Outcome(
                 workflow_id=wid, workflow=req.workflow, status="failed",
                 reason=exc.message, started_at=now, finished_at=now,
             ))
+            async with asyncio.timeout(self.config.publish_timeout):
+                await outcome
             await self._publish_event(wid, f"{wid}:failed", "workflow.failed", "",
                                       {"reason": exc.message})
             await self._reject(msg, "submit", ErrorCode.INVALID_INPUT, exc.message, req.id)
@@ -423,10 +424,7 @@ class Supervisor:
             elif isinstance(effect, CloseEscalation):
                 await self._index.remove(effect.escalation_id)
             elif isinstance(effect, SendOutcome):
-                acks.append(await js.publish_async(
-                    s.outcome(effect.outcome.workflow_id), codec.encode(effect.outcome),
-                    headers={MSG_ID: f"{effect.outcome.workflow_id}:outcome",
-                             PROTOCOL: PROTOCOL_VERSION}))
+                acks.append(await self._publish_outcome(effect.outcome))
         async with asyncio.timeout(self.config.publish_timeout):
             await asyncio.gather(*acks)
         if state.timer_at and state.status not in TERMINAL:
@@ -473,9 +471,9 @@ class Supervisor:
                 await ack
         return ack
 
-    async def _publish_outcome(self, outcome: Outcome) -> None:
+    async def _publish_outcome(self, outcome: Outcome) -> asyncio.Future[Any]:
         assert self._js is not None
-        await self._js.publish(
+        return await self._js.publish_async(
             self.config.subjects.outcome(outcome.workflow_id), codec.encode(outcome),
             headers={MSG_ID: f"{outcome.workflow_id}:outcome", PROTOCOL: PROTOCOL_VERSION},
         )

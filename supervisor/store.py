@@ -20,9 +20,6 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(WorkflowState)
 
 
-__all__ = ["RevisionConflict", "WorkflowStore", "open_bucket"]
-
-
 class RevisionConflict(Exception):
     """Someone else wrote the key since we read it."""
 

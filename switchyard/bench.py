@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -516,5 +516,3 @@ async def _bench_langgraph(report: Report, plan: Plan, log: Callable[[str], None
 def report_json(report: Report) -> bytes:
     return msgspec.json.format(msgspec.json.encode(asdict(report)), indent=2)
 
-
-Runner = Callable[[Plan, Callable[[str], None]], Awaitable[Report]]

@@ -10,9 +10,9 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import msgspec
 import nats
@@ -24,6 +24,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from switchyard.settings import Settings
+
+if TYPE_CHECKING:
+    from switchyard.client import SwitchyardClient
 
 T = TypeVar("T")
 app = typer.Typer(help="Switchyard: a governed team of AI agents on a NATS bus.",
@@ -147,6 +150,18 @@ async def _orphan_watch(stop: asyncio.Event) -> None:
 
 def _once(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
+
+
+@contextlib.asynccontextmanager
+async def _client(settings: Settings) -> AsyncIterator[SwitchyardClient]:
+    """A client on the configured bus, closed afterwards (exit 2 when nothing answers)."""
+    from switchyard.client import SwitchyardClient
+
+    nc = await _connect(settings)
+    try:
+        yield SwitchyardClient(nc, settings.subjects)
+    finally:
+        await nc.close()
 
 
 async def _connect(settings: Settings) -> nats.NATS:
@@ -349,7 +364,6 @@ def submit(
 ) -> None:
     """Submit a ticket, wait, print the outcome. Exit 0 completed, 1 failed or rejected,
     3 waiting for a person, 4 timed out."""
-    from switchyard.client import SwitchyardClient
 
     if (text is None) == (file is None):
         err.print("[red]give the ticket text or --file, not both[/]")
@@ -360,13 +374,9 @@ def submit(
     settings = _settings()
 
     async def main() -> Any:
-        nc = await _connect(settings)
-        try:
-            client = SwitchyardClient(nc, settings.subjects)
+        async with _client(settings) as client:
             wid = await client.submit(workflow, payload)
             return await client.wait(wid, timeout=timeout)
-        finally:
-            await nc.close()
 
     res = _once(main())
     code = {"completed": 0, "escalated": 3, "timeout": 4}.get(res.status, 1)
@@ -388,16 +398,12 @@ def review(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     """List escalations waiting for a person (see the subcommands to decide one)."""
     if ctx.invoked_subcommand is not None:
         return
-    from switchyard.client import SwitchyardClient
 
     settings = _settings()
 
     async def main() -> list[Any]:
-        nc = await _connect(settings)
-        try:
-            return await SwitchyardClient(nc, settings.subjects).escalations()
-        finally:
-            await nc.close()
+        async with _client(settings) as client:
+            return await client.escalations()
 
     pending = _once(main())
     if json_out:
@@ -413,19 +419,15 @@ def review(ctx: typer.Context, json_out: JsonOpt = False) -> None:
 
 
 def _decide(escalation_id: str, action: str, note: str, output: dict[str, Any] | None) -> None:
-    from switchyard.client import SwitchyardClient
 
     settings = _settings()
     reviewer = os.environ.get("USER", "reviewer")
 
     async def main() -> None:
-        nc = await _connect(settings)
-        try:
-            await SwitchyardClient(nc, settings.subjects).decide(
+        async with _client(settings) as client:
+            await client.decide(
                 escalation_id, action, reviewer=reviewer, output=output, note=note  # type: ignore[arg-type]
             )
-        finally:
-            await nc.close()
 
     try:
         _once(main())
@@ -468,15 +470,12 @@ def review_edit(
 @review_app.command("next")
 def review_next() -> None:
     """Claim escalations from the human queue one at a time and decide them interactively."""
-    from switchyard.client import SwitchyardClient
 
     settings = _settings()
     reviewer = os.environ.get("USER", "reviewer")
 
     async def main() -> None:
-        nc = await _connect(settings)
-        client = SwitchyardClient(nc, settings.subjects)
-        try:
+        async with _client(settings) as client:
             while (claimed := await client.claim()) is not None:
                 esc, msg = claimed
                 out.rule(f"{esc.id}")
@@ -493,8 +492,6 @@ def review_next() -> None:
                 else:
                     await msg.nak()
             out.print("nothing is waiting")
-        finally:
-            await nc.close()
 
     _once(main())
 
@@ -541,8 +538,8 @@ def policy_check(
 def workflow_put(file: Path) -> None:
     """Validate a workflow YAML file and put it on the bus; running supervisors pick it up."""
     from switchyard.protocol.errors import ConfigError
+    from switchyard.protocol.streams import open_bucket
     from switchyard.supervisor.catalog import put_workflow
-    from switchyard.supervisor.store import open_bucket
     from switchyard.supervisor.workflow import parse_workflow
 
     settings = _settings()
@@ -554,14 +551,10 @@ def workflow_put(file: Path) -> None:
         raise typer.Exit(1) from None
 
     async def main() -> str:
-        nc = await _connect(settings)
-        try:
-            kv = await open_bucket(nc.jetstream(), settings.subjects.bucket("workflow_defs"),
-                                   history=5)
+        async with _client(settings) as client:
+            kv = await open_bucket(client.js, settings.subjects.bucket("workflow_defs"), history=5)
             wf = await put_workflow(kv, text, str(file))
             return f"workflow {wf.name!r} ({len(wf.steps)} steps) is on the bus"
-        finally:
-            await nc.close()
 
     out.print(_once(main()))
 
@@ -569,19 +562,15 @@ def workflow_put(file: Path) -> None:
 @workflow_app.command("list")
 def workflow_list() -> None:
     """Workflows put on the bus (the supervisor's built-in ones are not listed)."""
+    from switchyard.protocol.streams import open_bucket
     from switchyard.supervisor.catalog import list_workflows
-    from switchyard.supervisor.store import open_bucket
 
     settings = _settings()
 
     async def main() -> list[str]:
-        nc = await _connect(settings)
-        try:
-            kv = await open_bucket(nc.jetstream(), settings.subjects.bucket("workflow_defs"),
-                                   history=5)
+        async with _client(settings) as client:
+            kv = await open_bucket(client.js, settings.subjects.bucket("workflow_defs"), history=5)
             return await list_workflows(kv)
-        finally:
-            await nc.close()
 
     for name in _once(main()):
         out.print(name)
@@ -593,16 +582,12 @@ def trace(workflow_id: str, json_out: JsonOpt = False) -> None:
     escalations and decisions."""
     from rich.tree import Tree
 
-    from switchyard.client import SwitchyardClient
 
     settings = _settings()
 
     async def main() -> list[Any]:
-        nc = await _connect(settings)
-        try:
-            return await SwitchyardClient(nc, settings.subjects).events(workflow_id)
-        finally:
-            await nc.close()
+        async with _client(settings) as client:
+            return await client.events(workflow_id)
 
     events = _once(main())
     if not events:
@@ -641,19 +626,14 @@ def trace(workflow_id: str, json_out: JsonOpt = False) -> None:
 @app.command()
 def status(json_out: JsonOpt = False) -> None:
     """Live agents and tool hosts (from $SRV), their counters, workflows in flight and waiting."""
-    from switchyard.client import SwitchyardClient
 
     settings = _settings()
 
     async def main() -> dict[str, Any]:
-        nc = await _connect(settings)
-        try:
-            client = SwitchyardClient(nc, settings.subjects)
+        async with _client(settings) as client:
             return {"services": await client.services(),
                     "workflows": await client.workflow_counts(),
                     "escalations_waiting": len(await client.escalations())}
-        finally:
-            await nc.close()
 
     data = _once(main())
     if json_out:

@@ -29,9 +29,10 @@ from switchyard.protocol.messages import (
     Outcome,
     WorkflowRequest,
 )
+from switchyard.protocol.streams import open_bucket
 from switchyard.protocol.subjects import Subjects
 from switchyard.supervisor.escalation import EscalationIndex
-from switchyard.supervisor.store import WorkflowStore, open_bucket
+from switchyard.supervisor.store import WorkflowStore
 
 WaitStatus = Literal["completed", "rejected", "failed", "escalated", "timeout"]
 FINAL_EVENTS = {"workflow.completed", "workflow.rejected", "workflow.failed"}

@@ -13,9 +13,8 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 
 from switchyard.protocol.errors import ConfigError
+from switchyard.protocol.streams import TRUST_KEY
 from switchyard.protocol.subjects import Subjects
-
-TRUST_KEY = "supervisor"
 
 
 async def resolve_trusted_keys(

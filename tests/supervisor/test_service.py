@@ -15,10 +15,11 @@ from switchyard.agents import Agent, AgentConfig, Scored, TaskContext
 from switchyard.client import SwitchyardClient
 from switchyard.protocol import Event, Subjects, Task, WorkflowRequest, decode, encode, grants
 from switchyard.protocol.headers import DLQ_CODE, MSG_ID
+from switchyard.protocol.streams import open_bucket
 from switchyard.supervisor import Supervisor, SupervisorConfig, Workflow
 from switchyard.supervisor.catalog import put_workflow
 from switchyard.supervisor.engine import Submitted, transition
-from switchyard.supervisor.store import WorkflowStore, open_bucket
+from switchyard.supervisor.store import WorkflowStore
 from switchyard.supervisor.workflow import parse_workflow
 
 Watch = Any
