@@ -49,6 +49,7 @@ from switchyard.agents.context import TaskContext
 from switchyard.agents.model import ModelClient
 from switchyard.agents.signals import NeedsHuman, Reject, Retry, Scored
 from switchyard.protocol import codec, grants
+from switchyard.protocol.audit import AuditLog
 from switchyard.protocol.errors import (
     ConfigError,
     ErrorCode,
@@ -58,9 +59,9 @@ from switchyard.protocol.errors import (
     ToolError,
 )
 from switchyard.protocol.headers import MSG_ID, PROTOCOL, TRACEPARENT, dead_letter_headers
-from switchyard.protocol.messages import PROTOCOL_VERSION, ErrorInfo, Event, Result, Task
+from switchyard.protocol.messages import PROTOCOL_VERSION, Entry, ErrorInfo, Result, Task
 from switchyard.protocol.streams import ensure_streams
-from switchyard.protocol.subjects import Subjects, check_token, safe_token
+from switchyard.protocol.subjects import Subjects, check_token
 from switchyard.tools.contract import validation_message
 from switchyard.tools.trust import resolve_trusted_keys
 
@@ -135,6 +136,7 @@ class Agent:
         self._nc: Client | None = None
         self._own_nc = False
         self._js: JetStreamContext | None = None
+        self._audit: AuditLog | None = None
         self._service: Service | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._psub: JetStreamContext.PullSubscription | None = None
@@ -210,6 +212,7 @@ class Agent:
         self._js = js = nc.jetstream()
         s = cfg.subjects
         await ensure_streams(js, s)
+        self._audit = AuditLog(js, s, f"agent:{self.role}", cache_size=256)
         self._trusted = await resolve_trusted_keys(
             js, s, cfg.trusted_keys, wait=cfg.trust_wait
         )
@@ -514,7 +517,7 @@ class Agent:
 
     async def _dead_letter(self, msg: Msg, code: str, reason: str, workflow_id: str) -> None:
         """Copy the task's bytes to the dead-letter subject, audit it, and ``term`` it."""
-        assert self._js is not None and self._metrics is not None
+        assert self._js is not None and self._metrics is not None and self._audit is not None
         s = self._config.subjects
         meta = msg.metadata
         self.counters.dead_lettered += 1
@@ -528,12 +531,10 @@ class Agent:
                     stream_seq=meta.sequence.stream, deliveries=meta.num_delivered,
                 ),
             )
-            event = Event(
-                workflow_id=workflow_id or "unknown", type="task.dead_lettered", at=time.time(),
-                source=f"agent:{self.role}", data={"code": code, "reason": reason,
-                                                   "stream_seq": meta.sequence.stream},
-            )
-            await self._js.publish(s.event(safe_token(workflow_id)), codec.encode(event))
+            await self._audit.append(workflow_id or "unknown", [Entry(
+                type="task.dead_lettered",
+                data={"code": code, "reason": reason, "stream_seq": meta.sequence.stream},
+            )], msg_id=f"dlq:task:{meta.sequence.stream}")
         except Exception:
             log.exception("agent.dead_letter_failed")
             await msg.nak(delay=1.0)  # keep it: nothing may be lost

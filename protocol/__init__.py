@@ -23,6 +23,7 @@ from switchyard.protocol.grants import Grant, Signer
 from switchyard.protocol.messages import (
     PROTOCOL_VERSION,
     Decision,
+    Entry,
     ErrorInfo,
     Escalation,
     Event,
@@ -45,6 +46,7 @@ __all__ = [
     "ConfigError",
     "Decision",
     "DecodeError",
+    "Entry",
     "ErrorCode",
     "ErrorInfo",
     "Escalation",

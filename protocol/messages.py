@@ -131,15 +131,29 @@ class Decision(_Message, kw_only=True):
     decided_at: float
 
 
-class Event(_Message, kw_only=True):
-    """One state change, for the audit trail and the trace."""
+class Entry(msgspec.Struct, kw_only=True):
+    """One thing that happened: ``step.dispatched``, ``tool.called``, ``workflow.completed``..."""
 
-    workflow_id: str
     type: str
-    at: float
-    source: str
     step: str = ""
     data: JSONObject = {}
+
+
+class Event(_Message, kw_only=True):
+    """One audit record on ``<prefix>.event.<workflow_id>``: what one writer did in one go (the
+    supervisor: one transition; a tool host: one call), as one or more entries.
+
+    ``prev`` is the SHA-256 (hex) of the stored bytes of the record before it on the same subject
+    ("" for the first), so the records of a workflow form a tamper-evident chain. ``n`` is the
+    writer's own count for the workflow (the supervisor's transition number), 0 where it has none.
+    """
+
+    workflow_id: str
+    at: float
+    source: str
+    entries: list[Entry]
+    n: int = 0
+    prev: str = ""
 
 
 OutcomeStatus = Literal["completed", "rejected", "failed"]

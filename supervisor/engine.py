@@ -16,6 +16,7 @@ import msgspec
 
 from switchyard.protocol.messages import (
     Decision,
+    Entry,
     Escalation,
     EscalationKind,
     Outcome,
@@ -75,7 +76,8 @@ class WorkflowState(msgspec.Struct, kw_only=True):
     escalations: int = 0
     approved: dict[str, str] = {}  # call digest -> approver, carried in every later grant
     declined: list[str] = []
-    events: int = 0
+    events: int = 0  # audit records written: one per transition
+    audit: list[Entry] = []  # the last transition's entries, re-sent if a crash lost them
     output: dict[str, Any] | None = None
     reason: str = ""
 
@@ -136,10 +138,11 @@ class CloseEscalation:
 
 @dataclass(frozen=True)
 class SendEvent:
+    """The transition's one audit record: all that happened in it, in order."""
+
     msg_id: str
-    type: str
-    step: str
-    data: dict[str, Any]
+    n: int
+    entries: list[Entry]
 
 
 @dataclass(frozen=True)
@@ -176,11 +179,11 @@ class _Run:
         self.s = state
         self.now = now
         self.effects: list[Effect] = []
+        self.entries: list[Entry] = []
 
     # helpers
     def event(self, event_type: str, step: str = "", /, **data: Any) -> None:
-        self.s.events += 1
-        self.effects.append(SendEvent(f"{self.s.id}:ev:{self.s.events}", event_type, step, data))
+        self.entries.append(Entry(type=event_type, step=step, data=data))
 
     def document(self, output: Any = None, confidence: float | None = None) -> dict[str, Any]:
         return {
@@ -385,14 +388,23 @@ def transition(
         _on_decision(run, event.decision)
     else:
         _on_timer(run, event)
-    if not run.effects:
+    if not run.effects and not run.entries:
         return Transition(state)
     return _done(run)
 
 
 def _done(run: _Run) -> Transition:
-    run.s.updated_at = run.now
-    return Transition(run.s, run.effects, changed=True)
+    s = run.s
+    s.updated_at = run.now
+    if run.entries:  # the record goes last: whoever reads a final entry can read the outcome
+        s.events += 1
+        s.audit = run.entries
+        run.effects.append(_record(s))
+    return Transition(s, run.effects, changed=True)
+
+
+def _record(s: WorkflowState) -> SendEvent:
+    return SendEvent(f"{s.id}:ev:{s.events}", s.events, s.audit)
 
 
 def _on_result(run: _Run, r: Result) -> None:
@@ -506,9 +518,13 @@ def _on_timer(run: _Run, t: TimerFired) -> None:
 
 def due(wf: Workflow, state: WorkflowState, now: float) -> list[Effect]:
     """What a stored state says must already be on the bus: re-sent after a restart (the ids are
-    deterministic, so JetStream drops what did arrive)."""
+    deterministic, so JetStream drops what did arrive): the last transition's audit record, and
+    the task or escalation that is waiting."""
+    record: list[Effect] = [_record(state)] if state.audit else []
+    if state.status in TERMINAL:
+        return [SendOutcome(outcome_of(state, state.updated_at)), *record]
     if state.status == "running" and state.timer_kind == "timeout":
-        return [_Run(wf, state, now).task(wf.step(state.current), state.timer_at)]
+        return [_Run(wf, state, now).task(wf.step(state.current), state.timer_at), *record]
     if state.status == "waiting_human" and state.escalation is not None:
         p = state.escalation
         return [
@@ -520,6 +536,7 @@ def due(wf: Workflow, state: WorkflowState, now: float) -> list[Effect]:
                     input=state.input,
                     created_at=state.updated_at, deadline=p.deadline,
                 )
-            )
+            ),
+            *record,
         ]
-    return []
+    return record

@@ -14,7 +14,6 @@ import contextlib
 import enum
 import heapq
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from nats.micro.service import Service, ServiceConfig
 from prometheus_client import CollectorRegistry, Counter
 
 from switchyard.protocol import codec, grants
+from switchyard.protocol.audit import AuditLog
 from switchyard.protocol.errors import ConfigError, ErrorCode, ProtocolError
 from switchyard.protocol.headers import (
     MSG_ID,
@@ -43,7 +43,7 @@ from switchyard.protocol.headers import (
 from switchyard.protocol.messages import (
     PROTOCOL_VERSION,
     Decision,
-    Event,
+    Entry,
     Outcome,
     Result,
     Task,
@@ -117,6 +117,7 @@ class Supervisor:
         self._nc: Client | None = None
         self._own_nc = False
         self._js: JetStreamContext | None = None
+        self._audit: AuditLog | None = None
         self._store: WorkflowStore | None = None
         self._index: EscalationIndex | None = None
         self._catalog = WorkflowCatalog(config.workflows, policy=config.policy)
@@ -155,6 +156,8 @@ class Supervisor:
         self._nc, self._js = nc, nc.jetstream()
         js = self._js
         await ensure_streams(js, s)
+        self._audit = AuditLog(js, s, cfg.name, cache_size=cfg.cache_size,
+                               timeout=cfg.publish_timeout)
         self._store = await WorkflowStore.open(js, s.bucket("workflows"))
         self._index = EscalationIndex(await open_bucket(js, s.bucket("escalations")))
         self._catalog = WorkflowCatalog(
@@ -287,8 +290,8 @@ class Supervisor:
             ))
             async with asyncio.timeout(self.config.publish_timeout):
                 await outcome
-            await self._publish_event(wid, f"{wid}:failed", "workflow.failed", "",
-                                      {"reason": exc.message})
+            await self._record(wid, "workflow.failed", {"reason": exc.message},
+                               msg_id=f"{wid}:failed")
             await self._reject(msg, "submit", ErrorCode.INVALID_INPUT, exc.message, req.id)
             return
         except ProtocolError as exc:
@@ -363,10 +366,10 @@ class Supervisor:
                 stream_seq=meta.sequence.stream, deliveries=meta.num_delivered,
             ),
         )
-        wid = safe_token(workflow_id)
-        await self._publish_event(
-            wid, f"dlq:{kind}:{meta.sequence.stream}:{uuid.uuid4().hex[:6]}",
-            f"{kind}.dead_lettered", "", {"code": code, "reason": reason},
+        await self._record(
+            safe_token(workflow_id), f"{kind}.dead_lettered",
+            {"code": code, "reason": reason, "stream_seq": meta.sequence.stream},
+            msg_id=f"dlq:{kind}:{meta.sequence.stream}",
         )
         await msg.term()
 
@@ -405,15 +408,15 @@ class Supervisor:
     async def _execute(self, wf: Workflow, state: WorkflowState, effects: list[Effect]) -> None:
         """Publish what a transition implies, in order, pipelined: every message is sent before
         any publish ack is awaited; then all acks are awaited (bounded)."""
-        assert self._js is not None and self._index is not None
+        assert self._js is not None and self._index is not None and self._audit is not None
         js, s = self._js, self.config.subjects
-        acks: list[asyncio.Future[Any]] = []
+        acks: list[Awaitable[Any]] = []
         for effect in effects:
             if isinstance(effect, SendTask):
                 acks.append(await self._send_task(wf, state, effect))
             elif isinstance(effect, SendEvent):
-                acks.append(await self._publish_event(
-                    state.id, effect.msg_id, effect.type, effect.step, effect.data, wait=False))
+                acks.append(self._audit.append(state.id, effect.entries, msg_id=effect.msg_id,
+                                               n=effect.n))
             elif isinstance(effect, SendEscalation):
                 esc = effect.escalation
                 await self._index.add(esc)
@@ -429,6 +432,8 @@ class Supervisor:
             await asyncio.gather(*acks)
         if state.timer_at and state.status not in TERMINAL:
             self._schedule(state.timer_at, state.id)
+        elif state.status in TERMINAL:
+            self._audit.forget(state.id)
 
     async def _send_task(
         self, wf: Workflow, state: WorkflowState, effect: SendTask
@@ -457,19 +462,11 @@ class Supervisor:
                      TRACEPARENT: traceparent_for(state.id, effect.task_id)},
         )
 
-    async def _publish_event(
-        self, workflow_id: str, msg_id: str, kind: str, step: str, data: dict[str, Any],
-        *, wait: bool = True,
-    ) -> asyncio.Future[Any]:
-        assert self._js is not None
-        event = Event(workflow_id=workflow_id, type=kind, at=time.time(), source=self.config.name,
-                      step=step, data=data)
-        ack = await self._js.publish_async(self.config.subjects.event(workflow_id),
-                                           codec.encode(event), headers={MSG_ID: msg_id})
-        if wait:
-            async with asyncio.timeout(self.config.publish_timeout):
-                await ack
-        return ack
+    async def _record(self, workflow_id: str, kind: str, data: dict[str, Any],
+                      *, msg_id: str) -> None:
+        """An audit record outside any transition (a dead letter, a refused submission)."""
+        assert self._audit is not None
+        await self._audit.append(workflow_id, [Entry(type=kind, data=data)], msg_id=msg_id)
 
     async def _publish_outcome(self, outcome: Outcome) -> asyncio.Future[Any]:
         assert self._js is not None

@@ -38,6 +38,7 @@ protocol_app = typer.Typer(help="The wire protocol, for other languages.", no_ar
 policy_app = typer.Typer(help="The tool policy.", no_args_is_help=True)
 workflow_app = typer.Typer(help="Workflow definitions on the bus.", no_args_is_help=True)
 review_app = typer.Typer(help="Escalations waiting for a person.", invoke_without_command=True)
+audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=True)
 app.add_typer(agent_app, name="agent")
 app.add_typer(tools_app, name="tools")
 app.add_typer(supervisor_app, name="supervisor")
@@ -45,6 +46,7 @@ app.add_typer(protocol_app, name="protocol")
 app.add_typer(review_app, name="review")
 app.add_typer(workflow_app, name="workflow")
 app.add_typer(policy_app, name="policy")
+app.add_typer(audit_app, name="audit")
 
 out = Console()
 err = Console(stderr=True)
@@ -597,10 +599,11 @@ def trace(workflow_id: str, json_out: JsonOpt = False) -> None:
         _dump([msgspec.to_builtins(e) for e in events])
         return
     start = events[0].at
-    root = Tree(f"[bold]{workflow_id}[/] ({events[0].data.get('workflow', '')})")
+    first = events[0].entries[0].data if events[0].entries else {}
+    root = Tree(f"[bold]{workflow_id}[/] ({first.get('workflow', '')})")
     attempts: dict[str, Any] = {}  # task id -> its node
-    for e in events:
-        at = f"+{(e.at - start) * 1000:8.1f} ms"
+    for ev, e in ((record, e) for record in events for e in record.entries):
+        at = f"+{(ev.at - start) * 1000:8.1f} ms"
         d = e.data
         if e.type == "step.dispatched":
             attempts[str(d.get("task_id"))] = root.add(
@@ -621,6 +624,34 @@ def trace(workflow_id: str, json_out: JsonOpt = False) -> None:
             detail = d.get("reason") or d.get("reviewer") or d.get("to") or ""
             root.add(f"{at}  [bold]{e.type}[/] {e.step} {detail}".rstrip())
     out.print(root)
+
+
+@audit_app.command("verify")
+def audit_verify(workflow_ids: list[str], json_out: JsonOpt = False) -> None:
+    """Check that each workflow's audit records form an unbroken hash chain (every record names
+    the SHA-256 of the stored record before it). Exits 1 if any chain is broken or empty."""
+    settings = _settings()
+
+    async def main() -> dict[str, Any]:
+        async with _client(settings) as client:
+            return {wid: await client.verify(wid) for wid in workflow_ids}
+
+    results = _once(main())
+    if json_out:
+        _dump({wid: v.as_dict() for wid, v in results.items()})
+    for wid, v in results.items():
+        if json_out:
+            break
+        if v.ok:
+            writers = ", ".join(f"{w} {n}" for w, n in sorted(v.writers.items()))
+            out.print(f"[green]ok[/] {wid}: {v.records} records, {v.entries} entries, "
+                      f"seq {v.first_seq}..{v.last_seq}, head {v.head[:16]} ({writers})")
+        else:
+            out.print(f"[red]BROKEN[/] {wid}: {v.records} records")
+            for problem in v.problems:
+                out.print(f"  {problem}")
+    if not all(v.ok for v in results.values()):
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -19,6 +19,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import NotFoundError
 
 from switchyard.protocol import codec
+from switchyard.protocol.audit import Verification, verify_chain
 from switchyard.protocol.headers import MSG_ID, PROTOCOL
 from switchyard.protocol.messages import (
     PROTOCOL_VERSION,
@@ -79,38 +80,49 @@ class SwitchyardClient:
         try:
             async with asyncio.timeout(timeout):
                 async for msg in sub.messages:
-                    event = codec.decode(msg.data, Event)
-                    if event.type in FINAL_EVENTS:
-                        return WaitResult(event.type.split(".", 1)[1],  # type: ignore[arg-type]
-                                          workflow_id, await self.outcome(workflow_id),
-                                          str(event.data.get("reason", "")))
-                    if event.type == "escalated" and stop_at_escalation:
-                        return WaitResult("escalated", workflow_id,
-                                          reason=str(event.data.get("reason", "")),
-                                          escalation_id=str(event.data.get("escalation_id", "")))
+                    for entry in codec.decode(msg.data, Event).entries:
+                        if entry.type in FINAL_EVENTS:
+                            return WaitResult(
+                                entry.type.split(".", 1)[1],  # type: ignore[arg-type]
+                                workflow_id, await self.outcome(workflow_id),
+                                str(entry.data.get("reason", "")))
+                        if entry.type == "escalated" and stop_at_escalation:
+                            return WaitResult(
+                                "escalated", workflow_id, reason=str(entry.data.get("reason", "")),
+                                escalation_id=str(entry.data.get("escalation_id", "")))
         except TimeoutError:
             pass
         finally:
             await sub.unsubscribe()
         return WaitResult("timeout", workflow_id)
 
-    async def events(self, workflow_id: str, *, timeout: float = 10.0) -> list[Event]:
-        """Every event recorded for a workflow so far, in order (the audit trail)."""
-        sub = await self.js.subscribe(self.s.event(workflow_id), ordered_consumer=True)
-        out: list[Event] = []
+    async def records(self, workflow_id: str, *, timeout: float = 10.0) -> list[tuple[int, bytes]]:
+        """A workflow's audit records as stored, (stream sequence, bytes), up to the last one
+        stored when this was called."""
+        subject = self.s.event(workflow_id)
+        try:
+            last = await self.js.get_last_msg(self.s.stream("events"), subject)
+        except NotFoundError:
+            return []
+        sub = await self.js.subscribe(subject, ordered_consumer=True)
+        out: list[tuple[int, bytes]] = []
         try:
             async with asyncio.timeout(timeout):
-                while True:
-                    try:
-                        msg = await sub.next_msg(timeout=0.5 if not out else None)
-                    except TimeoutError:
-                        break  # nothing recorded for this workflow
-                    out.append(codec.decode(msg.data, Event))
-                    if msg.metadata.num_pending == 0:
-                        break
+                while not out or out[-1][0] < (last.seq or 0):
+                    msg = await sub.next_msg(timeout=None)
+                    out.append((msg.metadata.sequence.stream, msg.data))
         finally:
             await sub.unsubscribe()
         return out
+
+    async def events(self, workflow_id: str, *, timeout: float = 10.0) -> list[Event]:
+        """Every audit record of a workflow so far, in order."""
+        return [codec.decode(data, Event) for _, data in await self.records(workflow_id,
+                                                                              timeout=timeout)]
+
+    async def verify(self, workflow_id: str, *, timeout: float = 10.0) -> Verification:
+        """Check a workflow's audit chain: every record names the hash of the one before."""
+        return verify_chain(await self.records(workflow_id, timeout=timeout))
 
     # people ------------------------------------------------------------------------------------
 

@@ -112,13 +112,16 @@ async def _drive(
                 run = runs.get(event.workflow_id)
                 if run is None or event.workflow_id not in pending:
                     continue
-                if event.type == "escalated":
-                    run.status = "escalated"
-                    run.reason = str(event.data.get("reason", ""))
-                    run.kind = str(event.data.get("kind", ""))
-                elif event.type in FINAL_EVENTS:
-                    run.status = event.type.split(".", 1)[1]
-                    run.reason = str(event.data.get("reason", ""))
+                for entry in event.entries:
+                    if entry.type == "escalated":
+                        run.status = "escalated"
+                        run.kind = str(entry.data.get("kind", ""))
+                    elif entry.type in FINAL_EVENTS:
+                        run.status = entry.type.split(".", 1)[1]
+                    else:
+                        continue
+                    run.reason = str(entry.data.get("reason", ""))
+                    break
                 else:
                     continue
                 pending.discard(event.workflow_id)

@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import BaseModel, ValidationError
 
 from switchyard.protocol import codec, grants
+from switchyard.protocol.audit import AuditLog
 from switchyard.protocol.errors import (
     BudgetExhaustedError,
     ErrorCode,
@@ -35,9 +36,9 @@ from switchyard.protocol.errors import (
     ToolError,
 )
 from switchyard.protocol.headers import dead_letter_headers
-from switchyard.protocol.messages import ErrorInfo, Event, ToolCall, ToolResult
+from switchyard.protocol.messages import Entry, ErrorInfo, ToolCall, ToolResult
 from switchyard.protocol.streams import ensure_streams, open_bucket
-from switchyard.protocol.subjects import Subjects, safe_token
+from switchyard.protocol.subjects import Subjects
 from switchyard.tools.contract import CallContext, Tool, validation_message
 from switchyard.tools.ledger import ToolLedger
 from switchyard.tools.registry import ToolRegistry
@@ -74,6 +75,7 @@ class ToolHost:
         self.js = nc.jetstream()
         self.registry = registry
         self.config = config or ToolHostConfig()
+        self.audit = AuditLog(self.js, self.config.subjects, self.config.name)
         self._state = _State.NEW
         self._service: Service | None = None
         self._ledger: ToolLedger | None = None
@@ -259,12 +261,7 @@ class ToolHost:
             log.exception("toolhost.refusal_not_recorded", tool=t.name, code=code)
 
     async def _audit(self, workflow_id: str, kind: str, tool: str, data: dict[str, str]) -> None:
-        event = Event(
-            workflow_id=workflow_id, type=kind, at=time.time(), source=self.config.name,
-            data={"tool": tool, **data},
-        )
-        subject = self.config.subjects.event(safe_token(workflow_id))
-        await self.js.publish(subject, codec.encode(event))
+        await self.audit.append(workflow_id, [Entry(type=kind, data={"tool": tool, **data})])
 
     async def stop(self) -> None:
         if self._state is _State.STOPPED:

@@ -239,7 +239,8 @@ async def test_runtime_dead_letters_bad_tasks_and_keeps_serving(
     assert dead.headers is not None and dead.headers[DLQ_CODE] == code
     assert dead.headers[DLQ_STREAM_SEQ] == str(seq)
     audit = decode((await events.until(
-        lambda m: decode(m.data, Event).type == "task.dead_lettered")).data, Event)
+        lambda m: decode(m.data, Event).entries[0].type == "task.dead_lettered")).data,
+        Event).entries[0]
     assert audit.data["code"] == code and audit.data["reason"]
     await publish(js, subjects, make_task(signer, 5, wf="good"))
     good = decode((await results.next()).data, Result)

@@ -147,7 +147,7 @@ async def test_stack_trace_shows_one_run_as_a_tree(deployment: Deployment) -> No
     assert sub.code == 0, sub.stderr
     wid = json.loads(sub.stdout)["workflow_id"]
     as_json = await deployment.cli("trace", wid, "--json")
-    kinds = [e["type"] for e in json.loads(as_json.stdout)]
+    kinds = [e["type"] for record in json.loads(as_json.stdout) for e in record["entries"]]
     assert kinds[0] == "workflow.submitted" and kinds[-1] == "workflow.completed"
     assert kinds.count("step.dispatched") == 5 and kinds.count("step.ok") == 5
     assert "tool.called" in kinds  # retrieval and action called tools under their grants
@@ -157,6 +157,10 @@ async def test_stack_trace_shows_one_run_as_a_tree(deployment: Deployment) -> No
         assert step in tree.stdout
     missing = await deployment.cli("trace", "no-such-run")
     assert missing.code == 1 and "no events recorded" in missing.stderr
+    verified = await deployment.cli("audit", "verify", wid)
+    assert verified.code == 0 and f"ok {wid}" in verified.stdout, verified.stdout
+    none = await deployment.cli("audit", "verify", "no-such-run")
+    assert none.code == 1 and "BROKEN" in none.stdout
 
 
 async def test_stack_review_next_claims_from_the_human_queue(deployment: Deployment) -> None:

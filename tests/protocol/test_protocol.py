@@ -9,6 +9,7 @@ import switchyard.protocol as protocol
 from switchyard.protocol import (
     Decision,
     DecodeError,
+    Entry,
     Escalation,
     Event,
     MessageTooLargeError,
@@ -40,7 +41,8 @@ SAMPLES: list[msgspec.Struct] = [
                reason="legal", created_at=NOW, deadline=NOW + 1),
     Decision(escalation_id="e1", workflow_id="w1", action="approve", reviewer="ann",
              decided_at=NOW),
-    Event(workflow_id="w1", type="workflow.submitted", at=NOW, source="supervisor"),
+    Event(workflow_id="w1", at=NOW, source="supervisor",
+          entries=[Entry(type="workflow.submitted", data={"workflow": "support"})]),
     Outcome(workflow_id="w1", workflow="support", status="completed", started_at=NOW,
             finished_at=NOW),
 ]

@@ -4,7 +4,7 @@ injection that asks for a refund gets nowhere."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from switchyard.agents import Agent, AgentConfig, TaskContext
 from switchyard.client import SwitchyardClient
-from switchyard.protocol import Event, Subjects, decode, grants
+from switchyard.protocol import Subjects, grants
 from switchyard.protocol.errors import ErrorCode, ToolError
 from switchyard.supervisor import Supervisor, SupervisorConfig
 from switchyard.supervisor.policy import parse_policy
@@ -127,7 +127,7 @@ async def deployment(
 
 
 async def test_approval_executes_the_held_call_once_with_the_approver_recorded(
-    deployment: Any, subjects: Subjects, watch: Callable[[str], Awaitable[Watch]],
+    deployment: Any,
 ) -> None:
     client, store = deployment
     small = await client.wait(await client.submit("refunds", {"amount": 40}), timeout=15)
@@ -145,8 +145,10 @@ async def test_approval_executes_the_held_call_once_with_the_approver_recorded(
     assert done.status == "completed" and done.outcome is not None
     assert done.outcome.output is not None and done.outcome.output["approved_by"] == "ann"
     assert [r["amount"] for r in store.refunds()] == [40.0, 250.0]  # once
-    events = await watch(subjects.event(wid))
-    seen = [decode((await events.next()).data, Event) for _ in range(12)]
+    records = await client.events(wid)
+    seen = [e for r in records for e in r.entries]
+    chain = await client.verify(wid)  # supervisor and tool host records, one unbroken chain
+    assert chain.ok and {r.source for r in records} == set(chain.writers) and len(chain.writers) == 2
     called = [e for e in seen if e.type == "tool.called"]
     assert called and called[-1].data["approved_by"] == "ann"
     assert any(e.type == "tool.approval_required" for e in seen)

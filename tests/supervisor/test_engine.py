@@ -61,7 +61,7 @@ def tasks(effects: list[Effect]) -> list[SendTask]:
 
 
 def events(effects: list[Effect]) -> list[str]:
-    return [e.type for e in effects if isinstance(e, SendEvent)]
+    return [x.type for e in effects if isinstance(e, SendEvent) for x in e.entries]
 
 
 def submit(text: str = "hello", wf: Workflow = FLOW) -> Transition:

@@ -119,9 +119,12 @@ async def test_supervisor_runs_a_workflow_to_completion(
     state, revision = await sup.store.get(wid)
     assert state is not None and state.status == "completed" and revision > 0
     events = await watch(subjects.event(wid))
-    kinds = [decode((await events.next()).data, Event).type for _ in range(6)]
-    assert kinds == ["workflow.submitted", "step.dispatched", "step.ok", "step.dispatched",
-                     "step.ok", "workflow.completed"]
+    records = [decode((await events.next()).data, Event) for _ in range(3)]
+    assert [[e.type for e in r.entries] for r in records] == [  # one record per transition
+        ["workflow.submitted", "step.dispatched"], ["step.ok", "step.dispatched"],
+        ["step.ok", "workflow.completed"]]
+    assert [r.n for r in records] == [1, 2, 3]
+    assert (await client.verify(wid)).ok  # an unbroken hash chain
 
 
 async def test_supervisor_escalates_low_confidence_and_resumes_on_approval(
@@ -214,10 +217,10 @@ async def test_supervisor_runs_a_resubmitted_request_once(
     client = SwitchyardClient(nc, subjects)
     assert (await client.wait("once", timeout=10)).status == "completed"
     events = await watch(subjects.event("once"))
-    seen = [decode((await events.next()).data, Event).type for _ in range(6)]
+    seen = [e.type for _ in range(3) for e in decode((await events.next()).data, Event).entries]
     assert seen.count("workflow.submitted") == 1
     info = await js.stream_info(subjects.stream("events"))
-    assert info.state.messages == 6
+    assert info.state.messages == 3
 
 
 async def test_supervisor_restart_republishes_what_the_state_says_is_due(

@@ -55,7 +55,7 @@ async def test_host_executes_a_granted_call_and_audits_it(
     grant = mint(signer, tools=["lookup_customer"])
     res = await call(nc, subjects, "lookup_customer", {"email": "ada@example.com"}, grant)
     assert res.ok and res.result is not None and res.result["customer"]["id"] == "C-1001"
-    event = decode((await events.next()).data, Event)
+    [event] = decode((await events.next()).data, Event).entries
     assert (event.type, event.data["tool"], event.data["grant"]) == (
         "tool.called", "lookup_customer", grants.verify(grant, {signer.public_key}, time.time()).id)
 
@@ -100,7 +100,7 @@ async def test_host_refuses_calls_without_a_valid_grant(
     assert dead.headers is not None and dead.headers[DLQ_CODE] == code
     assert dead.headers[DLQ_SUBJECT] == subjects.tool("propose_refund")
     assert decode(dead.data, ToolCall).args == args  # the original, unchanged
-    event = decode((await events.next()).data, Event)
+    [event] = decode((await events.next()).data, Event).entries
     assert (event.type, event.data["code"]) == ("tool.refused", code)
     assert store.refunds() == []  # no side effect
     ok = await call(nc, subjects, "kb_search", {"query": "refund"}, mint(signer, tools=["kb_search"]))

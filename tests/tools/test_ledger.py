@@ -64,7 +64,7 @@ async def test_ledger_returns_the_recorded_result_for_a_repeated_key(
     again = await call(nc, subjects, "propose_refund", REFUND, grant, "w1:action:1")
     assert first.ok and again == first  # the same refund id, and replays cost no budget
     assert len(store.refunds()) == 1
-    kinds = [decode((await events.next()).data, Event).type for _ in range(2)]
+    kinds = [decode((await events.next()).data, Event).entries[0].type for _ in range(2)]
     assert kinds == ["tool.called", "tool.replayed"]
     entry = await ledger.get("propose_refund", "w1:action:1")
     assert entry is not None and entry.state == "done"

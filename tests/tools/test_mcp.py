@@ -67,7 +67,7 @@ async def test_mcp_time_server_tools_are_served_under_grants(
     grant = mint(signer, ["get_current_time"])
     ok = await call(nc, subjects, "get_current_time", {"timezone": "Europe/Paris"}, grant)
     assert ok.ok and ok.result is not None and "Europe/Paris" in ok.result["content"][0]["text"]
-    assert decode((await events.next()).data, Event).type == "tool.called"
+    assert decode((await events.next()).data, Event).entries[0].type == "tool.called"
     bad = await call(nc, subjects, "get_current_time", {}, grant)  # its JSON Schema says no
     assert bad.error is not None and bad.error.code == "invalid_input"
     assert "'timezone' is a required property" in bad.error.message
