@@ -488,10 +488,10 @@ def _ratios(report: Report) -> None:
         if sy:
             report.ratios[f"p99_over_p50_64_{sync}"] = round(sy.p99_ms / sy.p50_ms, 2)
     report.stored_writes_per_step = {
-        "switchyard": 5,
+        "switchyard": 4,
         "raw-jetstream": 2,
-        "which": "task, result, workflow state (KV compare-and-set), and two audit events "
-                 "(step.dispatched, step.ok) per step; raw JetStream stores the task and the result",
+        "which": "per step: the task, the result, the workflow state (one KV compare-and-set), and "
+                 "the transition's one audit record; raw JetStream stores the task and the result",
     }
 
 
