@@ -86,7 +86,8 @@ class TaskContext:
         headers = {TRACEPARENT: self._traceparent} if self._traceparent else None
         try:
             reply = await self._nc.request(
-                self._subjects.tool(name), codec.encode(call), timeout=timeout, headers=headers
+                self._subjects.tool(name, self.task.role), codec.encode(call), timeout=timeout,
+                headers=headers,
             )
         except NoRespondersError:
             raise ToolError(f"no tool host serves {name!r}", retryable=True) from None

@@ -53,8 +53,15 @@ class Subjects:
     def result(self, role: str) -> str:
         return f"{self.prefix}.result.{check_token('role', role)}"
 
-    def tool(self, name: str) -> str:
-        return f"{self.prefix}.tool.{check_token('tool', name)}"
+    def tool(self, name: str, caller: str) -> str:
+        """Where role ``caller`` calls tool ``name``. The caller's role is a subject token so the
+        NATS server authenticates it: under the generated bus config a role may publish only
+        to its own tokens, and the tool host checks the token against the grant's role."""
+        return f"{self.prefix}.tool.{check_token('tool', name)}.{check_token('role', caller)}"
+
+    def tool_endpoint(self, name: str) -> str:
+        """What a tool host serves for tool ``name``: calls from every role."""
+        return f"{self.prefix}.tool.{check_token('tool', name)}.*"
 
     @property
     def human_queue(self) -> str:
@@ -96,8 +103,8 @@ def result_subject(role: str, prefix: str = DEFAULT_PREFIX) -> str:
     return Subjects(prefix).result(role)
 
 
-def tool_subject(tool: str, prefix: str = DEFAULT_PREFIX) -> str:
-    return Subjects(prefix).tool(tool)
+def tool_subject(tool: str, caller: str, prefix: str = DEFAULT_PREFIX) -> str:
+    return Subjects(prefix).tool(tool, caller)
 
 
 def safe_token(value: str) -> str:

@@ -110,7 +110,7 @@ class ToolHost:
             await self._service.add_endpoint(
                 EndpointConfig(
                     name=t.name,
-                    subject=s.tool(t.name),
+                    subject=s.tool_endpoint(t.name),
                     handler=self._handler(t),
                     metadata={"risk": t.risk, "side_effects": str(t.side_effects).lower()},
                 )
@@ -131,7 +131,7 @@ class ToolHost:
         try:
             call = codec.decode(req.data, ToolCall, max_bytes=self.config.max_bytes)
             workflow_id = call.workflow_id
-            grant = self._authorize(t, call)
+            grant = self._authorize(t, call, req.subject.rsplit(".", 1)[1])
             args = t.args_model.model_validate(call.args)
         except (ProtocolError, GrantError) as exc:
             await self._refuse(t, req, workflow_id, exc.code, exc.message)
@@ -231,10 +231,14 @@ class ToolHost:
         assert self._ledger is not None
         await self._ledger.release(tool, key)
 
-    def _authorize(self, t: Tool, call: ToolCall) -> grants.Grant:
+    def _authorize(self, t: Tool, call: ToolCall, caller: str) -> grants.Grant:
+        """``caller`` is the role token of the subject the call came on: under the generated bus
+        config only that role's identity may publish there."""
         if call.tool != t.name:
             raise grants.GrantScopeError("tool", t.name, call.tool)
         grant = grants.verify(call.grant, self.config.trusted_keys, time.time())
+        if grant.role != caller:  # a grant lent to, or stolen by, another role
+            raise grants.GrantScopeError("role", grant.role, caller)
         grants.check_tool(grant, t.name, call.workflow_id, call.task_id)
         grants.check_limits(grant, t.name, call.args)
         return grant
@@ -250,7 +254,7 @@ class ToolHost:
                 s.dlq("tool"),
                 req.data,
                 headers=dead_letter_headers(
-                    reason=reason, code=code, subject=s.tool(t.name), source=self.config.name
+                    reason=reason, code=code, subject=req.subject, source=self.config.name
                 ),
             )
             await self._audit(

@@ -301,7 +301,7 @@ async def test_processes_serve_prometheus_metrics(
                 pass
         call = ToolCall(tool="kb_search", args={"query": "x"}, grant="", task_id="t",
                         workflow_id="w")
-        reply = await nc.request(s.tool("kb_search"), encode(call), timeout=5)
+        reply = await nc.request(s.tool("kb_search", "retrieval"), encode(call), timeout=5)
         assert decode(reply.data, ToolResult).error.code == "grant_missing"  # type: ignore[union-attr]
         async with httpx.AsyncClient() as http:
             text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text

@@ -107,7 +107,8 @@ def test_subjects_follow_the_prefix() -> None:
     s = Subjects("acme")
     assert s.task("triage") == "acme.task.triage"
     assert s.result("triage") == "acme.result.triage"
-    assert s.tool("kb_search") == "acme.tool.kb_search"
+    assert s.tool("kb_search", "retrieval") == "acme.tool.kb_search.retrieval"
+    assert s.tool_endpoint("kb_search") == "acme.tool.kb_search.*"
     assert s.dlq("task") == "acme.dlq.task"
     assert s.stream("tasks") == "ACME_TASKS"
     assert s.bucket("workflows") == "acme_workflows"

@@ -41,9 +41,9 @@ def mint(signer: grants.Signer, *, tools: list[str], workflow: str = "w1", task:
 
 
 async def call(nc: Client, s: Subjects, tool: str, args: dict[str, Any], grant: str,
-               workflow: str = "w1", task: str = "w1:a:1") -> ToolResult:
+               workflow: str = "w1", task: str = "w1:a:1", caller: str = "action") -> ToolResult:
     msg = ToolCall(tool=tool, args=args, grant=grant, task_id=task, workflow_id=workflow)
-    reply = await nc.request(s.tool(tool), encode(msg), timeout=5)
+    reply = await nc.request(s.tool(tool, caller), encode(msg), timeout=5)
     return decode(reply.data, ToolResult)
 
 
@@ -80,6 +80,9 @@ REFUSALS: list[tuple[str, Callable[[grants.Signer], str], dict[str, str], str]] 
     ("other_workflow", lambda s: mint(s, tools=["propose_refund"], workflow="w2"), {},
      "grant_scope"),
     ("other_task", lambda s: mint(s, tools=["propose_refund"], task="w1:b:1"), {}, "grant_scope"),
+    # a valid grant of another role, presented by the action role (the caller the bus vouches for)
+    ("other_role", lambda s: mint(s, tools=["propose_refund"], role="compliance"), {},
+     "grant_scope"),
 ]
 
 
@@ -98,7 +101,7 @@ async def test_host_refuses_calls_without_a_valid_grant(
     assert res.error.message  # a sentence, not a repr
     dead = await dlq.next()
     assert dead.headers is not None and dead.headers[DLQ_CODE] == code
-    assert dead.headers[DLQ_SUBJECT] == subjects.tool("propose_refund")
+    assert dead.headers[DLQ_SUBJECT] == subjects.tool("propose_refund", "action")
     assert decode(dead.data, ToolCall).args == args  # the original, unchanged
     [event] = decode((await events.next()).data, Event).entries
     assert (event.type, event.data["code"]) == ("tool.refused", code)
@@ -145,7 +148,7 @@ async def test_host_rejects_malformed_calls_and_bad_arguments(
     watch: Callable[[str], Awaitable[Watch]],
 ) -> None:
     dlq = await watch(subjects.dlq("tool"))
-    reply = await nc.request(subjects.tool("kb_search"), b"\x00not json", timeout=5)
+    reply = await nc.request(subjects.tool("kb_search", "action"), b"\x00not json", timeout=5)
     res = decode(reply.data, ToolResult)
     assert res.error is not None and res.error.code == "decode_error"
     assert (await dlq.next()).data == b"\x00not json"

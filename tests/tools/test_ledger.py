@@ -47,7 +47,7 @@ async def call(nc: Client, s: Subjects, tool_name: str, args: dict[str, Any], gr
                key: str, task: str = "w1:a:1") -> ToolResult:
     msg = ToolCall(tool=tool_name, args=args, grant=grant, task_id=task, workflow_id="w1",
                    idempotency_key=key)
-    return decode((await nc.request(s.tool(tool_name), encode(msg), timeout=5)).data, ToolResult)
+    return decode((await nc.request(s.tool(tool_name, "action"), encode(msg), timeout=5)).data, ToolResult)
 
 
 REFUND = {"customer_id": "C-1001", "amount": 30, "reason": "duplicate charge"}

@@ -35,7 +35,7 @@ async def call(nc: Client, s: Subjects, tool: str, args: dict[str, Any], grant: 
                key: str = "") -> ToolResult:
     msg = ToolCall(tool=tool, args=args, grant=grant, task_id="w1:s:1", workflow_id="w1",
                    idempotency_key=key)
-    return decode((await nc.request(s.tool(tool), encode(msg), timeout=20)).data, ToolResult)
+    return decode((await nc.request(s.tool(tool, "r"), encode(msg), timeout=20)).data, ToolResult)
 
 
 @pytest.fixture
