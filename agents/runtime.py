@@ -93,6 +93,8 @@ class AgentConfig:
     max_bytes: int = codec.DEFAULT_MAX_BYTES
     tool_timeout: float = 10.0
     instance: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    # extra ``nats.connect`` options: credentials and inbox prefix under a secured bus
+    connect_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -206,7 +208,8 @@ class Agent:
             Histogram("switchyard_agent_task_seconds", "Handler time", ["role"], registry=reg),
         )
         if nc is None:
-            nc = await nats.connect(cfg.nats_url, name=f"sy-agent-{self.role}")
+            nc = await nats.connect(cfg.nats_url, name=f"sy-agent-{self.role}",
+                                    **cfg.connect_options)
             self._own_nc = True
         self._nc = nc
         self._js = js = nc.jetstream()

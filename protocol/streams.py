@@ -43,7 +43,7 @@ def stream_configs(s: Subjects, *, replicas: int = 1) -> list[StreamConfig]:
         cfg("results", [s.all("result")], max_age=DAY, duplicate_window=120.0),
         cfg("human", [s.human_queue, s.human_decision], retention=RetentionPolicy.WORK_QUEUE,
             duplicate_window=120.0),
-        cfg("events", [s.all("event")], max_age=30 * DAY, deny_delete=True, deny_purge=False,
+        cfg("events", [s.all("event")], max_age=30 * DAY, deny_delete=True, deny_purge=True,
             discard=DiscardPolicy.OLD),
         cfg("dlq", [s.all("dlq")], max_age=30 * DAY),
     ]

@@ -100,6 +100,8 @@ class SupervisorConfig:
     grant_slack_s: float = 30.0
     max_bytes: int = codec.DEFAULT_MAX_BYTES
     graceful_timeout: float = 10.0
+    # extra ``nats.connect`` options: credentials and inbox prefix under a secured bus
+    connect_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.workflows:
@@ -151,7 +153,7 @@ class Supervisor:
         self._state = _State.RUNNING
         cfg, s = self.config, self.config.subjects
         if nc is None:
-            nc = await nats.connect(cfg.nats_url, name="sy-supervisor")
+            nc = await nats.connect(cfg.nats_url, name="sy-supervisor", **cfg.connect_options)
             self._own_nc = True
         self._nc, self._js = nc, nc.jetstream()
         js = self._js

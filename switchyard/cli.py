@@ -170,7 +170,7 @@ async def _connect(settings: Settings) -> nats.NATS:
     from switchyard.stack import nats_answers
 
     if await nats_answers(settings.nats_url):
-        return await nats.connect(settings.nats_url)
+        return await nats.connect(settings.nats_url, **settings.connect_options())
     else:
         err.print(f"[red]no NATS server answers at {settings.nats_url}[/] "
                   "(start the stack with `switchyard up`)")
@@ -218,7 +218,8 @@ def tools_run(
     servers = [McpServerConfig.parse(spec) for spec in mcp or []]
 
     async def main(stop: asyncio.Event) -> None:
-        nc = await nats.connect(settings.nats_url, name="sy-toolhost")
+        nc = await nats.connect(settings.nats_url, name="sy-toolhost",
+                                **settings.connect_options())
         registry, store = support_registry(settings.data_dir / "support.db")
         async with contextlib.AsyncExitStack() as stack:
             for server in servers:
@@ -245,25 +246,44 @@ def supervisor_run() -> None:
     _serve(lambda stop: Supervisor(settings.supervisor_config(), metrics=registry).serve(stop))
 
 
+SecureOpt = Annotated[bool, typer.Option(
+    "--secure", help="run an embedded nats-server under the authorization generated from the "
+                     "policy, each process with its own credentials")]
+
+
 @app.command()
-def up() -> None:
+def up(secure: SecureOpt = False) -> None:
     """Start NATS (embedded if none answers), the supervisor, the tool host and five agents."""
+    from switchyard.protocol.errors import ConfigError
     from switchyard.stack import LocalStack
 
     settings = _settings()
 
     async def main(stop: asyncio.Event) -> None:
-        stack = LocalStack(settings)
-        with err.status("starting the stack…"):
-            await stack.start()
+        stack = LocalStack(settings, secure=secure)
+        try:
+            with err.status("starting the stack…"):
+                await stack.start()
+        except ConfigError as exc:
+            err.print(f"[red]{exc}[/]")
+            raise typer.Exit(2) from None
         where = "embedded nats-server" if stack.nats else "existing NATS"
         out.print(f"[green]Switchyard is up[/] on {stack.url} ({where}); "
                   f"{len(stack.procs)} processes, logs in {stack.log_dir}. Ctrl-C stops.")
+        if secure:
+            out.print("Secured: every process has its own identity. The CLI connects as the "
+                      "console with SWITCHYARD_NKEY_FILE="
+                      f"{stack.creds.seed_file('console')}")
         try:
             await stop.wait()
         finally:
             out.print("stopping…")
             await stack.stop()
+            if secure:
+                found = stack.violations()
+                out.print(f"permission violations in the server log: {len(found)}")
+                for line in found[:20]:
+                    out.print(f"  {line}")
 
     _serve(main)
 
@@ -276,6 +296,7 @@ def demo(
     json_out: JsonOpt = False,
     tickets: Annotated[Path | None, typer.Option(help="YAML file of tickets")] = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the batch")] = 120.0,
+    secure: SecureOpt = False,
 ) -> None:
     """Start the stack, work a batch of sample tickets, print a summary, stop."""
     from switchyard.demo import report_json, run_demo, sample_tickets
@@ -283,7 +304,7 @@ def demo(
     settings = _settings()
     batch = sample_tickets(tickets)
     if json_out:
-        report = _once(run_demo(settings, batch, timeout=timeout))
+        report = _once(run_demo(settings, batch, timeout=timeout, secure=secure))
         sys.stdout.write(report_json(report).decode() + "\n")
         raise typer.Exit(0 if report.ok else 1)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -299,7 +320,8 @@ def demo(
 
     err.print("starting NATS, the supervisor, the tool host and five agents…")
     with progress:
-        report = _once(run_demo(settings, batch, timeout=timeout, on_progress=on_progress))
+        report = _once(run_demo(settings, batch, timeout=timeout, on_progress=on_progress,
+                                secure=secure))
     table = Table(title=f"{report.tickets} tickets in {report.elapsed_s:.1f} s "
                         f"(stack start {report.startup_s:.1f} s)")
     for col in ("ticket", "expected", "outcome", "why"):
@@ -318,6 +340,10 @@ def demo(
     out.print(steps)
     counts = ", ".join(f"{k} {v}" for k, v in sorted(report.counts.items()))
     out.print(f"{counts}; {report.matched}/{report.tickets} as the sample set expects.")
+    if secure:
+        out.print(f"secured bus: {len(report.violations)} permission violations in the server log")
+        for line in report.violations[:20]:
+            out.print(f"  {line}")
     raise typer.Exit(0 if report.ok else 1)
 
 
@@ -496,6 +522,47 @@ def review_next() -> None:
             out.print("nothing is waiting")
 
     _once(main())
+
+
+@app.command("nats-config")
+def nats_config(
+    policy: Annotated[str | None, typer.Option(help="policy file or built-in name")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="where to write the config and keys")] = Path(
+        "nats-secure"),
+    role: Annotated[list[str] | None, typer.Option(
+        help="an agent role beyond the policy's and the workflows' (repeatable)")] = None,
+    port: Annotated[int, typer.Option(help="the server's client port")] = 4222,
+) -> None:
+    """Generate a nats-server config from the policy: one nkey user per identity (admin,
+    supervisor, toolhost, console, one per agent role), allow-lists only, per-identity inboxes."""
+    from switchyard import buscfg
+    from switchyard.protocol.errors import ConfigError
+    from switchyard.supervisor.policy import load_policy
+
+    settings = _settings()
+    try:
+        pol = load_policy(policy or settings.policy)
+        workflows = settings.load_workflows()
+    except ConfigError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    roles = {*pol.roles, *(st.role for wf in workflows.values() for st in wf.steps), *(role or [])}
+    ids = buscfg.identities(pol, roles, settings.subjects)
+    creds = buscfg.Credentials(out_dir / "creds")
+    auth = buscfg.authorization(ids, creds)
+    (out_dir / "auth.conf").write_text(auth)
+    (out_dir / "nats.conf").write_text(
+        buscfg.server_config(auth, store_dir=(out_dir / "jetstream").resolve(), port=port))
+    table = Table(title=f"identities ({out_dir / 'nats.conf'})")
+    for col in ("identity", "nkey", "publish", "subscribe", "credentials"):
+        table.add_column(col)
+    for ident in ids:
+        table.add_row(ident.name, creds.public_key(ident.name)[:12] + "…",
+                      str(len(ident.publish)), str(len(ident.subscribe)),
+                      str(creds.seed_file(ident.name)))
+    out.print(table)
+    out.print(f"Run it: nats-server -c {out_dir / 'nats.conf'}; give each process its key with "
+              "SWITCHYARD_NKEY_FILE. Provision streams and buckets as the admin.")
 
 
 @policy_app.command("check")

@@ -16,6 +16,7 @@ import nats
 import yaml
 from nats.js.api import DeliverPolicy
 
+from switchyard.buscfg import CONSOLE
 from switchyard.client import FINAL_EVENTS, SwitchyardClient
 from switchyard.protocol import codec
 from switchyard.protocol.messages import Event
@@ -58,10 +59,13 @@ class DemoReport:
     runs: list[Run]
     step_ms: dict[str, dict[str, float]]
     startup_s: float
+    secure: bool = False
+    violations: list[str] = field(default_factory=list)  # the bus's permission violations
 
     @property
     def ok(self) -> bool:
-        return self.counts.get("failed", 0) == 0 and self.counts.get("running", 0) == 0
+        return (self.counts.get("failed", 0) == 0 and self.counts.get("running", 0) == 0
+                and not self.violations)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -75,15 +79,18 @@ async def run_demo(
     *,
     timeout: float = 120.0,
     on_progress: Any = None,
+    secure: bool = False,
 ) -> DemoReport:
     t0 = time.perf_counter()
-    async with LocalStack(settings) as stack:
+    async with LocalStack(settings, secure=secure) as stack:
         startup = time.perf_counter() - t0
-        nc = await nats.connect(stack.url)
+        nc = await nats.connect(stack.url, **stack.connect_options(CONSOLE))
         try:
-            return await _drive(nc, settings, tickets, timeout, on_progress, startup)
+            report = await _drive(nc, settings, tickets, timeout, on_progress, startup)
         finally:
             await nc.drain()
+    report.secure, report.violations = secure, stack.violations()  # including at shutdown
+    return report
 
 
 async def _drive(

@@ -15,12 +15,13 @@
 | ``SWITCHYARD_LOG_LEVEL`` | ``info`` | log level |
 | ``SWITCHYARD_METRICS_PORT`` | ``0`` (off) | serve Prometheus ``/metrics`` on 127.0.0.1 at this port |
 | ``SWITCHYARD_POLICY`` | ``support`` | tool policy file or built-in name; ``none`` for none |
+| ``SWITCHYARD_NKEY_FILE`` | (none) | this process's nkey seed on a secured bus; its name is who |
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -49,6 +50,7 @@ class Settings(BaseSettings):
     log_level: str = "info"
     metrics_port: int = Field(default=0, ge=0, le=65535)
     policy: str = "support"
+    nkey_file: Path | None = None
 
     @property
     def subjects(self) -> Subjects:
@@ -57,6 +59,20 @@ class Settings(BaseSettings):
     @property
     def seed_path(self) -> Path:
         return self.supervisor_seed or self.data_dir / "supervisor.nk"
+
+    @property
+    def identity(self) -> str:
+        """Who this process is on a secured bus: the nkey file's name (``agent-triage.nk``)."""
+        return self.nkey_file.stem if self.nkey_file else ""
+
+    def connect_options(self) -> dict[str, Any]:
+        """``nats.connect`` options: the identity's nkey, and replies under its own inbox prefix
+        (the bus lets each identity subscribe only there)."""
+        if self.nkey_file is None:
+            return {}
+        from switchyard.buscfg import inbox_prefix
+
+        return {"nkeys_seed": str(self.nkey_file), "inbox_prefix": inbox_prefix(self.identity)}
 
     def trusted(self) -> frozenset[str]:
         return frozenset(k.strip() for k in self.trusted_keys.split(",") if k.strip())
@@ -85,6 +101,7 @@ class Settings(BaseSettings):
         return AgentConfig(
             nats_url=self.nats_url, subjects=self.subjects, concurrency=self.concurrency,
             ack_wait=self.ack_wait, max_deliver=self.max_deliver, trusted_keys=self.trusted(),
+            connect_options=self.connect_options(),
         )
 
     def load_policy(self) -> Policy | None:
@@ -94,6 +111,7 @@ class Settings(BaseSettings):
         return SupervisorConfig(
             seed=self.load_seed(), workflows=self.load_workflows(), nats_url=self.nats_url,
             subjects=self.subjects, policy=self.load_policy(),
+            connect_options=self.connect_options(),
         )
 
     def toolhost_config(self, trusted: frozenset[str]) -> ToolHostConfig:

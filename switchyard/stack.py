@@ -3,6 +3,10 @@
 An embedded ``nats-server`` (when nothing answers at ``NATS_URL``), then the supervisor, the tool
 host and one process per agent role, started as ``python -m switchyard …`` exactly as they would
 be deployed, logging to ``<data dir>/logs``. Ready when every part answers ``$SRV.INFO``.
+
+``secure=True`` runs the embedded server under the authorization ``switchyard nats-config``
+generates from the policy (keys in ``<data dir>/secure``): the admin identity provisions the streams
+and buckets, and every process connects as its own identity.
 """
 
 from __future__ import annotations
@@ -18,8 +22,11 @@ from urllib.parse import urlparse
 import nats
 from nats.aio.client import Client
 
+from switchyard import buscfg
 from switchyard.client import SwitchyardClient
 from switchyard.natsd import NatsServer
+from switchyard.protocol.errors import ConfigError
+from switchyard.protocol.streams import ensure_streams, open_bucket
 from switchyard.settings import Settings
 
 ROLES = ("triage", "retrieval", "action", "compliance", "reviewer")
@@ -47,7 +54,7 @@ async def nats_answers(url: str, timeout: float = 1.0) -> bool:
 class LocalStack:
     def __init__(
         self, settings: Settings, *, roles: tuple[str, ...] = ROLES,
-        agents: dict[str, str] | None = None, toolhost: bool = True,
+        agents: dict[str, str] | None = None, toolhost: bool = True, secure: bool = False,
     ) -> None:
         """``agents`` maps role to ``module:attr`` (default: the built-in agents of ``roles``)."""
         self.settings = settings
@@ -59,6 +66,9 @@ class LocalStack:
         self.procs: dict[str, asyncio.subprocess.Process] = {}
         self.log_dir = settings.data_dir / "logs"
         self._logs: list[object] = []
+        self.secure = secure
+        self.server_log: list[str] = []  # the embedded server's log, kept after it stops
+        self.creds = buscfg.Credentials(settings.data_dir / "secure")
 
     @property
     def expected_services(self) -> set[str]:
@@ -66,16 +76,40 @@ class LocalStack:
         names = {s.service("supervisor"), *(s.service(f"agent-{r}") for r in self.roles)}
         return names | ({s.service("toolhost")} if self.toolhost else set())
 
+    def connect_options(self, identity: str) -> dict[str, object]:
+        """How ``identity`` connects to this stack's bus (nothing special unless secure)."""
+        if not self.secure:
+            return {}
+        return {"nkeys_seed": str(self.creds.seed_file(identity)),
+                "inbox_prefix": buscfg.inbox_prefix(identity)}
+
+    def violations(self) -> list[str]:
+        """Permission violations the embedded server logged so far."""
+        return [line for line in (self.nats.log if self.nats else self.server_log)
+                if "Violation" in line]
+
     async def start(self, ready_timeout: float = 60.0) -> LocalStack:
-        if not await nats_answers(self.url):
+        answering = await nats_answers(self.url)
+        if self.secure and answering:
+            raise ConfigError(
+                f"a NATS server already answers at {self.url}; --secure runs its own under the "
+                "generated authorization (run `switchyard nats-config` to secure an existing one)")
+        if not answering:
             port = urlparse(self.url).port or 4222
+            auth = ""
+            if self.secure:
+                ids = buscfg.identities(self.settings.load_policy(), self.roles,
+                                        self.settings.subjects)
+                auth = buscfg.authorization(ids, self.creds)
             self.nats = NatsServer(
                 port=port, store_dir=self.settings.data_dir / "nats",
-                sync_always=self.settings.nats_sync == "always",
+                sync_always=self.settings.nats_sync == "always", config_extra=auth,
             )
             await self.nats.start()
             self.url = self.nats.url
-        nc = await nats.connect(self.url)
+        if self.secure:
+            await self._provision()
+        nc = await nats.connect(self.url, **self.connect_options(buscfg.CONSOLE))
         try:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             self.settings.load_seed()  # created once, before any process needs it
@@ -92,6 +126,18 @@ class LocalStack:
         await nc.close()
         return self
 
+    async def _provision(self) -> None:
+        """As the admin: the streams and buckets the other identities may only use."""
+        s = self.settings.subjects
+        nc = await nats.connect(self.url, **self.connect_options(buscfg.ADMIN))
+        try:
+            js = nc.jetstream()
+            await ensure_streams(js, s)
+            for bucket in buscfg.BUCKETS:
+                await open_bucket(js, s.bucket(bucket), history=5 if bucket == "workflow_defs" else 1)
+        finally:
+            await nc.close()
+
     async def _spawn(self, name: str, *args: str) -> None:
         port = self.settings.metrics_port
         metrics = str(port + len(self.procs)) if port else "0"  # one port per process, in order
@@ -101,6 +147,8 @@ class LocalStack:
                "SWITCHYARD_PREFIX": self.settings.prefix,
                "SWITCHYARD_WORKFLOWS": self.settings.workflows,
                "SWITCHYARD_CONCURRENCY": str(self.settings.concurrency)}
+        if self.secure:
+            env["SWITCHYARD_NKEY_FILE"] = str(self.creds.seed_file(name))
         log = open(self.log_dir / f"{name}.log", "ab")
         self._logs.append(log)
         self.procs[name] = await asyncio.create_subprocess_exec(
@@ -152,6 +200,7 @@ class LocalStack:
         self._logs.clear()
         if self.nats is not None:
             await self.nats.stop()
+            self.server_log = self.nats.log
             self.nats = None
 
     async def __aenter__(self) -> LocalStack:

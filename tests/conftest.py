@@ -4,10 +4,12 @@ and a unique subject prefix per test so tests share the server but not state."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import nats
@@ -17,9 +19,11 @@ from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 from nats.js.client import JetStreamContext
 
+from switchyard import buscfg
 from switchyard.natsd import NatsServer, find_binary
 from switchyard.protocol import Subjects, grants
-from switchyard.protocol.streams import ensure_streams
+from switchyard.protocol.streams import ensure_streams, open_bucket
+from switchyard.supervisor.policy import Policy
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -130,3 +134,44 @@ async def watch(js: JetStreamContext) -> AsyncIterator[Callable[[str], Awaitable
     yield make
     for sub in subs:  # unread messages would hold up the connection's drain
         await sub.unsubscribe()
+
+
+class SecuredBus:
+    """A nats-server of its own under the authorization generated from a policy."""
+
+    def __init__(self, server: NatsServer, creds: buscfg.Credentials) -> None:
+        self.server = server
+        self.creds = creds
+        self._conns: list[Client] = []
+
+    async def connect(self, identity: str) -> Client:
+        conn = await nats.connect(self.server.url, nkeys_seed=str(self.creds.seed_file(identity)),
+                                  inbox_prefix=buscfg.inbox_prefix(identity))
+        self._conns.append(conn)
+        return conn
+
+    def violations(self) -> list[str]:
+        return [line for line in self.server.log if "Violation" in line]
+
+    async def close(self) -> None:
+        for conn in self._conns:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def secured_bus(tmp: Path, subjects: Subjects, policy: Policy | None,
+                      roles: Iterable[str]) -> AsyncIterator[SecuredBus]:
+    creds = buscfg.Credentials(tmp / "creds")
+    auth = buscfg.authorization(buscfg.identities(policy, roles, subjects), creds)
+    async with NatsServer(store_dir=tmp / "nats", sync_always=False, config_extra=auth) as server:
+        bus = SecuredBus(server, creds)
+        admin = await bus.connect(buscfg.ADMIN)  # provisions what the others may only use
+        await ensure_streams(admin.jetstream(), subjects)
+        for bucket in buscfg.BUCKETS:
+            await open_bucket(admin.jetstream(), subjects.bucket(bucket),
+                              history=5 if bucket == "workflow_defs" else 1)
+        try:
+            yield bus
+        finally:
+            await bus.close()

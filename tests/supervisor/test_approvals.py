@@ -13,7 +13,8 @@ from nats.aio.client import Client
 from nats.js.client import JetStreamContext
 from pydantic import BaseModel
 
-from switchyard.agents import Agent, AgentConfig, TaskContext
+from switchyard import buscfg
+from switchyard.agents import Agent, AgentConfig, Retry, TaskContext
 from switchyard.client import SwitchyardClient
 from switchyard.protocol import Subjects, grants
 from switchyard.protocol.errors import ErrorCode, ToolError
@@ -22,6 +23,8 @@ from switchyard.supervisor.policy import parse_policy
 from switchyard.supervisor.workflow import parse_workflow
 from switchyard.tools import ToolHost, ToolHostConfig
 from switchyard.tools.builtin import SupportStore, support_registry
+
+from ..conftest import SecuredBus, secured_bus
 
 Watch = Any
 POLICY = parse_policy("""
@@ -69,6 +72,7 @@ def reader_agent() -> Agent:
 
 def refunder_agent(obedient: bool = False) -> Agent:
     agent = Agent("refunder")
+    crashed: set[str] = set()
 
     @agent.task
     async def refund(inp: Amount, ctx: TaskContext) -> Outcome:
@@ -90,6 +94,9 @@ def refunder_agent(obedient: bool = False) -> Agent:
                 continue
             out.refund_id = done["refund_id"]
             out.approved_by = ctx.tool_calls[-1]["approved_by"]
+            if inp.amount == 275 and out.approved_by and ctx.task.id not in crashed:
+                crashed.add(ctx.task.id)  # lost before the result and the ack: redelivered
+                raise Retry("crashed after the call", delay=0.05)
         return out
 
     return agent
@@ -103,22 +110,45 @@ async def _try(ctx: TaskContext, tool: str, args: dict[str, Any]) -> str:
     return "ok"
 
 
+@pytest.fixture(params=["open", "secured"])
+async def bus(
+    request: pytest.FixtureRequest, nc: Client, js: JetStreamContext, subjects: Subjects,
+    tmp_path: Path,
+) -> AsyncIterator[SecuredBus | None]:
+    """Every test here runs twice: on an open bus, and on one under the generated authorization
+    with each part connected as its own identity."""
+    if request.param == "open":
+        yield None
+        return
+    async with secured_bus(tmp_path, subjects, POLICY, ["reader", "refunder"]) as secured:
+        yield secured
+        # a normal run produces no violation; the one deliberate kind is the injected call
+        unexpected = [v for v in secured.violations() if ".tool.update_ticket.refunder" not in v]
+        assert unexpected == []
+
+
 @pytest.fixture
 async def deployment(
-    nc: Client, js: JetStreamContext, subjects: Subjects, seed: bytes, signer: grants.Signer,
+    nc: Client, bus: SecuredBus | None, subjects: Subjects, seed: bytes, signer: grants.Signer,
     tmp_path: Path, request: pytest.FixtureRequest,
 ) -> AsyncIterator[tuple[SwitchyardClient, SupportStore]]:
     obedient = getattr(request, "param", False)
+
+    async def conn(identity: str) -> Client:
+        return nc if bus is None else await bus.connect(identity)
+
     registry, store = support_registry(tmp_path / "support.db")
     sup = Supervisor(SupervisorConfig(seed=seed, workflows={"refunds": FLOW}, subjects=subjects,
                                       policy=POLICY))
-    await sup.start(nc)
-    host = await ToolHost(nc, registry, ToolHostConfig(
+    await sup.start(await conn(buscfg.SUPERVISOR))
+    host = await ToolHost(await conn(buscfg.TOOLHOST), registry, ToolHostConfig(
         subjects=subjects, trusted_keys=frozenset({signer.public_key}))).start()
-    config = AgentConfig(subjects=subjects, trusted_keys=frozenset({signer.public_key}))
-    agents = [await reader_agent().start(nc, config),
-              await refunder_agent(obedient).start(nc, config)]
-    yield SwitchyardClient(nc, subjects), store
+    # on a secured bus a call outside the policy never reaches a tool host: it times out
+    config = AgentConfig(subjects=subjects, trusted_keys=frozenset({signer.public_key}),
+                         tool_timeout=10.0 if bus is None else 1.0)
+    agents = [await reader_agent().start(await conn("agent-reader"), config),
+              await refunder_agent(obedient).start(await conn("agent-refunder"), config)]
+    yield SwitchyardClient(await conn(buscfg.CONSOLE), subjects), store
     for agent in agents:
         await agent.stop()
     await host.stop()
@@ -154,6 +184,20 @@ async def test_approval_executes_the_held_call_once_with_the_approver_recorded(
     assert any(e.type == "tool.approval_required" for e in seen)
 
 
+async def test_an_approved_call_runs_once_when_its_task_is_redelivered(deployment: Any) -> None:
+    client, store = deployment
+    wid = await client.submit("refunds", {"amount": 275})
+    held = await client.wait(wid, timeout=15)
+    assert held.status == "escalated"
+    await client.decide(held.escalation_id, "approve", reviewer="ann")
+    done = await client.wait(wid, timeout=15, stop_at_escalation=False)
+    assert done.status == "completed" and done.outcome is not None and done.outcome.output
+    assert done.outcome.output["approved_by"] == "ann"
+    assert [r["amount"] for r in store.refunds()] == [275.0]  # the redelivery replayed it
+    seen = [e.type for r in await client.events(wid) for e in r.entries]
+    assert seen.count("tool.called") == 1 and seen.count("tool.replayed") == 1
+
+
 async def test_rejection_refuses_the_held_call_and_the_agent_carries_on(
     deployment: Any,
 ) -> None:
@@ -169,7 +213,9 @@ async def test_rejection_refuses_the_held_call_and_the_agent_carries_on(
 
 
 @pytest.mark.parametrize("deployment", [True], indirect=True)
-async def test_prompt_injection_cannot_widen_the_grant_or_move_money(deployment: Any) -> None:
+async def test_prompt_injection_cannot_widen_the_grant_or_move_money(
+    deployment: Any, bus: SecuredBus | None, subjects: Subjects,
+) -> None:
     client, store = deployment
     wid = await client.submit("refunds", {"amount": 0})
     res = await client.wait(wid, timeout=15)
@@ -182,8 +228,12 @@ async def test_prompt_injection_cannot_widen_the_grant_or_move_money(deployment:
     done = await client.wait(wid, timeout=15, stop_at_escalation=False)
     assert done.outcome is not None and done.outcome.output is not None
     assert done.outcome.output["attempts"] == [
-        "tool_not_granted",  # out of the grant: refused
+        # out of the grant: refused by the tool host, or on a secured bus by the server itself
+        "tool_not_granted" if bus is None else "timeout",
         "limit_exceeded",  # in the grant, above the ceiling: refused
         "approval_rejected",  # in the grant, above the threshold: a person said no
     ]
     assert store.refunds() == []
+    if bus is not None:
+        assert [v for v in bus.violations() if "Publish Violation" in v and
+                f'"{subjects.tool("update_ticket", "refunder")}"' in v]

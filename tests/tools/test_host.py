@@ -15,6 +15,8 @@ from nats.js.client import JetStreamContext
 
 from switchyard.protocol import Event, Subjects, ToolCall, ToolResult, decode, encode, grants
 from switchyard.protocol.headers import DLQ_CODE, DLQ_SUBJECT
+from switchyard.supervisor.policy import load_policy
+from switchyard.supervisor.workflow import Step
 from switchyard.tools import ToolHost, ToolHostConfig
 from switchyard.tools.builtin import SupportStore, support_registry
 
@@ -167,3 +169,29 @@ async def test_host_reports_tool_failures_without_leaking_internals(
                      mint(signer, tools=["update_ticket"]))
     assert res.error is not None and res.error.code == "tool_failed"
     assert res.error.message == "ticket T-NOPE does not exist"
+
+
+SUPPORT = load_policy("support")
+OUTSIDE = [(role, t) for role in SUPPORT.roles for t in SUPPORT.tools if t not in SUPPORT.allowed(role)]
+
+
+@pytest.mark.parametrize("role, tool", OUTSIDE, ids=[f"{r}-{t}" for r, t in OUTSIDE])
+async def test_every_role_is_refused_every_tool_outside_its_policy_grant(
+    role: str, tool: str, host: Any, nc: Client, subjects: Subjects, signer: grants.Signer,
+    watch: Callable[[str], Awaitable[Watch]],
+) -> None:
+    """The grant the supervisor mints for the role (its widest: every tool the policy gives it)
+    does not open any other tool; on an open bus the tool host is what says no."""
+    _, store = host
+    step = Step(name="s", role=role, tools=list(SUPPORT.tools), tool_budget=50)
+    widest = SUPPORT.grantable(step, role)
+    grant = mint(signer, tools=widest.tools, role=role)
+    events = await watch(subjects.event("w1"))
+    args = {"customer_id": "C-1001", "amount": 50, "reason": "x", "email": "ada@example.com",
+            "query": "refund", "subject": "s", "body": "b", "ticket_id": "T-1", "status": "open"}
+    res = await call(nc, subjects, tool, args, grant, caller=role)
+    assert res.error is not None and res.error.code == "tool_not_granted"
+    [event] = decode((await events.next()).data, Event).entries
+    assert (event.type, event.data["tool"], event.data["code"]) == ("tool.refused", tool,
+                                                                     "tool_not_granted")
+    assert store.refunds() == []

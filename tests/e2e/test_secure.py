@@ -1,0 +1,166 @@
+"""The bus enforces the policy: the stack under the authorization ``switchyard nats-config``
+generates, every process as its own identity. What the policy forbids, the NATS server refuses;
+what a normal run does, it allows (zero violations in the server's log)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.js.errors import APIError
+
+from switchyard import buscfg
+from switchyard.protocol import Subjects, ToolCall, encode
+from switchyard.settings import Settings
+from switchyard.stack import LocalStack
+from switchyard.supervisor.policy import load_policy
+from switchyard.tools.builtin import SupportStore
+
+from .conftest import Deployment, free_port, run_cli
+
+pytestmark = pytest.mark.e2e
+
+POLICY = load_policy("support")
+
+
+@pytest.fixture(scope="module")
+async def secured(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Deployment]:
+    data = tmp_path_factory.mktemp("secure")
+    url = f"nats://127.0.0.1:{free_port()}"
+    settings = Settings(nats_url=url, data_dir=data, prefix="sy")
+    async with LocalStack(settings, secure=True) as stack:
+        env = {**os.environ, "NATS_URL": url, "SWITCHYARD_DATA_DIR": str(data),
+               "SWITCHYARD_PREFIX": "sy",
+               "SWITCHYARD_NKEY_FILE": str(stack.creds.seed_file(buscfg.CONSOLE))}
+        yield Deployment(stack, settings, env)
+
+
+async def _connect_as(stack: LocalStack, identity: str, errors: list[str],
+                      got: asyncio.Event) -> Client:
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc))
+        got.set()
+
+    return await nats.connect(stack.url, error_cb=on_error, allow_reconnect=False,
+                              **stack.connect_options(identity))  # type: ignore[arg-type]
+
+
+async def _await_errors(errors: list[str], got: asyncio.Event, count: int) -> None:
+    async with asyncio.timeout(10):
+        while len(errors) < count:
+            got.clear()
+            await got.wait()
+
+
+async def test_the_demo_runs_under_secure_with_zero_violations(tmp_path: Path) -> None:
+    env = {**os.environ, "NATS_URL": f"nats://127.0.0.1:{free_port()}",
+           "SWITCHYARD_DATA_DIR": str(tmp_path / "data")}
+    res = await run_cli("demo", "--secure", "--json", env=env, cwd=tmp_path, timeout=180)
+    assert res.code == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    report = json.loads(res.stdout)
+    assert report["secure"] is True and report["violations"] == []
+    assert report["matched"] == 30  # the same outcomes as on an open bus
+
+
+async def test_every_role_is_refused_by_the_bus_for_tools_outside_its_grant(
+    secured: Deployment,
+) -> None:
+    stack, s = secured.stack, secured.settings.subjects
+    store = SupportStore(secured.settings.data_dir / "support.db")
+    refunds = len(store.refunds())
+    before = len(stack.violations())
+    expected = 0
+    for role in POLICY.roles:
+        errors: list[str] = []
+        got = asyncio.Event()
+        nc = await _connect_as(stack, buscfg.agent_identity(role), errors, got)
+        try:
+            denied = [t for t in POLICY.tools if t not in POLICY.allowed(role)]
+            others = [r for r in POLICY.roles if r != role]
+            for tool in denied:  # straight onto the tool subject, as a compromised agent would
+                call = ToolCall(tool=tool, args={"customer_id": "C-1001", "amount": 5000,
+                                                 "reason": "injected"},
+                                grant="", task_id="w:x:1", workflow_id="w")
+                await nc.publish(s.tool(tool, role), encode(call))
+            for tool in POLICY.allowed(role):  # its own tools, under another role's name
+                await nc.publish(s.tool(tool, others[0]), b"{}")
+            count = len(denied) + len(POLICY.allowed(role))
+            await _await_errors(errors, got, count)
+            assert all("permissions violation for publish" in e.lower() for e in errors), errors
+            expected += count
+        finally:
+            await nc.close()
+    logged = stack.violations()[before:]
+    assert len(logged) == expected and all("Publish Violation" in line for line in logged)
+    assert len(store.refunds()) == refunds  # no side effect reached the tool host
+    store.close()
+
+
+async def test_an_agent_cannot_take_another_roles_tasks_or_read_its_replies(
+    secured: Deployment,
+) -> None:
+    stack, s = secured.stack, secured.settings.subjects
+    errors: list[str] = []
+    got = asyncio.Event()
+    nc = await _connect_as(stack, buscfg.agent_identity("triage"), errors, got)
+    try:
+        with pytest.raises(Exception):  # noqa: B017 - the server answers nothing
+            await nc.jetstream().pull_subscribe(s.task("action"), durable="action",
+                                                stream=s.stream("tasks"))
+        await nc.subscribe("_INBOX.agent-action.>")  # another identity's replies
+        await nc.subscribe(s.task("action"))  # the task subject itself
+        await _await_errors(errors, got, 3)
+    finally:
+        await nc.close()
+    lines = stack.violations()
+    assert any('"$JS.API.CONSUMER.INFO.SY_TASKS.action"' in line for line in lines)
+    assert any('Subscription Violation - Subject "_INBOX.agent-action.>"' in line for line in lines)
+    assert any(f'Subscription Violation - Subject "{s.task("action")}"' in line for line in lines)
+
+
+async def test_the_console_works_the_queue_with_zero_violations(secured: Deployment) -> None:
+    before = len(secured.stack.violations())
+    sub = await secured.cli("submit", "--json", "--email", "ada@example.com",
+                            "Please refund 250 EUR for the outage last week.")
+    assert sub.code == 3, sub.stdout + sub.stderr
+    held = json.loads(sub.stdout)
+    listed = await secured.cli("review", "--json")
+    assert held["escalation_id"] in [e["id"] for e in json.loads(listed.stdout)]
+    approve = await secured.cli("review", "approve", held["escalation_id"])
+    assert approve.code == 0, approve.stderr
+    for args in (("status", "--json"), ("trace", held["workflow_id"]),
+                 ("audit", "verify", held["workflow_id"])):
+        res = await secured.cli(*args)
+        assert res.code == 0, (args, res.stdout, res.stderr)
+    assert secured.stack.violations()[before:] == []
+
+
+async def test_nobody_can_purge_or_delete_the_audit_trail(secured: Deployment) -> None:
+    s: Subjects = secured.settings.subjects
+    events = s.stream("events")
+    before = len(secured.stack.violations())
+    for identity in (buscfg.CONSOLE, buscfg.SUPERVISOR, buscfg.ADMIN):
+        nc = await _connect_as(secured.stack, identity, [], asyncio.Event())
+        js = nc.jetstream(timeout=1.0)
+        try:
+            if identity == buscfg.ADMIN:  # allowed to ask; the stream itself says no
+                with pytest.raises(APIError, match="stream purge not permitted"):
+                    await js.purge_stream(events)
+                with pytest.raises(APIError, match="message delete not permitted"):
+                    await js.delete_msg(events, 1)
+                continue
+            with pytest.raises(TimeoutError):  # the server drops the request: no such right
+                await js.purge_stream(events)
+            with pytest.raises(TimeoutError):
+                await js.delete_msg(events, 1)
+        finally:
+            await nc.close()
+    lines = secured.stack.violations()[before:]
+    for api in (f"$JS.API.STREAM.PURGE.{events}", f"$JS.API.STREAM.MSG.DELETE.{events}"):
+        assert sum(f'Subject "{api}"' in line for line in lines) == 2  # console and supervisor
