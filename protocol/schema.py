@@ -71,9 +71,10 @@ def asyncapi(subjects: Subjects | None = None) -> dict[str, Any]:
             role="agent role",
         ),
         "tool": _channel(
-            f"{p}.tool.{{tool}}", ToolCall.__name__,
-            "Core NATS request-reply; the reply is a ToolResult. Carries the task's grant.",
-            tool="tool name",
+            f"{p}.tool.{{tool}}.{{caller}}", ToolCall.__name__,
+            "Core NATS request-reply; the reply is a ToolResult. Carries the task's grant, whose "
+            "role must be the caller token (the secured bus lets only that role publish there).",
+            tool="tool name", caller="the calling agent's role",
         ),
         "humanQueue": _channel(
             s.human_queue, Escalation.__name__,
@@ -85,7 +86,9 @@ def asyncapi(subjects: Subjects | None = None) -> dict[str, Any]:
         ),
         "event": _channel(
             f"{p}.event.{{workflow_id}}", Event.__name__,
-            f"JetStream {s.stream('events')}: the audit trail.",
+            f"JetStream {s.stream('events')}: the audit trail, one hash chain per workflow: each "
+            "record's prev is the SHA-256 of the stored record before it; append with "
+            "Nats-Expected-Last-Subject-Sequence.",
             workflow_id="workflow id",
         ),
         "deadLetter": {

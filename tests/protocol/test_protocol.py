@@ -196,7 +196,7 @@ def test_asyncapi_lists_every_subject_family() -> None:
     doc = asyncapi(Subjects("acme"))
     assert doc["asyncapi"].startswith("3.")
     addresses = {c["address"] for c in doc["channels"].values()}
-    assert {"acme.workflow.submit", "acme.task.{role}", "acme.result.{role}", "acme.tool.{tool}",
+    assert {"acme.workflow.submit", "acme.task.{role}", "acme.result.{role}", "acme.tool.{tool}.{caller}",
             "acme.human.queue", "acme.human.decision", "acme.event.{workflow_id}",
             "acme.dlq.{kind}", "acme.workflow.outcome.{workflow_id}"} <= addresses
     for op in doc["operations"].values():
