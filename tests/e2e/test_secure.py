@@ -7,8 +7,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -16,7 +19,8 @@ from nats.aio.client import Client
 from nats.js.errors import APIError
 
 from switchyard import buscfg
-from switchyard.protocol import Subjects, ToolCall, encode
+from switchyard.client import SwitchyardClient
+from switchyard.protocol import Subjects, ToolCall, ToolResult, decode, encode, grants
 from switchyard.settings import Settings
 from switchyard.stack import LocalStack
 from switchyard.supervisor.policy import load_policy
@@ -164,3 +168,55 @@ async def test_nobody_can_purge_or_delete_the_audit_trail(secured: Deployment) -
     lines = secured.stack.violations()[before:]
     for api in (f"$JS.API.STREAM.PURGE.{events}", f"$JS.API.STREAM.MSG.DELETE.{events}"):
         assert sum(f'Subject "{api}"' in line for line in lines) == 2  # console and supervisor
+
+
+def _grant(signer: grants.Signer, **kw: Any) -> str:
+    now = time.time()
+    fields: dict[str, Any] = dict(id=f"g-{uuid.uuid4().hex[:8]}", workflow_id="wg", task_id="wg:a:1",
+                                  role="action", tools=["propose_refund"], budget=1,
+                                  issued_at=now, expires_at=now + 60, issuer="")
+    return signer.mint(grants.Grant(**(fields | kw)))
+
+
+async def test_bad_grants_are_refused_and_audited_under_the_generated_config(
+    secured: Deployment,
+) -> None:
+    """As the action agent's own identity, on its own tool subject: forged, expired, other-role
+    and replayed-beyond-budget grants. None is accepted; each refusal is audited with its code."""
+    stack, s = secured.stack, secured.settings.subjects
+    signer = grants.Signer(secured.settings.load_seed(create=False))  # the real supervisor's key
+    store = SupportStore(secured.settings.data_dir / "support.db")
+    refunds = len(store.refunds())
+    before = len(stack.violations())
+    nc = await nats.connect(stack.url, **stack.connect_options(buscfg.agent_identity("action")))
+    budget_one = _grant(signer)
+    cases = [
+        ("grant_invalid", _grant(grants.Signer(grants.new_seed()))),  # forged: another key
+        ("grant_expired", _grant(signer, expires_at=time.time() - 1)),
+        ("grant_scope", _grant(signer, role="compliance")),  # a real grant of another role
+        ("limit_exceeded", _grant(signer, limits={"propose_refund": {"amount": 10}})),
+        (None, budget_one),  # the one call its budget allows (a small refund, under approval)
+        ("budget_exhausted", budget_one),  # replayed beyond its budget, with a new call
+    ]
+    try:
+        for n, (code, grant) in enumerate(cases):
+            call = ToolCall(tool="propose_refund", grant=grant, task_id="wg:a:1", workflow_id="wg",
+                            args={"customer_id": "C-1001", "amount": 50, "reason": "r"},
+                            idempotency_key=f"wg:a:{n}")
+            reply = decode((await nc.request(s.tool("propose_refund", "action"), encode(call),
+                                              timeout=5)).data, ToolResult)
+            assert (reply.error.code if reply.error else None) == code, (code, reply)
+    finally:
+        await nc.close()
+    assert len(store.refunds()) == refunds + 1  # only the call within the budget ran
+    store.close()
+    client_nc = await nats.connect(stack.url, **stack.connect_options(buscfg.CONSOLE))
+    try:
+        client = SwitchyardClient(client_nc, s)
+        entries = [e for r in await client.events("wg") for e in r.entries]
+        assert [e.data.get("code") for e in entries if e.type == "tool.refused"] == [
+            c for c, _ in cases if c]
+        assert (await client.verify("wg")).ok
+    finally:
+        await client_nc.close()
+    assert stack.violations()[before:] == []  # all of it allowed by the bus; refused by the host
