@@ -12,7 +12,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from pydantic import BaseModel
 
 from switchyard.agents.model import ModelClient
-from switchyard.protocol import codec
+from switchyard.protocol import codec, faults
 from switchyard.protocol.errors import ErrorCode, ToolError
 from switchyard.protocol.grants import call_digest
 from switchyard.protocol.headers import TRACEPARENT
@@ -84,6 +84,7 @@ class TaskContext:
         if self.task.deadline:
             timeout = max(0.1, min(timeout, self.task.deadline - time.time()))
         headers = {TRACEPARENT: self._traceparent} if self._traceparent else None
+        faults.hit("agent.before_tool_call")
         try:
             reply = await self._nc.request(
                 self._subjects.tool(name, self.task.role), codec.encode(call), timeout=timeout,
@@ -96,6 +97,7 @@ class TaskContext:
                 f"tool {name!r} did not answer within {timeout:.1f} s",
                 code=ErrorCode.TIMEOUT, retryable=True,
             ) from None
+        faults.hit("agent.after_tool_call")
         result = codec.decode(reply.data, ToolResult)
         self.tool_calls.append({"tool": name, "ok": result.ok, "approved_by": result.approved_by})
         if not result.ok:

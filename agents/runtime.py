@@ -49,6 +49,7 @@ from switchyard.agents.context import TaskContext
 from switchyard.agents.model import ModelClient
 from switchyard.agents.signals import NeedsHuman, Reject, Retry, Scored
 from switchyard.protocol import codec, grants
+from switchyard.protocol import faults
 from switchyard.protocol.audit import AuditLog
 from switchyard.protocol.errors import (
     ConfigError,
@@ -516,6 +517,7 @@ class Agent:
         setattr(self.counters, outcome, getattr(self.counters, outcome) + 1)
         self._metrics[0].labels(self.role, outcome).inc()
         if error is None or error.code not in (ErrorCode.INVALID_INPUT, ErrorCode.REJECTED):
+            faults.hit("agent.before_ack")
             await msg.ack()
 
     async def _dead_letter(self, msg: Msg, code: str, reason: str, workflow_id: str) -> None:

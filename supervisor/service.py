@@ -30,7 +30,7 @@ from nats.micro import add_service
 from nats.micro.service import Service, ServiceConfig
 from prometheus_client import CollectorRegistry, Counter
 
-from switchyard.protocol import codec, grants
+from switchyard.protocol import codec, faults, grants
 from switchyard.protocol.audit import AuditLog
 from switchyard.protocol.errors import ConfigError, ErrorCode, ProtocolError
 from switchyard.protocol.headers import (
@@ -399,12 +399,14 @@ class Supervisor:
                 self._cache.pop(workflow_id, None)
                 fresh = True
                 continue
+            faults.hit("supervisor.after_store")
             self._transitions.labels(type(event).__name__).inc()
             await self._execute(wf, step.state, step.effects)
             break
         else:
             raise RuntimeError(f"workflow {workflow_id}: 20 revision conflicts in a row")
         if msg is not None:
+            faults.hit("supervisor.before_ack")
             await msg.ack()
 
     async def _execute(self, wf: Workflow, state: WorkflowState, effects: list[Effect]) -> None:

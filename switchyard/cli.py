@@ -205,6 +205,9 @@ def agent_run(target: Annotated[str, typer.Argument(
 def tools_run(
     mcp: Annotated[list[str] | None, typer.Option(
         "--mcp", help="also serve an MCP server's tools: name=command [args] (repeatable)")] = None,
+    extra: Annotated[list[str] | None, typer.Option(
+        "--tools", help="also serve your tools: module:attr naming a ToolRegistry or a list of "
+                        "tools (repeatable)")] = None,
 ) -> None:
     """Run the tool host: the built-in support tools (SQLite in the data dir), plus the tools of
     any MCP servers given, under the same grants, ledger and audit."""
@@ -221,6 +224,11 @@ def tools_run(
         nc = await nats.connect(settings.nats_url, name="sy-toolhost",
                                 **settings.connect_options())
         registry, store = support_registry(settings.data_dir / "support.db")
+        sys.path.insert(0, os.getcwd())
+        for spec in extra or []:
+            module_name, _, attr = spec.partition(":")
+            for t in getattr(importlib.import_module(module_name), attr):
+                registry.add(t)
         async with contextlib.AsyncExitStack() as stack:
             for server in servers:
                 bridge = await stack.enter_async_context(McpBridge(server))
@@ -345,6 +353,52 @@ def demo(
         for line in report.violations[:20]:
             out.print(f"  {line}")
     raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
+def chaos(
+    scenario: Annotated[list[str] | None, typer.Option(
+        help="agents, supervisor, nats, poison (repeatable; default all)")] = None,
+    scale: Annotated[str, typer.Option(help="ci (minutes) or full (the issue's sizes)")] = "ci",
+    seed: Annotated[int, typer.Option(help="seeds the fault points and the kills")] = 1,
+    json_file: Annotated[Path | None, typer.Option("--json", help="also write JSON here")] = None,
+) -> None:
+    """Run the real stack under named, seeded faults and count: submitted, completed, escalated,
+    lost, duplicated side effects, faults fired. Exit 1 if any scenario lost or duplicated
+    anything, or a fault it asked for never fired."""
+    from switchyard.chaos import SCENARIOS, SIZES, reports_json, run_scenario
+
+    _settings()
+    names = scenario or list(SCENARIOS)
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown or scale not in SIZES:
+        err.print(f"[red]unknown scenario {unknown} or scale {scale!r}[/] "
+                  f"(scenarios: {', '.join(SCENARIOS)}; scales: {', '.join(SIZES)})")
+        raise typer.Exit(2)
+    reports = []
+    for name in names:
+        err.print(f"· {name} ({scale}, seed {seed})")
+        reports.append(asyncio.run(run_scenario(name, scale=scale, seed=seed)))
+    table = Table(title="fault injection (acknowledged work only)")
+    for col in ("scenario", "submitted", "acked", "completed", "escalated", "failed", "lost",
+                "dup effects", "faults fired", "kills", "restarts", "s", "ok"):
+        table.add_column(col)
+    for r in reports:
+        fired = ", ".join(f"{k.split('.', 1)[1]} {v}" for k, v in sorted(r.faults_fired.items()))
+        table.add_row(r.scenario, str(r.submitted), str(r.acknowledged), str(r.completed),
+                      str(r.escalated), str(r.failed), str(r.lost), str(r.duplicated_effects),
+                      fired or "-", str(r.kills), str(r.restarts), f"{r.elapsed_s:.0f}",
+                      "[green]yes[/]" if r.ok else "[red]NO[/]")
+    out.print(table)
+    for r in reports:
+        if r.scenario == "poison":
+            out.print(f"poison: {r.dead_lettered}/{r.bad_inputs} bad inputs dead-lettered with a "
+                      f"reason; processes restarted: {len(r.processes_restarted)}")
+        for problem in r.problems:
+            out.print(f"[red]{r.scenario}: {problem}[/]")
+    if json_file is not None:
+        json_file.write_bytes(reports_json(reports))
+    raise typer.Exit(0 if all(r.ok for r in reports) else 1)
 
 
 @app.command()

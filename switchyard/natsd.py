@@ -162,6 +162,18 @@ class NatsServer:
         if self._tmp is not None:
             self._tmp.cleanup()
 
+    async def kill(self) -> None:
+        """SIGKILL, as a crash would: no shutdown, whatever was not fsynced may be lost."""
+        if self._state is not _State.RUNNING or self._proc is None:
+            return
+        self._state = _State.STOPPED
+        self._proc.kill()
+        await self._proc.wait()
+        if self._stderr_task is not None:
+            self._stderr_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._stderr_task
+
     async def __aenter__(self) -> NatsServer:
         return await self.start()
 

@@ -110,7 +110,7 @@ class Settings(BaseSettings):
     def supervisor_config(self) -> SupervisorConfig:
         return SupervisorConfig(
             seed=self.load_seed(), workflows=self.load_workflows(), nats_url=self.nats_url,
-            subjects=self.subjects, policy=self.load_policy(),
+            subjects=self.subjects, policy=self.load_policy(), ack_wait=self.ack_wait,
             connect_options=self.connect_options(),
         )
 

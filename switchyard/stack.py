@@ -55,8 +55,18 @@ class LocalStack:
     def __init__(
         self, settings: Settings, *, roles: tuple[str, ...] = ROLES,
         agents: dict[str, str] | None = None, toolhost: bool = True, secure: bool = False,
+        env: dict[str, str] | None = None, replicas: dict[str, int] | None = None,
+        toolhost_args: tuple[str, ...] = (),
     ) -> None:
-        """``agents`` maps role to ``module:attr`` (default: the built-in agents of ``roles``)."""
+        """``agents`` maps role to ``module:attr`` (default: the built-in agents of ``roles``);
+        ``env`` is added to every process's environment; ``replicas`` runs more than one of a
+        part (``{"supervisor": 2, "agent-triage": 3}``; the others are named ``supervisor-2``…)."""
+        self.env = env or {}
+        self.replicas = replicas or {}
+        self.toolhost_args = toolhost_args
+        self._args: dict[str, tuple[str, ...]] = {}
+        self.incarnations: dict[str, int] = {}
+        self._identity: dict[str, str] = {}
         self.settings = settings
         self.agents = agents or {role: role for role in roles}
         self.roles = tuple(self.agents)
@@ -113,11 +123,11 @@ class LocalStack:
         try:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             self.settings.load_seed()  # created once, before any process needs it
-            await self._spawn("supervisor", "supervisor", "run")
+            await self._spawn_all("supervisor", "supervisor", "run")
             if self.toolhost:
-                await self._spawn("toolhost", "tools", "run")
+                await self._spawn_all("toolhost", "tools", "run", *self.toolhost_args)
             for role, target in self.agents.items():
-                await self._spawn(f"agent-{role}", "agent", "run", target)
+                await self._spawn_all(f"agent-{role}", "agent", "run", target)
             await self._wait_ready(nc, ready_timeout)
         except BaseException:
             await nc.close()
@@ -138,17 +148,32 @@ class LocalStack:
         finally:
             await nc.close()
 
+    async def _spawn_all(self, name: str, *args: str) -> None:
+        for n in range(1, self.replicas.get(name, 1) + 1):
+            replica = name if n == 1 else f"{name}-{n}"
+            self._identity[replica] = name  # replicas share their part's identity on the bus
+            await self._spawn(replica, *args)
+
+    async def respawn(self, name: str) -> asyncio.subprocess.Process:
+        """Start process ``name`` again (after it died) with the same command."""
+        await self._spawn(name, *self._args[name])
+        return self.procs[name]
+
     async def _spawn(self, name: str, *args: str) -> None:
+        self._args[name] = args
+        run = self.incarnations[name] = self.incarnations.get(name, 0) + 1
         port = self.settings.metrics_port
-        metrics = str(port + len(self.procs)) if port else "0"  # one port per process, in order
+        index = list(self.procs).index(name) if name in self.procs else len(self.procs)
+        metrics = str(port + index) if port else "0"  # one port per process, in order
         env = {**os.environ, "NATS_URL": self.url, "SWITCHYARD_METRICS_PORT": metrics,
                "SWITCHYARD_PARENT_PID": str(os.getpid()),
                "SWITCHYARD_DATA_DIR": str(self.settings.data_dir),
                "SWITCHYARD_PREFIX": self.settings.prefix,
                "SWITCHYARD_WORKFLOWS": self.settings.workflows,
-               "SWITCHYARD_CONCURRENCY": str(self.settings.concurrency)}
+               "SWITCHYARD_CONCURRENCY": str(self.settings.concurrency),
+               "SWITCHYARD_FAULT_NAME": name, "SWITCHYARD_FAULT_RUN": str(run), **self.env}
         if self.secure:
-            env["SWITCHYARD_NKEY_FILE"] = str(self.creds.seed_file(name))
+            env["SWITCHYARD_NKEY_FILE"] = str(self.creds.seed_file(self._identity.get(name, name)))
         log = open(self.log_dir / f"{name}.log", "ab")
         self._logs.append(log)
         self.procs[name] = await asyncio.create_subprocess_exec(

@@ -1,0 +1,47 @@
+"""The fault-injection suite, CI-sized: the real stack as processes under named, seeded faults.
+Run it alone with ``pytest -m chaos``; ``switchyard chaos --scale full`` runs the issue's sizes
+(1000 tasks, 200 workflows, 5000 tasks, 50 + 100 inputs)."""
+
+from __future__ import annotations
+
+import pytest
+
+from switchyard.chaos import SIZES, run_scenario
+
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(200)]
+
+
+async def test_agents_killed_at_every_point_lose_and_repeat_nothing() -> None:
+    r = await run_scenario("agents", scale="ci", seed=1)
+    assert r.ok, r.problems
+    assert r.acknowledged == r.completed == SIZES["ci"]["agents"]
+    assert (r.lost, r.duplicated_effects) == (0, 0)
+    assert r.effects == r.completed  # one side effect per workflow, however many deliveries
+    assert set(r.faults_fired) == {"agent.before_tool_call", "agent.after_tool_call",
+                                   "agent.before_ack"}  # each point really fired
+    assert r.restarts >= sum(r.faults_fired.values()) + r.kills  # and the keeper restarted them
+
+
+async def test_two_supervisors_killed_repeatedly_accept_each_step_once() -> None:
+    r = await run_scenario("supervisor", scale="ci", seed=1)
+    assert r.ok, r.problems
+    assert r.completed == SIZES["ci"]["supervisor"] and r.lost == 0
+    assert r.kills >= SIZES["ci"]["supervisor_kills"]
+    assert r.steps_accepted_twice == 0 and r.duplicated_effects == 0
+    assert r.effects == 5 * r.completed
+
+
+async def test_a_nats_crash_midway_loses_no_acknowledged_workflow() -> None:
+    r = await run_scenario("nats", scale="ci", seed=1)
+    assert r.ok, r.problems
+    assert (r.kills, r.restarts) == (1, 1)
+    assert r.completed == r.acknowledged == SIZES["ci"]["nats"]
+    assert (r.lost, r.duplicated_effects) == (0, 0)
+
+
+async def test_poison_is_dead_lettered_and_nothing_dies() -> None:
+    r = await run_scenario("poison", scale="ci", seed=1)
+    assert r.ok, r.problems
+    assert r.dead_lettered == r.bad_inputs == SIZES["ci"]["poison"]
+    assert r.processes_restarted == []
+    assert r.completed == SIZES["ci"]["good"]
