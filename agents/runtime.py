@@ -48,8 +48,7 @@ from pydantic import BaseModel, ValidationError
 from switchyard.agents.context import TaskContext
 from switchyard.agents.model import ModelClient
 from switchyard.agents.signals import NeedsHuman, Reject, Retry, Scored
-from switchyard.protocol import codec, grants
-from switchyard.protocol import faults
+from switchyard.protocol import codec, faults, grants
 from switchyard.protocol.audit import AuditLog
 from switchyard.protocol.errors import (
     ConfigError,
