@@ -125,7 +125,7 @@ def identities(policy: Policy | None, roles: Iterable[str], s: Subjects) -> list
     pub, sub = r.base(CONSOLE)
     pub += [s.submit, s.human_decision, "$SRV.>", f"{p}.agent.*.schema",
             *r.durable(r.stream("human"), "reviewers"), *r.read_stream(r.stream("events")),
-            *r.read_stream(r.stream("outcomes"))]
+            *r.read_stream(r.stream("outcomes")), *r.read_stream(r.stream("dlq"))]
     for bucket in ("workflows", "escalations", "workflow_defs"):
         pub += [*r.kv_read(bucket), *r.kv_list(bucket)]
     out.append(Identity(CONSOLE, tuple(pub), tuple(sub), responses=False))

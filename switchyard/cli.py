@@ -39,6 +39,8 @@ policy_app = typer.Typer(help="The tool policy.", no_args_is_help=True)
 workflow_app = typer.Typer(help="Workflow definitions on the bus.", no_args_is_help=True)
 review_app = typer.Typer(help="Escalations waiting for a person.", invoke_without_command=True)
 audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=True)
+dlq_app = typer.Typer(help="Dead letters: what could not be processed, and why.",
+                      no_args_is_help=True)
 app.add_typer(agent_app, name="agent")
 app.add_typer(tools_app, name="tools")
 app.add_typer(supervisor_app, name="supervisor")
@@ -47,6 +49,7 @@ app.add_typer(review_app, name="review")
 app.add_typer(workflow_app, name="workflow")
 app.add_typer(policy_app, name="policy")
 app.add_typer(audit_app, name="audit")
+app.add_typer(dlq_app, name="dlq")
 
 out = Console()
 err = Console(stderr=True)
@@ -772,6 +775,88 @@ def audit_verify(workflow_ids: list[str], json_out: JsonOpt = False) -> None:
             for problem in v.problems:
                 out.print(f"  {problem}")
     if not all(v.ok for v in results.values()):
+        raise typer.Exit(1)
+
+
+@dlq_app.command("list")
+def dlq_list(
+    kind: Annotated[str, typer.Option(help="task, result, tool, submit or decision")] = "",
+    limit: Annotated[int, typer.Option(help="the newest this many")] = 100,
+    json_out: JsonOpt = False,
+) -> None:
+    """The newest dead letters: when, what kind, why (code and reason), who refused it."""
+    import datetime
+
+    settings = _settings()
+
+    async def main() -> list[Any]:
+        async with _client(settings) as client:
+            return await client.dead_letters(kind=kind, limit=limit)
+
+    letters = _once(main())
+    if json_out:
+        _dump([d.summary() for d in letters])
+        return
+    table = Table(title=f"dead letters ({len(letters)})")
+    for col in ("seq", "at", "kind", "code", "reason", "source", "deliveries"):
+        table.add_column(col)
+    for d in letters:
+        at = datetime.datetime.fromtimestamp(d.at).strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(str(d.seq), at, d.kind, d.code, d.reason[:80], d.source, d.deliveries or "-")
+    out.print(table)
+
+
+@dlq_app.command("show")
+def dlq_show(seq: int, json_out: JsonOpt = False) -> None:
+    """One dead letter: its headers and its original body."""
+    settings = _settings()
+
+    async def main() -> Any:
+        async with _client(settings) as client:
+            return await client.dead_letter(seq)
+
+    try:
+        letter = _once(main())
+    except LookupError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    try:
+        body: Any = json.loads(letter.data)
+    except ValueError:
+        body = letter.data[:2000].decode(errors="replace")
+    if json_out:
+        _dump({**letter.summary(), "body": body})
+        return
+    for key, value in letter.summary().items():
+        out.print(f"[bold]{key}[/]: {value}")
+    out.print_json(data=body) if not isinstance(body, str) else out.print(repr(body))
+
+
+@dlq_app.command("replay")
+def dlq_replay(seqs: list[int]) -> None:
+    """Put dead letters back on their original subjects (new message ids), once the cause is
+    fixed; each replay is audited. Tool calls are not replayed (retry their task instead)."""
+    settings = _settings()
+
+    async def main() -> list[tuple[int, int | str]]:
+        done: list[tuple[int, int | str]] = []
+        async with _client(settings) as client:
+            for seq in seqs:
+                try:
+                    done.append((seq, await client.replay(seq, operator=os.environ.get(
+                        "USER", "operator"))))
+                except (LookupError, ValueError) as exc:
+                    done.append((seq, str(exc)))
+        return done
+
+    failed = False
+    for seq, result in _once(main()):
+        if isinstance(result, int):
+            out.print(f"replayed {seq}: stream sequence {result}")
+        else:
+            failed = True
+            err.print(f"[red]{result}[/]")
+    if failed:
         raise typer.Exit(1)
 
 

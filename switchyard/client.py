@@ -19,19 +19,29 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import NotFoundError
 
 from switchyard.protocol import codec
-from switchyard.protocol.audit import Verification, verify_chain
-from switchyard.protocol.headers import MSG_ID, PROTOCOL
+from switchyard.protocol.audit import AuditLog, Verification, verify_chain
+from switchyard.protocol.headers import (
+    DLQ_CODE,
+    DLQ_DELIVERIES,
+    DLQ_REASON,
+    DLQ_SOURCE,
+    DLQ_STREAM_SEQ,
+    DLQ_SUBJECT,
+    MSG_ID,
+    PROTOCOL,
+)
 from switchyard.protocol.messages import (
     PROTOCOL_VERSION,
     Decision,
     DecisionAction,
+    Entry,
     Escalation,
     Event,
     Outcome,
     WorkflowRequest,
 )
 from switchyard.protocol.streams import open_bucket
-from switchyard.protocol.subjects import Subjects
+from switchyard.protocol.subjects import Subjects, safe_token
 from switchyard.supervisor.escalation import EscalationIndex
 from switchyard.supervisor.store import WorkflowStore
 
@@ -46,6 +56,52 @@ class WaitResult:
     outcome: Outcome | None = None
     reason: str = ""
     escalation_id: str = ""
+
+
+@dataclass
+class DeadLetter:
+    """A message that could not be processed, as ``sy.dlq.<kind>`` holds it: the original bytes,
+    and why, in headers."""
+
+    seq: int
+    at: float
+    kind: str
+    subject: str  # where it was originally published
+    code: str
+    reason: str
+    source: str
+    stream_seq: str
+    deliveries: str
+    data: bytes
+
+    @classmethod
+    def of(cls, raw: Any) -> DeadLetter:
+        h = raw.headers or {}
+        return cls(
+            seq=raw.seq or 0, at=raw.time.timestamp() if raw.time else 0.0,
+            kind=(raw.subject or "").rsplit(".", 1)[-1], subject=h.get(DLQ_SUBJECT, ""),
+            code=h.get(DLQ_CODE, ""), reason=h.get(DLQ_REASON, ""), source=h.get(DLQ_SOURCE, ""),
+            stream_seq=h.get(DLQ_STREAM_SEQ, ""), deliveries=h.get(DLQ_DELIVERIES, ""),
+            data=raw.data or b"",
+        )
+
+    def summary(self) -> dict[str, Any]:
+        return {"seq": self.seq, "at": self.at, "kind": self.kind, "subject": self.subject,
+                "code": self.code, "reason": self.reason, "source": self.source,
+                "stream_seq": self.stream_seq, "deliveries": self.deliveries,
+                "bytes": len(self.data)}
+
+
+def _workflow_of(data: bytes) -> str:
+    """The workflow id a dead letter names, if it is JSON that names one."""
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return ""
+    if not isinstance(doc, dict):
+        return ""
+    value = doc.get("workflow_id") or doc.get("id") or ""
+    return safe_token(value) if isinstance(value, str) and value else ""
 
 
 class SwitchyardClient:
@@ -163,6 +219,46 @@ class SwitchyardClient:
                 await msg.ack()  # already decided or expired
         finally:
             await psub.unsubscribe()
+
+    # dead letters -------------------------------------------------------------------------------
+
+    async def dead_letters(self, *, kind: str = "", limit: int = 100) -> list[DeadLetter]:
+        """The newest ``limit`` dead letters (of one ``kind`` if given), oldest first."""
+        stream = self.s.stream("dlq")
+        info = await self.js.stream_info(stream)
+        out: list[DeadLetter] = []
+        seq = info.state.last_seq
+        while seq >= max(1, info.state.first_seq) and len(out) < limit:
+            try:
+                letter = DeadLetter.of(await self.js.get_msg(stream, seq))
+            except NotFoundError:
+                letter = None
+            if letter is not None and (not kind or letter.kind == kind):
+                out.append(letter)
+            seq -= 1
+        return out[::-1]
+
+    async def dead_letter(self, seq: int) -> DeadLetter:
+        try:
+            return DeadLetter.of(await self.js.get_msg(self.s.stream("dlq"), seq))
+        except NotFoundError:
+            raise LookupError(f"no dead letter {seq}") from None
+
+    async def replay(self, seq: int, *, operator: str = "operator") -> int:
+        """Put a dead letter's original bytes back on its original subject, under a new message
+        id, and audit it. Returns the new stream sequence. Tool calls (core request-reply, under
+        a grant that has likely expired) are not replayed: retry their task instead."""
+        letter = await self.dead_letter(seq)
+        if not letter.subject or letter.kind == "tool":
+            raise ValueError(f"dead letter {seq} was a {letter.kind or 'unknown'} message on "
+                             f"{letter.subject or '?'}: only stream messages can be replayed")
+        ack = await self.js.publish(letter.subject, letter.data, headers={
+            MSG_ID: f"replay:{seq}:{time.time_ns()}", PROTOCOL: PROTOCOL_VERSION})
+        workflow_id = _workflow_of(letter.data) or "unknown"
+        await AuditLog(self.js, self.s, operator).append(workflow_id, [Entry(
+            type="dlq.replayed", data={"dlq_seq": seq, "subject": letter.subject,
+                                       "stream_seq": ack.seq, "code": letter.code})])
+        return ack.seq
 
     # discovery ----------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 from nats.js.api import DeliverPolicy
 
 from switchyard.client import SwitchyardClient
-from switchyard.protocol import Task, encode, grants
+from switchyard.protocol import Event, Task, ToolCall, decode, encode, grants
 from switchyard.protocol.headers import DLQ_CODE
 from switchyard.tools.builtin import SupportStore
 
@@ -311,3 +312,55 @@ async def test_processes_serve_prometheus_metrics(
         host.send_signal(signal.SIGTERM)
         async with asyncio.timeout(20):
             await host.wait()
+
+
+async def test_dlq_list_show_and_replay_once_the_cause_is_fixed(
+    deployment: Deployment, tmp_path: Path,
+) -> None:
+    """A submission for a workflow nobody has put yet is dead-lettered; once the operator puts
+    it, replaying the dead letter runs it."""
+    wid = f"late-{uuid.uuid4().hex[:6]}"
+    nc = await nats.connect(deployment.stack.url)
+    try:
+        await SwitchyardClient(nc, deployment.settings.subjects).submit(
+            "triage_only", {"text": "My invoice is wrong"}, workflow_id=wid)
+        failed = await SwitchyardClient(nc, deployment.settings.subjects).wait(wid, timeout=15)
+    finally:
+        await nc.close()
+    assert failed.status == "failed" and "unknown workflow 'triage_only'" in failed.reason
+    listed = json.loads((await deployment.cli("dlq", "list", "--kind", "submit", "--json")).stdout)
+    [letter] = [d for d in listed if d["code"] == "invalid_input" and "triage_only" in d["reason"]]
+    shown = json.loads((await deployment.cli("dlq", "show", str(letter["seq"]), "--json")).stdout)
+    assert shown["body"]["id"] == wid and shown["subject"] == deployment.settings.subjects.submit
+    (tmp_path / "triage_only.yaml").write_text(
+        "name: triage_only\nsteps:\n  - {name: t, role: triage, input: {text: input.text}}\n")
+    put = await deployment.cli("workflow", "put", "triage_only.yaml", cwd=tmp_path)
+    assert put.code == 0, put.stderr
+    nc = await nats.connect(deployment.stack.url)
+    try:
+        client = SwitchyardClient(nc, deployment.settings.subjects)
+        new = await nc.jetstream().subscribe(deployment.settings.subjects.event(wid),
+                                             ordered_consumer=True, deliver_policy=DeliverPolicy.NEW)
+        replay = await deployment.cli("dlq", "replay", str(letter["seq"]))
+        assert replay.code == 0, replay.stderr
+        async with asyncio.timeout(20):  # this time it runs: the triage step reports back
+            seen: list[str] = []
+            while "step.ok" not in seen:
+                seen += [e.type for e in decode((await new.next_msg(timeout=None)).data,
+                                                Event).entries]
+        await new.unsubscribe()
+        kinds = [e.type for r in await client.events(wid) for e in r.entries]
+        assert "dlq.replayed" in kinds and kinds.count("workflow.submitted") == 1
+        assert (await client.verify(wid)).ok
+    finally:
+        await nc.close()
+    nc = await nats.connect(deployment.stack.url)
+    try:  # a tool call without a grant: refused and dead-lettered, and not replayable
+        call = ToolCall(tool="kb_search", args={"query": "x"}, grant="", task_id="t", workflow_id="w")
+        await nc.request(deployment.settings.subjects.tool("kb_search", "retrieval"), encode(call),
+                         timeout=5)
+    finally:
+        await nc.close()
+    tools = json.loads((await deployment.cli("dlq", "list", "--kind", "tool", "--json")).stdout)
+    refused = await deployment.cli("dlq", "replay", str(tools[-1]["seq"]))
+    assert refused.code == 1 and "only stream messages can be replayed" in " ".join(refused.stderr.split())
