@@ -14,6 +14,7 @@ DLQ_SUBJECT = "Sy-Dlq-Subject"
 DLQ_STREAM_SEQ = "Sy-Dlq-Stream-Seq"
 DLQ_DELIVERIES = "Sy-Dlq-Deliveries"
 DLQ_SOURCE = "Sy-Dlq-Source"
+DLQ_HISTORY = "Sy-Dlq-History"  # JSON: the step's attempts so far, for a task given up on
 
 
 def traceparent_for(workflow_id: str, span_seed: str = "") -> str:

@@ -46,7 +46,15 @@ def stream_configs(s: Subjects, *, replicas: int = 1) -> list[StreamConfig]:
         cfg("events", [s.all("event")], max_age=30 * DAY, deny_delete=True, deny_purge=True,
             discard=DiscardPolicy.OLD),
         cfg("dlq", [s.all("dlq")], max_age=30 * DAY),
+        # the server's word that a task was delivered max_deliver times and never acknowledged,
+        # kept until the supervisor has dead-lettered that task (core advisories are not kept)
+        cfg("advisories", [max_deliveries_subject(s)], retention=RetentionPolicy.WORK_QUEUE,
+            max_age=7 * DAY),
     ]
+
+
+def max_deliveries_subject(s: Subjects) -> str:
+    return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{s.stream('tasks')}.*"
 
 
 async def ensure_streams(js: JetStreamContext, s: Subjects, *, replicas: int = 1) -> None:

@@ -101,13 +101,22 @@ class DecisionReceived:
 
 
 @dataclass(frozen=True)
+class TaskDeadLettered:
+    """A task was delivered its maximum number of times and never acknowledged."""
+
+    step: str
+    attempt: int
+    reason: str
+
+
+@dataclass(frozen=True)
 class TimerFired:
     kind: TimerKind
     step: str
     attempt: int
 
 
-EngineEvent = Submitted | ResultReceived | DecisionReceived | TimerFired
+EngineEvent = Submitted | ResultReceived | DecisionReceived | TimerFired | TaskDeadLettered
 
 # effects out ----------------------------------------------------------------------------------
 
@@ -386,6 +395,8 @@ def transition(
         _on_result(run, event.result)
     elif isinstance(event, DecisionReceived):
         _on_decision(run, event.decision)
+    elif isinstance(event, TaskDeadLettered):
+        _on_dead_letter(run, event)
     else:
         _on_timer(run, event)
     if not run.effects and not run.entries:
@@ -478,6 +489,27 @@ def _on_decision(run: _Run, d: Decision) -> None:
     run.enter(pending.resume)
 
 
+def _on_dead_letter(run: _Run, d: TaskDeadLettered) -> None:
+    s = run.s
+    if s.status != "running" or d.step != s.current or d.attempt != s.attempt:
+        return  # an old attempt's task: the workflow has moved on
+    record = run.last_run()
+    if record is not None:
+        record.status, record.finished_at, record.error = "error", run.now, "dead_lettered"
+    run.clear_timer()
+    step = run.wf.step(s.current)
+    run.event("step.dead_lettered", step.name, attempt=s.attempt, reason=d.reason)
+    if step.fallback_role and s.role != step.fallback_role:
+        run.event("step.fallback", step.name, role=step.fallback_role, code="dead_lettered")
+        s.role = step.fallback_role
+        run.dispatch(step)
+    elif run.wf.on_dead_letter == "fail":
+        run.finish("failed", None, f"step {step.name}: {d.reason}")
+    else:
+        run.escalate(step.name, "failed", f"step {step.name}: {d.reason}",
+                     resume=run.wf.after(step.name))
+
+
 def _on_timer(run: _Run, t: TimerFired) -> None:
     s = run.s
     if t.kind != s.timer_kind or t.step != s.current or t.attempt != s.attempt:
@@ -499,6 +531,12 @@ def _on_timer(run: _Run, t: TimerFired) -> None:
                 return
             s.declined = [*s.declined, pending.call_digest]  # nobody approved it: refused
             run.dispatch(run.wf.step(pending.step))
+            return
+        if run.wf.on_human_timeout == "re_escalate":
+            run.escalate(pending.step, pending.kind,  # type: ignore[arg-type]
+                         f"{pending.reason} (not decided in time; escalated again)",
+                         resume=pending.resume, output=s.outputs.get(pending.step),
+                         round=pending.round + 1)
             return
         status: Status = "rejected" if run.wf.on_human_timeout == "reject" else "failed"
         run.finish(status, None, f"no decision on {pending.id} by its deadline")

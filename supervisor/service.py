@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import enum
 import heapq
+import json
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -34,6 +35,7 @@ from switchyard.protocol import codec, faults, grants
 from switchyard.protocol.audit import AuditLog
 from switchyard.protocol.errors import ConfigError, ErrorCode, ProtocolError
 from switchyard.protocol.headers import (
+    DLQ_HISTORY,
     MSG_ID,
     PROTOCOL,
     TRACEPARENT,
@@ -49,7 +51,12 @@ from switchyard.protocol.messages import (
     Task,
     WorkflowRequest,
 )
-from switchyard.protocol.streams import TRUST_KEY, ensure_streams, open_bucket
+from switchyard.protocol.streams import (
+    TRUST_KEY,
+    ensure_streams,
+    max_deliveries_subject,
+    open_bucket,
+)
 from switchyard.protocol.subjects import Subjects, check_token, safe_token
 from switchyard.supervisor.catalog import WorkflowCatalog
 from switchyard.supervisor.engine import (
@@ -64,6 +71,7 @@ from switchyard.supervisor.engine import (
     SendOutcome,
     SendTask,
     Submitted,
+    TaskDeadLettered,
     TimerFired,
     WorkflowState,
     due,
@@ -173,6 +181,7 @@ class Supervisor:
             (s.submit, "supervisor-submit", self._on_submit),
             (s.all("result"), "supervisor-results", self._on_result),
             (s.human_decision, "supervisor-decisions", self._on_decision),
+            (max_deliveries_subject(s), "supervisor-advisories", self._on_max_deliveries),
         ):
             psub = await js.pull_subscribe(
                 subject, durable=durable,
@@ -326,6 +335,53 @@ class Supervisor:
                                message.workflow_id)
             return
         await self._apply(wf, message.workflow_id, make_event(message), msg)
+
+    async def _on_max_deliveries(self, msg: Msg) -> None:
+        """A task was delivered max_deliver times and never acknowledged (its agent died of it, or
+        hung): copy it to the dead letters with why and its history, move its workflow on by the
+        workflow's policy, then take it off the work queue."""
+        assert self._js is not None
+        s = self.config.subjects
+        try:
+            advisory = json.loads(msg.data)
+            seq, deliveries = int(advisory["stream_seq"]), int(advisory["deliveries"])
+        except (ValueError, KeyError, TypeError):
+            await msg.term()
+            return
+        tasks = s.stream("tasks")
+        try:
+            raw = await self._js.get_msg(tasks, seq)
+        except nats.js.errors.NotFoundError:
+            await msg.ack()  # acknowledged or removed since: nothing is stuck
+            return
+        data = raw.data or b""
+        try:
+            task = codec.decode(data, Task, max_bytes=self.config.max_bytes)
+        except ProtocolError:
+            task = None
+        reason = (f"delivered {deliveries} times to {advisory.get('consumer', '?')} and never "
+                  "acknowledged")
+        state = None
+        if task is not None:
+            state, _ = await self._load(task.workflow_id, fresh=True)
+        history = [{"attempt": r.attempt, "role": r.role, "status": r.status, "error": r.error}
+                   for r in (state.history if state else []) if task and r.step == task.step]
+        headers = dead_letter_headers(reason=reason, code=ErrorCode.RETRIES_EXHAUSTED,
+                                      subject=raw.subject or s.task("?"), source=self.config.name,
+                                      stream_seq=seq, deliveries=deliveries)
+        headers[DLQ_HISTORY] = json.dumps(history)[:2000]
+        headers[MSG_ID] = f"dlq:task:{seq}"
+        await self._js.publish(s.dlq("task"), data, headers=headers)
+        self.counts["dead_lettered"] += 1
+        self._dead.labels("task").inc()
+        if task is not None and state is not None:
+            wf = await self._catalog.running(state.workflow)
+            if wf is not None:
+                await self._apply(wf, task.workflow_id,
+                                  TaskDeadLettered(task.step, task.attempt, reason), None)
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await self._js.delete_msg(tasks, seq)
+        await msg.ack()
 
     async def _workflow_of(self, workflow_id: str) -> Workflow | None:
         try:

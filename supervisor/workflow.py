@@ -67,7 +67,12 @@ class Workflow(BaseModel):
     steps: list[Step] = Field(min_length=1)
     output: str | None = None
     human_deadline_s: float = Field(default=24 * 3600.0, gt=0)
-    on_human_timeout: Literal["reject", "fail"] = "reject"
+    # an escalation nobody decided by its deadline: refuse, fail, or put it to people again
+    on_human_timeout: Literal["reject", "fail", "re_escalate"] = "reject"
+    # a task delivered max_deliver times and never acknowledged (it kills its agent, say): after
+    # it is dead-lettered, the step goes to its fallback role if it has one, else to a person
+    # ("escalate") or the workflow fails ("fail")
+    on_dead_letter: Literal["escalate", "fail"] = "escalate"
     # for tool calls held for approval; unset, the policy's defaults apply (then 1 h, reject)
     approval_deadline_s: float | None = Field(default=None, gt=0)
     on_approval_timeout: Literal["reject", "re_escalate"] | None = None

@@ -26,8 +26,9 @@ from switchyard.protocol.subjects import Subjects
 from switchyard.supervisor.policy import Policy
 
 ADMIN, SUPERVISOR, TOOLHOST, CONSOLE = "admin", "supervisor", "toolhost", "console"
-SUPERVISOR_DURABLES = ("supervisor-submit", "supervisor-results", "supervisor-decisions")
-STREAMS = ("workflows", "outcomes", "tasks", "results", "human", "events", "dlq")
+SUPERVISOR_DURABLES = ("supervisor-submit", "supervisor-results", "supervisor-decisions",
+                       "supervisor-advisories")
+STREAMS = ("workflows", "outcomes", "tasks", "results", "human", "events", "dlq", "advisories")
 BUCKETS = ("workflows", "escalations", "workflow_defs", "trust", "tool_ledger")
 
 
@@ -111,8 +112,11 @@ def identities(policy: Policy | None, roles: Iterable[str], s: Subjects) -> list
 
     pub, sub = r.base(SUPERVISOR)
     pub += [s.all("task"), s.human_queue, s.all("workflow.outcome"), s.all("dlq")]
-    for durable, stream in zip(SUPERVISOR_DURABLES, ("workflows", "results", "human"), strict=True):
+    for durable, stream in zip(SUPERVISOR_DURABLES, ("workflows", "results", "human", "advisories"),
+                               strict=True):
         pub += r.durable(r.stream(stream), durable)
+    tasks = r.stream("tasks")  # a task delivered too often: read, dead-lettered, then removed
+    pub += [f"$JS.API.STREAM.MSG.GET.{tasks}", f"$JS.API.STREAM.MSG.DELETE.{tasks}"]
     for bucket in ("workflows", "escalations", "workflow_defs", "trust"):
         pub += [*r.kv_write(bucket), *r.kv_list(bucket)]
     out.append(Identity(SUPERVISOR, tuple(pub), tuple(sub)))

@@ -6,6 +6,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import nats
 import pytest
 from nats.aio.client import Client
 from nats.js.client import JetStreamContext
@@ -280,3 +281,58 @@ async def test_supervisor_with_a_stale_cache_asks_the_store_before_dropping_a_re
     state, _ = await store.get("stale")
     assert state is not None and state.outputs["first"] == {"value": 4, "route": ""}
     assert state.current == "second"
+
+
+CRASHY = """
+name: crashy
+on_dead_letter: {policy}
+steps:
+  - {{name: only, role: crasher, timeout_s: 60}}
+"""
+
+
+@pytest.mark.parametrize("policy, status", [("escalate", "escalated"), ("fail", "failed")])
+async def test_a_task_never_acknowledged_is_dead_lettered_with_its_history(
+    policy: str, status: str, nc: Client, js: JetStreamContext, subjects: Subjects, seed: bytes,
+    watch: Callable[[str], Awaitable[Watch]],
+) -> None:
+    """The role's agent takes the task and dies before acking, every time (here: a consumer that
+    never acks). After max_deliver deliveries the server says so; the supervisor copies the task to
+    the dead letters with why and its history, moves the workflow on by its policy, and takes the
+    task off the work queue."""
+    from nats.js.api import AckPolicy, ConsumerConfig
+    from nats.js.errors import NotFoundError
+
+    from switchyard.protocol.headers import DLQ_DELIVERIES, DLQ_HISTORY
+
+    dlq = await watch(subjects.dlq("task"))
+    wf = parse_workflow(CRASHY.format(policy=policy))
+    sup = await Supervisor(SupervisorConfig(seed=seed, workflows={"crashy": wf}, subjects=subjects)
+                           ).start(nc)
+    try:
+        crasher = await js.pull_subscribe(
+            subjects.task("crasher"), durable="crasher", stream=subjects.stream("tasks"),
+            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=0.3, max_deliver=2))
+        client = SwitchyardClient(nc, subjects)
+        wid = await client.submit("crashy", {})
+        for _ in range(2):  # taken twice, acked never
+            [msg] = await crasher.fetch(1, timeout=10)
+            assert msg.metadata.num_delivered == _ + 1
+        with pytest.raises(nats.errors.TimeoutError):  # it asks again: the server says no more
+            await crasher.fetch(1, timeout=1)
+        res = await client.wait(wid, timeout=15)
+        assert res.status == status and "delivered 2 times to crasher and never acknowledged" in (
+            res.reason or (res.outcome.reason if res.outcome else ""))
+        dead = await dlq.next()
+        assert decode(dead.data, Task).workflow_id == wid  # the task's own bytes
+        assert dead.headers is not None and dead.headers[DLQ_DELIVERIES] == "2"
+        assert dead.headers[DLQ_CODE] == "retries_exhausted"
+        assert '"status": "dispatched"' in dead.headers[DLQ_HISTORY]
+        seq = int(dead.headers["Sy-Dlq-Stream-Seq"])
+        with pytest.raises(NotFoundError):  # no longer stuck on the work queue
+            await js.get_msg(subjects.stream("tasks"), seq)
+        kinds = [e.type for r in await client.events(wid) for e in r.entries]
+        assert "step.dead_lettered" in kinds
+        await crasher.unsubscribe()
+    finally:
+        await sup.stop()
