@@ -71,13 +71,33 @@ async def ensure_streams(js: JetStreamContext, s: Subjects, *, replicas: int = 1
 
 
 async def open_bucket(
-    js: JetStreamContext, bucket: str, *, replicas: int = 1, history: int = 1
+    js: JetStreamContext, bucket: str, *, replicas: int = 1, history: int = 1,
 ) -> KeyValue:
+    """The bucket, created if missing. Entries written with a TTL (``kv_write``) leave a delete
+    marker when they expire, so watchers see them go."""
     try:
         return await js.key_value(bucket)
     except Exception:
         return await js.create_key_value(
             KeyValueConfig(
-                bucket=bucket, history=history, storage=StorageType.FILE, replicas=replicas
+                bucket=bucket, history=history, storage=StorageType.FILE, replicas=replicas,
+                limit_marker_ttl=MARKER_TTL_S,
             )
         )
+
+
+MARKER_TTL_S = 60.0
+WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream's "not the revision you named"
+
+
+async def kv_write(
+    js: JetStreamContext, bucket: str, key: str, value: bytes, *, last: int | None = None,
+    ttl: float | None = None,
+) -> int:
+    """Write one KV entry, optionally only over revision ``last`` (0: only if absent) and with a
+    time to live, after which the server removes it (per-message TTL, NATS 2.11+). Returns the
+    new revision; raises ``BadRequestError`` with a ``WRONG_LAST_SEQUENCE`` code on a conflict."""
+    headers = {"Nats-Expected-Last-Subject-Sequence": str(last)} if last is not None else None
+    ack = await js.publish(f"$KV.{bucket}.{key}", value, headers=headers,
+                           msg_ttl=ttl if ttl else None)
+    return ack.seq

@@ -108,6 +108,9 @@ class SupervisorConfig:
     grant_slack_s: float = 30.0
     max_bytes: int = codec.DEFAULT_MAX_BYTES
     graceful_timeout: float = 10.0
+    # a finished workflow's state stays this long, then the server removes it (its outcome and
+    # audit trail are kept by their streams' own limits)
+    retention_s: float = 7 * 24 * 3600.0
     # extra ``nats.connect`` options: credentials and inbox prefix under a secured bus
     connect_options: dict[str, Any] = field(default_factory=dict)
 
@@ -450,7 +453,8 @@ class Supervisor:
                     await self._execute(wf, state, due(wf, state, time.time()))
                 break
             try:
-                self._remember(step.state, await self.store.put(step.state, revision))
+                ttl = self.config.retention_s if step.state.status in TERMINAL else None
+                self._remember(step.state, await self.store.put(step.state, revision, ttl=ttl))
             except RevisionConflict:
                 self._cache.pop(workflow_id, None)
                 fresh = True

@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator
 
 import msgspec
 from nats.js.client import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import BadRequestError, KeyDeletedError, KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 
-from switchyard.protocol.streams import open_bucket
+from switchyard.protocol.streams import WRONG_LAST_SEQUENCE, kv_write, open_bucket
 from switchyard.supervisor.engine import WorkflowState
 
 _encoder = msgspec.json.Encoder()
@@ -25,34 +25,38 @@ class RevisionConflict(Exception):
 
 
 class WorkflowStore:
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, kv: KeyValue, js: JetStreamContext, bucket: str) -> None:
         self.kv = kv
+        self._js, self._bucket = js, bucket
 
     @classmethod
     async def open(
         cls, js: JetStreamContext, bucket: str, *, replicas: int = 1, history: int = 1
     ) -> WorkflowStore:
-        return cls(await open_bucket(js, bucket, replicas=replicas, history=history))
+        return cls(await open_bucket(js, bucket, replicas=replicas, history=history), js, bucket)
 
     async def get(self, workflow_id: str) -> tuple[WorkflowState | None, int]:
         """The state and its revision; (None, 0) when there is none."""
         try:
             entry = await self.kv.get(workflow_id)
+        except KeyDeletedError as exc:  # removed (aged out): a new one must name the marker
+            return None, (exc.entry.revision if exc.entry is not None else 0) or 0
         except KeyNotFoundError:
             return None, 0
         if entry.value is None or entry.revision is None:
             return None, 0
         return _decoder.decode(entry.value), entry.revision
 
-    async def put(self, state: WorkflowState, revision: int) -> int:
-        """Write ``state`` if the key is still at ``revision`` (0: must not exist yet)."""
-        data = _encoder.encode(state)
+    async def put(self, state: WorkflowState, revision: int, *, ttl: float | None = None) -> int:
+        """Write ``state`` if the key is still at ``revision`` (0: must not exist yet); with
+        ``ttl``, the server removes the entry that many seconds later (a finished workflow)."""
         try:
-            if revision == 0:
-                return await self.kv.create(state.id, data)
-            return await self.kv.update(state.id, data, last=revision)
-        except KeyWrongLastSequenceError:
-            raise RevisionConflict(state.id) from None
+            return await kv_write(self._js, self._bucket, state.id, _encoder.encode(state),
+                                  last=revision, ttl=ttl)
+        except BadRequestError as exc:
+            if exc.err_code in WRONG_LAST_SEQUENCE:
+                raise RevisionConflict(state.id) from None
+            raise
 
     async def ids(self) -> list[str]:
         try:

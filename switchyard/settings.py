@@ -15,6 +15,7 @@
 | ``SWITCHYARD_LOG_LEVEL`` | ``info`` | log level |
 | ``SWITCHYARD_METRICS_PORT`` | ``0`` (off) | serve Prometheus ``/metrics`` on 127.0.0.1 at this port |
 | ``SWITCHYARD_POLICY`` | ``support`` | tool policy file or built-in name; ``none`` for none |
+| ``SWITCHYARD_RETENTION_S`` | ``604800`` | seconds a finished workflow and a recorded tool call are kept |
 | ``SWITCHYARD_NKEY_FILE`` | (none) | this process's nkey seed on a secured bus; its name is who |
 """
 
@@ -51,6 +52,7 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=0, ge=0, le=65535)
     policy: str = "support"
     nkey_file: Path | None = None
+    retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
 
     @property
     def subjects(self) -> Subjects:
@@ -111,8 +113,10 @@ class Settings(BaseSettings):
         return SupervisorConfig(
             seed=self.load_seed(), workflows=self.load_workflows(), nats_url=self.nats_url,
             subjects=self.subjects, policy=self.load_policy(), ack_wait=self.ack_wait,
+            retention_s=self.retention_s,
             connect_options=self.connect_options(),
         )
 
     def toolhost_config(self, trusted: frozenset[str]) -> ToolHostConfig:
-        return ToolHostConfig(subjects=self.subjects, trusted_keys=trusted)
+        return ToolHostConfig(subjects=self.subjects, trusted_keys=trusted,
+                              retention_s=self.retention_s)

@@ -55,6 +55,7 @@ class _State(enum.Enum):
 @dataclass(frozen=True)
 class ToolHostConfig:
     subjects: Subjects = field(default_factory=Subjects)
+    retention_s: float = 7 * 24 * 3600.0  # how long the ledger keeps a recorded call
     name: str = "toolhost"
     version: str = "0.1.0"
     trusted_keys: frozenset[str] = frozenset()
@@ -94,7 +95,9 @@ class ToolHost:
             raise RuntimeError(f"tool host already {self._state.value}")
         s = self.config.subjects
         await ensure_streams(self.js, s)  # refusals are dead-lettered and audited on streams
-        self._ledger = ToolLedger(await open_bucket(self.js, s.bucket("tool_ledger")))
+        bucket = s.bucket("tool_ledger")
+        self._ledger = ToolLedger(await open_bucket(self.js, bucket), self.js, bucket,
+                                  retention_s=self.config.retention_s)
         self._service = await add_service(
             self.nc,
             ServiceConfig(

@@ -18,10 +18,17 @@ import time
 from typing import Literal
 
 import msgspec
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.client import JetStreamContext
+from nats.js.errors import (
+    BadRequestError,
+    KeyDeletedError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+)
 from nats.js.kv import KeyValue
 
 from switchyard.protocol.messages import ToolResult
+from switchyard.protocol.streams import WRONG_LAST_SEQUENCE, kv_write
 
 
 class LedgerEntry(msgspec.Struct, kw_only=True):
@@ -41,14 +48,21 @@ def ledger_key(tool: str, key: str) -> str:
 
 
 class ToolLedger:
-    def __init__(self, kv: KeyValue) -> None:
+    """``retention_s``: how long a recorded call (and a grant's spent budget) is kept; a task
+    redelivered later than that could run its calls again, so keep it well above ack waits,
+    retries and human deadlines (default 7 days)."""
+
+    def __init__(self, kv: KeyValue, js: JetStreamContext, bucket: str, *,
+                 retention_s: float = 7 * 24 * 3600.0) -> None:
         self.kv = kv
+        self._js, self._bucket, self.retention_s = js, bucket, retention_s
 
     async def begin(self, tool: str, key: str) -> LedgerEntry | None:
         """Claim ``key`` for a first run (returns None), or return the entry already there."""
         entry = LedgerEntry(state="started", tool=tool, key=key, started_at=time.time())
         try:
-            await self.kv.create(ledger_key(tool, key), msgspec.json.encode(entry))
+            await self.kv.create(ledger_key(tool, key), msgspec.json.encode(entry),
+                                 msg_ttl=self.retention_s)
             return None
         except KeyWrongLastSequenceError:
             return await self.get(tool, key)
@@ -63,7 +77,8 @@ class ToolLedger:
     async def finish(self, tool: str, key: str, result: ToolResult, started_at: float) -> None:
         entry = LedgerEntry(state="done", tool=tool, key=key, started_at=started_at,
                             finished_at=time.time(), result=result)
-        await self.kv.put(ledger_key(tool, key), msgspec.json.encode(entry))
+        await kv_write(self._js, self._bucket, ledger_key(tool, key), msgspec.json.encode(entry),
+                       ttl=self.retention_s)
 
     async def spend(self, grant_id: str, budget: int) -> bool:
         """Count one call against a grant's budget, shared by every host (compare-and-set);
@@ -73,17 +88,19 @@ class ToolLedger:
             try:
                 entry = await self.kv.get(key)
                 used, revision = int(entry.value or b"0"), entry.revision or 0
+            except KeyDeletedError as exc:
+                used, revision = 0, (exc.entry.revision if exc.entry is not None else 0) or 0
             except KeyNotFoundError:
                 used, revision = 0, 0
             if used >= budget:
                 return False
             try:
-                if revision:
-                    await self.kv.update(key, str(used + 1).encode(), last=revision)
-                else:
-                    await self.kv.create(key, str(used + 1).encode())
+                await kv_write(self._js, self._bucket, key, str(used + 1).encode(),
+                               last=revision, ttl=self.retention_s)
                 return True
-            except KeyWrongLastSequenceError:
+            except BadRequestError as exc:
+                if exc.err_code not in WRONG_LAST_SEQUENCE:
+                    raise
                 continue  # another host counted a call in between: read again
         raise RuntimeError(f"budget of grant {grant_id} is too contended to count")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -335,4 +336,37 @@ async def test_a_task_never_acknowledged_is_dead_lettered_with_its_history(
         assert "step.dead_lettered" in kinds
         await crasher.unsubscribe()
     finally:
+        await sup.stop()
+
+
+async def test_a_finished_workflow_ages_out_and_a_waiting_one_stays(
+    nc: Client, js: JetStreamContext, subjects: Subjects, seed: bytes, signer: grants.Signer,
+) -> None:
+    """State does not grow without bound: a finished workflow's state is written with a time to
+    live and the server removes it (its outcome stays on the outcomes stream); one waiting for a
+    person has none."""
+    sup = await Supervisor(SupervisorConfig(seed=seed, workflows={"pair": parse_workflow(PAIR)},
+                                            subjects=subjects, retention_s=1.0)).start(nc)
+    agents = [await a.start(nc, AgentConfig(subjects=subjects,
+                                            trusted_keys=frozenset({signer.public_key})))
+              for a in (alpha_agent(), beta_agent())]
+    try:
+        client = SwitchyardClient(nc, subjects)
+        waiting = await client.submit("pair", {"n": 1, "route": "person"})
+        assert (await client.wait(waiting, timeout=10)).status == "escalated"
+        done = await client.submit("pair", {"n": 2})
+        watcher = await sup.store.kv.watch(done)
+        assert (await client.wait(done, timeout=10)).status == "completed"
+        async with asyncio.timeout(15):  # the server's delete marker, when the TTL runs out
+            async for entry in watcher:
+                if entry is not None and entry.operation is not None:
+                    break
+        await watcher.stop()
+        assert (await sup.store.get(done))[0] is None
+        assert (await client.outcome(done)) is not None  # the outcome is kept by its stream
+        state, _ = await sup.store.get(waiting)
+        assert state is not None and state.status == "waiting_human"
+    finally:
+        for agent in agents:
+            await agent.stop()
         await sup.stop()

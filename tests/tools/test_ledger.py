@@ -32,7 +32,8 @@ async def store_and_host(
     registry, store = support_registry(tmp_path / "support.db")
     config = ToolHostConfig(subjects=subjects, trusted_keys=frozenset({signer.public_key}))
     async with ToolHost(nc, registry, config):
-        yield store, ToolLedger(await open_bucket(js, subjects.bucket("tool_ledger")))
+        bucket = subjects.bucket("tool_ledger")
+        yield store, ToolLedger(await open_bucket(js, bucket), js, bucket)
     store.close()
 
 
