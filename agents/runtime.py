@@ -44,6 +44,7 @@ from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, Service, ServiceConfig
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import BaseModel, ValidationError
+from tenacity import RetryCallState, wait_exponential_jitter
 
 from switchyard.agents.context import TaskContext
 from switchyard.agents.model import ModelClient
@@ -275,6 +276,8 @@ class Agent:
             "errors": c.errors,
             "retried": c.retried,
             "dead_lettered": c.dead_lettered,
+            # circuit breakers of the agent's model endpoints, when it has some
+            "breakers": getattr(getattr(self.model, "breakers", None), "snapshot", dict)(),
         }
 
     async def _answer_schema(self, req: Request) -> None:
@@ -427,7 +430,7 @@ class Agent:
             if delivered < cfg.max_deliver:
                 self.counters.retried += 1
                 self._metrics[0].labels(self.role, "retried").inc()
-                await msg.nak(delay=min(exc.delay * 2 ** (delivered - 1), MAX_RETRY_DELAY))
+                await msg.nak(delay=retry_delay(exc.delay, delivered))
                 return
             reason = f"gave up after {delivered} deliveries: {exc.reason or 'retry'}"
             await self._publish_result(
@@ -592,3 +595,12 @@ def _unwrap(value: Any, model: type[BaseModel] | None) -> tuple[dict[str, Any], 
     if model is not None and not isinstance(value, model):
         value = model.model_validate(value)
     return value.model_dump(mode="json"), confidence
+
+
+def retry_delay(base: float, delivered: int) -> float:
+    """Exponential backoff with jitter (tenacity's): about ``base * 2**(n-1)`` plus up to ``base``
+    at random, capped at ``MAX_RETRY_DELAY``."""
+    state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+    state.attempt_number = delivered
+    wait = wait_exponential_jitter(multiplier=base, max=MAX_RETRY_DELAY, jitter=base)
+    return float(wait(state))

@@ -33,6 +33,7 @@ class ErrorCode(StrEnum):
     APPROVAL_REJECTED = "approval_rejected"
     APPROVAL_REQUIRED = "approval_required"
     BUDGET_EXHAUSTED = "budget_exhausted"
+    CIRCUIT_OPEN = "circuit_open"
     DECODE_ERROR = "decode_error"
     GRANT_EXPIRED = "grant_expired"
     GRANT_INVALID = "grant_invalid"

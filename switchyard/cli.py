@@ -877,13 +877,17 @@ def status(json_out: JsonOpt = False) -> None:
         _dump(data)
         return
     table = Table(title="services")
-    for col in ("name", "version", "instance", "counters"):
+    for col in ("name", "version", "instance", "counters", "circuits"):
         table.add_column(col)
     for svc in sorted(data["services"], key=lambda s: s["name"]):
         endpoints = svc["stats"].get("endpoints") or [{}]
-        counters = endpoints[0].get("data") or {}
+        counters = dict(endpoints[0].get("data") or {})
+        breakers = counters.pop("breakers", None) or {}
         shown = ", ".join(f"{k} {v}" for k, v in counters.items() if k != "role")
-        table.add_row(svc["name"], svc.get("version", ""), svc["id"][:10], shown)
+        tripped = [f"[red]{n} {b['state']}[/] ({b['failures']} failures)"
+                   for n, b in breakers.items() if b["state"] != "closed"]
+        circuits = ", ".join(tripped) or (f"{len(breakers)} closed" if breakers else "-")
+        table.add_row(svc["name"], svc.get("version", ""), svc["id"][:10], shown, circuits)
     out.print(table)
     flows = ", ".join(f"{k} {v}" for k, v in sorted(data["workflows"].items())) or "none"
     out.print(f"workflows: {flows}; escalations waiting for people: "

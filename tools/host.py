@@ -39,6 +39,7 @@ from switchyard.protocol.headers import dead_letter_headers
 from switchyard.protocol.messages import Entry, ErrorInfo, ToolCall, ToolResult
 from switchyard.protocol.streams import ensure_streams, open_bucket
 from switchyard.protocol.subjects import Subjects
+from switchyard.tools.breaker import Breakers
 from switchyard.tools.contract import CallContext, Tool, validation_message
 from switchyard.tools.ledger import ToolLedger
 from switchyard.tools.registry import ToolRegistry
@@ -56,6 +57,8 @@ class _State(enum.Enum):
 class ToolHostConfig:
     subjects: Subjects = field(default_factory=Subjects)
     retention_s: float = 7 * 24 * 3600.0  # how long the ledger keeps a recorded call
+    breaker_failures: int = 5  # a tool failing this many times in a row is cut off...
+    breaker_reset_s: float = 30.0  # ...for this long, then one trial call goes through
     name: str = "toolhost"
     version: str = "0.1.0"
     trusted_keys: frozenset[str] = frozenset()
@@ -77,6 +80,8 @@ class ToolHost:
         self.registry = registry
         self.config = config or ToolHostConfig()
         self.audit = AuditLog(self.js, self.config.subjects, self.config.name)
+        self.breakers = Breakers(fail_max=self.config.breaker_failures,
+                                 reset_timeout=self.config.breaker_reset_s)
         self._state = _State.NEW
         self._service: Service | None = None
         self._ledger: ToolLedger | None = None
@@ -106,7 +111,8 @@ class ToolHost:
                 description="Switchyard tool host",
                 metadata={"kind": "toolhost", "tools": ",".join(self.registry.names())},
                 queue_group=s.service(self.config.name),
-                stats_handler=lambda ep: {"tools": len(self.registry)},
+                stats_handler=lambda ep: {"tools": len(self.registry),
+                                          "breakers": self.breakers.snapshot()},
             ),
         )
         for t in self.registry:
@@ -204,8 +210,9 @@ class ToolHost:
         ctx = CallContext(tool=t.name, workflow_id=call.workflow_id, task_id=call.task_id,
                           idempotency_key=call.idempotency_key)
         try:
-            async with asyncio.timeout(self.config.call_timeout):
-                result = await t.call(args, ctx)
+            with self.breakers.guard(t.name, f"tool {t.name}"):
+                async with asyncio.timeout(self.config.call_timeout):
+                    result = await t.call(args, ctx)
             reply, outcome = ToolResult(ok=True, result=result.model_dump(mode="json")), "ok"
         except ToolError as exc:
             reply = _failure(exc.code, exc.message, retryable=exc.retryable)

@@ -12,6 +12,7 @@ import msgspec
 import pytest
 from nats.aio.client import Client
 from nats.js.client import JetStreamContext
+from pydantic import BaseModel
 
 from switchyard.protocol import Event, Subjects, ToolCall, ToolResult, decode, encode, grants
 from switchyard.protocol.headers import DLQ_CODE, DLQ_SUBJECT
@@ -195,3 +196,50 @@ async def test_every_role_is_refused_every_tool_outside_its_policy_grant(
     assert (event.type, event.data["tool"], event.data["code"]) == ("tool.refused", tool,
                                                                      "tool_not_granted")
     assert store.refunds() == []
+
+
+class Q(BaseModel):
+    q: str = ""
+
+
+async def test_a_failing_tool_trips_its_circuit_and_status_shows_it(
+    nc: Client, js: JetStreamContext, subjects: Subjects, signer: grants.Signer,
+) -> None:
+    """A tool failing (retryably) twice in a row is cut off: the next call is refused at once
+    with ``circuit_open`` and the tool does not run; the state is in the host's $SRV.STATS."""
+    from switchyard.client import SwitchyardClient
+    from switchyard.protocol.errors import ToolError
+    from switchyard.tools import ToolRegistry, tool
+
+    runs: list[str] = []
+
+    @tool(name="flaky")
+    async def flaky(args: Q) -> Q:
+        runs.append(args.q)
+        raise ToolError("the backend is down", retryable=True)
+
+    @tool(name="picky")
+    async def picky(args: Q) -> Q:
+        runs.append(args.q)
+        raise ToolError("no such thing")  # a refusal on the merits: the backend is fine
+
+    registry = ToolRegistry()
+    registry.add(flaky)
+    registry.add(picky)
+    config = ToolHostConfig(subjects=subjects, trusted_keys=frozenset({signer.public_key}),
+                            breaker_failures=2, breaker_reset_s=60)
+    async with ToolHost(nc, registry, config):
+        grant = mint(signer, tools=["flaky", "picky"], budget=20)
+        codes = [(await call(nc, subjects, "flaky", {"q": str(i)}, grant)).error for i in range(4)]
+        assert [c.code for c in codes if c] == ["tool_failed", "tool_failed", "circuit_open",
+                                                "circuit_open"]
+        assert runs == ["0", "1"]  # refused without running
+        assert all(c is not None and c.retryable for c in codes)
+        for i in range(3):
+            res = await call(nc, subjects, "picky", {"q": f"p{i}"}, grant)
+            assert res.error is not None and res.error.code == "tool_failed"
+        [svc] = [s for s in await SwitchyardClient(nc, subjects).services()
+                 if s["name"] == subjects.service("toolhost")]
+        breakers = svc["stats"]["endpoints"][0]["data"]["breakers"]
+        assert breakers["flaky"] == {"state": "open", "failures": 2}
+        assert breakers["picky"]["state"] == "closed"  # refusals on the merits do not count
