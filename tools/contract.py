@@ -48,6 +48,7 @@ class Tool:
     side_effects: bool = False
     idempotent: bool = False
     wants_context: bool = False
+    timeout_s: float | None = None  # this tool's own limit; the host's default otherwise
 
     async def call(self, args: BaseModel, ctx: CallContext) -> BaseModel:
         return await (self.fn(args, ctx) if self.wants_context else self.fn(args))  # type: ignore[call-arg]
@@ -84,7 +85,7 @@ def tool(fn: Callable[..., Awaitable[R]], /) -> Tool: ...
 @overload
 def tool(
     *, name: str | None = None, risk: Risk = "read", side_effects: bool = False,
-    idempotent: bool = False,
+    idempotent: bool = False, timeout_s: float | None = None,
 ) -> Callable[[Callable[..., Awaitable[R]]], Tool]: ...
 def tool(
     fn: Callable[..., Awaitable[R]] | None = None,
@@ -94,6 +95,7 @@ def tool(
     risk: Risk = "read",
     side_effects: bool = False,
     idempotent: bool = False,
+    timeout_s: float | None = None,
 ) -> Tool | Callable[[Callable[..., Awaitable[R]]], Tool]:
     """Turn an async function into a ``Tool``."""
 
@@ -111,6 +113,7 @@ def tool(
             side_effects=side_effects,
             idempotent=idempotent,
             wants_context=len(inspect.signature(f).parameters) == 2,
+            timeout_s=timeout_s,
         )
 
     return wrap(fn) if fn is not None else wrap

@@ -209,9 +209,10 @@ class ToolHost:
             return _failure(exc.code, exc.message), "refused"
         ctx = CallContext(tool=t.name, workflow_id=call.workflow_id, task_id=call.task_id,
                           idempotency_key=call.idempotency_key)
+        limit = t.timeout_s or self.config.call_timeout
         try:
             with self.breakers.guard(t.name, f"tool {t.name}"):
-                async with asyncio.timeout(self.config.call_timeout):
+                async with asyncio.timeout(limit):
                     result = await t.call(args, ctx)
             reply, outcome = ToolResult(ok=True, result=result.model_dump(mode="json")), "ok"
         except ToolError as exc:
@@ -221,7 +222,7 @@ class ToolHost:
                 return reply, "failed"
             outcome = "failed"
         except TimeoutError:  # the effect may or may not have happened: the claim stays open
-            msg = f"tool {t.name} took longer than {self.config.call_timeout:g} s"
+            msg = f"tool {t.name} took longer than {limit:g} s"
             return _failure(ErrorCode.TIMEOUT, msg, retryable=True), "timeout"
         except Exception:
             log.exception("toolhost.tool_crashed", tool=t.name)

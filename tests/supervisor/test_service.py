@@ -370,3 +370,46 @@ async def test_a_finished_workflow_ages_out_and_a_waiting_one_stays(
         for agent in agents:
             await agent.stop()
         await sup.stop()
+
+
+WAITS = """
+name: waits
+human_deadline_s: 1
+on_human_timeout: {policy}
+steps:
+  - {{name: first, role: alpha, threshold: 0.9}}
+"""
+
+
+@pytest.mark.parametrize("policy", ["reject", "re_escalate"])
+async def test_a_human_deadline_is_kept_across_a_supervisor_restart(
+    policy: str, nc: Client, js: JetStreamContext, subjects: Subjects, seed: bytes,
+    signer: grants.Signer, watch: Callable[[str], Awaitable[Watch]],
+) -> None:
+    """The escalation's deadline lives in the stored state: a supervisor started after the one
+    that escalated (which is gone) carries out the workflow's timeout policy when it passes."""
+    wf = parse_workflow(WAITS.format(policy=policy))
+    config = SupervisorConfig(seed=seed, workflows={"waits": wf}, subjects=subjects)
+    agent = await alpha_agent().start(nc, AgentConfig(
+        subjects=subjects, trusted_keys=frozenset({signer.public_key})))
+    first = await Supervisor(config).start(nc)
+    client = SwitchyardClient(nc, subjects)
+    wid = await client.submit("waits", {"n": 1, "confidence": 0.5})
+    held = await client.wait(wid, timeout=10)
+    assert held.status == "escalated"
+    await first.stop()  # gone before the deadline
+    second = await Supervisor(config).start(nc)
+    try:
+        if policy == "reject":
+            done = await client.wait(wid, timeout=15, stop_at_escalation=False)
+            assert done.status == "rejected" and "by its deadline" in done.reason
+        else:
+            trail = await watch(subjects.event(wid))
+            expired = await trail.until(lambda m: any(
+                e.type == "escalation.expired" for e in decode(m.data, Event).entries), timeout=15)
+            kinds = [e.type for e in decode(expired.data, Event).entries]
+            assert kinds == ["escalation.expired", "escalated"]  # to people again, in one go
+            assert [e.id for e in await client.escalations()] == [f"{held.escalation_id}:r1"]
+    finally:
+        await second.stop()
+        await agent.stop()

@@ -3,6 +3,7 @@ an audit event and a dead-letter copy, and keeps serving."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -202,7 +203,7 @@ class Q(BaseModel):
     q: str = ""
 
 
-async def test_a_failing_tool_trips_its_circuit_and_status_shows_it(
+async def test_a_failing_tool_trips_its_circuit_and_a_slow_one_meets_its_own_timeout(
     nc: Client, js: JetStreamContext, subjects: Subjects, signer: grants.Signer,
 ) -> None:
     """A tool failing (retryably) twice in a row is cut off: the next call is refused at once
@@ -218,6 +219,11 @@ async def test_a_failing_tool_trips_its_circuit_and_status_shows_it(
         runs.append(args.q)
         raise ToolError("the backend is down", retryable=True)
 
+    @tool(name="slow", timeout_s=0.05)  # its own limit, far under the host's default
+    async def slow(args: Q) -> Q:
+        await asyncio.Event().wait()  # never answers
+        return args
+
     @tool(name="picky")
     async def picky(args: Q) -> Q:
         runs.append(args.q)
@@ -226,10 +232,14 @@ async def test_a_failing_tool_trips_its_circuit_and_status_shows_it(
     registry = ToolRegistry()
     registry.add(flaky)
     registry.add(picky)
+    registry.add(slow)
     config = ToolHostConfig(subjects=subjects, trusted_keys=frozenset({signer.public_key}),
                             breaker_failures=2, breaker_reset_s=60)
     async with ToolHost(nc, registry, config):
-        grant = mint(signer, tools=["flaky", "picky"], budget=20)
+        grant = mint(signer, tools=["flaky", "picky", "slow"], budget=20)
+        late = await call(nc, subjects, "slow", {}, grant)
+        assert late.error is not None and late.error.code == "timeout"
+        assert "took longer than 0.05 s" in late.error.message
         codes = [(await call(nc, subjects, "flaky", {"q": str(i)}, grant)).error for i in range(4)]
         assert [c.code for c in codes if c] == ["tool_failed", "tool_failed", "circuit_open",
                                                 "circuit_open"]
