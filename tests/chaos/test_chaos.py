@@ -19,7 +19,8 @@ async def test_agents_killed_at_every_point_lose_and_repeat_nothing() -> None:
     assert r.effects == r.completed  # one side effect per workflow, however many deliveries
     assert set(r.faults_fired) == {"agent.before_tool_call", "agent.after_tool_call",
                                    "agent.before_ack"}  # each point really fired
-    assert r.restarts >= sum(r.faults_fired.values()) + r.kills  # and the keeper restarted them
+    # the keeper restarted them (a timed kill can land on a process a fault is already killing)
+    assert r.restarts >= max(sum(r.faults_fired.values()), r.kills) > 0
 
 
 async def test_two_supervisors_killed_repeatedly_accept_each_step_once() -> None:
