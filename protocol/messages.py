@@ -114,6 +114,7 @@ class Escalation(_Message, kw_only=True):
     input: JSONObject = {}
     created_at: float
     deadline: float
+    queue: str = ""  # which people: "" is the default queue, else a named one
 
 
 DecisionAction = Literal["approve", "reject", "edit"]

@@ -63,6 +63,10 @@ class Subjects:
         """What a tool host serves for tool ``name``: calls from every role."""
         return f"{self.prefix}.tool.{check_token('tool', name)}.*"
 
+    def human_queue_for(self, queue: str) -> str:
+        """Where escalations for the people of ``queue`` wait ("" is the default queue)."""
+        return f"{self.human_queue}.{check_token('queue', queue)}" if queue else self.human_queue
+
     @property
     def human_queue(self) -> str:
         return f"{self.prefix}.human.queue"

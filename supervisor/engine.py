@@ -56,6 +56,7 @@ class Pending(msgspec.Struct, kw_only=True):
     call_digest: str = ""  # for kind "approval": the exact tool call waiting for a person
     round: int = 0  # how many times it was escalated again after its deadline passed
     output: dict[str, Any] | None = None  # for kind "approval": what the person is shown
+    queue: str = ""  # which people it went to
 
 
 class WorkflowState(msgspec.Struct, kw_only=True):
@@ -289,8 +290,9 @@ class _Run:
     def escalate(
         self, step: str, kind: EscalationKind, reason: str, *, resume: str | None,
         output: Any = None, confidence: float | None = None, call_digest: str = "",
-        round: int = 0,
+        round: int = 0, queue: str | None = None,
     ) -> None:
+        queue = self.wf.human_queue if queue is None else queue
         esc_id = f"{self.s.id}:{step}:{self.s.attempt}:esc" + (f":r{round}" if round else "")
         wait = self.wf.human_deadline_s
         if kind == "approval":
@@ -302,6 +304,7 @@ class _Run:
             id=esc_id, step=step, kind=kind, reason=reason, deadline=deadline, resume=resume,
             call_digest=call_digest, round=round,
             output=output if kind == "approval" and isinstance(output, dict) else None,
+            queue=queue,
         )
         self.set_timer("human", deadline)
         self.effects.append(
@@ -309,11 +312,12 @@ class _Run:
                 Escalation(
                     id=esc_id, workflow_id=self.s.id, workflow=self.s.workflow, step=step,
                     kind=kind, reason=reason, output=output, confidence=confidence,
-                    input=self.s.input, created_at=self.now, deadline=deadline,
+                    input=self.s.input, created_at=self.now, deadline=deadline, queue=queue,
                 )
             )
         )
-        self.event("escalated", step, kind=kind, reason=reason, escalation_id=esc_id)
+        self.event("escalated", step, kind=kind, reason=reason, escalation_id=esc_id,
+                   **({"queue": queue} if queue else {}))
 
     def retry_or_give_up(self, step: Step, code: str, message: str, retryable: bool) -> None:
         extra_attempts_used = self.s.attempt - 1
@@ -527,7 +531,7 @@ def _on_timer(run: _Run, t: TimerFired) -> None:
                 run.escalate(pending.step, "approval", f"{pending.reason} (not decided in time; "
                              "escalated again)", resume=pending.resume,
                              output=pending.output, call_digest=pending.call_digest,
-                             round=pending.round + 1)
+                             round=pending.round + 1, queue=run.wf.re_escalate_to or pending.queue)
                 return
             s.declined = [*s.declined, pending.call_digest]  # nobody approved it: refused
             run.dispatch(run.wf.step(pending.step))
@@ -536,7 +540,7 @@ def _on_timer(run: _Run, t: TimerFired) -> None:
             run.escalate(pending.step, pending.kind,  # type: ignore[arg-type]
                          f"{pending.reason} (not decided in time; escalated again)",
                          resume=pending.resume, output=s.outputs.get(pending.step),
-                         round=pending.round + 1)
+                         round=pending.round + 1, queue=run.wf.re_escalate_to or pending.queue)
             return
         status: Status = "rejected" if run.wf.on_human_timeout == "reject" else "failed"
         run.finish(status, None, f"no decision on {pending.id} by its deadline")
@@ -572,7 +576,7 @@ def due(wf: Workflow, state: WorkflowState, now: float) -> list[Effect]:
                     kind=p.kind,  # type: ignore[arg-type]
                     reason=p.reason, output=p.output or state.outputs.get(p.step),
                     input=state.input,
-                    created_at=state.updated_at, deadline=p.deadline,
+                    created_at=state.updated_at, deadline=p.deadline, queue=p.queue,
                 )
             ),
             *record,

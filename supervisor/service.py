@@ -485,7 +485,7 @@ class Supervisor:
                 esc = effect.escalation
                 await self._index.add(esc)
                 acks.append(await js.publish_async(
-                    s.human_queue, codec.encode(esc),
+                    s.human_queue_for(esc.queue), codec.encode(esc),
                     headers={MSG_ID: esc.id, PROTOCOL: PROTOCOL_VERSION,
                              TRACEPARENT: traceparent_for(state.id)}))
             elif isinstance(effect, CloseEscalation):

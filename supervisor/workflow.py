@@ -67,8 +67,12 @@ class Workflow(BaseModel):
     steps: list[Step] = Field(min_length=1)
     output: str | None = None
     human_deadline_s: float = Field(default=24 * 3600.0, gt=0)
-    # an escalation nobody decided by its deadline: refuse, fail, or put it to people again
+    # which people get this workflow's escalations ("" is the default queue)
+    human_queue: str = ""
+    # an escalation nobody decided by its deadline: refuse, fail, or put it to people again, to
+    # the queue ``re_escalate_to`` names (the same queue if unset)
     on_human_timeout: Literal["reject", "fail", "re_escalate"] = "reject"
+    re_escalate_to: str | None = None
     # a task delivered max_deliver times and never acknowledged (it kills its agent, say): after
     # it is dead-lettered, the step goes to its fallback role if it has one, else to a person
     # ("escalate") or the workflow fails ("fail")
@@ -82,6 +86,8 @@ class Workflow(BaseModel):
         names = [s.name for s in self.steps]
         if len(set(names)) != len(names):
             raise ValueError(f"step names must be unique: {names}")
+        for queue in filter(None, (self.human_queue, self.re_escalate_to)):
+            check_token("queue", queue)
         targets = {*names, HUMAN, END}
         for step in self.steps:
             check_token("step", step.name)

@@ -24,12 +24,26 @@ import nkeys
 
 from switchyard.protocol.subjects import Subjects
 from switchyard.supervisor.policy import Policy
+from switchyard.supervisor.workflow import Workflow
 
 ADMIN, SUPERVISOR, TOOLHOST, CONSOLE = "admin", "supervisor", "toolhost", "console"
 SUPERVISOR_DURABLES = ("supervisor-submit", "supervisor-results", "supervisor-decisions",
                        "supervisor-advisories")
 STREAMS = ("workflows", "outcomes", "tasks", "results", "human", "events", "dlq", "advisories")
 BUCKETS = ("workflows", "escalations", "workflow_defs", "trust", "tool_ledger")
+
+
+def reviewers_durable(queue: str) -> str:
+    """The durable consumer the people of a human queue share ("" is the default queue)."""
+    return f"reviewers-{queue}" if queue else "reviewers"
+
+
+def deployment_of(workflows: Iterable[Workflow]) -> tuple[set[str], set[str]]:
+    """The agent roles and the named human queues some workflow uses."""
+    flows = list(workflows)
+    roles = {r for wf in flows for st in wf.steps for r in (st.role, st.fallback_role) if r}
+    queues = {q for wf in flows for q in (wf.human_queue, wf.re_escalate_to) if q}
+    return roles, queues
 
 
 def agent_identity(role: str) -> str:
@@ -104,14 +118,17 @@ class _Rules:
                 f"{api}.STREAM.MSG.GET.{stream}", f"{api}.DIRECT.GET.{stream}.>"]
 
 
-def identities(policy: Policy | None, roles: Iterable[str], s: Subjects) -> list[Identity]:
-    """Every identity of a deployment with these agent roles, with its allow-lists."""
+def identities(policy: Policy | None, roles: Iterable[str], s: Subjects,
+               queues: Iterable[str] = ()) -> list[Identity]:
+    """Every identity of a deployment with these agent roles (and named human queues), with its
+    allow-lists."""
     r = _Rules(s)
     p = s.prefix
     out = [Identity(ADMIN, (">",), (">",))]
 
     pub, sub = r.base(SUPERVISOR)
-    pub += [s.all("task"), s.human_queue, s.all("workflow.outcome"), s.all("dlq")]
+    pub += [s.all("task"), s.human_queue, f"{s.human_queue}.*", s.all("workflow.outcome"),
+            s.all("dlq")]
     for durable, stream in zip(SUPERVISOR_DURABLES, ("workflows", "results", "human", "advisories"),
                                strict=True):
         pub += r.durable(r.stream(stream), durable)
@@ -128,7 +145,9 @@ def identities(policy: Policy | None, roles: Iterable[str], s: Subjects) -> list
 
     pub, sub = r.base(CONSOLE)
     pub += [s.submit, s.human_decision, "$SRV.>", f"{p}.agent.*.schema",
-            *r.durable(r.stream("human"), "reviewers"), *r.read_stream(r.stream("events")),
+            *(d for q in ("", *sorted(set(queues))) for d in r.durable(
+                r.stream("human"), reviewers_durable(q))),
+            *r.read_stream(r.stream("events")),
             *r.read_stream(r.stream("outcomes")), *r.read_stream(r.stream("dlq"))]
     for bucket in ("workflows", "escalations", "workflow_defs"):
         pub += [*r.kv_read(bucket), *r.kv_list(bucket)]

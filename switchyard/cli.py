@@ -479,7 +479,10 @@ def submit(
 
 
 @review_app.callback()
-def review(ctx: typer.Context, json_out: JsonOpt = False) -> None:
+def review(
+    ctx: typer.Context, json_out: JsonOpt = False,
+    queue: Annotated[str | None, typer.Option(help="only this queue ('' is the default)")] = None,
+) -> None:
     """List escalations waiting for a person (see the subcommands to decide one)."""
     if ctx.invoked_subcommand is not None:
         return
@@ -488,18 +491,18 @@ def review(ctx: typer.Context, json_out: JsonOpt = False) -> None:
 
     async def main() -> list[Any]:
         async with _client(settings) as client:
-            return await client.escalations()
+            return await client.escalations(queue=queue)
 
     pending = _once(main())
     if json_out:
         _dump([msgspec.to_builtins(e) for e in pending])
         return
     table = Table(title=f"{len(pending)} escalation(s) waiting")
-    for col in ("id", "step", "kind", "reason", "confidence"):
+    for col in ("id", "queue", "step", "kind", "reason", "confidence"):
         table.add_column(col)
     for e in pending:
         conf = f"{e.confidence:.2f}" if e.confidence is not None else ""
-        table.add_row(e.id, e.step, e.kind, e.reason, conf)
+        table.add_row(e.id, e.queue or "default", e.step, e.kind, e.reason, conf)
     out.print(table)
 
 
@@ -553,15 +556,17 @@ def review_edit(
 
 
 @review_app.command("next")
-def review_next() -> None:
-    """Claim escalations from the human queue one at a time and decide them interactively."""
+def review_next(
+    queue: Annotated[str, typer.Option(help="the queue to work ('' is the default)")] = "",
+) -> None:
+    """Claim escalations from a human queue one at a time and decide them interactively."""
 
     settings = _settings()
     reviewer = os.environ.get("USER", "reviewer")
 
     async def main() -> None:
         async with _client(settings) as client:
-            while (claimed := await client.claim()) is not None:
+            while (claimed := await client.claim(queue=queue)) is not None:
                 esc, msg = claimed
                 out.rule(f"{esc.id}")
                 out.print(f"[bold]{esc.kind}[/]: {esc.reason}")
@@ -603,8 +608,8 @@ def nats_config(
     except ConfigError as exc:
         err.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from None
-    roles = {*pol.roles, *(st.role for wf in workflows.values() for st in wf.steps), *(role or [])}
-    ids = buscfg.identities(pol, roles, settings.subjects)
+    used, queues = buscfg.deployment_of(workflows.values())
+    ids = buscfg.identities(pol, {*pol.roles, *used, *(role or [])}, settings.subjects, queues)
     creds = buscfg.Credentials(out_dir / "creds")
     auth = buscfg.authorization(ids, creds)
     (out_dir / "auth.conf").write_text(auth)

@@ -18,6 +18,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import NotFoundError
 
+from switchyard.buscfg import reviewers_durable
 from switchyard.protocol import codec
 from switchyard.protocol.audit import AuditLog, Verification, verify_chain
 from switchyard.protocol.headers import (
@@ -182,8 +183,10 @@ class SwitchyardClient:
 
     # people ------------------------------------------------------------------------------------
 
-    async def escalations(self) -> list[Escalation]:
-        return await EscalationIndex(await open_bucket(self.js, self.s.bucket("escalations"))).list()
+    async def escalations(self, *, queue: str | None = None) -> list[Escalation]:
+        """Open escalations; of one queue if given ("" is the default queue)."""
+        index = EscalationIndex(await open_bucket(self.js, self.s.bucket("escalations")))
+        return [e for e in await index.list() if queue is None or e.queue == queue]
 
     async def decide(
         self, escalation_id: str, action: DecisionAction, *, reviewer: str,
@@ -199,10 +202,11 @@ class SwitchyardClient:
                               headers={MSG_ID: f"{esc.id}:decision", PROTOCOL: PROTOCOL_VERSION})
         return decision
 
-    async def claim(self, timeout: float = 1.0) -> tuple[Escalation, Msg] | None:
-        """Pull the next open escalation off the human queue (acking stale ones on the way)."""
+    async def claim(self, timeout: float = 1.0, *, queue: str = "") -> tuple[Escalation, Msg] | None:
+        """Pull the next open escalation off a human queue (acking stale ones on the way)."""
         psub = await self.js.pull_subscribe(
-            self.s.human_queue, durable="reviewers", stream=self.s.stream("human"),
+            self.s.human_queue_for(queue), durable=reviewers_durable(queue),
+            stream=self.s.stream("human"),
             config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=600.0),
         )
         index = EscalationIndex(await open_bucket(self.js, self.s.bucket("escalations")))

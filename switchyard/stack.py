@@ -108,8 +108,9 @@ class LocalStack:
             port = urlparse(self.url).port or 4222
             auth = ""
             if self.secure:
+                _, queues = buscfg.deployment_of(self.settings.load_workflows().values())
                 ids = buscfg.identities(self.settings.load_policy(), self.roles,
-                                        self.settings.subjects)
+                                        self.settings.subjects, queues)
                 auth = buscfg.authorization(ids, self.creds)
             self.nats = NatsServer(
                 port=port, store_dir=self.settings.data_dir / "nats",

@@ -376,6 +376,7 @@ WAITS = """
 name: waits
 human_deadline_s: 1
 on_human_timeout: {policy}
+re_escalate_to: leads
 steps:
   - {{name: first, role: alpha, threshold: 0.9}}
 """
@@ -387,7 +388,8 @@ async def test_a_human_deadline_is_kept_across_a_supervisor_restart(
     signer: grants.Signer, watch: Callable[[str], Awaitable[Watch]],
 ) -> None:
     """The escalation's deadline lives in the stored state: a supervisor started after the one
-    that escalated (which is gone) carries out the workflow's timeout policy when it passes."""
+    that escalated (which is gone) carries out the workflow's timeout policy when it passes:
+    refuse, or escalate again to another queue of people."""
     wf = parse_workflow(WAITS.format(policy=policy))
     config = SupervisorConfig(seed=seed, workflows={"waits": wf}, subjects=subjects)
     agent = await alpha_agent().start(nc, AgentConfig(
@@ -409,7 +411,13 @@ async def test_a_human_deadline_is_kept_across_a_supervisor_restart(
                 e.type == "escalation.expired" for e in decode(m.data, Event).entries), timeout=15)
             kinds = [e.type for e in decode(expired.data, Event).entries]
             assert kinds == ["escalation.expired", "escalated"]  # to people again, in one go
-            assert [e.id for e in await client.escalations()] == [f"{held.escalation_id}:r1"]
+            [again] = await client.escalations()
+            assert (again.id, again.queue) == (f"{held.escalation_id}:r1", "leads")
+            assert await client.escalations(queue="") == []
+            assert await client.claim(timeout=0.5) is None  # not on the default queue any more
+            claimed = await client.claim(queue="leads")  # but on the leads' queue
+            assert claimed is not None and claimed[0].id == again.id
+            await claimed[1].ack()
     finally:
         await second.stop()
         await agent.stop()
