@@ -470,17 +470,25 @@ class Supervisor:
             await msg.ack()
 
     async def _execute(self, wf: Workflow, state: WorkflowState, effects: list[Effect]) -> None:
-        """Publish what a transition implies, in order, pipelined: every message is sent before
-        any publish ack is awaited; then all acks are awaited (bounded)."""
+        """Publish what a transition implies. The outcome (a final one) and then the audit record
+        are stored first: nothing that can lead to the workflow's next transition (a task, an
+        escalation) goes out before this transition's record is stored, so a crash can only lose
+        the record of the last transition, which the stored state keeps and ``due`` re-sends.
+        The rest is pipelined: every message is sent before any publish ack is awaited."""
         assert self._js is not None and self._index is not None and self._audit is not None
         js, s = self._js, self.config.subjects
+        async with asyncio.timeout(self.config.publish_timeout):
+            for effect in effects:
+                if isinstance(effect, SendOutcome):
+                    await (await self._publish_outcome(effect.outcome))
+            for effect in effects:
+                if isinstance(effect, SendEvent):
+                    await self._audit.append(state.id, effect.entries, msg_id=effect.msg_id,
+                                             n=effect.n)
         acks: list[Awaitable[Any]] = []
         for effect in effects:
             if isinstance(effect, SendTask):
                 acks.append(await self._send_task(wf, state, effect))
-            elif isinstance(effect, SendEvent):
-                acks.append(self._audit.append(state.id, effect.entries, msg_id=effect.msg_id,
-                                               n=effect.n))
             elif isinstance(effect, SendEscalation):
                 esc = effect.escalation
                 await self._index.add(esc)
@@ -490,8 +498,6 @@ class Supervisor:
                              TRACEPARENT: traceparent_for(state.id)}))
             elif isinstance(effect, CloseEscalation):
                 await self._index.remove(effect.escalation_id)
-            elif isinstance(effect, SendOutcome):
-                acks.append(await self._publish_outcome(effect.outcome))
         async with asyncio.timeout(self.config.publish_timeout):
             await asyncio.gather(*acks)
         if state.timer_at and state.status not in TERMINAL:

@@ -36,6 +36,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 
 from switchyard._bench_workers import HOPS, raw_subject
+from switchyard.client import SwitchyardClient
 from switchyard.natsd import NatsServer
 from switchyard.protocol import Result, Subjects, Task, WorkflowRequest, codec
 from switchyard.protocol.headers import MSG_ID
@@ -135,6 +136,7 @@ class SwitchyardDriver(Driver):
         self.waiting: dict[str, asyncio.Future[None]] = {}
         self.sub: Any = None
         self.run_id = uuid.uuid4().hex[:6]
+        self.finished: list[str] = []
 
     async def start(self) -> None:
         async def done(msg: Msg) -> None:
@@ -150,6 +152,7 @@ class SwitchyardDriver(Driver):
         req = WorkflowRequest(id=wid, workflow=self.workflow, input=self.input, submitted_at=0)
         await self.js.publish(self.s.submit, codec.encode(req), headers={MSG_ID: wid})
         await fut
+        self.finished.append(wid)
 
     async def stop(self) -> None:
         await self.sub.unsubscribe()
@@ -409,7 +412,11 @@ async def _bench_switchyard(report: Report, url: str, nats_pid: int, sync: str, 
             await driver.start()
             if sync == plan.syncs[0]:  # counted, not assumed: every stream and bucket's appends
                 before = await _stored(nc, settings.subjects)
+                driver.finished.clear()
                 await driver.run(50, 8)
+                client = SwitchyardClient(nc, settings.subjects)
+                for wid in driver.finished:  # until each one's final audit record is stored
+                    await client.wait(wid, timeout=30, stop_at_escalation=False)
                 report.stored_writes_per_step["switchyard"] = round(
                     (await _stored(nc, settings.subjects) - before) / (50 * HOPS), 2)
             for inflight in plan.inflight:

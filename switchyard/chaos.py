@@ -318,11 +318,17 @@ async def _supervisor(run: _Run, n: dict[str, int], deadline: float) -> None:
         run.tally(acked, await run.outcomes(nc, acked, deadline))
         client = SwitchyardClient(nc, run.settings.subjects)
         for wid in acked:  # each step accepted once: one step.ok per step in the audit trail
+            # the outcome is stored before the final record: wait for that record itself
+            await client.wait(wid, timeout=max(1.0, deadline - time.monotonic()),
+                              stop_at_escalation=False)
             oks = Counter(e.step for r in await client.events(wid) for e in r.entries
                           if e.type == "step.ok")
             run.report.steps_accepted_twice += sum(c - 1 for c in oks.values() if c > 1)
             if len(oks) != run.steps:
-                run.report.problems.append(f"{wid}: {len(oks)} of {run.steps} steps recorded ok")
+                trail = [(r.source, r.n, [e.type + ":" + e.step for e in r.entries])
+                         for r in await client.events(wid)]
+                run.report.problems.append(
+                    f"{wid}: {len(oks)} of {run.steps} steps recorded ok; trail {trail}")
         if run.report.kills < kills:
             run.report.problems.append(f"only {run.report.kills} supervisor kills happened")
         if run.report.steps_accepted_twice:
