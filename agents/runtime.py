@@ -348,7 +348,7 @@ class Agent:
 
     async def _fetch_loop(self, psub: JetStreamContext.PullSubscription) -> None:
         assert self._slots is not None
-        while True:
+        while self._state is _State.RUNNING:  # a cancel can come out as a fetch timeout on 3.11
             await self._slots.acquire()
             free = 1
             while free < 64 and not self._slots.locked():

@@ -214,6 +214,7 @@ class Supervisor:
             self._state = _State.STOPPED
             return
         self._state = _State.STOPPED
+        self._timer_wake.set()
         for loop in self._loops:
             loop.cancel()
         for loop in self._loops:
@@ -253,7 +254,7 @@ class Supervisor:
     async def _fetch_loop(
         self, psub: JetStreamContext.PullSubscription, handler: Callable[[Msg], Awaitable[None]]
     ) -> None:
-        while True:
+        while self._state is _State.RUNNING:  # not only cancellation (see _timer_loop)
             await self._slots.acquire()
             try:
                 msgs = await psub.fetch(batch=32, timeout=5.0)
@@ -553,7 +554,9 @@ class Supervisor:
             self._timer_wake.set()
 
     async def _timer_loop(self) -> None:
-        while True:
+        # The state is checked as well as cancellation: on Python 3.11 a cancel that lands as the
+        # asyncio.timeout below expires can come out as a TimeoutError, which is suppressed here.
+        while self._state is _State.RUNNING:
             self._timer_wake.clear()
             delay = self._timers[0][0] - time.time() if self._timers else 60.0
             if delay > 0:
