@@ -284,7 +284,7 @@ def up(secure: SecureOpt = False) -> None:
         if secure:
             out.print("Secured: every process has its own identity. The CLI connects as the "
                       "console with SWITCHYARD_NKEY_FILE="
-                      f"{stack.creds.seed_file('console')}")
+                      f"{stack.creds.seed_file('console').resolve()}")
         try:
             await stop.wait()
         finally:

@@ -116,6 +116,7 @@ class ToolHost:
             ),
         )
         for t in self.registry:
+            self.breakers.get(t.name)  # every tool's circuit shows in $SRV.STATS from the start
             await self._service.add_endpoint(
                 EndpointConfig(
                     name=t.name,
