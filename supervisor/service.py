@@ -28,7 +28,8 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.client import JetStreamContext
 from nats.micro import add_service
-from nats.micro.service import Service, ServiceConfig
+from nats.micro.request import Request
+from nats.micro.service import EndpointConfig, Service, ServiceConfig
 from prometheus_client import CollectorRegistry, Counter
 
 from switchyard.protocol import codec, faults, grants
@@ -206,8 +207,15 @@ class Supervisor:
                 stats_handler=lambda ep: dict(self.counts),
             ),
         )
+        # an endpoint of its own, so $SRV.STATS carries the counters (they are per endpoint)
+        await self._service.add_endpoint(EndpointConfig(
+            name="status", subject=f"{s.prefix}.supervisor.status", handler=self._answer_status))
         log.info("supervisor.started", workflows=sorted(cfg.workflows))
         return self
+
+    async def _answer_status(self, req: Request) -> None:
+        await req.respond(json.dumps({**self.counts, "cached": len(self._cache),
+                                      "timers": len(self._timers)}).encode())
 
     async def stop(self) -> None:
         if self._state is not _State.RUNNING:

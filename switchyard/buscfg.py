@@ -136,6 +136,7 @@ def identities(policy: Policy | None, roles: Iterable[str], s: Subjects,
     pub += [f"$JS.API.STREAM.MSG.GET.{tasks}", f"$JS.API.STREAM.MSG.DELETE.{tasks}"]
     for bucket in ("workflows", "escalations", "workflow_defs", "trust"):
         pub += [*r.kv_write(bucket), *r.kv_list(bucket)]
+    sub += [f"{p}.supervisor.status"]  # its micro service's status endpoint
     out.append(Identity(SUPERVISOR, tuple(pub), tuple(sub)))
 
     pub, sub = r.base(TOOLHOST)
@@ -144,7 +145,7 @@ def identities(policy: Policy | None, roles: Iterable[str], s: Subjects,
     out.append(Identity(TOOLHOST, tuple(pub), tuple(sub)))
 
     pub, sub = r.base(CONSOLE)
-    pub += [s.submit, s.human_decision, "$SRV.>", f"{p}.agent.*.schema",
+    pub += [s.submit, s.human_decision, "$SRV.>", f"{p}.agent.*.schema", f"{p}.supervisor.status",
             *(d for q in ("", *sorted(set(queues))) for d in r.durable(
                 r.stream("human"), reviewers_durable(q))),
             *r.read_stream(r.stream("events")),
