@@ -63,6 +63,7 @@ from switchyard.protocol.headers import MSG_ID, PROTOCOL, TRACEPARENT, dead_lett
 from switchyard.protocol.messages import PROTOCOL_VERSION, Entry, ErrorInfo, Result, Task
 from switchyard.protocol.streams import ensure_streams
 from switchyard.protocol.subjects import Subjects, check_token
+from switchyard.tools.breaker import Breakers
 from switchyard.tools.contract import validation_message
 from switchyard.tools.trust import resolve_trusted_keys
 
@@ -276,8 +277,9 @@ class Agent:
             "errors": c.errors,
             "retried": c.retried,
             "dead_lettered": c.dead_lettered,
-            # circuit breakers of the agent's model endpoints, when it has some
-            "breakers": getattr(getattr(self.model, "breakers", None), "snapshot", dict)(),
+            # circuit breakers of the agent's model endpoints, when its model has some
+            "breakers": breakers.snapshot() if isinstance(
+                breakers := getattr(self.model, "breakers", None), Breakers) else {},
         }
 
     async def _answer_schema(self, req: Request) -> None:

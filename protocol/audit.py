@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -54,7 +55,8 @@ class AuditLog:
         self._stream = subjects.stream("events")
         self._tails: OrderedDict[str, tuple[int, str]] = OrderedDict()  # subject -> (seq, digest)
         self._cache_size = cache_size
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        # one lock per subject, kept only while some append holds it
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self.conflicts = 0
 
     async def append(
@@ -63,19 +65,11 @@ class AuditLog:
         """Store one record; returns its stream sequence. ``msg_id`` makes a re-sent record a
         duplicate within the stream's window."""
         subject = self.s.event(safe_token(workflow_id))
-        lock, users = self._locks.get(subject, (None, 0))
+        lock = self._locks.get(subject)
         if lock is None:
-            lock = asyncio.Lock()
-        self._locks[subject] = (lock, users + 1)
-        try:
-            async with lock:
-                return await self._append(subject, workflow_id, entries, msg_id, n)
-        finally:
-            lock, users = self._locks[subject]
-            if users <= 1:
-                del self._locks[subject]
-            else:
-                self._locks[subject] = (lock, users - 1)
+            lock = self._locks[subject] = asyncio.Lock()
+        async with lock:
+            return await self._append(subject, workflow_id, entries, msg_id, n)
 
     async def _append(
         self, subject: str, workflow_id: str, entries: list[Entry], msg_id: str, n: int

@@ -41,7 +41,7 @@ from switchyard.natsd import NatsServer
 from switchyard.protocol import Result, Subjects, Task, WorkflowRequest, codec
 from switchyard.protocol.headers import MSG_ID
 from switchyard.settings import Settings
-from switchyard.stack import LocalStack
+from switchyard.stack import LocalStack, stop_processes
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NCPU = os.cpu_count() or 1
@@ -291,19 +291,6 @@ async def _spawn(*args: str) -> asyncio.subprocess.Process:
         stderr=asyncio.subprocess.DEVNULL)
 
 
-async def _stop(procs: list[asyncio.subprocess.Process]) -> None:
-    for p in procs:
-        if p.returncode is None:
-            p.terminate()
-    for p in procs:
-        try:
-            async with asyncio.timeout(10):
-                await p.wait()
-        except TimeoutError:
-            p.kill()
-            await p.wait()
-
-
 BENCH_WORKFLOW = "name: {name}\nsteps:\n{steps}"
 STEP = "  - {{name: s{i}, role: hop{role}, timeout_s: 60, input: {{payload: input.payload, n: input.n}}}}\n"
 
@@ -370,7 +357,7 @@ async def _bench_raw(report: Report, name: str, url: str, nats_pid: int, sync: s
     finally:
         await driver.stop()
         await nc.close()
-        await _stop(procs)
+        await stop_processes(procs, 10)
 
 
 async def _wait_for_core(nc: Client, prefix: str) -> None:

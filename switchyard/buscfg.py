@@ -19,9 +19,12 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nkeys
+from nats.js.client import JetStreamContext
 
+from switchyard.protocol.streams import ensure_streams, open_bucket
 from switchyard.protocol.subjects import Subjects
 from switchyard.supervisor.policy import Policy
 from switchyard.supervisor.workflow import Workflow
@@ -52,6 +55,20 @@ def agent_identity(role: str) -> str:
 
 def inbox_prefix(identity: str) -> str:
     return f"_INBOX.{identity}"
+
+
+def connect_options(seed_file: Path) -> dict[str, Any]:
+    """``nats.connect`` options for the identity whose nkey seed is in ``seed_file`` (named
+    ``<identity>.nk``): its key, and replies under its own inbox prefix, the only one the bus lets
+    it subscribe to."""
+    return {"nkeys_seed": str(seed_file), "inbox_prefix": inbox_prefix(seed_file.stem)}
+
+
+async def provision(js: JetStreamContext, s: Subjects) -> None:
+    """As the admin: the streams and buckets the other identities may only use."""
+    await ensure_streams(js, s)
+    for bucket in BUCKETS:
+        await open_bucket(js, s.bucket(bucket), history=5 if bucket == "workflow_defs" else 1)
 
 
 @dataclass(frozen=True)
@@ -184,6 +201,9 @@ class Credentials:
             with os.fdopen(fd, "wb") as f:
                 f.write(seed)
         return path
+
+    def connect_options(self, identity: str) -> dict[str, Any]:
+        return connect_options(self.seed_file(identity))
 
     def public_key(self, identity: str) -> str:
         seed = bytearray(self.seed_file(identity).read_bytes().strip())

@@ -62,19 +62,14 @@ class Settings(BaseSettings):
     def seed_path(self) -> Path:
         return self.supervisor_seed or self.data_dir / "supervisor.nk"
 
-    @property
-    def identity(self) -> str:
-        """Who this process is on a secured bus: the nkey file's name (``agent-triage.nk``)."""
-        return self.nkey_file.stem if self.nkey_file else ""
-
     def connect_options(self) -> dict[str, Any]:
-        """``nats.connect`` options: the identity's nkey, and replies under its own inbox prefix
-        (the bus lets each identity subscribe only there)."""
+        """``nats.connect`` options: on a secured bus, this process's identity (the nkey file's
+        name, ``agent-triage.nk``) and its own inbox prefix."""
         if self.nkey_file is None:
             return {}
-        from switchyard.buscfg import inbox_prefix
+        from switchyard.buscfg import connect_options
 
-        return {"nkeys_seed": str(self.nkey_file), "inbox_prefix": inbox_prefix(self.identity)}
+        return connect_options(self.nkey_file)
 
     def trusted(self) -> frozenset[str]:
         return frozenset(k.strip() for k in self.trusted_keys.split(",") if k.strip())

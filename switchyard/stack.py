@@ -26,7 +26,6 @@ from switchyard import buscfg
 from switchyard.client import SwitchyardClient
 from switchyard.natsd import NatsServer
 from switchyard.protocol.errors import ConfigError
-from switchyard.protocol.streams import ensure_streams, open_bucket
 from switchyard.settings import Settings
 
 ROLES = ("triage", "retrieval", "action", "compliance", "reviewer")
@@ -49,6 +48,22 @@ async def nats_answers(url: str, timeout: float = 1.0) -> bool:
     except (OSError, TimeoutError):
         return False
     return greeting.startswith(b"INFO ")
+
+
+async def stop_processes(procs: list[asyncio.subprocess.Process], timeout: float = 15.0) -> None:
+    """SIGTERM them all (they drain at once), then wait for each; kill one still there after
+    ``timeout``."""
+    for proc in procs:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            async with asyncio.timeout(timeout):
+                await proc.wait()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
 
 
 class LocalStack:
@@ -88,10 +103,7 @@ class LocalStack:
 
     def connect_options(self, identity: str) -> dict[str, object]:
         """How ``identity`` connects to this stack's bus (nothing special unless secure)."""
-        if not self.secure:
-            return {}
-        return {"nkeys_seed": str(self.creds.seed_file(identity)),
-                "inbox_prefix": buscfg.inbox_prefix(identity)}
+        return self.creds.connect_options(identity) if self.secure else {}
 
     def violations(self) -> list[str]:
         """Permission violations the embedded server logged so far."""
@@ -138,14 +150,9 @@ class LocalStack:
         return self
 
     async def _provision(self) -> None:
-        """As the admin: the streams and buckets the other identities may only use."""
-        s = self.settings.subjects
         nc = await nats.connect(self.url, **self.connect_options(buscfg.ADMIN))
         try:
-            js = nc.jetstream()
-            await ensure_streams(js, s)
-            for bucket in buscfg.BUCKETS:
-                await open_bucket(js, s.bucket(bucket), history=5 if bucket == "workflow_defs" else 1)
+            await buscfg.provision(nc.jetstream(), self.settings.subjects)
         finally:
             await nc.close()
 
@@ -209,17 +216,7 @@ class LocalStack:
 
     async def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM every process (they drain), kill what is left after ``timeout``."""
-        for proc in self.procs.values():
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                async with asyncio.timeout(timeout):
-                    await proc.wait()
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop_processes(list(self.procs.values()), timeout)
         self.procs.clear()
         for log in self._logs:
             log.close()  # type: ignore[attr-defined]

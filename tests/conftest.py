@@ -22,7 +22,7 @@ from nats.js.client import JetStreamContext
 from switchyard import buscfg
 from switchyard.natsd import NatsServer, find_binary
 from switchyard.protocol import Subjects, grants
-from switchyard.protocol.streams import ensure_streams, open_bucket
+from switchyard.protocol.streams import ensure_streams
 from switchyard.supervisor.policy import Policy
 
 
@@ -145,8 +145,7 @@ class SecuredBus:
         self._conns: list[Client] = []
 
     async def connect(self, identity: str) -> Client:
-        conn = await nats.connect(self.server.url, nkeys_seed=str(self.creds.seed_file(identity)),
-                                  inbox_prefix=buscfg.inbox_prefix(identity))
+        conn = await nats.connect(self.server.url, **self.creds.connect_options(identity))
         self._conns.append(conn)
         return conn
 
@@ -167,10 +166,7 @@ async def secured_bus(tmp: Path, subjects: Subjects, policy: Policy | None,
     async with NatsServer(store_dir=tmp / "nats", sync_always=False, config_extra=auth) as server:
         bus = SecuredBus(server, creds)
         admin = await bus.connect(buscfg.ADMIN)  # provisions what the others may only use
-        await ensure_streams(admin.jetstream(), subjects)
-        for bucket in buscfg.BUCKETS:
-            await open_bucket(admin.jetstream(), subjects.bucket(bucket),
-                              history=5 if bucket == "workflow_defs" else 1)
+        await buscfg.provision(admin.jetstream(), subjects)
         try:
             yield bus
         finally:
