@@ -61,6 +61,7 @@ from switchyard.protocol.errors import (
 )
 from switchyard.protocol.headers import MSG_ID, PROTOCOL, TRACEPARENT, dead_letter_headers
 from switchyard.protocol.messages import PROTOCOL_VERSION, Entry, ErrorInfo, Result, Task
+from switchyard.protocol.pull import PullConsumer
 from switchyard.protocol.streams import ensure_streams
 from switchyard.protocol.subjects import Subjects, check_token
 from switchyard.tools.breaker import Breakers
@@ -142,10 +143,7 @@ class Agent:
         self._js: JetStreamContext | None = None
         self._audit: AuditLog | None = None
         self._service: Service | None = None
-        self._loop_task: asyncio.Task[None] | None = None
-        self._psub: JetStreamContext.PullSubscription | None = None
-        self._inflight: dict[asyncio.Task[None], Msg] = {}
-        self._slots: asyncio.Semaphore | None = None
+        self._consumer: PullConsumer | None = None
         self._trusted: frozenset[str] = frozenset()
         self.counters = _Counters()
         self._metrics: tuple[Counter, Histogram] | None = None
@@ -223,18 +221,11 @@ class Agent:
         )
         for hook in self._startup:
             await hook()
-        self._slots = asyncio.Semaphore(cfg.concurrency)
-        psub = await js.pull_subscribe(
-            s.task(self.role),
-            durable=self.role,
-            stream=s.stream("tasks"),
-            config=ConsumerConfig(
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=cfg.ack_wait,
-                max_deliver=cfg.max_deliver,
-                max_ack_pending=max(1000, cfg.concurrency * 4),
-            ),
-        )
+        await js.add_consumer(s.stream("tasks"), ConsumerConfig(
+            durable_name=self.role, filter_subject=s.task(self.role),
+            ack_policy=AckPolicy.EXPLICIT, ack_wait=cfg.ack_wait, max_deliver=cfg.max_deliver,
+            max_ack_pending=max(1000, cfg.concurrency * 4),
+        ))
         self._service = await add_service(
             nc,
             ServiceConfig(
@@ -261,8 +252,8 @@ class Agent:
                           "output_schema": json.dumps(schemas["output"])},
             )
         )
-        self._psub = psub
-        self._loop_task = asyncio.create_task(self._fetch_loop(psub))
+        self._consumer = await PullConsumer(
+            nc, s.stream("tasks"), self.role, self._process, capacity=cfg.concurrency).start()
         log.info("agent.started", role=self.role, instance=cfg.instance)
         return self
 
@@ -270,7 +261,7 @@ class Agent:
         c = self.counters
         return {
             "role": self.role,
-            "in_flight": len(self._inflight),
+            "in_flight": len(self._consumer.inflight) if self._consumer else 0,
             "received": c.received,
             "ok": c.ok,
             "needs_human": c.needs_human,
@@ -291,24 +282,20 @@ class Agent:
             self._state = _State.STOPPED if self._state is _State.NEW else self._state
             return
         self._state = _State.STOPPING
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+        if self._consumer is not None:
+            await self._consumer.stop()
         wait = self._config.graceful_timeout if graceful_timeout is None else graceful_timeout
-        if self._inflight:
-            _, pending = await asyncio.wait(list(self._inflight), timeout=wait)
+        inflight = dict(self._consumer.inflight) if self._consumer else {}
+        if inflight:
+            _, pending = await asyncio.wait(list(inflight), timeout=wait)
             for task in pending:
-                msg = self._inflight.get(task)
+                msg = inflight.get(task)
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
                 if msg is not None:
                     with contextlib.suppress(Exception):
                         await msg.nak()
-        if self._psub is not None:
-            with contextlib.suppress(Exception):
-                await self._psub.unsubscribe()
         if self._service is not None:
             await self._service.stop()
         if self._own_nc and self._nc is not None:
@@ -348,37 +335,6 @@ class Agent:
 
     # the work loop --------------------------------------------------------------------------
 
-    async def _fetch_loop(self, psub: JetStreamContext.PullSubscription) -> None:
-        assert self._slots is not None
-        while self._state is _State.RUNNING:  # a cancel can come out as a fetch timeout on 3.11
-            await self._slots.acquire()
-            free = 1
-            while free < 64 and not self._slots.locked():
-                await self._slots.acquire()
-                free += 1
-            try:
-                msgs = await psub.fetch(batch=free, timeout=5.0)
-            except (TimeoutError, nats.errors.TimeoutError):
-                msgs = []
-            except asyncio.CancelledError:
-                for _ in range(free):
-                    self._slots.release()
-                raise
-            except Exception:
-                log.exception("agent.fetch_failed", role=self.role)
-                msgs = []
-            for _ in range(free - len(msgs)):
-                self._slots.release()
-            for msg in msgs:
-                task = asyncio.create_task(self._process(msg))
-                self._inflight[task] = msg
-                task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._inflight.pop(task, None)
-        assert self._slots is not None
-        self._slots.release()
-
     async def _process(self, msg: Msg) -> None:
         self.counters.received += 1
         try:
@@ -412,7 +368,7 @@ class Agent:
             task, nc=self._nc, subjects=cfg.subjects, traceparent=headers.get(TRACEPARENT, ""),
             model=self.model, tool_timeout=cfg.tool_timeout,
         )
-        heartbeat = asyncio.create_task(self._heartbeat(msg))
+        heartbeat = _Heartbeat(msg, self._config.ack_wait / 3)
         started = time.perf_counter()
         timeout = (task.deadline - time.time()) if task.deadline else None
         try:
@@ -479,13 +435,6 @@ class Agent:
             heartbeat.cancel()
             self._metrics[1].labels(self.role).observe(time.perf_counter() - started)
 
-    async def _heartbeat(self, msg: Msg) -> None:
-        interval = self._config.ack_wait / 3
-        while True:
-            await asyncio.sleep(interval)
-            with contextlib.suppress(Exception):
-                await msg.in_progress()
-
     async def _publish_result(
         self,
         msg: Msg,
@@ -549,6 +498,30 @@ class Agent:
             await msg.nak(delay=1.0)  # keep it: nothing may be lost
             return
         await msg.term()
+
+
+class _Heartbeat:
+    """Tells the server every ``interval`` that a task is still being worked on, so a long handler
+    is not redelivered; a timer, not a task, as most handlers finish well before the first beat."""
+
+    def __init__(self, msg: Msg, interval: float) -> None:
+        self._msg, self._interval = msg, interval
+        self._loop = asyncio.get_running_loop()
+        self._handle: asyncio.TimerHandle | None = self._loop.call_later(interval, self._beat)
+        self._sending: asyncio.Task[None] | None = None
+
+    def _beat(self) -> None:
+        self._sending = self._loop.create_task(self._send())
+        self._handle = self._loop.call_later(self._interval, self._beat)
+
+    async def _send(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._msg.in_progress()
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 def _make_result(

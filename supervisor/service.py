@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import heapq
 import json
 import time
@@ -52,6 +53,7 @@ from switchyard.protocol.messages import (
     Task,
     WorkflowRequest,
 )
+from switchyard.protocol.pull import PullConsumer
 from switchyard.protocol.streams import (
     TRUST_KEY,
     ensure_streams,
@@ -137,9 +139,7 @@ class Supervisor:
         self._catalog = WorkflowCatalog(config.workflows, policy=config.policy)
         self._service: Service | None = None
         self._loops: list[asyncio.Task[None]] = []
-        self._psubs: list[JetStreamContext.PullSubscription] = []
-        self._inflight: set[asyncio.Task[None]] = set()
-        self._slots = asyncio.Semaphore(config.concurrency)
+        self._consumers: list[PullConsumer] = []
         # The last state this replica stored, by workflow: saves a KV read per event. Every write
         # is still a compare-and-set, so a stale entry only costs a conflict and a re-read.
         self._cache: OrderedDict[str, tuple[WorkflowState, int]] = OrderedDict()
@@ -181,21 +181,21 @@ class Supervisor:
         trust = await open_bucket(js, s.bucket("trust"))
         await trust.put(TRUST_KEY, self.signer.public_key.encode())
         await self._recover()
-        for subject, durable, handler in (
-            (s.submit, "supervisor-submit", self._on_submit),
-            (s.all("result"), "supervisor-results", self._on_result),
-            (s.human_decision, "supervisor-decisions", self._on_decision),
-            (max_deliveries_subject(s), "supervisor-advisories", self._on_max_deliveries),
+        for stream, subject, durable, handler in (
+            ("workflows", s.submit, "supervisor-submit", self._on_submit),
+            ("results", s.all("result"), "supervisor-results", self._on_result),
+            ("human", s.human_decision, "supervisor-decisions", self._on_decision),
+            ("advisories", max_deliveries_subject(s), "supervisor-advisories",
+             self._on_max_deliveries),
         ):
-            psub = await js.pull_subscribe(
-                subject, durable=durable,
-                config=ConsumerConfig(
-                    ack_policy=AckPolicy.EXPLICIT, ack_wait=cfg.ack_wait,
-                    max_deliver=cfg.max_deliver, max_ack_pending=cfg.concurrency * 4,
-                ),
-            )
-            self._psubs.append(psub)
-            self._loops.append(asyncio.create_task(self._fetch_loop(psub, handler)))
+            await js.add_consumer(s.stream(stream), ConsumerConfig(
+                durable_name=durable, filter_subject=subject, ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=cfg.ack_wait, max_deliver=cfg.max_deliver,
+                max_ack_pending=cfg.concurrency * 4,
+            ))
+            self._consumers.append(await PullConsumer(
+                nc, s.stream(stream), durable, functools.partial(self._guarded, handler),
+                capacity=cfg.concurrency).start())
         self._loops.append(asyncio.create_task(self._timer_loop()))
         self._service = await add_service(
             nc,
@@ -223,16 +223,16 @@ class Supervisor:
             return
         self._state = _State.STOPPED
         self._timer_wake.set()
+        for consumer in self._consumers:
+            await consumer.stop()
         for loop in self._loops:
             loop.cancel()
         for loop in self._loops:
             with contextlib.suppress(asyncio.CancelledError):
                 await loop
-        if self._inflight:
-            await asyncio.wait(list(self._inflight), timeout=self.config.graceful_timeout)
-        for psub in self._psubs:
-            with contextlib.suppress(Exception):
-                await psub.unsubscribe()
+        inflight = [t for c in self._consumers for t in c.inflight]
+        if inflight:
+            await asyncio.wait(inflight, timeout=self.config.graceful_timeout)
         if self._service is not None:
             await self._service.stop()
         if self._own_nc and self._nc is not None:
@@ -258,32 +258,6 @@ class Supervisor:
             await self.stop()
 
     # intake -----------------------------------------------------------------------------------
-
-    async def _fetch_loop(
-        self, psub: JetStreamContext.PullSubscription, handler: Callable[[Msg], Awaitable[None]]
-    ) -> None:
-        while self._state is _State.RUNNING:  # not only cancellation (see _timer_loop)
-            await self._slots.acquire()
-            try:
-                msgs = await psub.fetch(batch=32, timeout=5.0)
-            except (TimeoutError, nats.errors.TimeoutError):
-                msgs = []
-            except asyncio.CancelledError:
-                self._slots.release()
-                raise
-            except Exception:
-                log.exception("supervisor.fetch_failed")
-                msgs = []
-            self._slots.release()
-            for msg in msgs:
-                await self._slots.acquire()
-                task = asyncio.create_task(self._guarded(handler, msg))
-                self._inflight.add(task)
-                task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._inflight.discard(task)
-        self._slots.release()
 
     async def _guarded(self, handler: Callable[[Msg], Awaitable[None]], msg: Msg) -> None:
         try:
@@ -449,8 +423,14 @@ class Supervisor:
         self, wf: Workflow, workflow_id: str, event: EngineEvent, msg: Msg | None
     ) -> None:
         fresh = False
+        # a submission delivered the first time starts a workflow: there is nothing to read (if
+        # there is, the compare-and-set fails and the loop reads it)
+        new = isinstance(event, Submitted) and msg is not None and msg.metadata.num_delivered == 1
         for _ in range(20):
-            state, revision = await self._load(workflow_id, fresh=fresh)
+            if new and not fresh:
+                state, revision = None, 0
+            else:
+                state, revision = await self._load(workflow_id, fresh=fresh)
             step = transition(wf, state, event, time.time())
             if not step.changed or step.state is None:
                 if not fresh and workflow_id in self._cache:
@@ -468,6 +448,8 @@ class Supervisor:
                 self._cache.pop(workflow_id, None)
                 fresh = True
                 continue
+            if state is None:
+                self._audit.assume_new(workflow_id)  # type: ignore[union-attr]
             faults.hit("supervisor.after_store")
             self._transitions.labels(type(event).__name__).inc()
             await self._execute(wf, step.state, step.effects)
@@ -479,22 +461,23 @@ class Supervisor:
             await msg.ack()
 
     async def _execute(self, wf: Workflow, state: WorkflowState, effects: list[Effect]) -> None:
-        """Publish what a transition implies. The outcome (a final one) and then the audit record
-        are stored first: nothing that can lead to the workflow's next transition (a task, an
-        escalation) goes out before this transition's record is stored, so a crash can only lose
-        the record of the last transition, which the stored state keeps and ``due`` re-sends.
-        The rest is pipelined: every message is sent before any publish ack is awaited."""
+        """Publish what a transition implies, pipelined: every message is sent before any ack is
+        awaited. A final outcome is stored before the audit record that ends the chain (a reader
+        that sees the record finds the outcome). The record goes out beside the task it implies:
+        the next transition's record waits for it (appends to one chain are serialised), and a
+        crash can only lose the record of the last transition, which the stored state keeps and
+        ``due`` re-sends."""
         assert self._js is not None and self._index is not None and self._audit is not None
         js, s = self._js, self.config.subjects
-        async with asyncio.timeout(self.config.publish_timeout):
-            for effect in effects:
-                if isinstance(effect, SendOutcome):
+        for effect in effects:
+            if isinstance(effect, SendOutcome):
+                async with asyncio.timeout(self.config.publish_timeout):
                     await (await self._publish_outcome(effect.outcome))
-            for effect in effects:
-                if isinstance(effect, SendEvent):
-                    await self._audit.append(state.id, effect.entries, msg_id=effect.msg_id,
-                                             n=effect.n)
-        acks: list[Awaitable[Any]] = []
+        acks: list[Awaitable[Any]] = [
+            asyncio.ensure_future(self._audit.append(state.id, effect.entries,
+                                                     msg_id=effect.msg_id, n=effect.n))
+            for effect in effects if isinstance(effect, SendEvent)
+        ]
         for effect in effects:
             if isinstance(effect, SendTask):
                 acks.append(await self._send_task(wf, state, effect))

@@ -17,6 +17,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from pydantic import BaseModel
 
 from switchyard.agents import Agent, TaskContext
+from switchyard.agents._main import run as run_on_loop
 from switchyard.protocol import Result, Task, codec
 
 HOPS = 5
@@ -103,7 +104,7 @@ def main(argv: list[str]) -> None:
             loop.add_signal_handler(sig, stop.set)
         await worker(url, hop, prefix, stop)
 
-    asyncio.run(run())
+    run_on_loop(run())
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 
 from switchyard._bench_workers import HOPS, raw_subject
+from switchyard.agents._main import loop_factory
 from switchyard.client import SwitchyardClient
 from switchyard.natsd import NatsServer
 from switchyard.protocol import Result, Subjects, Task, WorkflowRequest, codec
@@ -321,7 +322,7 @@ QUICK = Plan(inflight=[1, 64], count={1: 50, 64: 400}, windows=1, syncs=["defaul
 
 async def run_bench(plan: Plan, log: Callable[[str], None]) -> Report:
     report = Report(machine={"cpus": NCPU, "python": sys.version.split()[0],
-                             "uvloop": "uvloop" in sys.modules})
+                             "uvloop": loop_factory() is not None})
     with tempfile.TemporaryDirectory(prefix="switchyard-bench-") as tmp:
         for sync in plan.syncs:
             async with NatsServer(store_dir=Path(tmp) / f"nats-{sync}",

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from switchyard.agents._main import run as run_on_loop
 from switchyard.settings import Settings
 
 if TYPE_CHECKING:
@@ -121,7 +122,7 @@ def _serve(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
             stopping.cancel()
 
     try:
-        asyncio.run(runner())
+        run_on_loop(runner())
     except asyncio.CancelledError:
         raise typer.Exit(130) from None
 
@@ -413,13 +414,7 @@ def bench(
     from switchyard.bench import FULL, QUICK, report_json, run_bench
 
     _settings()
-    try:
-        import uvloop  # type: ignore[import-not-found]
-
-        uvloop.install()
-    except ImportError:
-        pass
-    report = asyncio.run(run_bench(QUICK if quick else FULL, lambda m: err.print(f"· {m}")))
+    report = run_on_loop(run_bench(QUICK if quick else FULL, lambda m: err.print(f"· {m}")))
     table = Table(title="five-hop workflows (median of windows)")
     for col in ("pipeline", "fsync", "in flight", "steps", "payload", "wf/s", "p50 ms", "p99 ms",
                 "CPU µs/wf", "CPU µs/step", "other CPU %"):
