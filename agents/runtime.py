@@ -61,6 +61,7 @@ from switchyard.protocol.errors import (
 )
 from switchyard.protocol.headers import MSG_ID, PROTOCOL, TRACEPARENT, dead_letter_headers
 from switchyard.protocol.messages import PROTOCOL_VERSION, Entry, ErrorInfo, Result, Task
+from switchyard.protocol.publish import Publisher
 from switchyard.protocol.pull import PullConsumer
 from switchyard.protocol.streams import ensure_streams
 from switchyard.protocol.subjects import Subjects, check_token
@@ -144,6 +145,7 @@ class Agent:
         self._audit: AuditLog | None = None
         self._service: Service | None = None
         self._consumer: PullConsumer | None = None
+        self._publisher: Publisher | None = None
         self._trusted: frozenset[str] = frozenset()
         self.counters = _Counters()
         self._metrics: tuple[Counter, Histogram] | None = None
@@ -215,7 +217,9 @@ class Agent:
         self._js = js = nc.jetstream()
         s = cfg.subjects
         await ensure_streams(js, s)
-        self._audit = AuditLog(js, s, f"agent:{self.role}", cache_size=256)
+        self._publisher = await Publisher(nc).start()
+        self._audit = AuditLog(js, s, f"agent:{self.role}", cache_size=256,
+                               publisher=self._publisher)
         self._trusted = await resolve_trusted_keys(
             js, s, cfg.trusted_keys, wait=cfg.trust_wait
         )
@@ -298,6 +302,8 @@ class Agent:
                         await msg.nak()
         if self._service is not None:
             await self._service.stop()
+        if self._publisher is not None:
+            await self._publisher.stop()
         if self._own_nc and self._nc is not None:
             await self._nc.drain()
         self._state = _State.STOPPED
@@ -449,7 +455,7 @@ class Agent:
         started: float | None = None,
     ) -> None:
         """Publish the Result and wait for the stream's ack; only then ack the task."""
-        assert self._js is not None and self._metrics is not None
+        assert self._publisher is not None and self._metrics is not None
         result = _make_result(
             task, self.role, status, output, confidence, reason, error,
             self._config.instance, ctx, started,
@@ -458,8 +464,8 @@ class Agent:
         if msg.headers and TRACEPARENT in msg.headers:
             headers[TRACEPARENT] = msg.headers[TRACEPARENT]
         try:
-            await self._js.publish(
-                self._config.subjects.result(self.role), codec.encode(result), headers=headers
+            await self._publisher.publish(
+                self._config.subjects.result(self.role), codec.encode(result), headers
             )
         except Exception:
             log.exception("agent.result_publish_failed", task_id=task.id)

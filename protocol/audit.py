@@ -31,6 +31,7 @@ from switchyard.protocol import codec
 from switchyard.protocol.errors import ProtocolError
 from switchyard.protocol.headers import MSG_ID
 from switchyard.protocol.messages import Entry, Event
+from switchyard.protocol.publish import Publisher
 from switchyard.protocol.subjects import Subjects, safe_token
 
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
@@ -48,9 +49,10 @@ class AuditLog:
 
     def __init__(
         self, js: JetStreamContext, subjects: Subjects, source: str, *, cache_size: int = 10_000,
-        timeout: float = 10.0,
+        timeout: float = 10.0, publisher: Publisher | None = None,
     ) -> None:
         self.js, self.s, self.source = js, subjects, source
+        self._publisher = publisher
         self.timeout = timeout
         self._stream = subjects.stream("events")
         self._tails: OrderedDict[str, tuple[int, str]] = OrderedDict()  # subject -> (seq, digest)
@@ -83,11 +85,12 @@ class AuditLog:
             seq, prev = tail
             data = codec.encode(Event(workflow_id=workflow_id, at=at, source=self.source,
                                       entries=entries, n=n, prev=prev))
+            append_headers = {**headers, EXPECTED_LAST_SUBJECT_SEQ: str(seq)}
             try:
-                ack = await self.js.publish(
-                    subject, data, timeout=self.timeout,
-                    headers={**headers, EXPECTED_LAST_SUBJECT_SEQ: str(seq)},
-                )
+                ack = await (
+                    self._publisher.publish(subject, data, append_headers) if self._publisher
+                    else self.js.publish(subject, data, timeout=self.timeout,
+                                         headers=append_headers))
             except BadRequestError as exc:
                 if exc.err_code != WRONG_LAST_SEQUENCE:
                     raise

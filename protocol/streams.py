@@ -18,6 +18,7 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import BadRequestError
 from nats.js.kv import KeyValue
 
+from switchyard.protocol.publish import Publisher
 from switchyard.protocol.subjects import Subjects
 
 DAY = 24 * 3600.0
@@ -92,13 +93,15 @@ WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream's "not the revision you named"
 
 
 async def kv_write(
-    js: JetStreamContext, bucket: str, key: str, value: bytes, *, last: int | None = None,
-    ttl: float | None = None,
+    js: JetStreamContext | Publisher, bucket: str, key: str, value: bytes, *,
+    last: int | None = None, ttl: float | None = None,
 ) -> int:
     """Write one KV entry, optionally only over revision ``last`` (0: only if absent) and with a
     time to live, after which the server removes it (per-message TTL, NATS 2.11+). Returns the
     new revision; raises ``BadRequestError`` with a ``WRONG_LAST_SEQUENCE`` code on a conflict."""
     headers = {"Nats-Expected-Last-Subject-Sequence": str(last)} if last is not None else None
+    if isinstance(js, Publisher):
+        return (await js.publish(f"$KV.{bucket}.{key}", value, headers, ttl=ttl)).seq
     ack = await js.publish(f"$KV.{bucket}.{key}", value, headers=headers,
                            msg_ttl=ttl if ttl else None)
     return ack.seq

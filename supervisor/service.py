@@ -53,6 +53,7 @@ from switchyard.protocol.messages import (
     Task,
     WorkflowRequest,
 )
+from switchyard.protocol.publish import Publisher
 from switchyard.protocol.pull import PullConsumer
 from switchyard.protocol.streams import (
     TRUST_KEY,
@@ -134,6 +135,7 @@ class Supervisor:
         self._own_nc = False
         self._js: JetStreamContext | None = None
         self._audit: AuditLog | None = None
+        self._publisher: Publisher | None = None
         self._store: WorkflowStore | None = None
         self._index: EscalationIndex | None = None
         self._catalog = WorkflowCatalog(config.workflows, policy=config.policy)
@@ -170,9 +172,10 @@ class Supervisor:
         self._nc, self._js = nc, nc.jetstream()
         js = self._js
         await ensure_streams(js, s)
+        self._publisher = pub = await Publisher(nc, timeout=cfg.publish_timeout).start()
         self._audit = AuditLog(js, s, cfg.name, cache_size=cfg.cache_size,
-                               timeout=cfg.publish_timeout)
-        self._store = await WorkflowStore.open(js, s.bucket("workflows"))
+                               timeout=cfg.publish_timeout, publisher=pub)
+        self._store = await WorkflowStore.open(js, s.bucket("workflows"), publisher=pub)
         self._index = EscalationIndex(await open_bucket(js, s.bucket("escalations")))
         self._catalog = WorkflowCatalog(
             cfg.workflows, await open_bucket(js, s.bucket("workflow_defs"), history=5),
@@ -235,6 +238,8 @@ class Supervisor:
             await asyncio.wait(inflight, timeout=self.config.graceful_timeout)
         if self._service is not None:
             await self._service.stop()
+        if self._publisher is not None:
+            await self._publisher.stop()
         if self._own_nc and self._nc is not None:
             await self._nc.drain()
         log.info("supervisor.stopped")
@@ -467,8 +472,8 @@ class Supervisor:
         the next transition's record waits for it (appends to one chain are serialised), and a
         crash can only lose the record of the last transition, which the stored state keeps and
         ``due`` re-sends."""
-        assert self._js is not None and self._index is not None and self._audit is not None
-        js, s = self._js, self.config.subjects
+        assert self._publisher is not None and self._index is not None and self._audit is not None
+        s = self.config.subjects
         for effect in effects:
             if isinstance(effect, SendOutcome):
                 async with asyncio.timeout(self.config.publish_timeout):
@@ -484,7 +489,7 @@ class Supervisor:
             elif isinstance(effect, SendEscalation):
                 esc = effect.escalation
                 await self._index.add(esc)
-                acks.append(await js.publish_async(
+                acks.append(await self._publisher.send(
                     s.human_queue_for(esc.queue), codec.encode(esc),
                     headers={MSG_ID: esc.id, PROTOCOL: PROTOCOL_VERSION,
                              TRACEPARENT: traceparent_for(state.id)}))
@@ -518,7 +523,8 @@ class Supervisor:
             context={"input": state.input, "steps": state.outputs},
             grant=self.signer.mint(grant), deadline=effect.deadline,
         )
-        return await self._js.publish_async(
+        assert self._publisher is not None
+        return await self._publisher.send(
             self.config.subjects.task(effect.role), codec.encode(task),
             headers={MSG_ID: effect.task_id, PROTOCOL: PROTOCOL_VERSION,
                      TRACEPARENT: traceparent_for(state.id, effect.task_id)},
@@ -532,7 +538,8 @@ class Supervisor:
 
     async def _publish_outcome(self, outcome: Outcome) -> asyncio.Future[Any]:
         assert self._js is not None
-        return await self._js.publish_async(
+        assert self._publisher is not None
+        return await self._publisher.send(
             self.config.subjects.outcome(outcome.workflow_id), codec.encode(outcome),
             headers={MSG_ID: f"{outcome.workflow_id}:outcome", PROTOCOL: PROTOCOL_VERSION},
         )

@@ -13,6 +13,7 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import BadRequestError, KeyDeletedError, KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 
+from switchyard.protocol.publish import Publisher
 from switchyard.protocol.streams import WRONG_LAST_SEQUENCE, kv_write, open_bucket
 from switchyard.supervisor.engine import WorkflowState
 
@@ -25,15 +26,20 @@ class RevisionConflict(Exception):
 
 
 class WorkflowStore:
-    def __init__(self, kv: KeyValue, js: JetStreamContext, bucket: str) -> None:
+    def __init__(
+        self, kv: KeyValue, js: JetStreamContext, bucket: str, publisher: Publisher | None = None,
+    ) -> None:
         self.kv = kv
         self._js, self._bucket = js, bucket
+        self._writer: JetStreamContext | Publisher = publisher or js
 
     @classmethod
     async def open(
-        cls, js: JetStreamContext, bucket: str, *, replicas: int = 1, history: int = 1
+        cls, js: JetStreamContext, bucket: str, *, replicas: int = 1, history: int = 1,
+        publisher: Publisher | None = None,
     ) -> WorkflowStore:
-        return cls(await open_bucket(js, bucket, replicas=replicas, history=history), js, bucket)
+        kv = await open_bucket(js, bucket, replicas=replicas, history=history)
+        return cls(kv, js, bucket, publisher)
 
     async def get(self, workflow_id: str) -> tuple[WorkflowState | None, int]:
         """The state and its revision; (None, 0) when there is none."""
@@ -51,7 +57,7 @@ class WorkflowStore:
         """Write ``state`` if the key is still at ``revision`` (0: must not exist yet); with
         ``ttl``, the server removes the entry that many seconds later (a finished workflow)."""
         try:
-            return await kv_write(self._js, self._bucket, state.id, _encoder.encode(state),
+            return await kv_write(self._writer, self._bucket, state.id, _encoder.encode(state),
                                   last=revision, ttl=ttl)
         except BadRequestError as exc:
             if exc.err_code in WRONG_LAST_SEQUENCE:

@@ -1,0 +1,134 @@
+"""Publisher: JetStream publishes whose acks come back on one inbox subscription of its own.
+
+``js.publish`` is a request per message: a new token from the system's random source, a future,
+and a timer (``wait_for``) per call, then a JSON decode into a dataclass. On the hot path (a
+compare-and-set and a task per workflow step) that is a large share of the supervisor's time.
+Here every publish gets a counter token on one wildcard inbox, the ack is decoded by msgspec, and
+one sweeper fails whatever has waited past its deadline. A refusal comes back as the same
+exception ``js.publish`` raises (``BadRequestError`` with the JetStream ``err_code``), so callers
+handle both alike. (nats-py's ``publish_async`` has the shape, but a refusal leaves its future
+unresolved.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from collections.abc import Mapping
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import errors as js_errors
+
+NO_RESPONDERS = "503"
+MSG_TTL = "Nats-TTL"
+
+
+class _Error(msgspec.Struct):
+    code: int = 0
+    err_code: int = 0
+    description: str = ""
+
+
+class PubAck(msgspec.Struct):
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool = False
+    error: _Error | None = None
+
+
+_decode_ack = msgspec.json.Decoder(PubAck).decode
+
+
+def _refusal(error: _Error) -> js_errors.APIError:
+    kind = {400: js_errors.BadRequestError, 404: js_errors.NotFoundError,
+            503: js_errors.ServiceUnavailableError}.get(error.code, js_errors.APIError)
+    return kind(code=error.code, err_code=error.err_code, description=error.description)
+
+
+class Publisher:
+    def __init__(self, nc: Client, *, timeout: float = 10.0) -> None:
+        self._nc = nc
+        self.timeout = timeout
+        self._prefix = ""
+        self._tokens = itertools.count(1)
+        self._waiting: dict[str, tuple[asyncio.Future[PubAck], float]] = {}
+        self._sub: Subscription | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> Publisher:
+        self._prefix = self._nc.new_inbox() + "."
+        self._sub = await self._nc.subscribe(self._prefix + "*", cb=self._on_ack)
+        self._sweeper = asyncio.create_task(self._sweep())
+        return self
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+        for fut, _ in self._waiting.values():
+            if not fut.done():
+                fut.set_exception(js_errors.Error("publisher stopped"))
+        self._waiting.clear()
+
+    async def send(
+        self, subject: str, data: bytes, headers: Mapping[str, str] | None = None,
+        *, ttl: float | None = None,
+    ) -> asyncio.Future[PubAck]:
+        """Publish; the returned future resolves with the stream's ack (or its refusal)."""
+        if self._sub is None:
+            await self.start()
+        token = str(next(self._tokens))
+        fut: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
+        self._waiting[token] = (fut, time.monotonic() + self.timeout)
+        if ttl:
+            headers = {**(headers or {}), MSG_TTL: str(int(ttl))}
+        try:
+            await self._nc.publish(subject, data, reply=self._prefix + token,
+                                   headers=dict(headers) if headers else None)
+        except Exception:
+            self._waiting.pop(token, None)
+            raise
+        return fut
+
+    async def publish(
+        self, subject: str, data: bytes, headers: Mapping[str, str] | None = None,
+        *, ttl: float | None = None,
+    ) -> PubAck:
+        return await (await self.send(subject, data, headers, ttl=ttl))
+
+    async def _on_ack(self, msg: Msg) -> None:
+        entry = self._waiting.pop(msg.subject[len(self._prefix):], None)
+        if entry is None or entry[0].done():
+            return
+        fut = entry[0]
+        if msg.headers and msg.headers.get("Status") == NO_RESPONDERS:
+            fut.set_exception(js_errors.NoStreamResponseError())
+            return
+        try:
+            ack = _decode_ack(msg.data)
+        except msgspec.DecodeError as exc:
+            fut.set_exception(js_errors.Error(f"unreadable publish ack: {exc}"))
+            return
+        if ack.error is not None:
+            fut.set_exception(_refusal(ack.error))
+        else:
+            fut.set_result(ack)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.timeout / 4))
+            now = time.monotonic()
+            late = [t for t, (_, deadline) in self._waiting.items() if deadline < now]
+            for token in late:
+                fut, _ = self._waiting.pop(token)
+                if not fut.done():
+                    fut.set_exception(TimeoutError(f"no publish ack within {self.timeout:g} s"))
