@@ -208,8 +208,13 @@ class _Run:
         self.set_timer("", 0.0)
 
     def last_run(self) -> StepRun | None:
-        for run in reversed(self.s.history):
+        """The current attempt's record, copied on the way out (the history list is a shallow
+        copy, so the state the transition started from stays as it was)."""
+        history = self.s.history
+        for i in range(len(history) - 1, -1, -1):
+            run = history[i]
             if run.step == self.s.current and run.attempt == self.s.attempt:
+                history[i] = run = msgspec.structs.replace(run)
                 return run
         return None
 
@@ -391,8 +396,7 @@ def transition(
     if state is None or state.status in TERMINAL:
         return Transition(state)
     copy = msgspec.structs.replace(
-        state, history=[msgspec.structs.replace(r) for r in state.history],
-        outputs=dict(state.outputs),
+        state, history=list(state.history), outputs=dict(state.outputs),
     )
     run = _Run(wf, copy, now)
     if isinstance(event, ResultReceived):

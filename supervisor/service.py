@@ -520,7 +520,7 @@ class Supervisor:
         task = Task(
             id=effect.task_id, workflow_id=state.id, workflow=wf.name, step=effect.step,
             role=effect.role, attempt=effect.attempt, input=effect.input,
-            context={"input": state.input, "steps": state.outputs},
+            context=wf.step(effect.step).context_of(state.input, state.outputs),
             grant=self.signer.mint(grant), deadline=effect.deadline,
         )
         assert self._publisher is not None

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -47,6 +47,10 @@ class Step(BaseModel):
     name: str
     role: str
     input: dict[str, str] | None = None
+    # what the task carries besides its input, for the agent's ``ctx.workflow_input`` and
+    # ``ctx.outputs``: "input" (the workflow input), names of earlier steps (their outputs), or
+    # "*" (both, all of them). Nothing by default: a task's size must not grow with the workflow.
+    context: list[str] = []
     when: str | None = None
     threshold: float = Field(default=0.0, ge=0.0, le=1.0)
     timeout_s: float = Field(default=30.0, gt=0)
@@ -57,6 +61,18 @@ class Step(BaseModel):
     tools: list[str] = []
     tool_budget: int = Field(default=20, ge=0)
     routes: list[Route] = []
+
+    def context_of(self, workflow_input: dict[str, Any], outputs: dict[str, Any]) -> dict[str, Any]:
+        """The ``context`` of this step's task."""
+        if not self.context:
+            return {}
+        if "*" in self.context:
+            return {"input": workflow_input, "steps": outputs}
+        context: dict[str, Any] = {"input": workflow_input} if "input" in self.context else {}
+        steps = {name: outputs[name] for name in self.context if name in outputs}
+        if steps:
+            context["steps"] = steps
+        return context
 
 
 class Workflow(BaseModel):
@@ -94,6 +110,9 @@ class Workflow(BaseModel):
             check_token("role", step.role)
             for tool in step.tools:
                 check_token("tool", tool)
+            unknown = set(step.context) - {*names, "input", "*"}
+            if unknown:
+                raise ValueError(f"step {step.name}: context names no step {sorted(unknown)}")
             exprs = [*(step.input or {}).values(), *([step.when] if step.when else [])]
             for route in step.routes:
                 if route.to not in targets:

@@ -40,7 +40,8 @@ FLOW = parse_workflow("""
 name: refunds
 steps:
   - {name: read, role: reader, tools: [kb_search]}
-  - {name: refund, role: refunder, tools: [propose_refund], input: {amount: input.amount}}
+  - {name: refund, role: refunder, tools: [propose_refund], input: {amount: input.amount},
+     context: [read]}
 """)
 
 

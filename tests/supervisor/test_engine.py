@@ -343,3 +343,20 @@ async def test_policy_defaults_fill_the_approval_rules_of_a_workflow() -> None:
     wf = await WorkflowCatalog({"flow": own}, policy=policy).latest("flow")
     assert wf is not None  # its own deadline stays; the timeout rule comes from the policy
     assert (wf.approval_deadline_s, wf.on_approval_timeout) == (60.0, "re_escalate")
+
+
+def test_a_task_carries_only_the_context_its_step_asks_for() -> None:
+    wf = parse_workflow("""
+name: ctx
+steps:
+  - {name: a, role: r}
+  - {name: b, role: r}
+  - {name: c, role: r, context: [input, a]}
+  - {name: d, role: r, context: ["*"]}
+""")
+    inp, outputs = {"text": "x" * 100}, {"a": {"n": 1}, "b": {"n": 2}}
+    assert wf.step("b").context_of(inp, outputs) == {}
+    assert wf.step("c").context_of(inp, outputs) == {"input": inp, "steps": {"a": {"n": 1}}}
+    assert wf.step("d").context_of(inp, outputs) == {"input": inp, "steps": outputs}
+    with pytest.raises(ConfigError, match="context names no step"):
+        parse_workflow("name: bad\nsteps:\n  - {name: a, role: r, context: [nope]}\n")

@@ -38,6 +38,7 @@ steps:
   - name: second
     role: beta
     input: {value: steps.first.value}
+    context: [first]
     timeout_s: 0.3
     retries: 1
     backoff_s: 0
@@ -78,7 +79,8 @@ def beta_agent() -> Agent:
 
     @agent.task
     async def beta(inp: BetaIn, ctx: TaskContext) -> BetaOut:
-        assert ctx.outputs["first"]["value"] == inp.value  # earlier outputs travel along
+        assert ctx.outputs["first"]["value"] == inp.value  # the outputs it asks for travel along
+        assert ctx.workflow_input == {}  # and nothing it did not ask for
         return BetaOut(total=inp.value + 1)
 
     return agent
