@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -38,15 +39,19 @@ class TaskContext:
         self.task = task
         self.model = model
         self.usage = Usage()
-        self.log = structlog.get_logger("switchyard.agent").bind(
-            workflow_id=task.workflow_id, task_id=task.id, step=task.step, role=task.role
-        )
         self._nc = nc
         self._subjects = subjects
         self._traceparent = traceparent
         self._tool_timeout = tool_timeout
         self._calls = 0
         self.tool_calls: list[dict[str, Any]] = []
+
+    @functools.cached_property
+    def log(self) -> Any:
+        """A structlog logger bound to this task (made on first use: most handlers never log)."""
+        t = self.task
+        return structlog.get_logger("switchyard.agent").bind(
+            workflow_id=t.workflow_id, task_id=t.id, step=t.step, role=t.role)
 
     @property
     def workflow_id(self) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 import jmespath
 import jmespath.exceptions
 import jmespath.parser
+import jmespath.visitor
 
 from switchyard.protocol.errors import ConfigError
 
@@ -29,8 +30,12 @@ def compile_expression(expression: str) -> jmespath.parser.ParsedResult:
         raise ConfigError(f"expression {expression!r} is not valid JMESPath: {exc}") from None
 
 
+# one interpreter for every search (``ParsedResult.search`` builds a new one per call)
+_interpreter = jmespath.visitor.TreeInterpreter(jmespath.visitor.Options())
+
+
 def evaluate(expression: str, document: dict[str, Any]) -> Any:
-    return compile_expression(expression).search(document)
+    return _interpreter.visit(compile_expression(expression).parsed, document)
 
 
 def holds(expression: str, document: dict[str, Any]) -> bool:

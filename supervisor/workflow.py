@@ -18,6 +18,7 @@ steps:
 
 from __future__ import annotations
 
+import functools
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -126,17 +127,19 @@ class Workflow(BaseModel):
             compile_expression(self.output)
         return self
 
+    @functools.cached_property
+    def _by_name(self) -> dict[str, tuple[Step, str | None]]:
+        """Each step and the one after it in declaration order (None after the last)."""
+        names = [s.name for s in self.steps]
+        return {s.name: (s, names[i + 1] if i + 1 < len(names) else None)
+                for i, s in enumerate(self.steps)}
+
     def step(self, name: str) -> Step:
-        for s in self.steps:
-            if s.name == name:
-                return s
-        raise KeyError(name)
+        return self._by_name[name][0]
 
     def after(self, name: str) -> str | None:
         """The step after ``name`` in declaration order, or None at the end."""
-        names = [s.name for s in self.steps]
-        i = names.index(name)
-        return names[i + 1] if i + 1 < len(names) else None
+        return self._by_name[name][1]
 
 
 def load_workflow(path: str | Path) -> Workflow:

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from switchyard.agents import Agent, TaskContext
 from switchyard.agents._main import run as run_on_loop
 from switchyard.protocol import Result, Task, codec
+from switchyard.protocol.pull import PullConsumer
 
 HOPS = 5
 
@@ -60,10 +61,10 @@ def raw_subject(prefix: str, kind: str, hop: int) -> str:
 async def js_worker(url: str, hop: int, prefix: str, stop: asyncio.Event) -> None:
     nc = await nats.connect(url)
     js = nc.jetstream()
-    psub = await js.pull_subscribe(
-        raw_subject(prefix, "task", hop), durable=f"hop{hop}", stream=f"{prefix.upper()}_TASKS",
-        config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_ack_pending=10_000),
-    )
+    stream = f"{prefix.upper()}_TASKS"
+    await js.add_consumer(stream, ConsumerConfig(
+        durable_name=f"hop{hop}", filter_subject=raw_subject(prefix, "task", hop),
+        ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_ack_pending=10_000))
     result_subject = raw_subject(prefix, "result", hop)
 
     async def handle(msg: Msg) -> None:
@@ -71,13 +72,10 @@ async def js_worker(url: str, hop: int, prefix: str, stop: asyncio.Event) -> Non
         await js.publish(result_subject, codec.encode(answer(task)))
         await msg.ack()
 
-    while not stop.is_set():
-        try:
-            msgs = await psub.fetch(batch=256, timeout=0.5)
-        except TimeoutError:
-            continue
-        await asyncio.gather(*(handle(m) for m in msgs))
-    await psub.unsubscribe()
+    # the same consumer as Switchyard's agents: pull requests kept topped up, a callback
+    consumer = await PullConsumer(nc, stream, f"hop{hop}", handle, capacity=256).start()
+    await stop.wait()
+    await consumer.stop()
     await nc.close()
 
 

@@ -17,7 +17,6 @@ median of several windows is reported.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import statistics
 import sys
@@ -41,6 +40,7 @@ from switchyard.client import SwitchyardClient
 from switchyard.natsd import NatsServer
 from switchyard.protocol import Result, Subjects, Task, WorkflowRequest, codec
 from switchyard.protocol.headers import MSG_ID
+from switchyard.protocol.pull import PullConsumer
 from switchyard.settings import Settings
 from switchyard.stack import LocalStack, stop_processes
 
@@ -164,8 +164,7 @@ class RawJetStreamDriver(Driver):
         self.nc, self.js, self.prefix = nc, nc.jetstream(), prefix
         self.payload = "x" * payload
         self.waiting: dict[str, asyncio.Future[None]] = {}
-        self._loop_task: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._consumer: PullConsumer | None = None
 
     async def start(self) -> None:
         p = self.prefix
@@ -175,21 +174,11 @@ class RawJetStreamDriver(Driver):
         ):
             await self.js.add_stream(StreamConfig(name=f"{p.upper()}_{name}", subjects=subjects,
                                                   retention=retention, storage=StorageType.FILE))
-        psub = await self.js.pull_subscribe(
-            f"{p}.result.*", durable="driver", stream=f"{p.upper()}_RESULTS",
-            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, max_ack_pending=20_000))
-        self._loop_task = asyncio.create_task(self._results(psub))
-
-    async def _results(self, psub: Any) -> None:
-        while True:
-            try:
-                msgs = await psub.fetch(batch=256, timeout=0.5)
-            except TimeoutError:
-                continue
-            for msg in msgs:
-                task = asyncio.create_task(self._advance(msg))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+        await self.js.add_consumer(f"{p.upper()}_RESULTS", ConsumerConfig(
+            durable_name="driver", filter_subject=f"{p}.result.*", ack_policy=AckPolicy.EXPLICIT,
+            max_ack_pending=20_000))
+        self._consumer = await PullConsumer(self.nc, f"{p.upper()}_RESULTS", "driver",
+                                            self._advance, capacity=256).start()
 
     async def _advance(self, msg: Msg) -> None:
         result = codec.decode(msg.data, Result)
@@ -214,10 +203,8 @@ class RawJetStreamDriver(Driver):
         await fut
 
     async def stop(self) -> None:
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+        if self._consumer is not None:
+            await self._consumer.stop()
 
 
 class RawCoreDriver(Driver):
