@@ -140,7 +140,7 @@ class Supervisor:
         self._index: EscalationIndex | None = None
         self._catalog = WorkflowCatalog(config.workflows, policy=config.policy)
         self._service: Service | None = None
-        self._loops: list[asyncio.Task[None]] = []
+        self._timer_task: asyncio.Task[None] | None = None
         self._consumers: list[PullConsumer] = []
         # The last state this replica stored, by workflow: saves a KV read per event. Every write
         # is still a compare-and-set, so a stale entry only costs a conflict and a re-read.
@@ -199,7 +199,7 @@ class Supervisor:
             self._consumers.append(await PullConsumer(
                 nc, s.stream(stream), durable, functools.partial(self._guarded, handler),
                 capacity=cfg.concurrency).start())
-        self._loops.append(asyncio.create_task(self._timer_loop()))
+        self._timer_task = asyncio.create_task(self._timer_loop())
         self._service = await add_service(
             nc,
             ServiceConfig(
@@ -228,11 +228,10 @@ class Supervisor:
         self._timer_wake.set()
         for consumer in self._consumers:
             await consumer.stop()
-        for loop in self._loops:
-            loop.cancel()
-        for loop in self._loops:
+        if self._timer_task is not None:
+            self._timer_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await loop
+                await self._timer_task
         inflight = [t for c in self._consumers for t in c.inflight]
         if inflight:
             await asyncio.wait(inflight, timeout=self.config.graceful_timeout)
@@ -286,12 +285,10 @@ class Supervisor:
         except ConfigError as exc:
             now = time.time()
             wid = safe_token(req.id)
-            outcome = await self._publish_outcome(Outcome(
+            await self._publish_outcome(Outcome(
                 workflow_id=wid, workflow=req.workflow, status="failed",
                 reason=exc.message, started_at=now, finished_at=now,
             ))
-            async with asyncio.timeout(self.config.publish_timeout):
-                await outcome
             await self._record(wid, "workflow.failed", {"reason": exc.message},
                                msg_id=f"{wid}:failed")
             await self._reject(msg, "submit", ErrorCode.INVALID_INPUT, exc.message, req.id)
@@ -476,8 +473,7 @@ class Supervisor:
         s = self.config.subjects
         for effect in effects:
             if isinstance(effect, SendOutcome):
-                async with asyncio.timeout(self.config.publish_timeout):
-                    await (await self._publish_outcome(effect.outcome))
+                await self._publish_outcome(effect.outcome)  # bounded by the publisher's timeout
         acks: list[Awaitable[Any]] = [
             asyncio.ensure_future(self._audit.append(state.id, effect.entries,
                                                      msg_id=effect.msg_id, n=effect.n))
@@ -505,7 +501,7 @@ class Supervisor:
     async def _send_task(
         self, wf: Workflow, state: WorkflowState, effect: SendTask
     ) -> asyncio.Future[Any]:
-        assert self._js is not None
+        assert self._publisher is not None
         now = time.time()
         tools, budget, limits, approvals = effect.tools, effect.tool_budget, {}, {}
         if self.config.policy is not None:  # grants come from the policy alone
@@ -523,7 +519,6 @@ class Supervisor:
             context=wf.step(effect.step).context_of(state.input, state.outputs),
             grant=self.signer.mint(grant), deadline=effect.deadline,
         )
-        assert self._publisher is not None
         return await self._publisher.send(
             self.config.subjects.task(effect.role), codec.encode(task),
             headers={MSG_ID: effect.task_id, PROTOCOL: PROTOCOL_VERSION,
@@ -536,10 +531,9 @@ class Supervisor:
         assert self._audit is not None
         await self._audit.append(workflow_id, [Entry(type=kind, data=data)], msg_id=msg_id)
 
-    async def _publish_outcome(self, outcome: Outcome) -> asyncio.Future[Any]:
-        assert self._js is not None
+    async def _publish_outcome(self, outcome: Outcome) -> None:
         assert self._publisher is not None
-        return await self._publisher.send(
+        await self._publisher.publish(
             self.config.subjects.outcome(outcome.workflow_id), codec.encode(outcome),
             headers={MSG_ID: f"{outcome.workflow_id}:outcome", PROTOCOL: PROTOCOL_VERSION},
         )

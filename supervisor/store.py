@@ -30,7 +30,7 @@ class WorkflowStore:
         self, kv: KeyValue, js: JetStreamContext, bucket: str, publisher: Publisher | None = None,
     ) -> None:
         self.kv = kv
-        self._js, self._bucket = js, bucket
+        self._bucket = bucket
         self._writer: JetStreamContext | Publisher = publisher or js
 
     @classmethod

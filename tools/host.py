@@ -202,7 +202,6 @@ class ToolHost:
                 ), "refused"
             if entry is not None:
                 claimed_at = entry.started_at  # idempotent: safe to run again under the same key
-        assert self._ledger is not None
         if not await self._ledger.spend(grant.id, grant.budget):
             exc = BudgetExhaustedError(grant.id, grant.budget)
             if key:
