@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any
+from typing import Any, TypeVar, cast, overload
 
 import structlog
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
+from structlog.typing import FilteringBoundLogger
 
 from switchyard.agents.model import ModelClient
-from switchyard.protocol import codec, faults
+from switchyard.protocol import codec
+from switchyard.protocol.bus.faults import Faults
 from switchyard.protocol.errors import ErrorCode, ToolError
 from switchyard.protocol.grants import call_digest
 from switchyard.protocol.headers import TRACEPARENT
@@ -21,6 +23,10 @@ from switchyard.protocol.messages import Task, ToolCall, ToolResult, Usage
 from switchyard.protocol.subjects import Subjects
 
 _KNOWN_CODES = frozenset(code.value for code in ErrorCode)
+
+JSONValue = str | int | float | bool | None | list["JSONValue"] | dict[str, "JSONValue"]
+JSONObject = dict[str, JSONValue]
+R = TypeVar("R", bound=BaseModel)
 
 
 class TaskContext:
@@ -35,6 +41,7 @@ class TaskContext:
         traceparent: str = "",
         model: ModelClient | None = None,
         tool_timeout: float = 10.0,
+        faults: Faults | None = None,
     ) -> None:
         self.task = task
         self.model = model
@@ -44,14 +51,16 @@ class TaskContext:
         self._traceparent = traceparent
         self._tool_timeout = tool_timeout
         self._calls = 0
-        self.tool_calls: list[dict[str, Any]] = []
+        self._faults = faults or Faults()
+        self.tool_calls: list[JSONObject] = []
 
     @functools.cached_property
-    def log(self) -> Any:
+    def log(self) -> FilteringBoundLogger:
         """A structlog logger bound to this task (made on first use: most handlers never log)."""
         t = self.task
-        return structlog.get_logger("switchyard.agent").bind(
+        logger: FilteringBoundLogger = structlog.get_logger("switchyard.agent").bind(
             workflow_id=t.workflow_id, task_id=t.id, step=t.step, role=t.role)
+        return logger
 
     @property
     def workflow_id(self) -> str:
@@ -63,17 +72,29 @@ class TaskContext:
         return self.task.deadline
 
     @property
-    def outputs(self) -> dict[str, Any]:
-        """Outputs of the workflow's earlier steps, by step name."""
-        return self.task.context.get("steps", {})  # type: ignore[no-any-return]
+    def outputs(self) -> dict[str, JSONObject]:
+        """Outputs of the workflow's earlier steps that the step's ``context`` asks for, by name."""
+        return cast(dict[str, JSONObject], self.task.context.get("steps", {}))
 
     @property
-    def workflow_input(self) -> dict[str, Any]:
-        return self.task.context.get("input", {})  # type: ignore[no-any-return]
+    def workflow_input(self) -> JSONObject:
+        """The workflow's input, when the step's ``context`` asks for it."""
+        return cast(JSONObject, self.task.context.get("input", {}))
 
-    async def call_tool(self, name: str, args: BaseModel | dict[str, Any]) -> dict[str, Any]:
-        """Call tool ``name`` over the bus under this task's grant; raise ``ToolError`` if refused."""
-        payload = args.model_dump(mode="json") if isinstance(args, BaseModel) else args
+    @overload
+    async def call_tool(self, name: str, args: BaseModel | JSONObject) -> JSONObject: ...
+
+    @overload
+    async def call_tool(self, name: str, args: BaseModel | JSONObject, result: type[R]) -> R: ...
+
+    async def call_tool(
+        self, name: str, args: BaseModel | JSONObject, result: type[R] | None = None,
+    ) -> JSONObject | R:
+        """Call tool ``name`` over the bus under this task's grant; raise ``ToolError`` if refused.
+        With ``result`` (a pydantic model), the reply is validated into it (``invalid_output``
+        if it does not fit); without, it is the JSON object the tool returned."""
+        payload: dict[str, Any] = (
+            args.model_dump(mode="json") if isinstance(args, BaseModel) else dict(args))
         self._calls += 1
         call = ToolCall(
             tool=name,
@@ -89,7 +110,7 @@ class TaskContext:
         if self.task.deadline:
             timeout = max(0.1, min(timeout, self.task.deadline - time.time()))
         headers = {TRACEPARENT: self._traceparent} if self._traceparent else None
-        faults.hit("agent.before_tool_call")
+        self._faults.hit("agent.before_tool_call")
         try:
             reply = await self._nc.request(
                 self._subjects.tool(name, self.task.role), codec.encode(call), timeout=timeout,
@@ -102,15 +123,22 @@ class TaskContext:
                 f"tool {name!r} did not answer within {timeout:.1f} s",
                 code=ErrorCode.TIMEOUT, retryable=True,
             ) from None
-        faults.hit("agent.after_tool_call")
-        result = codec.decode(reply.data, ToolResult)
-        self.tool_calls.append({"tool": name, "ok": result.ok, "approved_by": result.approved_by})
-        if not result.ok:
-            err = result.error
+        self._faults.hit("agent.after_tool_call")
+        answer = codec.decode(reply.data, ToolResult)
+        self.tool_calls.append({"tool": name, "ok": answer.ok, "approved_by": answer.approved_by})
+        if not answer.ok:
+            err = answer.error
             code = ErrorCode(err.code) if err and err.code in _KNOWN_CODES else ErrorCode.TOOL_FAILED
             raise ToolError(
                 err.message if err else f"tool {name} failed", code=code,
                 retryable=bool(err and err.retryable),
                 details={"tool": name, "args": payload, "digest": call_digest(name, payload)},
             )
-        return result.result or {}
+        value = cast(JSONObject, answer.result or {})
+        if result is None:
+            return value
+        try:
+            return result.model_validate(value)
+        except ValidationError as exc:
+            raise ToolError(f"tool {name}'s result does not match {result.__name__}: {exc}",
+                            code=ErrorCode.INVALID_OUTPUT) from None

@@ -9,7 +9,7 @@ tests.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import httpx
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
@@ -25,7 +25,7 @@ class ModelReply:
 
 
 class ModelClient(Protocol):
-    async def chat(self, messages: list[dict[str, str]], **options: Any) -> ModelReply: ...
+    async def chat(self, messages: list[dict[str, str]], **options: object) -> ModelReply: ...
 
 
 class OpenAICompatibleModel:
@@ -62,7 +62,7 @@ class OpenAICompatibleModel:
             base_url=self.endpoint, headers=headers, timeout=timeout, transport=transport
         )
 
-    async def chat(self, messages: list[dict[str, str]], **options: Any) -> ModelReply:
+    async def chat(self, messages: list[dict[str, str]], **options: object) -> ModelReply:
         body = {"model": self.model, "messages": messages, **options}
         async for attempt in AsyncRetrying(**self._retrying):  # type: ignore[arg-type]
             with attempt, self.breakers.guard(self.endpoint, f"model endpoint {self.endpoint}"):

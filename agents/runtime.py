@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import inspect
 import json
 import os
@@ -30,27 +29,24 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
-import nats
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
-from nats.js.client import JetStreamContext
-from nats.micro import add_service
 from nats.micro.request import Request
-from nats.micro.service import EndpointConfig, Service, ServiceConfig
+from nats.micro.service import EndpointConfig, ServiceConfig
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import BaseModel, ValidationError
 from tenacity import RetryCallState, wait_exponential_jitter
 
 from switchyard.agents.context import TaskContext
+from switchyard.agents.heartbeat import Heartbeat
 from switchyard.agents.model import ModelClient
 from switchyard.agents.signals import NeedsHuman, Reject, Retry, Scored
-from switchyard.protocol import codec, faults, grants
-from switchyard.protocol.audit import AuditLog
+from switchyard.protocol import codec, grants
+from switchyard.protocol.bus.component import Component, ComponentConfig
 from switchyard.protocol.errors import (
     ConfigError,
     ErrorCode,
@@ -59,12 +55,9 @@ from switchyard.protocol.errors import (
     ProtocolError,
     ToolError,
 )
-from switchyard.protocol.headers import MSG_ID, PROTOCOL, TRACEPARENT, dead_letter_headers
-from switchyard.protocol.messages import PROTOCOL_VERSION, Entry, ErrorInfo, Result, Task
-from switchyard.protocol.publish import Publisher
-from switchyard.protocol.pull import PullConsumer
-from switchyard.protocol.streams import ensure_streams
-from switchyard.protocol.subjects import Subjects, check_token
+from switchyard.protocol.headers import MSG_ID, PROTOCOL, TRACEPARENT
+from switchyard.protocol.messages import PROTOCOL_VERSION, ErrorInfo, Result, Task
+from switchyard.protocol.subjects import DeadLetterKind, Stream, check_token
 from switchyard.tools.breaker import Breakers
 from switchyard.tools.contract import validation_message
 from switchyard.tools.trust import resolve_trusted_keys
@@ -73,38 +66,36 @@ log = structlog.get_logger("switchyard.agent")
 
 I = TypeVar("I", bound=BaseModel)  # noqa: E741
 O = TypeVar("O", bound=BaseModel)  # noqa: E741
-Handler = Callable[[Any, TaskContext], Awaitable[Any]]
+_Handler = Callable[[Any, TaskContext], Awaitable[object]]
 MAX_RETRY_DELAY = 300.0  # a Retry's delay doubles with each delivery, up to this
 
 
-class _State(enum.Enum):
-    NEW = "new"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-
-
-@dataclass(frozen=True)
-class AgentConfig:
-    nats_url: str = "nats://127.0.0.1:4222"
-    subjects: Subjects = field(default_factory=Subjects)
+@dataclass(frozen=True, kw_only=True)
+class AgentConfig(ComponentConfig):
     concurrency: int = 8
     ack_wait: float = 30.0
     max_deliver: int = 5
-    graceful_timeout: float = 10.0
     trusted_keys: frozenset[str] = frozenset()
     trust_wait: float = 30.0
-    max_bytes: int = codec.DEFAULT_MAX_BYTES
     tool_timeout: float = 10.0
     instance: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
-    # extra ``nats.connect`` options: credentials and inbox prefix under a secured bus
-    connect_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ConfigError(f"concurrency must be at least 1, not {self.concurrency}")
         if self.ack_wait <= 0:
             raise ConfigError(f"ack_wait must be positive, not {self.ack_wait}")
+        if self.max_deliver < 1:
+            raise ConfigError(f"max_deliver must be at least 1, not {self.max_deliver}")
+
+
+def consumer_config(role: str, config: AgentConfig) -> ConsumerConfig:
+    """The durable consumer every replica of ``role`` shares (docs/protocol.md names the same)."""
+    return ConsumerConfig(
+        durable_name=role, filter_subject=config.subjects.task(role),
+        ack_policy=AckPolicy.EXPLICIT, ack_wait=config.ack_wait, max_deliver=config.max_deliver,
+        max_ack_pending=max(1000, config.concurrency * 4),
+    )
 
 
 @dataclass
@@ -117,9 +108,12 @@ class _Counters:
     dead_lettered: int = 0
 
 
-class Agent:
-    """One role's worker. Register the handler with ``@agent.task``, then ``run()`` or
-    ``async with agent.started(nc)``."""
+class Agent(Component):
+    """One role's worker. Register the handler with ``@agent.task``, then ``agent.run()``, or
+    ``async with agent`` / ``await agent.start(config=..., nc=...)`` in your own program."""
+
+    _kind = "agent"
+    _config: AgentConfig
 
     def __init__(
         self,
@@ -128,27 +122,27 @@ class Agent:
         version: str = "0.1.0",
         description: str = "",
         model: ModelClient | None = None,
+        config: AgentConfig | None = None,
+        nc: Client | None = None,
+        metrics: CollectorRegistry | None = None,
     ) -> None:
+        super().__init__(config or AgentConfig(), nc=nc, metrics=metrics)
         self.role = check_token("role", role)
         self.version = version
         self.description = description or f"Switchyard agent for role {role}"
         self.model = model
         self.input_model: type[BaseModel] | None = None
         self.output_model: type[BaseModel] | None = None
-        self._handler: Handler | None = None
+        self._handler: _Handler | None = None
         self._startup: list[Callable[[], Awaitable[None]]] = []
-        self._state = _State.NEW
-        self._config = AgentConfig()
-        self._nc: Client | None = None
-        self._own_nc = False
-        self._js: JetStreamContext | None = None
-        self._audit: AuditLog | None = None
-        self._service: Service | None = None
-        self._consumer: PullConsumer | None = None
-        self._publisher: Publisher | None = None
         self._trusted: frozenset[str] = frozenset()
         self.counters = _Counters()
-        self._metrics: tuple[Counter, Histogram] | None = None
+        self._tasks_total: Counter | None = None
+        self._task_seconds: Histogram | None = None
+
+    @property
+    def _name(self) -> str:
+        return f"agent:{self.role}"
 
     # registration ---------------------------------------------------------------------------
 
@@ -183,7 +177,7 @@ class Agent:
         self._startup.append(fn)
         return fn
 
-    def schemas(self) -> dict[str, Any]:
+    def schemas(self) -> dict[str, dict[str, object]]:
         return {
             "input": self.input_model.model_json_schema() if self.input_model else {},
             "output": self.output_model.model_json_schema() if self.output_model else {},
@@ -192,80 +186,66 @@ class Agent:
     # lifecycle ------------------------------------------------------------------------------
 
     async def start(
-        self,
-        nc: Client | None = None,
-        config: AgentConfig | None = None,
-        *,
-        metrics: CollectorRegistry | None = None,
+        self, nc: Client | None = None, config: AgentConfig | None = None,
+        *, metrics: CollectorRegistry | None = None,
     ) -> Agent:
-        if self._state is not _State.NEW:
-            raise RuntimeError(f"agent {self.role!r} already {self._state.value}")
+        """Start, on ``nc`` (adopted) or a connection of its own; ``config`` and ``metrics``
+        replace what the constructor was given."""
         if self._handler is None:
             raise ConfigError(f"agent {self.role!r} has no handler; decorate one with @agent.task")
-        self._state = _State.RUNNING
-        self._config = cfg = config or AgentConfig()
-        reg = metrics or CollectorRegistry()
-        self._metrics = (
-            Counter("switchyard_agent_tasks", "Tasks by outcome", ["role", "outcome"], registry=reg),
-            Histogram("switchyard_agent_task_seconds", "Handler time", ["role"], registry=reg),
-        )
-        if nc is None:
-            nc = await nats.connect(cfg.nats_url, name=f"sy-agent-{self.role}",
-                                    **cfg.connect_options)
-            self._own_nc = True
-        self._nc = nc
-        self._js = js = nc.jetstream()
-        s = cfg.subjects
-        await ensure_streams(js, s)
-        self._publisher = await Publisher(nc).start()
-        self._audit = AuditLog(js, s, f"agent:{self.role}", cache_size=256,
-                               publisher=self._publisher)
+        if self.state.value == "new":
+            if config is not None:
+                self._config = config
+                self.faults = type(self.faults)(config.faults)
+            self._nc = nc or self._nc
+            self._metrics_registry = metrics or self._metrics_registry
+        return await super().start()
+
+    async def _setup(self) -> None:
+        cfg, reg = self._config, self._metrics_registry
+        self._tasks_total = Counter(
+            "switchyard_agent_tasks", "Tasks by outcome", ["role", "outcome"], registry=reg)
+        self._task_seconds = Histogram(
+            "switchyard_agent_task_seconds", "Handler time", ["role"], registry=reg)
         self._trusted = await resolve_trusted_keys(
-            js, s, cfg.trusted_keys, wait=cfg.trust_wait
-        )
+            self.js, cfg.subjects, cfg.trusted_keys, wait=cfg.trust_wait)
         for hook in self._startup:
             await hook()
-        await js.add_consumer(s.stream("tasks"), ConsumerConfig(
-            durable_name=self.role, filter_subject=s.task(self.role),
-            ack_policy=AckPolicy.EXPLICIT, ack_wait=cfg.ack_wait, max_deliver=cfg.max_deliver,
-            max_ack_pending=max(1000, cfg.concurrency * 4),
-        ))
-        self._service = await add_service(
-            nc,
-            ServiceConfig(
-                name=s.service(f"agent-{self.role}"),
-                version=self.version,
-                description=self.description,
-                metadata={
-                    "kind": "agent",
-                    "role": self.role,
-                    "instance": cfg.instance,
-                    "concurrency": str(cfg.concurrency),
-                },
-                stats_handler=lambda ep: self._stats(),
-            ),
+        await self.js.add_consumer(cfg.subjects.stream(Stream.TASKS),
+                                   consumer_config(self.role, cfg))
+
+    def _service_config(self) -> ServiceConfig:
+        cfg = self._config
+        return ServiceConfig(
+            name=cfg.subjects.service(f"agent-{self.role}"),
+            version=self.version,
+            description=self.description,
+            metadata={"kind": "agent", "role": self.role, "instance": cfg.instance,
+                      "concurrency": str(cfg.concurrency)},
+            stats_handler=lambda ep: self._stats(),
         )
-        schemas = self.schemas()
+
+    async def _take_work(self) -> None:
+        assert self._service is not None
+        cfg, schemas = self._config, self.schemas()
         await self._service.add_endpoint(
             EndpointConfig(
                 name="schema",
-                subject=f"{s.prefix}.agent.{self.role}.schema",
+                subject=cfg.subjects.agent_schema(self.role),
                 handler=self._answer_schema,
                 metadata={"role": self.role,
                           "input_schema": json.dumps(schemas["input"]),
                           "output_schema": json.dumps(schemas["output"])},
             )
         )
-        self._consumer = await PullConsumer(
-            nc, s.stream("tasks"), self.role, self._process, capacity=cfg.concurrency).start()
-        log.info("agent.started", role=self.role, instance=cfg.instance)
-        return self
+        await self._consume(cfg.subjects.stream(Stream.TASKS), self.role, self._process,
+                            cfg.concurrency)
 
-    def _stats(self) -> dict[str, Any]:
+    def _stats(self) -> dict[str, object]:
         c = self.counters
         return {
             "role": self.role,
-            "in_flight": len(self._consumer.inflight) if self._consumer else 0,
+            "in_flight": self.in_flight,
             "received": c.received,
             "ok": c.ok,
             "needs_human": c.needs_human,
@@ -280,48 +260,6 @@ class Agent:
     async def _answer_schema(self, req: Request) -> None:
         await req.respond(json.dumps({"role": self.role, **self.schemas()}).encode())
 
-    async def stop(self, *, graceful_timeout: float | None = None) -> None:
-        """Stop taking tasks, let in-flight ones finish (bounded), nak the rest, drain."""
-        if self._state in (_State.STOPPING, _State.STOPPED, _State.NEW):
-            self._state = _State.STOPPED if self._state is _State.NEW else self._state
-            return
-        self._state = _State.STOPPING
-        if self._consumer is not None:
-            await self._consumer.stop()
-        wait = self._config.graceful_timeout if graceful_timeout is None else graceful_timeout
-        inflight = dict(self._consumer.inflight) if self._consumer else {}
-        if inflight:
-            _, pending = await asyncio.wait(list(inflight), timeout=wait)
-            for task in pending:
-                msg = inflight.get(task)
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-                if msg is not None:
-                    with contextlib.suppress(Exception):
-                        await msg.nak()
-        if self._service is not None:
-            await self._service.stop()
-        if self._publisher is not None:
-            await self._publisher.stop()
-        if self._own_nc and self._nc is not None:
-            await self._nc.drain()
-        self._state = _State.STOPPED
-        log.info("agent.stopped", role=self.role)
-
-    async def __aenter__(self) -> Agent:
-        if self._state is _State.NEW:
-            await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
     async def serve(
         self, stop: asyncio.Event, config: AgentConfig | None = None,
         *, metrics: CollectorRegistry | None = None,
@@ -333,11 +271,13 @@ class Agent:
         finally:
             await self.stop()
 
-    def run(self, config: AgentConfig | None = None) -> None:
-        """Run in the foreground until SIGINT/SIGTERM (an entry point, like ``uvicorn.run``)."""
-        from switchyard.agents._main import run_until_signal
+    def run(self) -> None:
+        """Run in the foreground until SIGINT/SIGTERM, configured from the environment
+        (``NATS_URL`` and the rest, through settings) as ``switchyard agent run`` is: an entry
+        point, like ``uvicorn.run``. The CLI owns settings and signals, so this hands over to it."""
+        from switchyard.cli.processes import run_agent
 
-        run_until_signal(lambda stop: self.serve(stop, config))
+        run_agent(self)
 
     # the work loop --------------------------------------------------------------------------
 
@@ -346,13 +286,13 @@ class Agent:
         try:
             task = codec.decode(msg.data, Task, max_bytes=self._config.max_bytes)
         except ProtocolError as exc:
-            await self._dead_letter(msg, exc.code, exc.message, "")
+            await self._dead_letter(msg, exc.code, exc.message, None)
             return
         try:
             grant = grants.verify(task.grant, self._trusted, time.time())
             _check_grant_fits(grant, task, self.role)
-        except GrantError as exc:
-            await self._dead_letter(msg, exc.code, exc.message, task.workflow_id)
+        except GrantError as exc:  # the task's claim to a workflow is not vouched for
+            await self._dead_letter(msg, exc.code, exc.message, None)
             return
         assert self.input_model is not None
         try:
@@ -368,13 +308,14 @@ class Agent:
 
     async def _run_handler(self, msg: Msg, task: Task, inp: BaseModel, delivered: int) -> None:
         cfg = self._config
-        assert self._nc is not None and self._handler is not None and self._metrics is not None
+        assert self._handler is not None and self._tasks_total is not None
+        assert self._task_seconds is not None
         headers = msg.headers or {}
         ctx = TaskContext(
-            task, nc=self._nc, subjects=cfg.subjects, traceparent=headers.get(TRACEPARENT, ""),
-            model=self.model, tool_timeout=cfg.tool_timeout,
+            task, nc=self.nc, subjects=cfg.subjects, traceparent=headers.get(TRACEPARENT, ""),
+            model=self.model, tool_timeout=cfg.tool_timeout, faults=self.faults,
         )
-        heartbeat = _Heartbeat(msg, self._config.ack_wait / 3)
+        heartbeat = Heartbeat(msg, self._config.ack_wait / 3)
         started = time.perf_counter()
         timeout = (task.deadline - time.time()) if task.deadline else None
         try:
@@ -393,7 +334,7 @@ class Agent:
         except Retry as exc:
             if delivered < cfg.max_deliver:
                 self.counters.retried += 1
-                self._metrics[0].labels(self.role, "retried").inc()
+                self._tasks_total.labels(self.role, "retried").inc()
                 await msg.nak(delay=retry_delay(exc.delay, delivered))
                 return
             reason = f"gave up after {delivered} deliveries: {exc.reason or 'retry'}"
@@ -439,7 +380,7 @@ class Agent:
             )
         finally:
             heartbeat.cancel()
-            self._metrics[1].labels(self.role).observe(time.perf_counter() - started)
+            self._task_seconds.labels(self.role).observe(time.perf_counter() - started)
 
     async def _publish_result(
         self,
@@ -455,7 +396,7 @@ class Agent:
         started: float | None = None,
     ) -> None:
         """Publish the Result and wait for the stream's ack; only then ack the task."""
-        assert self._publisher is not None and self._metrics is not None
+        assert self._tasks_total is not None
         result = _make_result(
             task, self.role, status, output, confidence, reason, error,
             self._config.instance, ctx, started,
@@ -464,7 +405,7 @@ class Agent:
         if msg.headers and TRACEPARENT in msg.headers:
             headers[TRACEPARENT] = msg.headers[TRACEPARENT]
         try:
-            await self._publisher.publish(
+            await self.publisher.publish(
                 self._config.subjects.result(self.role), codec.encode(result), headers
             )
         except Exception:
@@ -474,60 +415,31 @@ class Agent:
             return
         outcome = status if status in ("ok", "needs_human") else "errors"
         setattr(self.counters, outcome, getattr(self.counters, outcome) + 1)
-        self._metrics[0].labels(self.role, outcome).inc()
+        self._tasks_total.labels(self.role, outcome).inc()
         if error is None or error.code not in (ErrorCode.INVALID_INPUT, ErrorCode.REJECTED):
-            faults.hit("agent.before_ack")
+            self.faults.hit("agent.before_ack")
             await msg.ack()
 
-    async def _dead_letter(self, msg: Msg, code: str, reason: str, workflow_id: str) -> None:
-        """Copy the task's bytes to the dead-letter subject, audit it, and ``term`` it."""
-        assert self._js is not None and self._metrics is not None and self._audit is not None
-        s = self._config.subjects
+    async def _dead_letter(
+        self, msg: Msg, code: str, reason: str, workflow_id: str | None,
+    ) -> None:
+        """Dead-letter the task (``workflow_id``: its workflow, when a valid grant vouches for
+        it), then ``term`` it; if the copy cannot be stored, keep the task (``nak``)."""
+        assert self._tasks_total is not None
         meta = msg.metadata
         self.counters.dead_lettered += 1
-        self._metrics[0].labels(self.role, "dead_lettered").inc()
+        self._tasks_total.labels(self.role, "dead_lettered").inc()
         log.warning("agent.dead_letter", role=self.role, code=code, reason=reason)
         try:
-            await self._js.publish(
-                s.dlq("task"), msg.data,
-                headers=dead_letter_headers(
-                    reason=reason, code=code, subject=msg.subject, source=f"agent:{self.role}",
-                    stream_seq=meta.sequence.stream, deliveries=meta.num_delivered,
-                ),
-            )
-            await self._audit.append(workflow_id or "unknown", [Entry(
-                type="task.dead_lettered",
-                data={"code": code, "reason": reason, "stream_seq": meta.sequence.stream},
-            )], msg_id=f"dlq:task:{meta.sequence.stream}")
+            await self.dead_letters.send(
+                DeadLetterKind.TASK, msg.data, subject=msg.subject, code=code, reason=reason,
+                workflow_id=workflow_id, stream_seq=meta.sequence.stream,
+                deliveries=meta.num_delivered)
         except Exception:
             log.exception("agent.dead_letter_failed")
             await msg.nak(delay=1.0)  # keep it: nothing may be lost
             return
         await msg.term()
-
-
-class _Heartbeat:
-    """Tells the server every ``interval`` that a task is still being worked on, so a long handler
-    is not redelivered; a timer, not a task, as most handlers finish well before the first beat."""
-
-    def __init__(self, msg: Msg, interval: float) -> None:
-        self._msg, self._interval = msg, interval
-        self._loop = asyncio.get_running_loop()
-        self._handle: asyncio.TimerHandle | None = self._loop.call_later(interval, self._beat)
-        self._sending: asyncio.Task[None] | None = None
-
-    def _beat(self) -> None:
-        self._sending = self._loop.create_task(self._send())
-        self._handle = self._loop.call_later(self._interval, self._beat)
-
-    async def _send(self) -> None:
-        with contextlib.suppress(Exception):
-            await self._msg.in_progress()
-
-    def cancel(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
 
 
 def _make_result(
@@ -563,7 +475,7 @@ def _check_grant_fits(grant: grants.Grant, task: Task, role: str) -> None:
         raise GrantScopeError("role", grant.role, role)
 
 
-def _as_dict(value: BaseModel | dict[str, Any] | None) -> dict[str, Any] | None:
+def _as_dict(value: BaseModel | dict[str, object] | None) -> dict[str, Any] | None:
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     return value

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from pydantic import BaseModel
 
@@ -29,7 +29,7 @@ class Scored(Generic[T]):
 
 class NeedsHuman(Exception):
     def __init__(
-        self, reason: str, *, confidence: float = 0.0, output: BaseModel | dict[str, Any] | None = None
+        self, reason: str, *, confidence: float = 0.0, output: BaseModel | dict[str, object] | None = None
     ) -> None:
         super().__init__(reason)
         self.reason = reason

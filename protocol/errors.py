@@ -155,12 +155,21 @@ class ToolNotGrantedError(GrantError):
 class LimitExceededError(GrantError):
     code = ErrorCode.LIMIT_EXCEEDED
 
-    def __init__(self, tool: str, argument: str, value: object, limit: float) -> None:
+    def __init__(
+        self, tool: str, argument: str, value: object, limit: float, *, not_a_number: bool = False,
+    ) -> None:
         self.tool = tool
         self.argument = argument
         self.value = value
         self.limit = limit
-        super().__init__(f"{tool}: {argument} of {value} exceeds the granted limit of {limit:g}")
+        self.not_a_number = not_a_number
+        if not_a_number:
+            super().__init__(
+                f"{tool}: {argument} must be a number to be checked against its granted limit of "
+                f"{limit:g}, not {value!r} ({type(value).__name__})")
+        else:
+            super().__init__(
+                f"{tool}: {argument} of {value} exceeds the granted limit of {limit:g}")
 
 
 class BudgetExhaustedError(GrantError):

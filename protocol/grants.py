@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import os
+import secrets
 from datetime import UTC, datetime
 from functools import lru_cache
 
@@ -26,6 +26,7 @@ from switchyard.protocol.errors import (
     LimitExceededError,
     ToolNotGrantedError,
 )
+from switchyard.protocol.expressions import holds
 
 MAX_TOKEN_BYTES = 8 * 1024
 
@@ -57,7 +58,7 @@ def call_digest(tool: str, args: dict[str, object]) -> str:
 
 def new_seed() -> bytes:
     """A fresh nkey seed (``SA…``) for a supervisor."""
-    return bytes(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_ACCOUNT))
+    return bytes(nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_ACCOUNT))
 
 
 def public_key(seed: bytes) -> str:
@@ -142,12 +143,19 @@ def check_tool(grant: Grant, tool: str, workflow_id: str, task_id: str) -> None:
 
 
 def check_limits(grant: Grant, tool: str, args: dict[str, object]) -> None:
-    """Raise ``LimitExceededError`` if a numeric argument is above the grant's limit for it."""
+    """Raise ``LimitExceededError`` if an argument the grant limits is above its limit, or is not
+    a number at all (``"50"``, ``true``): a limit can only be checked against a number."""
     for argument, limit in grant.limits.get(tool, {}).items():
         value = args.get(argument)
+        if value is None:
+            continue
         if isinstance(value, bool) or not isinstance(value, int | float):
-            if value is None:
-                continue
-            raise LimitExceededError(tool, argument, value, limit)
+            raise LimitExceededError(tool, argument, value, limit, not_a_number=True)
         if value > limit:
             raise LimitExceededError(tool, argument, value, limit)
+
+
+def needs_approval(grant: Grant, tool: str, args: dict[str, object]) -> bool:
+    """Whether the grant's approval rule for ``tool`` holds for these arguments."""
+    rule = grant.approvals.get(tool)
+    return bool(rule) and holds(rule, {"args": args})

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 
 MSG_ID = "Nats-Msg-Id"
+EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+MSG_TTL = "Nats-TTL"
 PROTOCOL = "Sy-Protocol"
 TRACEPARENT = "traceparent"
 DLQ_REASON = "Sy-Dlq-Reason"
@@ -40,11 +43,12 @@ def dead_letter_headers(
     stream_seq: int | None = None,
     deliveries: int | None = None,
 ) -> dict[str, str]:
-    """Headers of a dead-letter copy: the body stays the original bytes, unchanged."""
+    """Headers of a dead-letter copy: the body stays the original bytes, unchanged. Header values
+    are ASCII: the reason is JSON-string escaped (``header_text``), at most 1000 characters."""
     headers = {
-        DLQ_REASON: reason[:1000],
+        DLQ_REASON: header_text(reason[:1000]),
         DLQ_CODE: code,
-        DLQ_SUBJECT: subject,
+        DLQ_SUBJECT: header_text(subject),
         DLQ_SOURCE: source,
     }
     if stream_seq is not None:
@@ -52,3 +56,18 @@ def dead_letter_headers(
     if deliveries is not None:
         headers[DLQ_DELIVERIES] = str(deliveries)
     return headers
+
+
+def header_text(text: str) -> str:
+    """``text`` as an ASCII header value: JSON string escaping without the quotes (non-ASCII as
+    ``\\uXXXX``; CR, LF and other control characters escaped, so no header can be injected)."""
+    return json.dumps(text)[1:-1]
+
+
+def read_header_text(value: str) -> str:
+    """The inverse of ``header_text``; a value that is not such an escape is returned as it is."""
+    try:
+        text = json.loads(f'"{value}"')
+    except ValueError:
+        return value
+    return text if isinstance(text, str) else value

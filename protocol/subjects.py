@@ -9,12 +9,58 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from enum import StrEnum
 
 from switchyard.protocol.errors import ConfigError
 
 DEFAULT_PREFIX = "sy"
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class Stream(StrEnum):
+    """The JetStream streams of a deployment, by short name (``Subjects.stream`` makes ``SY_TASKS``)."""
+
+    WORKFLOWS = "workflows"  # submissions (work queue)
+    OUTCOMES = "outcomes"  # the final word per workflow
+    TASKS = "tasks"  # work for agents (work queue)
+    RESULTS = "results"  # agents' answers
+    HUMAN = "human"  # escalations and decisions (work queue)
+    EVENTS = "events"  # the audit trail
+    DLQ = "dlq"  # dead letters
+    ADVISORIES = "advisories"  # the server's max-deliveries advisories for tasks
+
+
+class Bucket(StrEnum):
+    """The key-value buckets, by short name (``Subjects.bucket`` makes ``sy_workflows``)."""
+
+    WORKFLOWS = "workflows"  # workflow state
+    ESCALATIONS = "escalations"  # what waits for a person
+    WORKFLOW_DEFS = "workflow_defs"  # workflow definitions put on the bus
+    TRUST = "trust"  # the supervisor's public key
+    TOOL_LEDGER = "tool_ledger"  # recorded side-effecting calls and spent budgets
+
+
+class Durable(StrEnum):
+    """The supervisor's durable consumers (an agent's durable is its role)."""
+
+    SUBMIT = "supervisor-submit"
+    RESULTS = "supervisor-results"
+    DECISIONS = "supervisor-decisions"
+    ADVISORIES = "supervisor-advisories"
+
+
+class DeadLetterKind(StrEnum):
+    """What a dead letter was: its subject is ``<prefix>.dlq.<kind>``."""
+
+    TASK = "task"
+    RESULT = "result"
+    TOOL = "tool"
+    SUBMIT = "submit"
+    DECISION = "decision"
+
+
+TRUST_KEY = "supervisor"  # the key in bucket <prefix>_trust holding the trusted issuers
 
 
 def check_token(kind: str, value: str) -> str:
@@ -53,6 +99,10 @@ class Subjects:
     def result(self, role: str) -> str:
         return f"{self.prefix}.result.{check_token('role', role)}"
 
+    def agent_schema(self, role: str) -> str:
+        """The micro endpoint where an agent of ``role`` answers with its input/output schemas."""
+        return f"{self.prefix}.agent.{check_token('role', role)}.schema"
+
     def tool(self, name: str, caller: str) -> str:
         """Where role ``caller`` calls tool ``name``. The caller's role is a subject token so the
         NATS server authenticates it: under the generated bus config a role may publish only
@@ -76,7 +126,16 @@ class Subjects:
         return f"{self.prefix}.human.decision"
 
     def event(self, workflow_id: str) -> str:
-        return f"{self.prefix}.event.{workflow_id}"
+        """One workflow's audit chain. The id is checked, never rewritten: two ids can never
+        share a chain by "sanitising" alike."""
+        return f"{self.prefix}.event.{check_token('workflow id', workflow_id)}"
+
+    @property
+    def unattributed(self) -> str:
+        """The chain of records about inputs whose workflow cannot be known (an id that is not a
+        token, an unknown workflow). No workflow can claim it: its ids are single tokens under
+        ``<prefix>.event``."""
+        return f"{self.prefix}.audit.unattributed"
 
     def dlq(self, kind: str) -> str:
         return f"{self.prefix}.dlq.{check_token('dead-letter kind', kind)}"
@@ -86,6 +145,11 @@ class Subjects:
         return f"{self.prefix}.{family}.>"
 
     # streams and buckets
+    @property
+    def max_deliveries(self) -> str:
+        """The server's advisory that a task was delivered ``max_deliver`` times, unacked."""
+        return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.stream(Stream.TASKS)}.*"
+
     def stream(self, name: str) -> str:
         """``stream('tasks')`` is ``SY_TASKS``."""
         return f"{self.prefix.upper()}_{name.upper()}"
@@ -109,9 +173,3 @@ def result_subject(role: str, prefix: str = DEFAULT_PREFIX) -> str:
 
 def tool_subject(tool: str, caller: str, prefix: str = DEFAULT_PREFIX) -> str:
     return Subjects(prefix).tool(tool, caller)
-
-
-def safe_token(value: str) -> str:
-    """A value from an untrusted message (a workflow id), made safe as one subject token."""
-    cleaned = "".join(c if c.isalnum() or c in "-_" else "_" for c in value)[:64]
-    return cleaned or "unknown"

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from switchyard.protocol.events import EventType
 from switchyard.protocol.messages import (
     Decision,
     Entry,
@@ -168,6 +169,7 @@ class Transition:
     state: WorkflowState | None
     effects: list[Effect] = field(default_factory=list)
     changed: bool = False
+    ignored: str = ""  # for an event that changed nothing: why (a stale attempt, a finished run)
 
 
 def task_id(workflow_id: str, step: str, attempt: int) -> str:
@@ -228,7 +230,7 @@ class _Run:
                     StepRun(step=name, role=step.role, attempt=0, status="skipped",
                             dispatched_at=self.now, finished_at=self.now)
                 )
-                self.event("step.skipped", name)
+                self.event(EventType.STEP_SKIPPED, name)
                 name = self.wf.after(name)
                 continue
             self.s.current, self.s.role, self.s.attempt = name, step.role, 0
@@ -257,7 +259,7 @@ class _Run:
         )
         self.set_timer("timeout", deadline)
         self.effects.append(self.task(step, deadline))
-        self.event("step.dispatched", step.name, role=self.s.role, attempt=self.s.attempt,
+        self.event(EventType.STEP_DISPATCHED, step.name, role=self.s.role, attempt=self.s.attempt,
                    task_id=tid, grant=tid, tools=list(step.tools))
 
     def proceed(self, step: Step, output: Any, confidence: float) -> None:
@@ -274,7 +276,7 @@ class _Run:
         for route in step.routes:
             if not holds(route.when, doc):
                 continue
-            self.event("step.routed", step.name, to=route.to, when=route.when)
+            self.event(EventType.STEP_ROUTED, step.name, to=route.to, when=route.when)
             if route.to == HUMAN:
                 reason = route.reason or f"routed to a person by {route.when}"
                 if route.detail:
@@ -321,7 +323,7 @@ class _Run:
                 )
             )
         )
-        self.event("escalated", step, kind=kind, reason=reason, escalation_id=esc_id,
+        self.event(EventType.ESCALATED, step, kind=kind, reason=reason, escalation_id=esc_id,
                    **({"queue": queue} if queue else {}))
 
     def retry_or_give_up(self, step: Step, code: str, message: str, retryable: bool) -> None:
@@ -329,11 +331,11 @@ class _Run:
         if retryable and extra_attempts_used < step.retries:
             delay = backoff(step, self.s.attempt, task_id(self.s.id, step.name, self.s.attempt))
             self.set_timer("retry", self.now + delay)
-            self.event("step.retry_scheduled", step.name, attempt=self.s.attempt,
+            self.event(EventType.STEP_RETRY_SCHEDULED, step.name, attempt=self.s.attempt,
                        delay_s=round(delay, 3), code=code)
             return
         if step.fallback_role and self.s.role != step.fallback_role:
-            self.event("step.fallback", step.name, role=step.fallback_role, code=code)
+            self.event(EventType.STEP_FALLBACK, step.name, role=step.fallback_role, code=code)
             self.s.role = step.fallback_role
             self.dispatch(step)
             return
@@ -357,7 +359,7 @@ class _Run:
         self.clear_timer()
         # the outcome first: whoever sees the final event can read the outcome
         self.effects.append(SendOutcome(outcome_of(self.s, self.now)))
-        self.event(f"workflow.{status}", "", reason=reason)
+        self.event(EventType(f"workflow.{status}"), "", reason=reason)
 
 
 def outcome_of(s: WorkflowState, now: float) -> Outcome:
@@ -383,32 +385,35 @@ def transition(
     timer already overtaken) changes nothing and sends nothing."""
     if isinstance(event, Submitted):
         if state is not None:
-            return Transition(state)
+            return Transition(state, ignored=f"workflow {state.id} already exists "
+                                             f"({state.status})")
         req = event.request
         fresh = WorkflowState(
             id=req.id, workflow=wf.name, status="running", input=req.input,
             created_at=now, updated_at=now,
         )
         run = _Run(wf, fresh, now)
-        run.event("workflow.submitted", "", workflow=wf.name, version=wf.version)
+        run.event(EventType.WORKFLOW_SUBMITTED, "", workflow=wf.name, version=wf.version)
         run.enter(wf.steps[0].name)
         return _done(run)
-    if state is None or state.status in TERMINAL:
-        return Transition(state)
+    if state is None:
+        return Transition(state, ignored="no such workflow")
+    if state.status in TERMINAL:
+        return Transition(state, ignored=f"the workflow has finished ({state.status})")
     copy = msgspec.structs.replace(
         state, history=list(state.history), outputs=dict(state.outputs),
     )
     run = _Run(wf, copy, now)
     if isinstance(event, ResultReceived):
-        _on_result(run, event.result)
+        ignored = _on_result(run, event.result)
     elif isinstance(event, DecisionReceived):
-        _on_decision(run, event.decision)
+        ignored = _on_decision(run, event.decision)
     elif isinstance(event, TaskDeadLettered):
-        _on_dead_letter(run, event)
+        ignored = _on_dead_letter(run, event)
     else:
-        _on_timer(run, event)
+        ignored = _on_timer(run, event)
     if not run.effects and not run.entries:
-        return Transition(state)
+        return Transition(state, ignored=ignored or "it changes nothing")
     return _done(run)
 
 
@@ -426,13 +431,18 @@ def _record(s: WorkflowState) -> SendEvent:
     return SendEvent(f"{s.id}:ev:{s.events}", s.events, s.audit)
 
 
-def _on_result(run: _Run, r: Result) -> None:
+def _awaited(s: WorkflowState) -> str:
+    return (f"step {s.current} attempt {s.attempt} is awaited" if s.status == "running"
+            else f"the workflow is {s.status}")
+
+
+def _on_result(run: _Run, r: Result) -> str | None:
     s = run.s
     if s.status != "running" or r.step != s.current or r.attempt != s.attempt:
-        return  # stale or duplicate
+        return f"step {r.step} attempt {r.attempt} is no longer awaited ({_awaited(s)})"
     record = run.last_run()
     if record is None or record.status != "dispatched":
-        return
+        return f"step {r.step} attempt {r.attempt} has its result already"
     step = run.wf.step(s.current)
     record.finished_at = run.now
     record.confidence = r.confidence
@@ -440,7 +450,7 @@ def _on_result(run: _Run, r: Result) -> None:
     record.usage = r.usage
     record.status = r.status
     run.clear_timer()
-    run.event(f"step.{r.status}", step.name, attempt=r.attempt, confidence=r.confidence,
+    run.event(EventType.step(r.status), step.name, attempt=r.attempt, confidence=r.confidence,
               agent=r.agent, duration_ms=r.duration_ms,
               **({"error": r.error.code} if r.error else {}))
     if r.status == "ok":
@@ -467,17 +477,20 @@ def _on_result(run: _Run, r: Result) -> None:
             step, err.code if err else "error", err.message if err else r.reason,
             bool(err and err.retryable),
         )
+    return None
 
 
-def _on_decision(run: _Run, d: Decision) -> None:
+def _on_decision(run: _Run, d: Decision) -> str | None:
     s = run.s
     pending = s.escalation
-    if s.status != "waiting_human" or pending is None or d.escalation_id != pending.id:
-        return
+    if s.status != "waiting_human" or pending is None:
+        return f"workflow {s.id} holds no escalation ({_awaited(s)})"
+    if d.escalation_id != pending.id:
+        return f"escalation {d.escalation_id} is not held by workflow {s.id} (it holds {pending.id})"
     run.clear_timer()
     s.escalation = None
     run.effects.append(CloseEscalation(pending.id))
-    run.event("decision", pending.step, action=d.action, reviewer=d.reviewer, note=d.note,
+    run.event(EventType.DECISION, pending.step, action=d.action, reviewer=d.reviewer, note=d.note,
               escalation_id=pending.id)
     if pending.kind == "approval":
         # the step runs again (a new attempt) under a grant that names the decided call:
@@ -487,28 +500,30 @@ def _on_decision(run: _Run, d: Decision) -> None:
         else:
             s.approved = {**s.approved, pending.call_digest: d.reviewer}
         run.dispatch(run.wf.step(pending.step))
-        return
+        return None
     if d.action == "reject":
         run.finish("rejected", s.outputs.get(pending.step), f"rejected by {d.reviewer}"
                    + (f": {d.note}" if d.note else ""))
-        return
+        return None
     if d.action == "edit" and d.output is not None:
         s.outputs[pending.step] = d.output
     run.enter(pending.resume)
+    return None
 
 
-def _on_dead_letter(run: _Run, d: TaskDeadLettered) -> None:
+def _on_dead_letter(run: _Run, d: TaskDeadLettered) -> str | None:
     s = run.s
     if s.status != "running" or d.step != s.current or d.attempt != s.attempt:
-        return  # an old attempt's task: the workflow has moved on
+        # an old attempt's task: the workflow has moved on
+        return f"step {d.step} attempt {d.attempt} is no longer awaited ({_awaited(s)})"
     record = run.last_run()
     if record is not None:
         record.status, record.finished_at, record.error = "error", run.now, "dead_lettered"
     run.clear_timer()
     step = run.wf.step(s.current)
-    run.event("step.dead_lettered", step.name, attempt=s.attempt, reason=d.reason)
+    run.event(EventType.STEP_DEAD_LETTERED, step.name, attempt=s.attempt, reason=d.reason)
     if step.fallback_role and s.role != step.fallback_role:
-        run.event("step.fallback", step.name, role=step.fallback_role, code="dead_lettered")
+        run.event(EventType.STEP_FALLBACK, step.name, role=step.fallback_role, code="dead_lettered")
         s.role = step.fallback_role
         run.dispatch(step)
     elif run.wf.on_dead_letter == "fail":
@@ -516,50 +531,52 @@ def _on_dead_letter(run: _Run, d: TaskDeadLettered) -> None:
     else:
         run.escalate(step.name, "failed", f"step {step.name}: {d.reason}",
                      resume=run.wf.after(step.name))
+    return None
 
 
-def _on_timer(run: _Run, t: TimerFired) -> None:
+def _on_timer(run: _Run, t: TimerFired) -> str | None:
     s = run.s
     if t.kind != s.timer_kind or t.step != s.current or t.attempt != s.attempt:
-        return
+        return "the timer was overtaken"
     if s.timer_at > run.now:
-        return
+        return "the timer is not due yet"
     if t.kind == "human":
         pending = s.escalation
         assert pending is not None
         s.escalation = None
         run.effects.append(CloseEscalation(pending.id))
-        run.event("escalation.expired", pending.step, escalation_id=pending.id)
+        run.event(EventType.ESCALATION_EXPIRED, pending.step, escalation_id=pending.id)
         if pending.kind == "approval":
             if run.wf.on_approval_timeout == "re_escalate":
                 run.escalate(pending.step, "approval", f"{pending.reason} (not decided in time; "
                              "escalated again)", resume=pending.resume,
                              output=pending.output, call_digest=pending.call_digest,
                              round=pending.round + 1, queue=run.wf.re_escalate_to or pending.queue)
-                return
+                return None
             s.declined = [*s.declined, pending.call_digest]  # nobody approved it: refused
             run.dispatch(run.wf.step(pending.step))
-            return
+            return None
         if run.wf.on_human_timeout == "re_escalate":
             run.escalate(pending.step, pending.kind,  # type: ignore[arg-type]
                          f"{pending.reason} (not decided in time; escalated again)",
                          resume=pending.resume, output=s.outputs.get(pending.step),
                          round=pending.round + 1, queue=run.wf.re_escalate_to or pending.queue)
-            return
+            return None
         status: Status = "rejected" if run.wf.on_human_timeout == "reject" else "failed"
         run.finish(status, None, f"no decision on {pending.id} by its deadline")
-        return
+        return None
     step = run.wf.step(s.current)
     if t.kind == "retry":
         run.clear_timer()
         run.dispatch(step)
-        return
+        return None
     record = run.last_run()
     if record is not None:
         record.status, record.finished_at, record.error = "timed_out", run.now, "timeout"
     run.clear_timer()
-    run.event("step.timed_out", step.name, attempt=s.attempt)
+    run.event(EventType.STEP_TIMED_OUT, step.name, attempt=s.attempt)
     run.retry_or_give_up(step, "timeout", f"no result within {step.timeout_s:g} s", True)
+    return None
 
 
 def due(wf: Workflow, state: WorkflowState, now: float) -> list[Effect]:

@@ -4,44 +4,43 @@ the engine, stores each transition with compare-and-set, then publishes what it 
 A message is acked only after its transition is stored and its effects published. A redelivered
 message whose transition is already stored re-publishes what the state says is due (the message
 ids are deterministic, so JetStream drops duplicates): a crash between the store and the publishes
-loses nothing.
+loses nothing. Nothing vanishes without a trace: an input that cannot be read, names no known
+workflow or an id that is not a valid token is dead-lettered and recorded on the unattributed
+chain; one the engine ignores (a stale attempt, a finished workflow, a decision for an escalation
+the workflow does not hold, a second submission of an id) leaves an ``input.ignored`` record on
+its workflow's chain. Tasks stuck in the work queue are handled in ``supervisor.stuck``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import enum
 import functools
-import heapq
 import json
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from types import TracebackType
+from dataclasses import dataclass
 from typing import Any
 
-import nats
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
-from nats.js.client import JetStreamContext
-from nats.micro import add_service
+from nats.js.errors import BadRequestError
 from nats.micro.request import Request
-from nats.micro.service import EndpointConfig, Service, ServiceConfig
+from nats.micro.service import EndpointConfig, ServiceConfig
 from prometheus_client import CollectorRegistry, Counter
 
-from switchyard.protocol import codec, faults, grants
-from switchyard.protocol.audit import AuditLog
+from switchyard.protocol import codec, grants
+from switchyard.protocol.bus.component import Component, ComponentConfig
+from switchyard.protocol.bus.provision import WRONG_LAST_SEQUENCE, open_bucket
 from switchyard.protocol.errors import ConfigError, ErrorCode, ProtocolError
+from switchyard.protocol.events import EventType
 from switchyard.protocol.headers import (
-    DLQ_HISTORY,
+    EXPECTED_LAST_SUBJECT_SEQ,
     MSG_ID,
     PROTOCOL,
     TRACEPARENT,
-    dead_letter_headers,
     traceparent_for,
 )
 from switchyard.protocol.messages import (
@@ -53,15 +52,7 @@ from switchyard.protocol.messages import (
     Task,
     WorkflowRequest,
 )
-from switchyard.protocol.publish import Publisher
-from switchyard.protocol.pull import PullConsumer
-from switchyard.protocol.streams import (
-    TRUST_KEY,
-    ensure_streams,
-    max_deliveries_subject,
-    open_bucket,
-)
-from switchyard.protocol.subjects import Subjects, check_token, safe_token
+from switchyard.protocol.subjects import TRUST_KEY, Bucket, DeadLetterKind, Durable, Stream, check_token
 from switchyard.supervisor.catalog import WorkflowCatalog
 from switchyard.supervisor.engine import (
     TERMINAL,
@@ -75,7 +66,6 @@ from switchyard.supervisor.engine import (
     SendOutcome,
     SendTask,
     Submitted,
-    TaskDeadLettered,
     TimerFired,
     WorkflowState,
     due,
@@ -84,23 +74,17 @@ from switchyard.supervisor.engine import (
 from switchyard.supervisor.escalation import EscalationIndex
 from switchyard.supervisor.policy import Policy
 from switchyard.supervisor.store import RevisionConflict, WorkflowStore
+from switchyard.supervisor.stuck import StuckTasks
+from switchyard.supervisor.timers import Timers
 from switchyard.supervisor.workflow import Workflow
 
 log = structlog.get_logger("switchyard.supervisor")
 
 
-class _State(enum.Enum):
-    NEW = "new"
-    RUNNING = "running"
-    STOPPED = "stopped"
-
-
-@dataclass(frozen=True)
-class SupervisorConfig:
+@dataclass(frozen=True, kw_only=True)
+class SupervisorConfig(ComponentConfig):
     seed: bytes
     workflows: dict[str, Workflow]
-    nats_url: str = "nats://127.0.0.1:4222"
-    subjects: Subjects = field(default_factory=Subjects)
     name: str = "supervisor"
     version: str = "0.1.0"
     concurrency: int = 64
@@ -108,15 +92,12 @@ class SupervisorConfig:
     max_deliver: int = 10
     cache_size: int = 50_000
     policy: Policy | None = None  # without one, steps get the tools they declare
-    publish_timeout: float = 10.0
     grant_slack_s: float = 30.0
-    max_bytes: int = codec.DEFAULT_MAX_BYTES
-    graceful_timeout: float = 10.0
     # a finished workflow's state stays this long, then the server removes it (its outcome and
     # audit trail are kept by their streams' own limits)
     retention_s: float = 7 * 24 * 3600.0
-    # extra ``nats.connect`` options: credentials and inbox prefix under a secured bus
-    connect_options: dict[str, Any] = field(default_factory=dict)
+    # how often the work queue is checked for tasks no consumer serves and no workflow awaits
+    stuck_check_s: float = 30.0
 
     def __post_init__(self) -> None:
         if not self.workflows:
@@ -126,140 +107,103 @@ class SupervisorConfig:
                 self.policy.check_workflow(wf)
 
 
-class Supervisor:
-    def __init__(self, config: SupervisorConfig, *, metrics: CollectorRegistry | None = None):
+class Supervisor(Component):
+    _kind = "supervisor"
+    _config: SupervisorConfig
+
+    def __init__(
+        self, config: SupervisorConfig, *, nc: Client | None = None,
+        metrics: CollectorRegistry | None = None,
+    ) -> None:
+        super().__init__(config, nc=nc, metrics=metrics)
         self.config = config
         self.signer = grants.Signer(config.seed)
-        self._state = _State.NEW
-        self._nc: Client | None = None
-        self._own_nc = False
-        self._js: JetStreamContext | None = None
-        self._audit: AuditLog | None = None
-        self._publisher: Publisher | None = None
         self._store: WorkflowStore | None = None
         self._index: EscalationIndex | None = None
         self._catalog = WorkflowCatalog(config.workflows, policy=config.policy)
-        self._service: Service | None = None
-        self._timer_task: asyncio.Task[None] | None = None
-        self._consumers: list[PullConsumer] = []
         # The last state this replica stored, by workflow: saves a KV read per event. Every write
         # is still a compare-and-set, so a stale entry only costs a conflict and a re-read.
         self._cache: OrderedDict[str, tuple[WorkflowState, int]] = OrderedDict()
-        self._timers: list[tuple[float, str]] = []
-        self._timer_wake = asyncio.Event()
-        reg = metrics or CollectorRegistry()
+        self._timers = Timers(self._fire)
+        self._stuck = StuckTasks(self)
+        reg = self._metrics_registry
         self._transitions = Counter(
             "switchyard_supervisor_transitions", "Applied transitions", ["event"], registry=reg
         )
         self._dead = Counter(
             "switchyard_supervisor_dead_letters", "Messages dead-lettered", ["kind"], registry=reg
         )
-        self.counts = {"submitted": 0, "results": 0, "decisions": 0, "dead_lettered": 0}
+        self.counts = {"submitted": 0, "results": 0, "decisions": 0, "dead_lettered": 0,
+                       "ignored": 0}
+
+    @property
+    def _name(self) -> str:
+        return self.config.name
 
     @property
     def store(self) -> WorkflowStore:
         assert self._store is not None, "supervisor not started"
         return self._store
 
-    async def start(self, nc: Client | None = None) -> Supervisor:
-        if self._state is not _State.NEW:
-            raise RuntimeError(f"supervisor already {self._state.value}")
-        self._state = _State.RUNNING
-        cfg, s = self.config, self.config.subjects
-        if nc is None:
-            nc = await nats.connect(cfg.nats_url, name="sy-supervisor", **cfg.connect_options)
-            self._own_nc = True
-        self._nc, self._js = nc, nc.jetstream()
-        js = self._js
-        await ensure_streams(js, s)
-        self._publisher = pub = await Publisher(nc, timeout=cfg.publish_timeout).start()
-        self._audit = AuditLog(js, s, cfg.name, cache_size=cfg.cache_size,
-                               timeout=cfg.publish_timeout, publisher=pub)
-        self._store = await WorkflowStore.open(js, s.bucket("workflows"), publisher=pub)
-        self._index = EscalationIndex(await open_bucket(js, s.bucket("escalations")))
+    @property
+    def catalog(self) -> WorkflowCatalog:
+        return self._catalog
+
+    # lifecycle ---------------------------------------------------------------------------------
+
+    async def _setup(self) -> None:
+        cfg, s, js = self.config, self.config.subjects, self.js
+        self.audit.cache_size = cfg.cache_size
+        self._store = await WorkflowStore.open(js, s.bucket(Bucket.WORKFLOWS),
+                                               publisher=self.publisher)
+        self._index = EscalationIndex(await open_bucket(js, s.bucket(Bucket.ESCALATIONS)))
         self._catalog = WorkflowCatalog(
-            cfg.workflows, await open_bucket(js, s.bucket("workflow_defs"), history=5),
+            cfg.workflows, await open_bucket(js, s.bucket(Bucket.WORKFLOW_DEFS), history=5),
             policy=cfg.policy,
         )
-        trust = await open_bucket(js, s.bucket("trust"))
+        trust = await open_bucket(js, s.bucket(Bucket.TRUST))
         await trust.put(TRUST_KEY, self.signer.public_key.encode())
         await self._recover()
+
+    def _service_config(self) -> ServiceConfig:
+        cfg = self.config
+        return ServiceConfig(
+            name=cfg.subjects.service(cfg.name), version=cfg.version,
+            description="Switchyard supervisor",
+            metadata={"kind": "supervisor", "workflows": ",".join(sorted(cfg.workflows)),
+                      "public_key": self.signer.public_key},
+            stats_handler=lambda ep: dict(self.counts),
+        )
+
+    async def _take_work(self) -> None:
+        cfg, s, js = self.config, self.config.subjects, self.js
         for stream, subject, durable, handler in (
-            ("workflows", s.submit, "supervisor-submit", self._on_submit),
-            ("results", s.all("result"), "supervisor-results", self._on_result),
-            ("human", s.human_decision, "supervisor-decisions", self._on_decision),
-            ("advisories", max_deliveries_subject(s), "supervisor-advisories",
-             self._on_max_deliveries),
+            (Stream.WORKFLOWS, s.submit, Durable.SUBMIT, self._on_submit),
+            (Stream.RESULTS, s.all("result"), Durable.RESULTS, self._on_result),
+            (Stream.HUMAN, s.human_decision, Durable.DECISIONS, self._on_decision),
+            (Stream.ADVISORIES, s.max_deliveries, Durable.ADVISORIES, self._stuck.on_max_deliveries),
         ):
             await js.add_consumer(s.stream(stream), ConsumerConfig(
                 durable_name=durable, filter_subject=subject, ack_policy=AckPolicy.EXPLICIT,
                 ack_wait=cfg.ack_wait, max_deliver=cfg.max_deliver,
                 max_ack_pending=cfg.concurrency * 4,
             ))
-            self._consumers.append(await PullConsumer(
-                nc, s.stream(stream), durable, functools.partial(self._guarded, handler),
-                capacity=cfg.concurrency).start())
-        self._timer_task = asyncio.create_task(self._timer_loop())
-        self._service = await add_service(
-            nc,
-            ServiceConfig(
-                name=s.service(cfg.name), version=cfg.version,
-                description="Switchyard supervisor",
-                metadata={"kind": "supervisor", "workflows": ",".join(sorted(cfg.workflows)),
-                          "public_key": self.signer.public_key},
-                stats_handler=lambda ep: dict(self.counts),
-            ),
-        )
+            await self._consume(s.stream(stream), durable, functools.partial(self._guarded, handler),
+                                cfg.concurrency)
+        self._timers.start()
+        self._stuck.start(cfg.stuck_check_s)
+        assert self._service is not None
         # an endpoint of its own, so $SRV.STATS carries the counters (they are per endpoint)
         await self._service.add_endpoint(EndpointConfig(
             name="status", subject=f"{s.prefix}.supervisor.status", handler=self._answer_status))
-        log.info("supervisor.started", workflows=sorted(cfg.workflows))
-        return self
+
+    async def _stop_taking_work(self) -> None:
+        await self._timers.stop()
+        await self._stuck.stop()
 
     async def _answer_status(self, req: Request) -> None:
         await req.respond(json.dumps({**self.counts, "cached": len(self._cache),
                                       "timers": len(self._timers)}).encode())
-
-    async def stop(self) -> None:
-        if self._state is not _State.RUNNING:
-            self._state = _State.STOPPED
-            return
-        self._state = _State.STOPPED
-        self._timer_wake.set()
-        for consumer in self._consumers:
-            await consumer.stop()
-        if self._timer_task is not None:
-            self._timer_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._timer_task
-        inflight = [t for c in self._consumers for t in c.inflight]
-        if inflight:
-            await asyncio.wait(inflight, timeout=self.config.graceful_timeout)
-        if self._service is not None:
-            await self._service.stop()
-        if self._publisher is not None:
-            await self._publisher.stop()
-        if self._own_nc and self._nc is not None:
-            await self._nc.drain()
-        log.info("supervisor.stopped")
-
-    async def __aenter__(self) -> Supervisor:
-        return await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-    async def serve(self, stop: asyncio.Event) -> None:
-        await self.start()
-        try:
-            await stop.wait()
-        finally:
-            await self.stop()
 
     # intake -----------------------------------------------------------------------------------
 
@@ -268,116 +212,84 @@ class Supervisor:
             await handler(msg)
         except Exception:
             log.exception("supervisor.handler_failed", subject=msg.subject)
-            with contextlib.suppress(Exception):
+            try:
                 await msg.nak(delay=1.0)
+            except Exception:
+                log.warning("supervisor.nak_failed", subject=msg.subject)
 
     async def _on_submit(self, msg: Msg) -> None:
         self.counts["submitted"] += 1
         try:
             req = codec.decode(msg.data, WorkflowRequest, max_bytes=self.config.max_bytes)
-            check_token("workflow id", req.id)
-            wf = await self._catalog.latest(req.workflow)
-            if wf is None:
-                raise ConfigError(
-                    f"unknown workflow {req.workflow!r} (known: "
-                    f"{', '.join(self._catalog.names())})"
-                )
-        except ConfigError as exc:
-            now = time.time()
-            wid = safe_token(req.id)
-            await self._publish_outcome(Outcome(
-                workflow_id=wid, workflow=req.workflow, status="failed",
-                reason=exc.message, started_at=now, finished_at=now,
-            ))
-            await self._record(wid, "workflow.failed", {"reason": exc.message},
-                               msg_id=f"{wid}:failed")
-            await self._reject(msg, "submit", ErrorCode.INVALID_INPUT, exc.message, req.id)
-            return
         except ProtocolError as exc:
-            await self._reject(msg, "submit", exc.code, exc.message, "")
+            await self.dead_letter(msg, DeadLetterKind.SUBMIT, exc.code, exc.message, None)
             return
-        await self._apply(wf, req.id, Submitted(req), msg)
+        try:
+            check_token("workflow id", req.id)
+        except ConfigError as exc:  # no outcome either: it has no subject of its own
+            await self.dead_letter(msg, DeadLetterKind.SUBMIT, ErrorCode.INVALID_INPUT,
+                                   exc.message, None)
+            return
+        wf = await self._catalog.latest(req.workflow)
+        if wf is None:
+            reason = (f"unknown workflow {req.workflow!r} (known: "
+                      f"{', '.join(self._catalog.names())})")
+            existing, _ = await self._load(req.id, fresh=True)
+            if existing is None:  # tell the waiting submitter, unless the id has an outcome
+                await self._refused_outcome(req, reason)
+            await self.dead_letter(msg, DeadLetterKind.SUBMIT, ErrorCode.INVALID_INPUT, reason,
+                                   None)
+            return
+        await self._apply(wf, req.id, Submitted(req), msg, kind=DeadLetterKind.SUBMIT)
+
+    async def _refused_outcome(self, req: WorkflowRequest, reason: str) -> None:
+        """A failed outcome for a submission that never became a workflow, written only if that
+        subject holds no outcome yet: a refused submission can never overwrite a real result."""
+        now = time.time()
+        outcome = Outcome(workflow_id=req.id, workflow=req.workflow, status="failed",
+                          reason=reason, started_at=now, finished_at=now)
+        try:
+            await self.publisher.publish(
+                self.config.subjects.outcome(req.id), codec.encode(outcome),
+                {MSG_ID: f"{req.id}:outcome", PROTOCOL: PROTOCOL_VERSION,
+                 EXPECTED_LAST_SUBJECT_SEQ: "0"})
+        except BadRequestError as exc:
+            if exc.err_code not in WRONG_LAST_SEQUENCE:
+                raise
 
     async def _on_result(self, msg: Msg) -> None:
         self.counts["results"] += 1
-        await self._on_update(msg, "result", Result, ResultReceived)
+        await self._on_update(msg, DeadLetterKind.RESULT, Result, ResultReceived)
 
     async def _on_decision(self, msg: Msg) -> None:
         self.counts["decisions"] += 1
-        await self._on_update(msg, "decision", Decision, DecisionReceived)
+        await self._on_update(msg, DeadLetterKind.DECISION, Decision, DecisionReceived)
 
     async def _on_update(
-        self, msg: Msg, kind: str, message_type: type[Result] | type[Decision],
+        self, msg: Msg, kind: DeadLetterKind, message_type: type[Result] | type[Decision],
         make_event: Callable[[Any], EngineEvent],
     ) -> None:
         """A message about a running workflow: decode it, find its workflow, apply it."""
         try:
             message = codec.decode(msg.data, message_type, max_bytes=self.config.max_bytes)
-        except ProtocolError as exc:
-            await self._reject(msg, kind, exc.code, exc.message, "")
+            check_token("workflow id", message.workflow_id)
+        except (ProtocolError, ConfigError) as exc:
+            code = exc.code if isinstance(exc, ProtocolError) else ErrorCode.INVALID_INPUT
+            await self.dead_letter(msg, kind, code, exc.message, None)
             return
         wf = await self._workflow_of(message.workflow_id)
         if wf is None:
-            await self._reject(msg, kind, ErrorCode.INVALID_INPUT,
-                               f"no workflow {message.workflow_id!r} is known",
-                               message.workflow_id)
+            await self.dead_letter(msg, kind, ErrorCode.INVALID_INPUT,
+                                   f"no workflow {message.workflow_id!r} is known", None)
             return
-        await self._apply(wf, message.workflow_id, make_event(message), msg)
-
-    async def _on_max_deliveries(self, msg: Msg) -> None:
-        """A task was delivered max_deliver times and never acknowledged (its agent died of it, or
-        hung): copy it to the dead letters with why and its history, move its workflow on by the
-        workflow's policy, then take it off the work queue."""
-        assert self._js is not None
-        s = self.config.subjects
-        try:
-            advisory = json.loads(msg.data)
-            seq, deliveries = int(advisory["stream_seq"]), int(advisory["deliveries"])
-        except (ValueError, KeyError, TypeError):
-            await msg.term()
-            return
-        tasks = s.stream("tasks")
-        try:
-            raw = await self._js.get_msg(tasks, seq)
-        except nats.js.errors.NotFoundError:
-            await msg.ack()  # acknowledged or removed since: nothing is stuck
-            return
-        data = raw.data or b""
-        try:
-            task = codec.decode(data, Task, max_bytes=self.config.max_bytes)
-        except ProtocolError:
-            task = None
-        reason = (f"delivered {deliveries} times to {advisory.get('consumer', '?')} and never "
-                  "acknowledged")
-        state = None
-        if task is not None:
-            state, _ = await self._load(task.workflow_id, fresh=True)
-        history = [{"attempt": r.attempt, "role": r.role, "status": r.status, "error": r.error}
-                   for r in (state.history if state else []) if task and r.step == task.step]
-        headers = dead_letter_headers(reason=reason, code=ErrorCode.RETRIES_EXHAUSTED,
-                                      subject=raw.subject or s.task("?"), source=self.config.name,
-                                      stream_seq=seq, deliveries=deliveries)
-        headers[DLQ_HISTORY] = json.dumps(history)[:2000]
-        headers[MSG_ID] = f"dlq:task:{seq}"
-        await self._js.publish(s.dlq("task"), data, headers=headers)
-        self.counts["dead_lettered"] += 1
-        self._dead.labels("task").inc()
-        if task is not None and state is not None:
-            wf = await self._catalog.running(state.workflow)
-            if wf is not None:
-                await self._apply(wf, task.workflow_id,
-                                  TaskDeadLettered(task.step, task.attempt, reason), None)
-        with contextlib.suppress(nats.js.errors.NotFoundError):
-            await self._js.delete_msg(tasks, seq)
-        await msg.ack()
+        await self._apply(wf, message.workflow_id, make_event(message), msg, kind=kind)
 
     async def _workflow_of(self, workflow_id: str) -> Workflow | None:
-        try:
-            check_token("workflow id", workflow_id)
-        except ConfigError:
-            return None
         state, _ = await self._load(workflow_id)
         return await self._catalog.running(state.workflow) if state else None
+
+    async def load(self, workflow_id: str, *, fresh: bool = False) -> tuple[WorkflowState | None, int]:
+        return await self._load(workflow_id, fresh=fresh)
 
     async def _load(self, workflow_id: str, *, fresh: bool = False) -> tuple[WorkflowState | None, int]:
         cached = None if fresh else self._cache.get(workflow_id)
@@ -397,37 +309,46 @@ class Supervisor:
         while len(self._cache) > self.config.cache_size:
             self._cache.popitem(last=False)
 
-    async def _reject(self, msg: Msg, kind: str, code: str, reason: str, workflow_id: str) -> None:
+    async def dead_letter(
+        self, msg: Msg, kind: DeadLetterKind, code: str, reason: str, workflow_id: str | None,
+        *, headers: dict[str, str] | None = None,
+    ) -> None:
         """Dead-letter a message that cannot be processed, audit it, and ``term`` it."""
-        assert self._js is not None
-        s = self.config.subjects
         meta = msg.metadata
         self.counts["dead_lettered"] += 1
         self._dead.labels(kind).inc()
         log.warning("supervisor.dead_letter", kind=kind, code=code, reason=reason)
-        await self._js.publish(
-            s.dlq(kind), msg.data,
-            headers=dead_letter_headers(
-                reason=reason, code=code, subject=msg.subject, source=self.config.name,
-                stream_seq=meta.sequence.stream, deliveries=meta.num_delivered,
-            ),
-        )
-        await self._record(
-            safe_token(workflow_id), f"{kind}.dead_lettered",
-            {"code": code, "reason": reason, "stream_seq": meta.sequence.stream},
-            msg_id=f"dlq:{kind}:{meta.sequence.stream}",
-        )
+        await self.dead_letters.send(
+            kind, msg.data, subject=msg.subject, code=code, reason=reason,
+            workflow_id=workflow_id, stream_seq=meta.sequence.stream,
+            deliveries=meta.num_delivered, headers=headers)
         await msg.term()
+
+    async def _ignored(self, msg: Msg, kind: DeadLetterKind, workflow_id: str, reason: str) -> None:
+        """A trace for an input the engine ignored, on its workflow's own chain."""
+        self.counts["ignored"] += 1
+        log.info("supervisor.input_ignored", kind=kind, workflow_id=workflow_id, reason=reason)
+        seq = msg.metadata.sequence.stream
+        await self.audit.append(workflow_id, [Entry(
+            type=EventType.INPUT_IGNORED,
+            data={"kind": str(kind), "reason": reason, "stream_seq": seq})],
+            msg_id=f"ignored:{kind}:{seq}")
 
     # transitions ------------------------------------------------------------------------------
 
+    async def apply(self, wf: Workflow, workflow_id: str, event: EngineEvent) -> None:
+        """Apply an event that arrived by no message (a timer, a dead-lettered task)."""
+        await self._apply(wf, workflow_id, event, None)
+
     async def _apply(
-        self, wf: Workflow, workflow_id: str, event: EngineEvent, msg: Msg | None
+        self, wf: Workflow, workflow_id: str, event: EngineEvent, msg: Msg | None,
+        *, kind: DeadLetterKind | None = None,
     ) -> None:
         fresh = False
+        redelivered = msg is not None and (msg.metadata.num_delivered or 1) > 1
         # a submission delivered the first time starts a workflow: there is nothing to read (if
         # there is, the compare-and-set fails and the loop reads it)
-        new = isinstance(event, Submitted) and msg is not None and msg.metadata.num_delivered == 1
+        new = isinstance(event, Submitted) and msg is not None and not redelivered
         for _ in range(20):
             if new and not fresh:
                 state, revision = None, 0
@@ -440,8 +361,11 @@ class Supervisor:
                     # workflow on since, so ask the store before dropping the event
                     fresh = True
                     continue
-                if state is not None and msg is not None and (msg.metadata.num_delivered or 1) > 1:
+                if state is not None and redelivered:
+                    # maybe ours, stored before a crash: re-send what it implies
                     await self._execute(wf, state, due(wf, state, time.time()))
+                elif state is not None and msg is not None and kind is not None:
+                    await self._ignored(msg, kind, workflow_id, step.ignored)
                 break
             try:
                 ttl = self.config.retention_s if step.state.status in TERMINAL else None
@@ -451,15 +375,15 @@ class Supervisor:
                 fresh = True
                 continue
             if state is None:
-                self._audit.assume_new(workflow_id)  # type: ignore[union-attr]
-            faults.hit("supervisor.after_store")
+                self.audit.assume_new(workflow_id)
+            self.faults.hit("supervisor.after_store")
             self._transitions.labels(type(event).__name__).inc()
             await self._execute(wf, step.state, step.effects)
             break
         else:
             raise RuntimeError(f"workflow {workflow_id}: 20 revision conflicts in a row")
         if msg is not None:
-            faults.hit("supervisor.before_ack")
+            self.faults.hit("supervisor.before_ack")
             await msg.ack()
 
     async def _execute(self, wf: Workflow, state: WorkflowState, effects: list[Effect]) -> None:
@@ -469,14 +393,14 @@ class Supervisor:
         the next transition's record waits for it (appends to one chain are serialised), and a
         crash can only lose the record of the last transition, which the stored state keeps and
         ``due`` re-sends."""
-        assert self._publisher is not None and self._index is not None and self._audit is not None
-        s = self.config.subjects
+        assert self._index is not None
+        s, pub = self.config.subjects, self.publisher
         for effect in effects:
             if isinstance(effect, SendOutcome):
                 await self._publish_outcome(effect.outcome)  # bounded by the publisher's timeout
         acks: list[Awaitable[Any]] = [
-            asyncio.ensure_future(self._audit.append(state.id, effect.entries,
-                                                     msg_id=effect.msg_id, n=effect.n))
+            asyncio.ensure_future(self.audit.append(state.id, effect.entries,
+                                                    msg_id=effect.msg_id, n=effect.n))
             for effect in effects if isinstance(effect, SendEvent)
         ]
         for effect in effects:
@@ -485,7 +409,7 @@ class Supervisor:
             elif isinstance(effect, SendEscalation):
                 esc = effect.escalation
                 await self._index.add(esc)
-                acks.append(await self._publisher.send(
+                acks.append(await pub.send(
                     s.human_queue_for(esc.queue), codec.encode(esc),
                     headers={MSG_ID: esc.id, PROTOCOL: PROTOCOL_VERSION,
                              TRACEPARENT: traceparent_for(state.id)}))
@@ -494,14 +418,13 @@ class Supervisor:
         async with asyncio.timeout(self.config.publish_timeout):
             await asyncio.gather(*acks)
         if state.timer_at and state.status not in TERMINAL:
-            self._schedule(state.timer_at, state.id)
+            self._timers.schedule(state.timer_at, state.id)
         elif state.status in TERMINAL:
-            self._audit.forget(state.id)
+            self.audit.forget(state.id)
 
     async def _send_task(
         self, wf: Workflow, state: WorkflowState, effect: SendTask
     ) -> asyncio.Future[Any]:
-        assert self._publisher is not None
         now = time.time()
         tools, budget, limits, approvals = effect.tools, effect.tool_budget, {}, {}
         if self.config.policy is not None:  # grants come from the policy alone
@@ -519,62 +442,31 @@ class Supervisor:
             context=wf.step(effect.step).context_of(state.input, state.outputs),
             grant=self.signer.mint(grant), deadline=effect.deadline,
         )
-        return await self._publisher.send(
+        return await self.publisher.send(
             self.config.subjects.task(effect.role), codec.encode(task),
             headers={MSG_ID: effect.task_id, PROTOCOL: PROTOCOL_VERSION,
                      TRACEPARENT: traceparent_for(state.id, effect.task_id)},
         )
 
-    async def _record(self, workflow_id: str, kind: str, data: dict[str, Any],
-                      *, msg_id: str) -> None:
-        """An audit record outside any transition (a dead letter, a refused submission)."""
-        assert self._audit is not None
-        await self._audit.append(workflow_id, [Entry(type=kind, data=data)], msg_id=msg_id)
-
     async def _publish_outcome(self, outcome: Outcome) -> None:
-        assert self._publisher is not None
-        await self._publisher.publish(
+        await self.publisher.publish(
             self.config.subjects.outcome(outcome.workflow_id), codec.encode(outcome),
             headers={MSG_ID: f"{outcome.workflow_id}:outcome", PROTOCOL: PROTOCOL_VERSION},
         )
 
     # timers and recovery ----------------------------------------------------------------------
 
-    def _schedule(self, at: float, workflow_id: str) -> None:
-        heapq.heappush(self._timers, (at, workflow_id))
-        if self._timers[0][1] == workflow_id:
-            self._timer_wake.set()
-
-    async def _timer_loop(self) -> None:
-        # The state is checked as well as cancellation: on Python 3.11 a cancel that lands as the
-        # asyncio.timeout below expires can come out as a TimeoutError, which is suppressed here.
-        while self._state is _State.RUNNING:
-            self._timer_wake.clear()
-            delay = self._timers[0][0] - time.time() if self._timers else 60.0
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await self._timer_wake.wait()
-                continue
-            _, workflow_id = heapq.heappop(self._timers)
-            try:
-                await self._fire(workflow_id)
-            except Exception:
-                log.exception("supervisor.timer_failed", workflow_id=workflow_id)
-                self._schedule(time.time() + 1.0, workflow_id)
-
     async def _fire(self, workflow_id: str) -> None:
         state, _ = await self.store.get(workflow_id)
         if state is None or state.status in TERMINAL or not state.timer_kind:
             return
         if state.timer_at > time.time():
-            self._schedule(state.timer_at, workflow_id)
+            self._timers.schedule(state.timer_at, workflow_id)
             return
         wf = await self._catalog.running(state.workflow)
         if wf is None:
             return
-        await self._apply(wf, workflow_id,
-                          TimerFired(state.timer_kind, state.current, state.attempt), None)
+        await self.apply(wf, workflow_id, TimerFired(state.timer_kind, state.current, state.attempt))
 
     async def _recover(self) -> None:
         """Re-publish what every unfinished workflow's state says is due, and re-arm its timer."""

@@ -13,8 +13,8 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import BadRequestError, KeyDeletedError, KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 
-from switchyard.protocol.publish import Publisher
-from switchyard.protocol.streams import WRONG_LAST_SEQUENCE, kv_write, open_bucket
+from switchyard.protocol.bus.provision import WRONG_LAST_SEQUENCE, kv_write, open_bucket
+from switchyard.protocol.bus.publisher import Publisher
 from switchyard.supervisor.engine import WorkflowState
 
 _encoder = msgspec.json.Encoder()

@@ -6,6 +6,7 @@ What the CLI's ``submit``, ``review``, ``status`` and ``demo`` are built on, usa
 from __future__ import annotations
 
 import asyncio
+import email.header
 import json
 import time
 import uuid
@@ -18,9 +19,12 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import NotFoundError
 
-from switchyard.buscfg import reviewers_durable
 from switchyard.protocol import codec
-from switchyard.protocol.audit import AuditLog, Verification, verify_chain
+from switchyard.protocol.audit import Verification, verify_chain
+from switchyard.protocol.bus.audit import AuditLog
+from switchyard.protocol.bus.provision import open_bucket, unserved_subjects
+from switchyard.protocol.errors import ConfigError, ProtocolError
+from switchyard.protocol.events import FINAL, EventType
 from switchyard.protocol.headers import (
     DLQ_CODE,
     DLQ_DELIVERIES,
@@ -30,6 +34,7 @@ from switchyard.protocol.headers import (
     DLQ_SUBJECT,
     MSG_ID,
     PROTOCOL,
+    read_header_text,
 )
 from switchyard.protocol.messages import (
     PROTOCOL_VERSION,
@@ -41,13 +46,13 @@ from switchyard.protocol.messages import (
     Outcome,
     WorkflowRequest,
 )
-from switchyard.protocol.streams import open_bucket
-from switchyard.protocol.subjects import Subjects, safe_token
+from switchyard.protocol.subjects import Bucket, Stream, Subjects, check_token
+from switchyard.supervisor.authz import reviewers_durable
 from switchyard.supervisor.escalation import EscalationIndex
 from switchyard.supervisor.store import WorkflowStore
 
 WaitStatus = Literal["completed", "rejected", "failed", "escalated", "timeout"]
-FINAL_EVENTS = {"workflow.completed", "workflow.rejected", "workflow.failed"}
+FINAL_EVENTS = FINAL
 
 
 @dataclass
@@ -78,11 +83,15 @@ class DeadLetter:
     @classmethod
     def of(cls, raw: Any) -> DeadLetter:
         h = raw.headers or {}
+
+        def header(name: str) -> str:
+            return read_header_text(header_str(h.get(name)))
+
         return cls(
             seq=raw.seq or 0, at=raw.time.timestamp() if raw.time else 0.0,
-            kind=(raw.subject or "").rsplit(".", 1)[-1], subject=h.get(DLQ_SUBJECT, ""),
-            code=h.get(DLQ_CODE, ""), reason=h.get(DLQ_REASON, ""), source=h.get(DLQ_SOURCE, ""),
-            stream_seq=h.get(DLQ_STREAM_SEQ, ""), deliveries=h.get(DLQ_DELIVERIES, ""),
+            kind=(raw.subject or "").rsplit(".", 1)[-1], subject=header(DLQ_SUBJECT),
+            code=header(DLQ_CODE), reason=header(DLQ_REASON), source=header(DLQ_SOURCE),
+            stream_seq=header(DLQ_STREAM_SEQ), deliveries=header(DLQ_DELIVERIES),
             data=raw.data or b"",
         )
 
@@ -93,16 +102,35 @@ class DeadLetter:
                 "bytes": len(self.data)}
 
 
-def _workflow_of(data: bytes) -> str:
-    """The workflow id a dead letter names, if it is JSON that names one."""
+def header_str(value: object) -> str:
+    """A header value as text, whatever the client library made of it: nats-py parses headers
+    with the ``email`` package, which gives a ``Header`` object, not a ``str``, for a value with
+    non-ASCII bytes (a reason another client wrote unescaped)."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, email.header.Header):
+        parts = email.header.decode_header(value)
+        return "".join(p.decode(c or "utf-8", errors="replace") if isinstance(p, bytes) else p
+                       for p, c in parts)
+    return str(value)
+
+
+def _workflow_of(data: bytes) -> str | None:
+    """The workflow a dead letter names, if it is JSON naming a valid id (else ``None``: its
+    replay is recorded on the unattributed chain, never on a chain it merely resembles)."""
     try:
         doc = json.loads(data)
-    except ValueError:
-        return ""
+    except (ValueError, RecursionError):
+        return None
     if not isinstance(doc, dict):
-        return ""
+        return None
     value = doc.get("workflow_id") or doc.get("id") or ""
-    return safe_token(value) if isinstance(value, str) and value else ""
+    try:
+        return check_token("workflow id", value) if isinstance(value, str) else None
+    except ConfigError:
+        return None
 
 
 class SwitchyardClient:
@@ -124,7 +152,7 @@ class SwitchyardClient:
 
     async def outcome(self, workflow_id: str) -> Outcome | None:
         try:
-            msg = await self.js.get_last_msg(self.s.stream("outcomes"), self.s.outcome(workflow_id))
+            msg = await self.js.get_last_msg(self.s.stream(Stream.OUTCOMES), self.s.outcome(workflow_id))
         except NotFoundError:
             return None
         return codec.decode(msg.data or b"", Outcome)
@@ -143,7 +171,7 @@ class SwitchyardClient:
                                 entry.type.split(".", 1)[1],  # type: ignore[arg-type]
                                 workflow_id, await self.outcome(workflow_id),
                                 str(entry.data.get("reason", "")))
-                        if entry.type == "escalated" and stop_at_escalation:
+                        if entry.type == EventType.ESCALATED and stop_at_escalation:
                             return WaitResult(
                                 "escalated", workflow_id, reason=str(entry.data.get("reason", "")),
                                 escalation_id=str(entry.data.get("escalation_id", "")))
@@ -153,12 +181,14 @@ class SwitchyardClient:
             await sub.unsubscribe()
         return WaitResult("timeout", workflow_id)
 
-    async def records(self, workflow_id: str, *, timeout: float = 10.0) -> list[tuple[int, bytes]]:
+    async def records(
+        self, workflow_id: str | None, *, timeout: float = 10.0,
+    ) -> list[tuple[int, bytes]]:
         """A workflow's audit records as stored, (stream sequence, bytes), up to the last one
-        stored when this was called."""
-        subject = self.s.event(workflow_id)
+        stored when this was called; ``None`` for the unattributed chain."""
+        subject = self.s.event(workflow_id) if workflow_id is not None else self.s.unattributed
         try:
-            last = await self.js.get_last_msg(self.s.stream("events"), subject)
+            last = await self.js.get_last_msg(self.s.stream(Stream.EVENTS), subject)
         except NotFoundError:
             return []
         sub = await self.js.subscribe(subject, ordered_consumer=True)
@@ -172,12 +202,22 @@ class SwitchyardClient:
             await sub.unsubscribe()
         return out
 
-    async def events(self, workflow_id: str, *, timeout: float = 10.0) -> list[Event]:
-        """Every audit record of a workflow so far, in order."""
-        return [codec.decode(data, Event) for _, data in await self.records(workflow_id,
-                                                                              timeout=timeout)]
+    async def events(self, workflow_id: str | None, *, timeout: float = 10.0) -> list[Event]:
+        """Every readable audit record of a workflow so far, in order (``audit verify`` names
+        the ones that are not)."""
+        out: list[Event] = []
+        for _, data in await self.records(workflow_id, timeout=timeout):
+            try:
+                out.append(codec.decode(data, Event))
+            except ProtocolError:
+                continue
+        return out
 
-    async def verify(self, workflow_id: str, *, timeout: float = 10.0) -> Verification:
+    async def unserved(self) -> dict[str, int]:
+        """Task subjects with waiting tasks and no consumer, with how many wait."""
+        return await unserved_subjects(self.js, self.s)
+
+    async def verify(self, workflow_id: str | None, *, timeout: float = 10.0) -> Verification:
         """Check a workflow's audit chain: every record names the hash of the one before."""
         return verify_chain(await self.records(workflow_id, timeout=timeout))
 
@@ -185,14 +225,14 @@ class SwitchyardClient:
 
     async def escalations(self, *, queue: str | None = None) -> list[Escalation]:
         """Open escalations; of one queue if given ("" is the default queue)."""
-        index = EscalationIndex(await open_bucket(self.js, self.s.bucket("escalations")))
+        index = EscalationIndex(await open_bucket(self.js, self.s.bucket(Bucket.ESCALATIONS)))
         return [e for e in await index.list() if queue is None or e.queue == queue]
 
     async def decide(
         self, escalation_id: str, action: DecisionAction, *, reviewer: str,
         output: dict[str, Any] | None = None, note: str = "",
     ) -> Decision:
-        index = EscalationIndex(await open_bucket(self.js, self.s.bucket("escalations")))
+        index = EscalationIndex(await open_bucket(self.js, self.s.bucket(Bucket.ESCALATIONS)))
         esc = await index.get(escalation_id)
         if esc is None:
             raise LookupError(f"no open escalation {escalation_id!r}")
@@ -206,10 +246,10 @@ class SwitchyardClient:
         """Pull the next open escalation off a human queue (acking stale ones on the way)."""
         psub = await self.js.pull_subscribe(
             self.s.human_queue_for(queue), durable=reviewers_durable(queue),
-            stream=self.s.stream("human"),
+            stream=self.s.stream(Stream.HUMAN),
             config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=600.0),
         )
-        index = EscalationIndex(await open_bucket(self.js, self.s.bucket("escalations")))
+        index = EscalationIndex(await open_bucket(self.js, self.s.bucket(Bucket.ESCALATIONS)))
         try:
             while True:
                 try:
@@ -228,7 +268,7 @@ class SwitchyardClient:
 
     async def dead_letters(self, *, kind: str = "", limit: int = 100) -> list[DeadLetter]:
         """The newest ``limit`` dead letters (of one ``kind`` if given), oldest first."""
-        stream = self.s.stream("dlq")
+        stream = self.s.stream(Stream.DLQ)
         info = await self.js.stream_info(stream)
         out: list[DeadLetter] = []
         seq = info.state.last_seq
@@ -244,7 +284,7 @@ class SwitchyardClient:
 
     async def dead_letter(self, seq: int) -> DeadLetter:
         try:
-            return DeadLetter.of(await self.js.get_msg(self.s.stream("dlq"), seq))
+            return DeadLetter.of(await self.js.get_msg(self.s.stream(Stream.DLQ), seq))
         except NotFoundError:
             raise LookupError(f"no dead letter {seq}") from None
 
@@ -258,9 +298,8 @@ class SwitchyardClient:
                              f"{letter.subject or '?'}: only stream messages can be replayed")
         ack = await self.js.publish(letter.subject, letter.data, headers={
             MSG_ID: f"replay:{seq}:{time.time_ns()}", PROTOCOL: PROTOCOL_VERSION})
-        workflow_id = _workflow_of(letter.data) or "unknown"
-        await AuditLog(self.js, self.s, operator).append(workflow_id, [Entry(
-            type="dlq.replayed", data={"dlq_seq": seq, "subject": letter.subject,
+        await AuditLog(self.js, self.s, operator).append(_workflow_of(letter.data), [Entry(
+            type=EventType.DLQ_REPLAYED, data={"dlq_seq": seq, "subject": letter.subject,
                                        "stream_seq": ack.seq, "code": letter.code})])
         return ack.seq
 
@@ -292,5 +331,5 @@ class SwitchyardClient:
         return out
 
     async def workflow_counts(self) -> dict[str, int]:
-        store = await WorkflowStore.open(self.js, self.s.bucket("workflows"))
+        store = await WorkflowStore.open(self.js, self.s.bucket(Bucket.WORKFLOWS))
         return dict(Counter([state.status async for state in store.all()]))

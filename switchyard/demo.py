@@ -16,12 +16,12 @@ import nats
 import yaml
 from nats.js.api import DeliverPolicy
 
-from switchyard.buscfg import CONSOLE
 from switchyard.client import FINAL_EVENTS, SwitchyardClient
 from switchyard.protocol import codec
 from switchyard.protocol.messages import Event
 from switchyard.settings import Settings
 from switchyard.stack import LocalStack
+from switchyard.supervisor.authz import CONSOLE
 from switchyard.supervisor.store import WorkflowStore
 
 

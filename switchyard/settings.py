@@ -17,6 +17,10 @@
 | ``SWITCHYARD_POLICY`` | ``support`` | tool policy file or built-in name; ``none`` for none |
 | ``SWITCHYARD_RETENTION_S`` | ``604800`` | seconds a finished workflow and a recorded tool call are kept |
 | ``SWITCHYARD_NKEY_FILE`` | (none) | this process's nkey seed on a secured bus; its name is who |
+| ``SWITCHYARD_UVLOOP`` | ``1`` | run on uvloop when it is installed; ``0`` for asyncio's loop |
+| ``SWITCHYARD_USER`` (or ``USER``) | ``operator`` | who decides and replays, in audit records |
+| ``SWITCHYARD_FAULTS`` | (none) | the chaos suite's fault plan (``switchyard.protocol.faults``) |
+| ``SWITCHYARD_PARENT_PID`` | (none) | set by ``switchyard up``: stop when that process is gone |
 """
 
 from __future__ import annotations
@@ -24,12 +28,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from switchyard.agents import AgentConfig
 from switchyard.protocol import Subjects, grants
 from switchyard.protocol.errors import ConfigError
+from switchyard.protocol.faults import FaultPlan
 from switchyard.supervisor import SupervisorConfig, Workflow, builtin_workflow, load_workflow
 from switchyard.supervisor.policy import Policy, load_policy
 from switchyard.tools import ToolHostConfig
@@ -53,6 +58,16 @@ class Settings(BaseSettings):
     policy: str = "support"
     nkey_file: Path | None = None
     retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    uvloop: bool = True
+    user: str = Field(default="operator",
+                      validation_alias=AliasChoices("SWITCHYARD_USER", "USER"))
+    parent_pid: int | None = None
+    faults: str = ""
+    fault_name: str = ""
+    fault_run: int = 0
+
+    def fault_plan(self) -> FaultPlan:
+        return FaultPlan.parse(self.faults, name=self.fault_name, run=self.fault_run)
 
     @property
     def subjects(self) -> Subjects:
@@ -67,7 +82,7 @@ class Settings(BaseSettings):
         name, ``agent-triage.nk``) and its own inbox prefix."""
         if self.nkey_file is None:
             return {}
-        from switchyard.buscfg import connect_options
+        from switchyard.credentials import connect_options
 
         return connect_options(self.nkey_file)
 
@@ -98,7 +113,7 @@ class Settings(BaseSettings):
         return AgentConfig(
             nats_url=self.nats_url, subjects=self.subjects, concurrency=self.concurrency,
             ack_wait=self.ack_wait, max_deliver=self.max_deliver, trusted_keys=self.trusted(),
-            connect_options=self.connect_options(),
+            connect_options=self.connect_options(), faults=self.fault_plan(),
         )
 
     def load_policy(self) -> Policy | None:
@@ -108,10 +123,12 @@ class Settings(BaseSettings):
         return SupervisorConfig(
             seed=self.load_seed(), workflows=self.load_workflows(), nats_url=self.nats_url,
             subjects=self.subjects, policy=self.load_policy(), ack_wait=self.ack_wait,
-            retention_s=self.retention_s,
-            connect_options=self.connect_options(),
+            retention_s=self.retention_s, connect_options=self.connect_options(),
+            faults=self.fault_plan(),
         )
 
-    def toolhost_config(self, trusted: frozenset[str]) -> ToolHostConfig:
-        return ToolHostConfig(subjects=self.subjects, trusted_keys=trusted,
-                              retention_s=self.retention_s)
+    def toolhost_config(self) -> ToolHostConfig:
+        return ToolHostConfig(
+            nats_url=self.nats_url, subjects=self.subjects, trusted_keys=self.trusted(),
+            retention_s=self.retention_s, connect_options=self.connect_options(),
+            faults=self.fault_plan())

@@ -22,11 +22,12 @@ from urllib.parse import urlparse
 import nats
 from nats.aio.client import Client
 
-from switchyard import buscfg
+from switchyard import credentials
 from switchyard.client import SwitchyardClient
 from switchyard.natsd import NatsServer
 from switchyard.protocol.errors import ConfigError
 from switchyard.settings import Settings
+from switchyard.supervisor import authz
 
 ROLES = ("triage", "retrieval", "action", "compliance", "reviewer")
 
@@ -93,7 +94,7 @@ class LocalStack:
         self._logs: list[object] = []
         self.secure = secure
         self.server_log: list[str] = []  # the embedded server's log, kept after it stops
-        self.creds = buscfg.Credentials(settings.data_dir / "secure")
+        self.creds = credentials.Credentials(settings.data_dir / "secure")
 
     @property
     def expected_services(self) -> set[str]:
@@ -120,10 +121,10 @@ class LocalStack:
             port = urlparse(self.url).port or 4222
             auth = ""
             if self.secure:
-                _, queues = buscfg.deployment_of(self.settings.load_workflows().values())
-                ids = buscfg.identities(self.settings.load_policy(), self.roles,
+                _, queues = authz.deployment_of(self.settings.load_workflows().values())
+                ids = authz.identities(self.settings.load_policy(), self.roles,
                                         self.settings.subjects, queues)
-                auth = buscfg.authorization(ids, self.creds)
+                auth = authz.authorization(ids, self.creds.public_key)
             self.nats = NatsServer(
                 port=port, store_dir=self.settings.data_dir / "nats",
                 sync_always=self.settings.nats_sync == "always", config_extra=auth,
@@ -132,7 +133,7 @@ class LocalStack:
             self.url = self.nats.url
         if self.secure:
             await self._provision()
-        nc = await nats.connect(self.url, **self.connect_options(buscfg.CONSOLE))
+        nc = await nats.connect(self.url, **self.connect_options(authz.CONSOLE))
         try:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             self.settings.load_seed()  # created once, before any process needs it
@@ -150,9 +151,9 @@ class LocalStack:
         return self
 
     async def _provision(self) -> None:
-        nc = await nats.connect(self.url, **self.connect_options(buscfg.ADMIN))
+        nc = await nats.connect(self.url, **self.connect_options(authz.ADMIN))
         try:
-            await buscfg.provision(nc.jetstream(), self.settings.subjects)
+            await credentials.provision(nc.jetstream(), self.settings.subjects)
         finally:
             await nc.close()
 

@@ -19,10 +19,11 @@ from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 from nats.js.client import JetStreamContext
 
-from switchyard import buscfg
+from switchyard import credentials
+from switchyard.supervisor import authz
 from switchyard.natsd import NatsServer, find_binary
 from switchyard.protocol import Subjects, grants
-from switchyard.protocol.streams import ensure_streams
+from switchyard.protocol.bus.provision import ensure_streams
 from switchyard.supervisor.policy import Policy
 
 
@@ -139,7 +140,7 @@ async def watch(js: JetStreamContext) -> AsyncIterator[Callable[[str], Awaitable
 class SecuredBus:
     """A nats-server of its own under the authorization generated from a policy."""
 
-    def __init__(self, server: NatsServer, creds: buscfg.Credentials) -> None:
+    def __init__(self, server: NatsServer, creds: credentials.Credentials) -> None:
         self.server = server
         self.creds = creds
         self._conns: list[Client] = []
@@ -161,12 +162,12 @@ class SecuredBus:
 @contextlib.asynccontextmanager
 async def secured_bus(tmp: Path, subjects: Subjects, policy: Policy | None,
                       roles: Iterable[str]) -> AsyncIterator[SecuredBus]:
-    creds = buscfg.Credentials(tmp / "creds")
-    auth = buscfg.authorization(buscfg.identities(policy, roles, subjects), creds)
+    creds = credentials.Credentials(tmp / "creds")
+    auth = authz.authorization(authz.identities(policy, roles, subjects), creds.public_key)
     async with NatsServer(store_dir=tmp / "nats", sync_always=False, config_extra=auth) as server:
         bus = SecuredBus(server, creds)
-        admin = await bus.connect(buscfg.ADMIN)  # provisions what the others may only use
-        await buscfg.provision(admin.jetstream(), subjects)
+        admin = await bus.connect(authz.ADMIN)  # provisions what the others may only use
+        await credentials.provision(admin.jetstream(), subjects)
         try:
             yield bus
         finally:

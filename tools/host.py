@@ -9,25 +9,21 @@ code, recorded as an audit event on ``<prefix>.event.<workflow>`` and copied to
 from __future__ import annotations
 
 import asyncio
-import enum
 import hashlib
 import time
-from dataclasses import dataclass, field
-from functools import lru_cache
-from types import TracebackType
-from typing import Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
-import jmespath
 import structlog
 from nats.aio.client import Client
-from nats.micro import add_service
 from nats.micro.request import Request
-from nats.micro.service import EndpointConfig, Service, ServiceConfig
+from nats.micro.service import EndpointConfig, ServiceConfig
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import BaseModel, ValidationError
 
 from switchyard.protocol import codec, grants
-from switchyard.protocol.audit import AuditLog
+from switchyard.protocol.bus.component import Component, ComponentConfig
+from switchyard.protocol.bus.provision import open_bucket
 from switchyard.protocol.errors import (
     BudgetExhaustedError,
     ErrorCode,
@@ -35,113 +31,127 @@ from switchyard.protocol.errors import (
     ProtocolError,
     ToolError,
 )
-from switchyard.protocol.headers import dead_letter_headers
+from switchyard.protocol.events import EventType
 from switchyard.protocol.messages import Entry, ErrorInfo, ToolCall, ToolResult
-from switchyard.protocol.streams import ensure_streams, open_bucket
-from switchyard.protocol.subjects import Subjects
+from switchyard.protocol.subjects import Bucket, DeadLetterKind
 from switchyard.tools.breaker import Breakers
 from switchyard.tools.contract import CallContext, Tool, validation_message
 from switchyard.tools.ledger import ToolLedger
 from switchyard.tools.registry import ToolRegistry
+from switchyard.tools.trust import resolve_trusted_keys
 
 log = structlog.get_logger("switchyard.toolhost")
 
 
-class _State(enum.Enum):
-    NEW = "new"
-    RUNNING = "running"
-    STOPPED = "stopped"
-
-
-@dataclass(frozen=True)
-class ToolHostConfig:
-    subjects: Subjects = field(default_factory=Subjects)
+@dataclass(frozen=True, kw_only=True)
+class ToolHostConfig(ComponentConfig):
     retention_s: float = 7 * 24 * 3600.0  # how long the ledger keeps a recorded call
     breaker_failures: int = 5  # a tool failing this many times in a row is cut off...
     breaker_reset_s: float = 30.0  # ...for this long, then one trial call goes through
     name: str = "toolhost"
     version: str = "0.1.0"
-    trusted_keys: frozenset[str] = frozenset()
+    trusted_keys: frozenset[str] = frozenset()  # none: the supervisor's key, from the bus
+    trust_wait: float = 30.0
     call_timeout: float = 10.0
-    max_bytes: int = codec.DEFAULT_MAX_BYTES
+    concurrency: int = 64  # calls served at once
 
 
-class ToolHost:
+class ToolHost(Component):
+    """Serves a registry's tools. Calls run concurrently, each in a task the lifecycle waits for
+    on ``stop()``: endpoints stop first, calls in flight finish (up to the graceful timeout)."""
+
+    _kind = "toolhost"
+    _config: ToolHostConfig
+
     def __init__(
         self,
-        nc: Client,
         registry: ToolRegistry,
         config: ToolHostConfig | None = None,
         *,
+        nc: Client | None = None,
         metrics: CollectorRegistry | None = None,
     ) -> None:
-        self.nc = nc
-        self.js = nc.jetstream()
+        super().__init__(config or ToolHostConfig(), nc=nc, metrics=metrics)
         self.registry = registry
-        self.config = config or ToolHostConfig()
-        self.audit = AuditLog(self.js, self.config.subjects, self.config.name)
+        self.config = self._config
         self.breakers = Breakers(fail_max=self.config.breaker_failures,
                                  reset_timeout=self.config.breaker_reset_s)
-        self._state = _State.NEW
-        self._service: Service | None = None
         self._ledger: ToolLedger | None = None
-        self._inflight: set[asyncio.Task[None]] = set()
-        reg = metrics or CollectorRegistry()
+        self._trusted: frozenset[str] = frozenset()
+        self._slots = asyncio.Semaphore(self.config.concurrency)
         self._calls = Counter(
             "switchyard_toolhost_calls", "Tool calls by outcome", ["tool", "outcome"],
-            registry=reg,
+            registry=self._metrics_registry,
         )
         self._latency = Histogram(
-            "switchyard_toolhost_call_seconds", "Tool call latency", ["tool"], registry=reg
+            "switchyard_toolhost_call_seconds", "Tool call latency", ["tool"],
+            registry=self._metrics_registry,
         )
 
-    async def start(self) -> ToolHost:
-        if self._state is not _State.NEW:
-            raise RuntimeError(f"tool host already {self._state.value}")
-        s = self.config.subjects
-        await ensure_streams(self.js, s)  # refusals are dead-lettered and audited on streams
-        bucket = s.bucket("tool_ledger")
+    @property
+    def _name(self) -> str:
+        return self.config.name
+
+    async def _setup(self) -> None:
+        self._trusted = await resolve_trusted_keys(
+            self.js, self.config.subjects, self.config.trusted_keys, wait=self.config.trust_wait)
+        bucket = self.config.subjects.bucket(Bucket.TOOL_LEDGER)
         self._ledger = ToolLedger(await open_bucket(self.js, bucket), self.js, bucket,
                                   retention_s=self.config.retention_s)
-        self._service = await add_service(
-            self.nc,
-            ServiceConfig(
-                name=s.service(self.config.name),
-                version=self.config.version,
-                description="Switchyard tool host",
-                metadata={"kind": "toolhost", "tools": ",".join(self.registry.names())},
-                queue_group=s.service(self.config.name),
-                stats_handler=lambda ep: {"tools": len(self.registry),
-                                          "breakers": self.breakers.snapshot()},
-            ),
+
+    def _service_config(self) -> ServiceConfig:
+        s = self.config.subjects
+        return ServiceConfig(
+            name=s.service(self.config.name),
+            version=self.config.version,
+            description="Switchyard tool host",
+            metadata={"kind": "toolhost", "tools": ",".join(self.registry.names())},
+            queue_group=s.service(self.config.name),
+            stats_handler=lambda ep: {"tools": len(self.registry), "in_flight": self.in_flight,
+                                      "breakers": self.breakers.snapshot()},
         )
+
+    async def _take_work(self) -> None:
+        assert self._service is not None
         for t in self.registry:
             self.breakers.get(t.name)  # every tool's circuit shows in $SRV.STATS from the start
             await self._service.add_endpoint(
                 EndpointConfig(
                     name=t.name,
-                    subject=s.tool_endpoint(t.name),
+                    subject=self.config.subjects.tool_endpoint(t.name),
                     handler=self._handler(t),
                     metadata={"risk": t.risk, "side_effects": str(t.side_effects).lower()},
                 )
             )
-        self._state = _State.RUNNING
-        log.info("toolhost.started", tools=self.registry.names())
-        return self
+        log.info("toolhost.tools", tools=self.registry.names())
 
-    def _handler(self, t: Tool):  # type: ignore[no-untyped-def]
+    async def _stop_taking_work(self) -> None:
+        if self._service is not None:
+            await self._service.stop()  # no new calls; those in flight are waited for
+
+    def _handler(self, t: Tool) -> Callable[[Request], Awaitable[None]]:
         async def handle(req: Request) -> None:
-            await self._serve(t, req)
+            # micro runs one handler at a time per endpoint: calls run in tasks of their own,
+            # at most ``concurrency`` at once, and stop() waits for them
+            await self._slots.acquire()
+            self._spawn(self._serve_in_slot(t, req))
 
         return handle
 
+    async def _serve_in_slot(self, t: Tool, req: Request) -> None:
+        try:
+            await self._serve(t, req)
+        finally:
+            self._slots.release()
+
     async def _serve(self, t: Tool, req: Request) -> None:
         started = time.perf_counter()
-        workflow_id = ""
+        workflow_id: str | None = None  # known once a valid grant names it
         try:
             call = codec.decode(req.data, ToolCall, max_bytes=self.config.max_bytes)
-            workflow_id = call.workflow_id
-            grant = self._authorize(t, call, req.subject.rsplit(".", 1)[1])
+            grant = grants.verify(call.grant, self._trusted, time.time())
+            workflow_id = grant.workflow_id  # signed by a trusted key: the workflow is known
+            self._authorize(t, call, grant, req.subject.rsplit(".", 1)[1])
             args = t.args_model.model_validate(call.args)
         except (ProtocolError, GrantError) as exc:
             await self._refuse(t, req, workflow_id, exc.code, exc.message)
@@ -154,15 +164,15 @@ class ToolHost:
             return
         digest = grants.call_digest(t.name, call.args)
         approver = grant.approved.get(digest, "")
-        if not approver and self._needs_approval(t.name, grant, call.args):
+        if not approver and grants.needs_approval(grant, t.name, call.args):
             declined = digest in grant.declined
             code = ErrorCode.APPROVAL_REJECTED if declined else ErrorCode.APPROVAL_REQUIRED
             msg = (f"a person rejected this {t.name} call" if declined else
                    f"this {t.name} call needs a person's approval "
                    f"(policy: {grant.approvals[t.name]})")
             self._calls.labels(t.name, code.value).inc()
-            await self._audit(workflow_id, f"tool.{code.value}", t.name,
-                              {"grant": grant.id, "task": call.task_id, "call_digest": digest})
+            await self._record(workflow_id, EventType(f"tool.{code.value}"), t.name,
+                               {"grant": grant.id, "task": call.task_id, "call_digest": digest})
             await req.respond(codec.encode(_failure(code, msg)))
             return
         reply, outcome = await self._run(t, call, grant, args)
@@ -171,14 +181,15 @@ class ToolHost:
         self._calls.labels(t.name, outcome).inc()
         self._latency.labels(t.name).observe(time.perf_counter() - started)
         if outcome == "refused" and reply.error is not None:
-            await self._refuse(t, req, workflow_id, reply.error.code, reply.error.message)
+            await self._refuse(t, req, workflow_id, reply.error.code, reply.error.message,
+                               call.task_id)
         elif outcome in ("ok", "replayed"):
             try:  # the call happened: a failed audit publish must not turn it into an error
                 facts = {"grant": grant.id, "task": call.task_id, "call_digest": digest}
                 if approver:
                     facts["approved_by"] = approver
-                await self._audit(workflow_id, f"tool.{'called' if outcome == 'ok' else outcome}",
-                                  t.name, facts)
+                kind = EventType.TOOL_CALLED if outcome == "ok" else EventType.TOOL_REPLAYED
+                await self._record(workflow_id, kind, t.name, facts)
             except Exception:
                 log.exception("toolhost.call_not_audited", tool=t.name)
         await req.respond(codec.encode(reply))
@@ -231,75 +242,40 @@ class ToolHost:
             await self._ledger.finish(t.name, key, reply, claimed_at)
         return reply, outcome
 
-    @staticmethod
-    def _needs_approval(tool: str, grant: grants.Grant, args: dict[str, Any]) -> bool:
-        rule = grant.approvals.get(tool)
-        if not rule:
-            return False
-        return _compiled(rule).search({"args": args}) not in (None, False, "", [], {})
-
     async def _release(self, tool: str, key: str) -> None:
         assert self._ledger is not None
         await self._ledger.release(tool, key)
 
-    def _authorize(self, t: Tool, call: ToolCall, caller: str) -> grants.Grant:
+    def _authorize(self, t: Tool, call: ToolCall, grant: grants.Grant, caller: str) -> None:
         """``caller`` is the role token of the subject the call came on: under the generated bus
         config only that role's identity may publish there."""
         if call.tool != t.name:
             raise grants.GrantScopeError("tool", t.name, call.tool)
-        grant = grants.verify(call.grant, self.config.trusted_keys, time.time())
         if grant.role != caller:  # a grant lent to, or stolen by, another role
             raise grants.GrantScopeError("role", grant.role, caller)
         grants.check_tool(grant, t.name, call.workflow_id, call.task_id)
         grants.check_limits(grant, t.name, call.args)
-        return grant
 
     async def _refuse(
-        self, t: Tool, req: Request, workflow_id: str, code: str, reason: str
+        self, t: Tool, req: Request, workflow_id: str | None, code: str, reason: str,
+        task_id: str = "",
     ) -> None:
+        """Dead-letter a refused call and audit it (on its workflow's chain when a valid grant
+        names the workflow, else on the unattributed chain); the caller still gets its answer."""
         self._calls.labels(t.name, "refused").inc()
         log.warning("toolhost.refused", tool=t.name, code=code, reason=reason)
-        s = self.config.subjects
         try:
-            await self.js.publish(
-                s.dlq("tool"),
-                req.data,
-                headers=dead_letter_headers(
-                    reason=reason, code=code, subject=req.subject, source=self.config.name
-                ),
-            )
-            await self._audit(
-                workflow_id or "unknown", "tool.refused", t.name,
-                {"code": code, "reason": reason, "args_digest": _digest(req.data)},
-            )
+            await self.dead_letters.send(
+                DeadLetterKind.TOOL, req.data, subject=req.subject, code=code, reason=reason,
+                workflow_id=workflow_id, event=EventType.TOOL_REFUSED,
+                facts={"tool": t.name, "task": task_id, "args_digest": _digest(req.data)})
         except Exception:  # the refusal itself still goes back to the caller
             log.exception("toolhost.refusal_not_recorded", tool=t.name, code=code)
 
-    async def _audit(self, workflow_id: str, kind: str, tool: str, data: dict[str, str]) -> None:
-        await self.audit.append(workflow_id, [Entry(type=kind, data={"tool": tool, **data})])
-
-    async def stop(self) -> None:
-        if self._state is _State.STOPPED:
-            return
-        self._state = _State.STOPPED
-        if self._service is not None:
-            await self._service.stop()
-
-    async def __aenter__(self) -> ToolHost:
-        return await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
+    async def _record(
+        self, workflow_id: str | None, kind: EventType, tool: str, data: dict[str, str],
     ) -> None:
-        await self.stop()
-
-
-@lru_cache(maxsize=256)
-def _compiled(expression: str) -> Any:
-    return jmespath.compile(expression)
+        await self.audit.append(workflow_id, [Entry(type=kind, data={"tool": tool, **data})])
 
 
 def _failure(code: str, message: str, *, retryable: bool = False) -> ToolResult:

@@ -27,8 +27,8 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
+from switchyard.protocol.bus.provision import WRONG_LAST_SEQUENCE, kv_write
 from switchyard.protocol.messages import ToolResult
-from switchyard.protocol.streams import WRONG_LAST_SEQUENCE, kv_write
 
 
 class LedgerEntry(msgspec.Struct, kw_only=True):

@@ -13,8 +13,7 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 
 from switchyard.protocol.errors import ConfigError
-from switchyard.protocol.streams import TRUST_KEY
-from switchyard.protocol.subjects import Subjects
+from switchyard.protocol.subjects import TRUST_KEY, Subjects
 
 
 async def resolve_trusted_keys(

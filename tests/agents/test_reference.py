@@ -68,7 +68,7 @@ async def tools(
 ) -> AsyncIterator[SupportStore]:
     registry, store = support_registry(tmp_path / "support.db")
     config = ToolHostConfig(subjects=subjects, trusted_keys=frozenset({signer.public_key}))
-    async with ToolHost(nc, registry, config):
+    async with ToolHost(registry, nc=nc, config=config):
         yield store
     store.close()
 

@@ -18,7 +18,8 @@ import pytest
 from nats.aio.client import Client
 from nats.js.errors import APIError
 
-from switchyard import buscfg
+from switchyard import credentials
+from switchyard.supervisor import authz
 from switchyard.client import SwitchyardClient
 from switchyard.protocol import Subjects, ToolCall, ToolResult, decode, encode, grants
 from switchyard.settings import Settings
@@ -41,7 +42,7 @@ async def secured(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Dep
     async with LocalStack(settings, secure=True) as stack:
         env = {**os.environ, "NATS_URL": url, "SWITCHYARD_DATA_DIR": str(data),
                "SWITCHYARD_PREFIX": "sy",
-               "SWITCHYARD_NKEY_FILE": str(stack.creds.seed_file(buscfg.CONSOLE))}
+               "SWITCHYARD_NKEY_FILE": str(stack.creds.seed_file(authz.CONSOLE))}
         yield Deployment(stack, settings, env)
 
 
@@ -83,7 +84,7 @@ async def test_every_role_is_refused_by_the_bus_for_tools_outside_its_grant(
     for role in POLICY.roles:
         errors: list[str] = []
         got = asyncio.Event()
-        nc = await _connect_as(stack, buscfg.agent_identity(role), errors, got)
+        nc = await _connect_as(stack, authz.agent_identity(role), errors, got)
         try:
             denied = [t for t in POLICY.tools if t not in POLICY.allowed(role)]
             others = [r for r in POLICY.roles if r != role]
@@ -112,7 +113,7 @@ async def test_an_agent_cannot_take_another_roles_tasks_or_read_its_replies(
     stack, s = secured.stack, secured.settings.subjects
     errors: list[str] = []
     got = asyncio.Event()
-    nc = await _connect_as(stack, buscfg.agent_identity("triage"), errors, got)
+    nc = await _connect_as(stack, authz.agent_identity("triage"), errors, got)
     try:
         with pytest.raises(Exception):  # noqa: B017 - the server answers nothing
             await nc.jetstream().pull_subscribe(s.task("action"), durable="action",
@@ -149,11 +150,11 @@ async def test_nobody_can_purge_or_delete_the_audit_trail(secured: Deployment) -
     s: Subjects = secured.settings.subjects
     events = s.stream("events")
     before = len(secured.stack.violations())
-    for identity in (buscfg.CONSOLE, buscfg.SUPERVISOR, buscfg.ADMIN):
+    for identity in (authz.CONSOLE, authz.SUPERVISOR, authz.ADMIN):
         nc = await _connect_as(secured.stack, identity, [], asyncio.Event())
         js = nc.jetstream(timeout=1.0)
         try:
-            if identity == buscfg.ADMIN:  # allowed to ask; the stream itself says no
+            if identity == authz.ADMIN:  # allowed to ask; the stream itself says no
                 with pytest.raises(APIError, match="stream purge not permitted"):
                     await js.purge_stream(events)
                 with pytest.raises(APIError, match="message delete not permitted"):
@@ -188,7 +189,7 @@ async def test_bad_grants_are_refused_and_audited_under_the_generated_config(
     store = SupportStore(secured.settings.data_dir / "support.db")
     refunds = len(store.refunds())
     before = len(stack.violations())
-    nc = await nats.connect(stack.url, **stack.connect_options(buscfg.agent_identity("action")))
+    nc = await nats.connect(stack.url, **stack.connect_options(authz.agent_identity("action")))
     budget_one = _grant(signer)
     cases = [
         ("grant_invalid", _grant(grants.Signer(grants.new_seed()))),  # forged: another key
@@ -210,7 +211,7 @@ async def test_bad_grants_are_refused_and_audited_under_the_generated_config(
         await nc.close()
     assert len(store.refunds()) == refunds + 1  # only the call within the budget ran
     store.close()
-    client_nc = await nats.connect(stack.url, **stack.connect_options(buscfg.CONSOLE))
+    client_nc = await nats.connect(stack.url, **stack.connect_options(authz.CONSOLE))
     try:
         client = SwitchyardClient(client_nc, s)
         entries = [e for r in await client.events("wg") for e in r.entries]

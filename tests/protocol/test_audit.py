@@ -10,7 +10,8 @@ from nats.js.client import JetStreamContext
 
 from switchyard.client import SwitchyardClient
 from switchyard.protocol import Entry, Event, Subjects, codec
-from switchyard.protocol.audit import AuditLog, digest, verify_chain
+from switchyard.protocol.audit import digest, verify_chain
+from switchyard.protocol.bus.audit import AuditLog
 
 
 def _chain(count: int) -> list[tuple[int, bytes]]:

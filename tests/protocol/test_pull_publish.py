@@ -13,9 +13,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
 from nats.js.client import JetStreamContext
 from nats.js.errors import BadRequestError, NoStreamResponseError
 
-from switchyard.protocol.audit import WRONG_LAST_SEQUENCE
-from switchyard.protocol.publish import Publisher
-from switchyard.protocol.pull import PullConsumer
+from switchyard.protocol.bus.audit import WRONG_LAST_SEQUENCE
+from switchyard.protocol.bus.consumer import PullConsumer
+from switchyard.protocol.bus.publisher import Publisher
 
 
 async def _work_queue(js: JetStreamContext) -> tuple[str, str]:

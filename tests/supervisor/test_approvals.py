@@ -13,7 +13,8 @@ from nats.aio.client import Client
 from nats.js.client import JetStreamContext
 from pydantic import BaseModel
 
-from switchyard import buscfg
+from switchyard import credentials
+from switchyard.supervisor import authz
 from switchyard.agents import Agent, AgentConfig, Retry, TaskContext
 from switchyard.client import SwitchyardClient
 from switchyard.protocol import Subjects, grants
@@ -140,16 +141,16 @@ async def deployment(
 
     registry, store = support_registry(tmp_path / "support.db")
     sup = Supervisor(SupervisorConfig(seed=seed, workflows={"refunds": FLOW}, subjects=subjects,
-                                      policy=POLICY))
-    await sup.start(await conn(buscfg.SUPERVISOR))
-    host = await ToolHost(await conn(buscfg.TOOLHOST), registry, ToolHostConfig(
+                                      policy=POLICY), nc=await conn(authz.SUPERVISOR))
+    await sup.start()
+    host = await ToolHost(registry, nc=await conn(authz.TOOLHOST), config=ToolHostConfig(
         subjects=subjects, trusted_keys=frozenset({signer.public_key}))).start()
     # on a secured bus a call outside the policy never reaches a tool host: it times out
     config = AgentConfig(subjects=subjects, trusted_keys=frozenset({signer.public_key}),
                          tool_timeout=10.0 if bus is None else 1.0)
     agents = [await reader_agent().start(await conn("agent-reader"), config),
               await refunder_agent(obedient).start(await conn("agent-refunder"), config)]
-    yield SwitchyardClient(await conn(buscfg.CONSOLE), subjects), store
+    yield SwitchyardClient(await conn(authz.CONSOLE), subjects), store
     for agent in agents:
         await agent.stop()
     await host.stop()

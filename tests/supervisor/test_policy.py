@@ -80,8 +80,8 @@ async def test_supervisor_mints_grants_from_the_policy(
 ) -> None:
     wf = parse_workflow("name: w\nsteps: [{name: s, role: clerk, tools: [kb_search, refund]}]")
     sup = Supervisor(SupervisorConfig(seed=seed, workflows={"w": wf}, subjects=subjects,
-                                      policy=POLICY))
-    await sup.start(nc)
+                                      policy=POLICY), nc=nc)
+    await sup.start()
     try:
         from switchyard.client import SwitchyardClient
 

@@ -16,8 +16,8 @@ from pydantic import BaseModel
 from switchyard.agents import Agent, AgentConfig, Scored, TaskContext
 from switchyard.client import SwitchyardClient
 from switchyard.protocol import Event, Subjects, Task, WorkflowRequest, decode, encode, grants
+from switchyard.protocol.bus.provision import open_bucket
 from switchyard.protocol.headers import DLQ_CODE, MSG_ID
-from switchyard.protocol.streams import open_bucket
 from switchyard.supervisor import Supervisor, SupervisorConfig, Workflow
 from switchyard.supervisor.catalog import put_workflow
 from switchyard.supervisor.engine import Submitted, transition
@@ -95,8 +95,8 @@ async def stack(
     async def start(*, supervisor: bool = True, agents: tuple[str, ...] = ("alpha", "beta")) -> Any:
         if supervisor:
             sup = Supervisor(SupervisorConfig(seed=seed, workflows={"pair": parse_workflow(PAIR)},
-                                              subjects=subjects))
-            await sup.start(nc)
+                                              subjects=subjects), nc=nc)
+            await sup.start()
             running.append(sup)
         for role in agents:
             agent = alpha_agent() if role == "alpha" else beta_agent()
@@ -310,8 +310,8 @@ async def test_a_task_never_acknowledged_is_dead_lettered_with_its_history(
 
     dlq = await watch(subjects.dlq("task"))
     wf = parse_workflow(CRASHY.format(policy=policy))
-    sup = await Supervisor(SupervisorConfig(seed=seed, workflows={"crashy": wf}, subjects=subjects)
-                           ).start(nc)
+    sup = await Supervisor(SupervisorConfig(seed=seed, workflows={"crashy": wf}, subjects=subjects),
+                           nc=nc).start()
     try:
         crasher = await js.pull_subscribe(
             subjects.task("crasher"), durable="crasher", stream=subjects.stream("tasks"),
@@ -348,7 +348,7 @@ async def test_a_finished_workflow_ages_out_and_a_waiting_one_stays(
     live and the server removes it (its outcome stays on the outcomes stream); one waiting for a
     person has none."""
     sup = await Supervisor(SupervisorConfig(seed=seed, workflows={"pair": parse_workflow(PAIR)},
-                                            subjects=subjects, retention_s=1.0)).start(nc)
+                                            subjects=subjects, retention_s=1.0), nc=nc).start()
     agents = [await a.start(nc, AgentConfig(subjects=subjects,
                                             trusted_keys=frozenset({signer.public_key})))
               for a in (alpha_agent(), beta_agent())]
@@ -396,13 +396,13 @@ async def test_a_human_deadline_is_kept_across_a_supervisor_restart(
     config = SupervisorConfig(seed=seed, workflows={"waits": wf}, subjects=subjects)
     agent = await alpha_agent().start(nc, AgentConfig(
         subjects=subjects, trusted_keys=frozenset({signer.public_key})))
-    first = await Supervisor(config).start(nc)
+    first = await Supervisor(config, nc=nc).start()
     client = SwitchyardClient(nc, subjects)
     wid = await client.submit("waits", {"n": 1, "confidence": 0.5})
     held = await client.wait(wid, timeout=10)
     assert held.status == "escalated"
     await first.stop()  # gone before the deadline
-    second = await Supervisor(config).start(nc)
+    second = await Supervisor(config, nc=nc).start()
     try:
         if policy == "reject":
             done = await client.wait(wid, timeout=15, stop_at_escalation=False)

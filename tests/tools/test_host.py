@@ -31,7 +31,7 @@ async def host(
 ) -> AsyncIterator[tuple[ToolHost, SupportStore]]:
     registry, store = support_registry(tmp_path / "support.db")
     config = ToolHostConfig(subjects=subjects, trusted_keys=frozenset({signer.public_key}))
-    async with ToolHost(nc, registry, config) as h:
+    async with ToolHost(registry, nc=nc, config=config) as h:
         yield h, store
     store.close()
 
@@ -98,7 +98,12 @@ async def test_host_refuses_calls_without_a_valid_grant(
 ) -> None:
     _, store = host
     dlq = await watch(subjects.dlq("tool"))
-    events = await watch(subjects.event("w1"))
+    # a grant no trusted key vouches for does not make its call's workflow known: the refusal
+    # goes to the chain no workflow can claim, never to the workflow the call names
+    vouched = code not in ("grant_missing", "grant_invalid", "grant_expired")
+    chain = subjects.event("w2" if case == "other_workflow" else "w1") if vouched else (
+        subjects.unattributed)
+    events = await watch(chain)
     args = {"customer_id": "C-1001", "amount": 5000, "reason": "injected"}
     res = await call(nc, subjects, "propose_refund", args, make_grant(signer))
     assert not res.ok and res.error is not None and res.error.code == code
@@ -235,7 +240,7 @@ async def test_a_failing_tool_trips_its_circuit_and_a_slow_one_meets_its_own_tim
     registry.add(slow)
     config = ToolHostConfig(subjects=subjects, trusted_keys=frozenset({signer.public_key}),
                             breaker_failures=2, breaker_reset_s=60)
-    async with ToolHost(nc, registry, config):
+    async with ToolHost(registry, nc=nc, config=config):
         grant = mint(signer, tools=["flaky", "picky", "slow"], budget=20)
         late = await call(nc, subjects, "slow", {}, grant)
         assert late.error is not None and late.error.code == "timeout"

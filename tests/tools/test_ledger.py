@@ -16,9 +16,9 @@ from pydantic import BaseModel
 
 from switchyard.agents import TaskContext
 from switchyard.protocol import Event, Subjects, Task, ToolCall, ToolResult, decode, encode, grants
+from switchyard.protocol.bus.provision import open_bucket
 from switchyard.protocol.errors import ToolError
 from switchyard.protocol.headers import DLQ_CODE
-from switchyard.protocol.streams import open_bucket
 from switchyard.tools import ToolHost, ToolHostConfig, ToolLedger, ToolRegistry, tool
 from switchyard.tools.builtin import SupportStore, support_registry
 
@@ -31,7 +31,7 @@ async def store_and_host(
 ) -> AsyncIterator[tuple[SupportStore, ToolLedger]]:
     registry, store = support_registry(tmp_path / "support.db")
     config = ToolHostConfig(subjects=subjects, trusted_keys=frozenset({signer.public_key}))
-    async with ToolHost(nc, registry, config):
+    async with ToolHost(registry, nc=nc, config=config):
         bucket = subjects.bucket("tool_ledger")
         yield store, ToolLedger(await open_bucket(js, bucket), js, bucket)
     store.close()
@@ -121,7 +121,7 @@ async def test_ledger_lets_a_retry_run_after_a_retryable_failure(
         return Ping(n=args.n + 1)
 
     config = ToolHostConfig(subjects=subjects, trusted_keys=frozenset({signer.public_key}))
-    async with ToolHost(nc, ToolRegistry([flaky]), config):
+    async with ToolHost(ToolRegistry([flaky]), nc=nc, config=config):
         grant = grant_for(signer, ["flaky"])
         first = await call(nc, subjects, "flaky", {"n": 1}, grant, "k1")
         assert first.error is not None and first.error.retryable
@@ -149,12 +149,12 @@ async def test_budget_is_shared_by_host_replicas_and_survives_a_restart(
     config = ToolHostConfig(subjects=subjects, trusted_keys=frozenset({signer.public_key}))
     registry, store = support_registry(tmp_path / "support.db")
     grant = grant_for(signer, ["kb_search"], budget=3)
-    async with ToolHost(nc, registry, config), ToolHost(nc, registry, config):
+    async with ToolHost(registry, nc=nc, config=config), ToolHost(registry, nc=nc, config=config):
         # two replicas in one queue group: each call may go to either
         results = [await call(nc, subjects, "kb_search", {"query": "refund"}, grant, "")
                    for _ in range(4)]
     assert [r.ok for r in results] == [True, True, True, False]
-    async with ToolHost(nc, registry, config):  # a restarted host remembers
+    async with ToolHost(registry, nc=nc, config=config):  # a restarted host remembers
         again = await call(nc, subjects, "kb_search", {"query": "refund"}, grant, "")
     assert again.error is not None and again.error.code == "budget_exhausted"
     store.close()

@@ -47,7 +47,7 @@ async def mounted(
     async with McpBridge(config) as bridge:
         host_config = ToolHostConfig(subjects=subjects, trusted_keys=frozenset({signer.public_key}),
                                      call_timeout=20)
-        async with ToolHost(nc, ToolRegistry(bridge.tools), host_config):
+        async with ToolHost(ToolRegistry(bridge.tools), nc=nc, config=host_config):
             yield bridge
 
 

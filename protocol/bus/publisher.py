@@ -24,8 +24,10 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import errors as js_errors
 
+from switchyard.protocol.headers import MSG_TTL
+
 NO_RESPONDERS = "503"
-MSG_TTL = "Nats-TTL"
+
 
 
 class _Error(msgspec.Struct):

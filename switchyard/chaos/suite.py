@@ -142,9 +142,9 @@ class _Run:
         self.nats = await NatsServer(store_dir=self.tmp / "nats", sync_always=True).start()
         self.settings.nats_url = self.nats.url
         self.stack = LocalStack(
-            self.settings, agents={"worker": "switchyard._chaos_workers:worker"},
+            self.settings, agents={"worker": "switchyard.chaos.workers:worker"},
             env=self._env, replicas=self._replicas,
-            toolhost_args=("--tools", "switchyard._chaos_workers:tools"))
+            toolhost_args=("--tools", "switchyard.chaos.workers:tools"))
         await self.stack.start()
         for name in list(self.stack.procs):
             self._keepers.append(asyncio.create_task(self._keep(name)))

@@ -15,7 +15,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.graph import END, START, StateGraph
 
-from switchyard.bench import Driver, Row, measure
+from switchyard.bench.run import Driver, Row, measure
 
 
 class _State(TypedDict):

@@ -34,13 +34,13 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 
-from switchyard._bench_workers import HOPS, raw_subject
-from switchyard.agents._main import loop_factory
+from switchyard.bench.workers import HOPS, raw_subject
 from switchyard.client import SwitchyardClient
+from switchyard.loop import loop_factory
 from switchyard.natsd import NatsServer
 from switchyard.protocol import Result, Subjects, Task, WorkflowRequest, codec
+from switchyard.protocol.bus.consumer import PullConsumer
 from switchyard.protocol.headers import MSG_ID
-from switchyard.protocol.pull import PullConsumer
 from switchyard.settings import Settings
 from switchyard.stack import LocalStack, stop_processes
 
@@ -274,7 +274,7 @@ def _pct(sorted_values: list[float], q: float) -> float:
 
 async def _spawn(*args: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "switchyard._bench_workers", *args,
+        sys.executable, "-m", "switchyard.bench.workers", *args,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL)
 
@@ -378,7 +378,7 @@ async def _bench_switchyard(report: Report, url: str, nats_pid: int, sync: str, 
     files.append(str(park))
     settings = Settings(nats_url=url, prefix=prefix, data_dir=data, workflows=",".join(files),
                         concurrency=256)
-    agents = {f"hop{i}": f"switchyard._bench_workers:hop{i}" for i in range(1, HOPS + 1)}
+    agents = {f"hop{i}": f"switchyard.bench.workers:hop{i}" for i in range(1, HOPS + 1)}
     async with LocalStack(settings, agents=agents) as stack:
         nc = await nats.connect(url)
         pids = {"nats-server": nats_pid, **{n: p.pid for n, p in stack.procs.items()}}
@@ -491,7 +491,7 @@ def _ratios(report: Report) -> None:
 
 async def _bench_langgraph(report: Report, plan: Plan, log: Callable[[str], None]) -> None:
     try:
-        from switchyard._bench_langgraph import langgraph_rows
+        from switchyard.bench.langgraph import langgraph_rows
     except ImportError:
         report.growth["langgraph"] = "not installed: pip install -e .[bench]"
         return

@@ -2,7 +2,7 @@
 NATS hop workers of the baselines. Each decodes and re-encodes the same msgspec envelope
 (``Task`` in, ``Result`` out) that Switchyard uses, so the baselines pay the same codec cost.
 
-``python -m switchyard._bench_workers js|core <nats url> <hop> <prefix>``
+``python -m switchyard.bench.workers js|core <nats url> <hop> <prefix>``
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from pydantic import BaseModel
 
 from switchyard.agents import Agent, TaskContext
-from switchyard.agents._main import run as run_on_loop
+from switchyard.loop import run as run_on_loop
 from switchyard.protocol import Result, Task, codec
-from switchyard.protocol.pull import PullConsumer
+from switchyard.protocol.bus.consumer import PullConsumer
 
 HOPS = 5
 

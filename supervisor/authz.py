@@ -1,4 +1,4 @@
-"""The bus's own authorization, generated from the tool policy: ``switchyard nats-config``.
+"""The policy compiled into the bus's own authorization: ``switchyard nats-config``.
 
 One NATS user (an nkey) per identity: the admin that provisions streams and buckets, the
 supervisor, the tool host, the human console (the CLI: submit, review, status, trace) and one per
@@ -15,25 +15,22 @@ server's log for violations (``tests/e2e/test_secure.py`` keeps it at zero), not
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import nkeys
-from nats.js.client import JetStreamContext
-
-from switchyard.protocol.streams import ensure_streams, open_bucket
-from switchyard.protocol.subjects import Subjects
+from switchyard.protocol.subjects import Bucket, DeadLetterKind, Durable, Stream, Subjects
 from switchyard.supervisor.policy import Policy
 from switchyard.supervisor.workflow import Workflow
 
 ADMIN, SUPERVISOR, TOOLHOST, CONSOLE = "admin", "supervisor", "toolhost", "console"
-SUPERVISOR_DURABLES = ("supervisor-submit", "supervisor-results", "supervisor-decisions",
-                       "supervisor-advisories")
-STREAMS = ("workflows", "outcomes", "tasks", "results", "human", "events", "dlq", "advisories")
-BUCKETS = ("workflows", "escalations", "workflow_defs", "trust", "tool_ledger")
+# which stream each of the supervisor's durables reads
+SUPERVISOR_DURABLES: Mapping[Durable, Stream] = {
+    Durable.SUBMIT: Stream.WORKFLOWS, Durable.RESULTS: Stream.RESULTS,
+    Durable.DECISIONS: Stream.HUMAN, Durable.ADVISORIES: Stream.ADVISORIES,
+}
+STREAMS = tuple(Stream)
+BUCKETS = tuple(Bucket)
 
 
 def reviewers_durable(queue: str) -> str:
@@ -55,20 +52,6 @@ def agent_identity(role: str) -> str:
 
 def inbox_prefix(identity: str) -> str:
     return f"_INBOX.{identity}"
-
-
-def connect_options(seed_file: Path) -> dict[str, Any]:
-    """``nats.connect`` options for the identity whose nkey seed is in ``seed_file`` (named
-    ``<identity>.nk``): its key, and replies under its own inbox prefix, the only one the bus lets
-    it subscribe to."""
-    return {"nkeys_seed": str(seed_file), "inbox_prefix": inbox_prefix(seed_file.stem)}
-
-
-async def provision(js: JetStreamContext, s: Subjects) -> None:
-    """As the admin: the streams and buckets the other identities may only use."""
-    await ensure_streams(js, s)
-    for bucket in BUCKETS:
-        await open_bucket(js, s.bucket(bucket), history=5 if bucket == "workflow_defs" else 1)
 
 
 @dataclass(frozen=True)
@@ -146,28 +129,30 @@ def identities(policy: Policy | None, roles: Iterable[str], s: Subjects,
     pub, sub = r.base(SUPERVISOR)
     pub += [s.all("task"), s.human_queue, f"{s.human_queue}.*", s.all("workflow.outcome"),
             s.all("dlq")]
-    for durable, stream in zip(SUPERVISOR_DURABLES, ("workflows", "results", "human", "advisories"),
-                               strict=True):
+    for durable, stream in SUPERVISOR_DURABLES.items():
         pub += r.durable(r.stream(stream), durable)
-    tasks = r.stream("tasks")  # a task delivered too often: read, dead-lettered, then removed
-    pub += [f"$JS.API.STREAM.MSG.GET.{tasks}", f"$JS.API.STREAM.MSG.DELETE.{tasks}"]
-    for bucket in ("workflows", "escalations", "workflow_defs", "trust"):
+    # a stuck task (delivered too often, or on a subject no consumer serves): found, read,
+    # dead-lettered, then removed
+    tasks = r.stream(Stream.TASKS)
+    pub += [f"$JS.API.STREAM.MSG.GET.{tasks}", f"$JS.API.STREAM.MSG.DELETE.{tasks}",
+            f"$JS.API.CONSUMER.LIST.{tasks}"]
+    for bucket in (Bucket.WORKFLOWS, Bucket.ESCALATIONS, Bucket.WORKFLOW_DEFS, Bucket.TRUST):
         pub += [*r.kv_write(bucket), *r.kv_list(bucket)]
     sub += [f"{p}.supervisor.status"]  # its micro service's status endpoint
     out.append(Identity(SUPERVISOR, tuple(pub), tuple(sub)))
 
     pub, sub = r.base(TOOLHOST)
-    pub += [s.dlq("tool"), *r.kv_write("tool_ledger"), *r.kv_read("trust")]
+    pub += [s.dlq(DeadLetterKind.TOOL), *r.kv_write(Bucket.TOOL_LEDGER), *r.kv_read(Bucket.TRUST)]
     sub += [f"{p}.tool.*.*"]
     out.append(Identity(TOOLHOST, tuple(pub), tuple(sub)))
 
     pub, sub = r.base(CONSOLE)
     pub += [s.submit, s.human_decision, "$SRV.>", f"{p}.agent.*.schema", f"{p}.supervisor.status",
             *(d for q in ("", *sorted(set(queues))) for d in r.durable(
-                r.stream("human"), reviewers_durable(q))),
-            *r.read_stream(r.stream("events")),
-            *r.read_stream(r.stream("outcomes")), *r.read_stream(r.stream("dlq"))]
-    for bucket in ("workflows", "escalations", "workflow_defs"):
+                r.stream(Stream.HUMAN), reviewers_durable(q))),
+            *r.read_stream(r.stream(Stream.EVENTS)), f"$JS.API.CONSUMER.LIST.{r.stream(Stream.TASKS)}",
+            *r.read_stream(r.stream(Stream.OUTCOMES)), *r.read_stream(r.stream(Stream.DLQ))]
+    for bucket in (Bucket.WORKFLOWS, Bucket.ESCALATIONS, Bucket.WORKFLOW_DEFS):
         pub += [*r.kv_read(bucket), *r.kv_list(bucket)]
     out.append(Identity(CONSOLE, tuple(pub), tuple(sub), responses=False))
 
@@ -175,56 +160,26 @@ def identities(policy: Policy | None, roles: Iterable[str], s: Subjects,
         name = agent_identity(role)
         pub, sub = r.base(name)
         tools = policy.allowed(role) if policy is not None else []
-        pub += [s.result(role), s.dlq("task"), *r.durable(r.stream("tasks"), role),
-                *r.kv_read("trust"), *(s.tool(t, role) for t in tools)]
-        sub += [f"{p}.agent.{role}.schema"]  # its micro service's schema endpoint
+        pub += [s.result(role), s.dlq(DeadLetterKind.TASK), *r.durable(r.stream(Stream.TASKS), role),
+                *r.kv_read(Bucket.TRUST), *(s.tool(t, role) for t in tools)]
+        sub += [s.agent_schema(role)]  # its micro service's schema endpoint
         out.append(Identity(name, tuple(pub), tuple(sub)))
     return out
-
-
-# keys -------------------------------------------------------------------------------------------
-
-
-class Credentials:
-    """One nkey seed file per identity in a directory (mode 0600), created once and reused, so a
-    regenerated config keeps every process's identity."""
-
-    def __init__(self, directory: Path) -> None:
-        self.dir = directory
-
-    def seed_file(self, identity: str) -> Path:
-        path = self.dir / f"{identity}.nk"
-        if not path.exists():
-            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            seed = bytes(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER))
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(seed)
-        return path
-
-    def connect_options(self, identity: str) -> dict[str, Any]:
-        return connect_options(self.seed_file(identity))
-
-    def public_key(self, identity: str) -> str:
-        seed = bytearray(self.seed_file(identity).read_bytes().strip())
-        return bytes(nkeys.from_seed(seed).public_key).decode()
-
-
-# rendering --------------------------------------------------------------------------------------
 
 
 def _quoted(items: Iterable[str]) -> str:
     return "[" + ", ".join(f'"{i}"' for i in items) + "]"
 
 
-def authorization(ids: list[Identity], creds: Credentials) -> str:
-    """The ``authorization`` block of a nats-server config."""
+def authorization(ids: list[Identity], public_key: Callable[[str], str]) -> str:
+    """The ``authorization`` block of a nats-server config; ``public_key`` names each
+    identity's nkey (``Credentials.public_key``)."""
     lines = ["authorization {", "  users = ["]
     for ident in ids:
         lines += [
             f"    # {ident.name}",
             "    {",
-            f'      nkey: "{creds.public_key(ident.name)}"',
+            f'      nkey: "{public_key(ident.name)}"',
             "      permissions: {",
             f"        publish: {{ allow: {_quoted(ident.publish)} }}",
             f"        subscribe: {{ allow: {_quoted(ident.subscribe)} }}",

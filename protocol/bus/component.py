@@ -1,0 +1,256 @@
+"""Component: the lifecycle the agent runtime, the supervisor and the tool host share.
+
+Built as nats micro's ``add_service(nc, config)`` is: a config object plus an optional connection
+(adopted, or opened from the config and then owned), an async context manager, and an idempotent
+``stop()``. Starting connects (or adopts), provisions the streams, starts the publisher, the audit
+writer and the dead letters, lets the component set itself up, registers its micro service and
+then starts taking work. Stopping is one order for all::
+
+    stop taking work (consumers, endpoints)
+    -> wait for in-flight work, up to ``graceful_timeout``
+    -> cancel what is left and ``nak`` its message, so it is redelivered (it was never acked)
+    -> stop the service and the publisher, drain the connection if it is ours
+
+The state is an enum; misuse (starting twice) raises a clear ``RuntimeError``. Signal handling is
+not here: the CLI sets a stop event, and ``serve`` stops on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+import nats
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.client import JetStreamContext
+from nats.micro import add_service
+from nats.micro.service import Service, ServiceConfig
+from prometheus_client import CollectorRegistry
+
+from switchyard.protocol import codec
+from switchyard.protocol.bus.audit import AuditLog
+from switchyard.protocol.bus.consumer import PullConsumer
+from switchyard.protocol.bus.dead_letters import DeadLetters
+from switchyard.protocol.bus.faults import Faults
+from switchyard.protocol.bus.provision import ensure_streams
+from switchyard.protocol.bus.publisher import Publisher
+from switchyard.protocol.faults import FaultPlan
+from switchyard.protocol.subjects import Subjects
+
+log = structlog.get_logger("switchyard.component")
+
+
+class ComponentState(enum.Enum):
+    NEW = "new"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ComponentConfig:
+    """What every component is configured with; each component's config adds its own."""
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    subjects: Subjects = field(default_factory=Subjects)
+    # extra ``nats.connect`` options: credentials and inbox prefix under a secured bus
+    connect_options: Mapping[str, Any] = field(default_factory=dict)
+    graceful_timeout: float = 10.0  # how long stop() waits for in-flight work
+    publish_timeout: float = 10.0
+    max_bytes: int = codec.DEFAULT_MAX_BYTES
+    faults: FaultPlan = field(default_factory=FaultPlan)  # inert unless the chaos suite sets one
+
+
+class Component:
+    """The shared lifecycle. Subclasses name themselves (``_kind``, ``_name``), build their service
+    config, and fill in ``_setup`` (before the service) and ``_take_work`` (after it)."""
+
+    _kind = "component"
+
+    def __init__(
+        self, config: ComponentConfig, *, nc: Client | None = None,
+        metrics: CollectorRegistry | None = None,
+    ) -> None:
+        self._config = config
+        self._nc = nc
+        self._own_nc = False
+        self._metrics_registry = metrics or CollectorRegistry()
+        self._state = ComponentState.NEW
+        self._js: JetStreamContext | None = None
+        self._publisher: Publisher | None = None
+        self._audit: AuditLog | None = None
+        self._dead_letters: DeadLetters | None = None
+        self._service: Service | None = None
+        self._consumers: list[PullConsumer] = []
+        self._inflight: dict[asyncio.Task[None], Msg | None] = {}  # work not under a consumer
+        self.faults = Faults(config.faults)
+
+    # what a subclass provides ------------------------------------------------------------------
+
+    @property
+    def _name(self) -> str:
+        """Who this is, in audit records, dead letters and the connection name."""
+        return self._kind
+
+    def _service_config(self) -> ServiceConfig:
+        raise NotImplementedError
+
+    async def _setup(self) -> None:
+        """After the bus is ready (streams, publisher, audit), before the service is added."""
+
+    async def _take_work(self) -> None:
+        """After the service is added: start consumers (``_consume``), endpoints, timers."""
+
+    async def _stop_taking_work(self) -> None:
+        """Beyond the consumers, which the lifecycle stops itself (endpoints, timers)."""
+
+    async def _close(self) -> None:
+        """After in-flight work is done or cancelled, before the connection drains."""
+
+    # shared parts ------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> ComponentState:
+        return self._state
+
+    @property
+    def nc(self) -> Client:
+        if self._nc is None:
+            raise RuntimeError(f"{self._name} is not started")
+        return self._nc
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            raise RuntimeError(f"{self._name} is not started")
+        return self._js
+
+    @property
+    def publisher(self) -> Publisher:
+        if self._publisher is None:
+            raise RuntimeError(f"{self._name} is not started")
+        return self._publisher
+
+    @property
+    def audit(self) -> AuditLog:
+        if self._audit is None:
+            raise RuntimeError(f"{self._name} is not started")
+        return self._audit
+
+    @property
+    def dead_letters(self) -> DeadLetters:
+        if self._dead_letters is None:
+            raise RuntimeError(f"{self._name} is not started")
+        return self._dead_letters
+
+    async def _consume(
+        self, stream: str, durable: str, handler: Callable[[Msg], Awaitable[None]], capacity: int,
+    ) -> PullConsumer:
+        consumer = await PullConsumer(self.nc, stream, durable, handler, capacity=capacity).start()
+        self._consumers.append(consumer)
+        return consumer
+
+    def _spawn(self, work: Coroutine[Any, Any, None], msg: Msg | None = None) -> None:
+        """Run work the lifecycle waits for on stop (and naks ``msg`` of, if cancelled)."""
+        task = asyncio.ensure_future(work)
+        self._inflight[task] = msg
+        task.add_done_callback(self._inflight.pop)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._inflight) + sum(len(c.inflight) for c in self._consumers)
+
+    # the lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> Self:
+        if self._state is not ComponentState.NEW:
+            raise RuntimeError(f"{self._name} already {self._state.value}")
+        self._state = ComponentState.STARTING
+        cfg = self._config
+        try:
+            if self._nc is None:
+                self._nc = await nats.connect(cfg.nats_url, name=f"{cfg.subjects.prefix}-{self._name}",
+                                              **dict(cfg.connect_options))
+                self._own_nc = True
+            self._js = self._nc.jetstream()
+            await ensure_streams(self._js, cfg.subjects)
+            self._publisher = await Publisher(self._nc, timeout=cfg.publish_timeout).start()
+            self._audit = AuditLog(self._js, cfg.subjects, self._name, publisher=self._publisher,
+                                   timeout=cfg.publish_timeout)
+            self._dead_letters = DeadLetters(self._publisher, self._audit, cfg.subjects, self._name)
+            await self._setup()
+            self._service = await add_service(self._nc, self._service_config())
+            await self._take_work()
+        except BaseException:
+            await self._shutdown(0.0)
+            raise
+        self._state = ComponentState.RUNNING
+        log.info(f"{self._kind}.started", name=self._name)
+        return self
+
+    async def stop(self, *, graceful_timeout: float | None = None) -> None:
+        """Stop taking work, let in-flight work finish (bounded), nak the rest, drain. Idempotent."""
+        if self._state in (ComponentState.STOPPING, ComponentState.STOPPED):
+            return
+        if self._state is ComponentState.NEW:
+            self._state = ComponentState.STOPPED
+            return
+        wait = self._config.graceful_timeout if graceful_timeout is None else graceful_timeout
+        await self._shutdown(wait)
+        log.info(f"{self._kind}.stopped", name=self._name)
+
+    async def _shutdown(self, wait: float) -> None:
+        self._state = ComponentState.STOPPING
+        for consumer in self._consumers:
+            await consumer.stop()
+        await self._stop_taking_work()
+        inflight: dict[asyncio.Task[None], Msg | None] = dict(self._inflight)
+        for consumer in self._consumers:
+            inflight.update(consumer.inflight)
+        if inflight:
+            _, pending = await asyncio.wait(list(inflight), timeout=wait)
+            for task in pending:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+                msg = inflight[task]
+                if msg is not None:
+                    with contextlib.suppress(Exception):
+                        await msg.nak()
+        await self._close()
+        if self._service is not None:
+            with contextlib.suppress(Exception):
+                await self._service.stop()
+        if self._publisher is not None:
+            await self._publisher.stop()
+        if self._own_nc and self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.drain()
+        self._state = ComponentState.STOPPED
+
+    async def __aenter__(self) -> Self:
+        if self._state is ComponentState.NEW:
+            await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Start, run until ``stop`` is set, then stop gracefully."""
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()

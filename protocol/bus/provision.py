@@ -1,0 +1,131 @@
+"""Provisioning: the JetStream streams and buckets of one deployment, created if missing.
+
+Everything acts through a JetStream context it is given (no connection of its own), so every
+component can provision what it needs at start. Names come from ``switchyard.protocol.subjects``
+(``Stream``, ``Bucket``); the generated NATS authorization uses the same names.
+"""
+
+from __future__ import annotations
+
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.client import JetStreamContext
+from nats.js.errors import BadRequestError
+from nats.js.kv import KeyValue
+
+from switchyard.protocol.bus.publisher import Publisher
+from switchyard.protocol.headers import EXPECTED_LAST_SUBJECT_SEQ
+from switchyard.protocol.subjects import Stream, Subjects
+
+DAY = 24 * 3600.0
+MARKER_TTL_S = 60.0
+WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream's "not the revision you named"
+STREAM_NAME_IN_USE = 10058
+
+
+def stream_configs(s: Subjects, *, replicas: int = 1) -> list[StreamConfig]:
+    def cfg(name: Stream, subjects: list[str], **kw: object) -> StreamConfig:
+        return StreamConfig(
+            name=s.stream(name),
+            subjects=subjects,
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            **kw,  # type: ignore[arg-type]
+        )
+
+    return [
+        cfg(Stream.WORKFLOWS, [s.submit], retention=RetentionPolicy.WORK_QUEUE,
+            duplicate_window=120.0),
+        cfg(Stream.OUTCOMES, [s.all("workflow.outcome")], max_msgs_per_subject=1,
+            max_age=7 * DAY),
+        cfg(Stream.TASKS, [s.all("task")], retention=RetentionPolicy.WORK_QUEUE,
+            duplicate_window=120.0),
+        cfg(Stream.RESULTS, [s.all("result")], max_age=DAY, duplicate_window=120.0),
+        cfg(Stream.HUMAN, [s.human_queue, f"{s.human_queue}.*", s.human_decision],
+            retention=RetentionPolicy.WORK_QUEUE, duplicate_window=120.0),
+        cfg(Stream.EVENTS, [s.all("event"), s.unattributed], max_age=30 * DAY, deny_delete=True,
+            deny_purge=True, discard=DiscardPolicy.OLD),
+        cfg(Stream.DLQ, [s.all("dlq")], max_age=30 * DAY),
+        # the server's word that a task was delivered max_deliver times and never acknowledged,
+        # kept until the supervisor has dead-lettered that task (core advisories are not kept)
+        cfg(Stream.ADVISORIES, [s.max_deliveries], retention=RetentionPolicy.WORK_QUEUE,
+            max_age=7 * DAY),
+    ]
+
+
+async def ensure_streams(js: JetStreamContext, s: Subjects, *, replicas: int = 1) -> None:
+    """Create the streams if missing; leave existing ones as their operator set them."""
+    for config in stream_configs(s, replicas=replicas):
+        try:
+            await js.stream_info(config.name or "")
+        except Exception:  # NotFoundError, or a server that lost it
+            try:
+                await js.add_stream(config)
+            except BadRequestError as exc:
+                if exc.err_code != STREAM_NAME_IN_USE:  # a racing peer made it first
+                    raise
+
+
+async def open_bucket(
+    js: JetStreamContext, bucket: str, *, replicas: int = 1, history: int = 1,
+) -> KeyValue:
+    """The bucket, created if missing. Entries written with a TTL (``kv_write``) leave a delete
+    marker when they expire, so watchers see them go."""
+    try:
+        return await js.key_value(bucket)
+    except Exception:
+        return await js.create_key_value(
+            KeyValueConfig(
+                bucket=bucket, history=history, storage=StorageType.FILE, replicas=replicas,
+                limit_marker_ttl=MARKER_TTL_S,
+            )
+        )
+
+
+async def kv_write(
+    js: JetStreamContext | Publisher, bucket: str, key: str, value: bytes, *,
+    last: int | None = None, ttl: float | None = None,
+) -> int:
+    """Write one KV entry, optionally only over revision ``last`` (0: only if absent) and with a
+    time to live, after which the server removes it (per-message TTL, NATS 2.11+). Returns the
+    new revision; raises ``BadRequestError`` with a ``WRONG_LAST_SEQUENCE`` code on a conflict."""
+    headers = {EXPECTED_LAST_SUBJECT_SEQ: str(last)} if last is not None else None
+    if isinstance(js, Publisher):
+        return (await js.publish(f"$KV.{bucket}.{key}", value, headers, ttl=ttl)).seq
+    ack = await js.publish(f"$KV.{bucket}.{key}", value, headers=headers,
+                           msg_ttl=ttl if ttl else None)
+    return ack.seq
+
+
+async def unserved_subjects(js: JetStreamContext, s: Subjects) -> dict[str, int]:
+    """Task subjects holding messages that no consumer of the tasks stream takes, with their
+    counts: in a work queue those wait until someone serves the role, which may be never."""
+    stream = s.stream(Stream.TASKS)
+    info = await js.stream_info(stream, subjects_filter=s.all("task"))
+    waiting = info.state.subjects or {}
+    if not waiting:
+        return {}
+    filters: list[str] = []
+    for consumer in await js.consumers_info(stream):
+        cfg = consumer.config
+        filters += [f for f in (cfg.filter_subject, *(cfg.filter_subjects or [])) if f]
+        if not cfg.filter_subject and not cfg.filter_subjects:
+            return {}  # a consumer of everything serves every subject
+    return {subject: n for subject, n in sorted(waiting.items())
+            if not any(subject_matches(f, subject) for f in filters)}
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS subject matching: ``*`` is one token, ``>`` the rest (one or more tokens)."""
+    want, have = pattern.split("."), subject.split(".")
+    for i, token in enumerate(want):
+        if token == ">":
+            return len(have) > i
+        if i >= len(have) or (token != "*" and token != have[i]):
+            return False
+    return len(want) == len(have)

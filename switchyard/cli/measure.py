@@ -1,0 +1,88 @@
+"""Measuring: ``bench`` (Switchyard beside raw NATS) and ``chaos`` (the fault-injection suite)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from switchyard.cli.app import app, err, load_settings, out
+from switchyard.loop import run as run_on_loop
+
+
+@app.command()
+def chaos(
+    scenario: Annotated[list[str] | None, typer.Option(
+        help="agents, supervisor, nats, poison (repeatable; default all)")] = None,
+    scale: Annotated[str, typer.Option(help="ci (minutes) or full (the issue's sizes)")] = "ci",
+    seed: Annotated[int, typer.Option(help="seeds the fault points and the kills")] = 1,
+    json_file: Annotated[Path | None, typer.Option("--json", help="also write JSON here")] = None,
+) -> None:
+    """Run the real stack under named, seeded faults and count: submitted, completed, escalated,
+    lost, duplicated side effects, faults fired. Exit 1 if any scenario lost or duplicated
+    anything, or a fault it asked for never fired."""
+    from switchyard.chaos import SCENARIOS, SIZES, reports_json, run_scenario
+
+    load_settings()
+    names = scenario or list(SCENARIOS)
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown or scale not in SIZES:
+        err.print(f"[red]unknown scenario {unknown} or scale {scale!r}[/] "
+                  f"(scenarios: {', '.join(SCENARIOS)}; scales: {', '.join(SIZES)})")
+        raise typer.Exit(2)
+    reports = []
+    for name in names:
+        err.print(f"· {name} ({scale}, seed {seed})")
+        reports.append(asyncio.run(run_scenario(name, scale=scale, seed=seed)))
+    table = Table(title="fault injection (acknowledged work only)")
+    for col in ("scenario", "submitted", "acked", "completed", "escalated", "failed", "lost",
+                "dup effects", "faults fired", "kills", "restarts", "s", "ok"):
+        table.add_column(col)
+    for r in reports:
+        fired = ", ".join(f"{k.split('.', 1)[1]} {v}" for k, v in sorted(r.faults_fired.items()))
+        table.add_row(r.scenario, str(r.submitted), str(r.acknowledged), str(r.completed),
+                      str(r.escalated), str(r.failed), str(r.lost), str(r.duplicated_effects),
+                      fired or "-", str(r.kills), str(r.restarts), f"{r.elapsed_s:.0f}",
+                      "[green]yes[/]" if r.ok else "[red]NO[/]")
+    out.print(table)
+    for r in reports:
+        if r.scenario == "poison":
+            out.print(f"poison: {r.dead_lettered}/{r.bad_inputs} bad inputs dead-lettered with a "
+                      f"reason; processes restarted: {len(r.processes_restarted)}")
+        for problem in r.problems:
+            out.print(f"[red]{r.scenario}: {problem}[/]")
+    if json_file is not None:
+        json_file.write_bytes(reports_json(reports))
+    raise typer.Exit(0 if all(r.ok for r in reports) else 1)
+
+
+@app.command()
+def bench(
+    quick: Annotated[bool, typer.Option(help="a smaller run, under a minute")] = False,
+    json_file: Annotated[Path | None, typer.Option("--json", help="also write JSON here")] = None,
+) -> None:
+    """Measure Switchyard beside raw JetStream and raw core NATS, on a nats-server of its own."""
+    from switchyard.bench import FULL, QUICK, report_json, run_bench
+
+    load_settings()
+    report = run_on_loop(run_bench(QUICK if quick else FULL, lambda m: err.print(f"· {m}")))
+    table = Table(title="five-hop workflows (median of windows)")
+    for col in ("pipeline", "fsync", "in flight", "steps", "payload", "wf/s", "p50 ms", "p99 ms",
+                "CPU µs/wf", "CPU µs/step", "other CPU %"):
+        table.add_column(col, justify="right" if col not in ("pipeline", "fsync") else "left")
+    for r in report.rows:
+        table.add_row(r.pipeline, r.sync, str(r.inflight), str(r.steps),
+                      f"{r.payload_bytes // 1024} KB", f"{r.workflows_per_s:,.0f}",
+                      f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}",
+                      f"{sum(r.cpu_us_per_workflow.values()):,.0f}", f"{r.cpu_us_per_step:,.0f}",
+                      f"{r.other_cpu_pct:.0f}")
+    (out if out.is_terminal else Console(width=160)).print(table)
+    for k, v in {**report.ratios, **report.growth}.items():
+        out.print(f"{k}: {v}", markup=False)
+    if json_file is not None:
+        json_file.write_bytes(report_json(report) + b"\n")
+        out.print(f"wrote {json_file}")

@@ -1,0 +1,298 @@
+"""Operations: ``trace`` a run, ``audit verify`` its chain, ``dlq list|show|replay`` and
+``status``."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+from typing import Annotated, Any
+
+import msgspec
+import typer
+from rich.markup import escape
+from rich.table import Table
+from rich.tree import Tree
+
+from switchyard.cli.app import JsonOpt, app, client, dump, err, load_settings, once, out
+from switchyard.protocol.audit import Verification
+from switchyard.protocol.errors import ConfigError
+from switchyard.protocol.events import EventType
+from switchyard.protocol.messages import Event
+
+audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=True)
+dlq_app = typer.Typer(help="Dead letters: what could not be processed, and why.",
+                      no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+app.add_typer(dlq_app, name="dlq")
+UNATTRIBUTED = "(unattributed)"
+
+
+@app.command()
+def trace(workflow_id: str, json_out: JsonOpt = False) -> None:
+    """One run's audit trail as a tree: steps with timings, confidence and agent, tool calls,
+    escalations and decisions."""
+    settings = load_settings()
+
+    async def main() -> list[Event]:
+        async with client(settings) as bus:
+            return await bus.events(workflow_id)
+
+    try:
+        events = once(main())
+    except ConfigError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    if not events:
+        err.print(f"[red]no events recorded for workflow {workflow_id!r}[/]")
+        raise typer.Exit(1)
+    if json_out:
+        dump([msgspec.to_builtins(e) for e in events])
+        return
+    out.print(trace_tree(workflow_id, events))
+
+
+def trace_tree(workflow_id: str, events: list[Event]) -> Tree:
+    """The tree ``trace`` prints. A tool call is shown under the step attempt whose task made it,
+    whatever order the records were stored in: the tool host's record can reach the chain before
+    the supervisor's dispatch record, which goes out beside the task."""
+    start = events[0].at
+    first = events[0].entries[0].data if events[0].entries else {}
+    root = Tree(f"[bold]{escape(workflow_id)}[/] ({escape(str(first.get('workflow', '')))})")
+    attempts: dict[str, Tree] = {}  # task id -> its node
+    early: dict[str, list[str]] = {}  # task id -> tool lines recorded before its dispatch
+    for ev, e in ((record, e) for record in events for e in record.entries):
+        at = f"+{(ev.at - start) * 1000:8.1f} ms"
+        d = e.data
+        if e.type == EventType.STEP_DISPATCHED:
+            task = str(d.get("task_id"))
+            node = attempts[task] = root.add(
+                f"{at}  [bold]{escape(e.step)}[/] #{d.get('attempt')} -> {escape(str(d.get('role')))}"
+                + (f"  tools {escape(str(d.get('tools')))}" if d.get("tools") else ""))
+            for line in early.pop(task, []):
+                node.add(line)
+        elif e.type.startswith("tool."):
+            extra = d.get("code") or (f"approved by {d['approved_by']}" if d.get("approved_by") else "")
+            line = escape(f"{at}  {e.type} {d.get('tool', '')} {extra}".rstrip())
+            task = str(d.get("task", ""))
+            if task in attempts:
+                attempts[task].add(line)
+            else:
+                early.setdefault(task, []).append(line)
+        elif e.type.startswith("step.") and e.type not in (EventType.STEP_SKIPPED,
+                                                           EventType.STEP_ROUTED):
+            node = next((n for t, n in reversed(attempts.items()) if f":{e.step}:" in t), root)
+            conf = d.get("confidence")
+            node.add(escape(f"{at}  {e.type.split('.', 1)[1]}"
+                     + (f"  confidence {conf:.2f}" if isinstance(conf, float) else "")
+                     + (f"  {d['duration_ms']:.1f} ms in {d.get('agent')}" if d.get("duration_ms") else "")
+                     + (f"  {d['error']}" if d.get("error") else "")))
+        else:
+            detail = d.get("reason") or d.get("reviewer") or d.get("to") or ""
+            root.add(f"{at}  [bold]{escape(e.type)}[/] {escape(f'{e.step} {detail}'.rstrip())}")
+    for lines in early.values():  # calls under a task that was never dispatched here
+        for line in lines:
+            root.add(line)
+    return root
+
+
+@audit_app.command("verify")
+def audit_verify(
+    workflow_ids: Annotated[list[str] | None, typer.Argument(help="workflow ids")] = None,
+    unattributed: Annotated[bool, typer.Option(
+        help="also check the chain of records that belong to no workflow")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Check that each workflow's audit records form an unbroken hash chain (every record names
+    the SHA-256 of the stored record before it). Exits 1 if any chain is broken or empty."""
+    settings = load_settings()
+    names: list[str | None] = [*(workflow_ids or []), *([None] if unattributed else [])]
+    if not names:
+        err.print("[red]name at least one workflow id, or --unattributed[/]")
+        raise typer.Exit(2)
+
+    async def main() -> dict[str, Verification]:
+        async with client(settings) as bus:
+            return {wid or UNATTRIBUTED: await bus.verify(wid) for wid in names}
+
+    try:
+        results = once(main())
+    except ConfigError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    if json_out:
+        dump({wid: v.as_dict() for wid, v in results.items()})
+    for wid, v in results.items():
+        if json_out:
+            break
+        if v.ok:
+            writers = ", ".join(f"{w} {n}" for w, n in sorted(v.writers.items()))
+            out.print(f"[green]ok[/] {escape(wid)}: {v.records} records, {v.entries} entries, "
+                      f"seq {v.first_seq}..{v.last_seq}, head {v.head[:16]} ({escape(writers)})")
+        else:
+            out.print(f"[red]BROKEN[/] {escape(wid)}: {v.records} records")
+            for problem in v.problems:
+                out.print(f"  {escape(problem)}", markup=False)
+    if not all(v.ok for v in results.values()):
+        raise typer.Exit(1)
+
+
+@dlq_app.command("list")
+def dlq_list(
+    kind: Annotated[str, typer.Option(help="task, result, tool, submit or decision")] = "",
+    limit: Annotated[int, typer.Option(help="the newest this many")] = 100,
+    json_out: JsonOpt = False,
+) -> None:
+    """The newest dead letters: when, what kind, why (code and reason), who refused it."""
+
+    settings = load_settings()
+
+    async def main() -> list[Any]:
+        async with client(settings) as bus:
+            return await bus.dead_letters(kind=kind, limit=limit)
+
+    letters = once(main())
+    if json_out:
+        dump([d.summary() for d in letters])
+        return
+    table = Table(title=f"dead letters ({len(letters)})")
+    for col in ("seq", "at", "kind", "code", "reason", "source", "deliveries"):
+        table.add_column(col)
+    for d in letters:
+        at = datetime.datetime.fromtimestamp(d.at).strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(str(d.seq), at, *(escape(printable(v)) for v in (
+            d.kind, d.code, d.reason[:80], d.source, d.deliveries or "-")))
+    out.print(table)
+
+
+@dlq_app.command("show")
+def dlq_show(seq: int, json_out: JsonOpt = False) -> None:
+    """One dead letter: its headers and its original body."""
+    settings = load_settings()
+
+    async def main() -> Any:
+        async with client(settings) as bus:
+            return await bus.dead_letter(seq)
+
+    try:
+        letter = once(main())
+    except LookupError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    body = body_view(letter.data)
+    if json_out:
+        dump({**letter.summary(), **body})
+        return
+    for key, value in letter.summary().items():
+        out.print(f"[bold]{key}[/]: {escape(printable(str(value)))}")
+    out.print(f"[bold]body[/] ({body['body_encoding']}):")
+    if body["body_encoding"] == "json":
+        out.print_json(data=body["body"])
+    else:
+        out.print(escape(str(body["body"])), markup=False)
+
+
+SHOWN_DEPTH = 64  # deeper JSON is shown as text: rendering it as a tree would recurse too far
+SHOWN_BYTES = 64 * 1024
+
+
+def body_view(data: bytes) -> dict[str, object]:
+    """A stored body as something every renderer can show: JSON when it is JSON of a sane depth,
+    else its text, else (not UTF-8) its bytes in base64; truncated past ``SHOWN_BYTES``."""
+    view: dict[str, object] = {"bytes": len(data), "truncated": len(data) > SHOWN_BYTES}
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return {**view, "body_encoding": "base64",
+                "body": base64.b64encode(data[:SHOWN_BYTES]).decode()}
+    if not view["truncated"] and data.count(b"[") + data.count(b"{") < 100_000:
+        try:
+            doc = msgspec.json.decode(data)
+        except (msgspec.DecodeError, RecursionError):
+            doc = None
+        else:
+            if not deeper_than(doc, SHOWN_DEPTH):
+                return {**view, "body_encoding": "json", "body": doc}
+    return {**view, "body_encoding": "text", "body": text[:SHOWN_BYTES]}
+
+
+def deeper_than(value: object, limit: int) -> bool:
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return False
+
+
+def printable(text: str) -> str:
+    """One line a terminal shows as it is: control characters written as escapes."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+@dlq_app.command("replay")
+def dlq_replay(seqs: list[int]) -> None:
+    """Put dead letters back on their original subjects (new message ids), once the cause is
+    fixed; each replay is audited. Tool calls are not replayed (retry their task instead)."""
+    settings = load_settings()
+
+    async def main() -> list[tuple[int, int | str]]:
+        done: list[tuple[int, int | str]] = []
+        async with client(settings) as bus:
+            for seq in seqs:
+                try:
+                    done.append((seq, await bus.replay(seq, operator=settings.user)))
+                except (LookupError, ValueError) as exc:
+                    done.append((seq, str(exc)))
+        return done
+
+    failed = False
+    for seq, result in once(main()):
+        if isinstance(result, int):
+            out.print(f"replayed {seq}: stream sequence {result}")
+        else:
+            failed = True
+            err.print(f"[red]{result}[/]")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(json_out: JsonOpt = False) -> None:
+    """Live agents and tool hosts (from $SRV), their counters, workflows in flight and waiting."""
+
+    settings = load_settings()
+
+    async def main() -> dict[str, Any]:
+        async with client(settings) as bus:
+            return {"services": await bus.services(),
+                    "workflows": await bus.workflow_counts(),
+                    "escalations_waiting": len(await bus.escalations()),
+                    "unserved_tasks": await bus.unserved()}
+
+    data = once(main())
+    if json_out:
+        dump(data)
+        return
+    table = Table(title="services")
+    for col in ("name", "version", "instance", "counters", "circuits"):
+        table.add_column(col)
+    for svc in sorted(data["services"], key=lambda s: s["name"]):
+        endpoints = svc["stats"].get("endpoints") or [{}]
+        counters = dict(endpoints[0].get("data") or {})
+        breakers = counters.pop("breakers", None) or {}
+        shown = ", ".join(f"{k} {v}" for k, v in counters.items() if k != "role")
+        tripped = [f"[red]{n} {b['state']}[/] ({b['failures']} failures)"
+                   for n, b in breakers.items() if b["state"] != "closed"]
+        circuits = ", ".join(tripped) or (f"{len(breakers)} closed" if breakers else "-")
+        table.add_row(svc["name"], svc.get("version", ""), svc["id"][:10], shown, circuits)
+    out.print(table)
+    flows = ", ".join(f"{k} {v}" for k, v in sorted(data["workflows"].items())) or "none"
+    out.print(f"workflows: {flows}; escalations waiting for people: "
+              f"{data['escalations_waiting']}")
+    for subject, waiting in data["unserved_tasks"].items():
+        out.print(f"[yellow]{waiting} task(s) wait on {escape(subject)} and no consumer serves it[/] "
+                  "(start an agent for that role; tasks no workflow awaits are dead-lettered)")

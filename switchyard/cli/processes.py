@@ -1,0 +1,223 @@
+"""Processes: ``agent run``, ``tools run``, ``supervisor run``, ``up`` and ``demo``; and
+``run_agent``, what ``Agent.run()`` hands over to."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from switchyard.cli.app import (
+    JsonOpt,
+    app,
+    err,
+    load_settings,
+    metrics_registry,
+    once,
+    out,
+    serve,
+)
+
+if TYPE_CHECKING:
+    from switchyard.agents import Agent
+
+agent_app = typer.Typer(help="Run agent processes.", no_args_is_help=True)
+tools_app = typer.Typer(help="Run the tool host.", no_args_is_help=True)
+supervisor_app = typer.Typer(help="Run the supervisor.", no_args_is_help=True)
+app.add_typer(agent_app, name="agent")
+app.add_typer(tools_app, name="tools")
+app.add_typer(supervisor_app, name="supervisor")
+BUILTIN_AGENTS = {r: f"switchyard.agents.{r}:agent"
+                  for r in ("triage", "retrieval", "action", "compliance", "reviewer")}
+
+
+def run_agent(agent: Agent) -> None:
+    """Run ``agent`` in the foreground as ``switchyard agent run`` does: configured by settings
+    (``NATS_URL`` and the rest), until SIGINT/SIGTERM."""
+    settings = load_settings()
+    registry = metrics_registry(settings)
+    serve(settings, lambda stop: agent.serve(stop, settings.agent_config(), metrics=registry))
+
+
+
+
+@agent_app.command("run")
+def agent_run(target: Annotated[str, typer.Argument(
+        help="A built-in role (triage, retrieval, action, compliance, reviewer) or module:attr")]
+) -> None:
+    """Run one agent process."""
+    from switchyard.agents import Agent
+
+    load_settings()
+    spec = BUILTIN_AGENTS.get(target, target)
+    module_name, _, attr = spec.partition(":")
+    if not attr:
+        err.print(f"[red]{target!r} is neither a built-in role nor module:attr[/]")
+        raise typer.Exit(2)
+    sys.path.insert(0, os.getcwd())
+    try:
+        agent = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        err.print(f"[red]cannot load {spec}: {exc}[/]")
+        raise typer.Exit(2) from None
+    if not isinstance(agent, Agent):
+        err.print(f"[red]{spec} is a {type(agent).__name__}, not a switchyard.agents.Agent[/]")
+        raise typer.Exit(2)
+    run_agent(agent)
+
+
+@tools_app.command("run")
+def tools_run(
+    mcp: Annotated[list[str] | None, typer.Option(
+        "--mcp", help="also serve an MCP server's tools: name=command [args] (repeatable)")] = None,
+    extra: Annotated[list[str] | None, typer.Option(
+        "--tools", help="also serve your tools: module:attr naming a ToolRegistry or a list of "
+                        "tools (repeatable)")] = None,
+) -> None:
+    """Run the tool host: the built-in support tools (SQLite in the data dir), plus the tools of
+    any MCP servers given, under the same grants, ledger and audit."""
+    from switchyard.tools import ToolHost
+    from switchyard.tools.builtin import support_registry
+    from switchyard.tools.mcp import McpBridge, McpServerConfig
+
+    settings = load_settings()
+    metrics = metrics_registry(settings)
+    servers = [McpServerConfig.parse(spec) for spec in mcp or []]
+
+    async def main(stop: asyncio.Event) -> None:
+        registry, store = support_registry(settings.data_dir / "support.db")
+        sys.path.insert(0, os.getcwd())
+        for spec in extra or []:
+            module_name, _, attr = spec.partition(":")
+            for t in getattr(importlib.import_module(module_name), attr):
+                registry.add(t)
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                for server in servers:
+                    bridge = await stack.enter_async_context(McpBridge(server))
+                    for t in bridge.tools:
+                        registry.add(t)
+                async with ToolHost(registry, settings.toolhost_config(), metrics=metrics):
+                    await stop.wait()
+        finally:
+            store.close()
+
+    serve(settings, main)
+
+
+@supervisor_app.command("run")
+def supervisor_run() -> None:
+    """Run the supervisor."""
+    from switchyard.supervisor import Supervisor
+
+    settings = load_settings()
+    registry = metrics_registry(settings)
+    serve(settings, lambda stop: Supervisor(settings.supervisor_config(), metrics=registry).serve(stop))
+
+
+SecureOpt = Annotated[bool, typer.Option(
+    "--secure", help="run an embedded nats-server under the authorization generated from the "
+                     "policy, each process with its own credentials")]
+
+
+@app.command()
+def up(secure: SecureOpt = False) -> None:
+    """Start NATS (embedded if none answers), the supervisor, the tool host and five agents."""
+    from switchyard.protocol.errors import ConfigError
+    from switchyard.stack import LocalStack
+
+    settings = load_settings()
+
+    async def main(stop: asyncio.Event) -> None:
+        stack = LocalStack(settings, secure=secure)
+        try:
+            with err.status("starting the stack…"):
+                await stack.start()
+        except ConfigError as exc:
+            err.print(f"[red]{exc}[/]")
+            raise typer.Exit(2) from None
+        where = "embedded nats-server" if stack.nats else "existing NATS"
+        out.print(f"[green]Switchyard is up[/] on {stack.url} ({where}); "
+                  f"{len(stack.procs)} processes, logs in {stack.log_dir}. Ctrl-C stops.")
+        if secure:
+            out.print("Secured: every process has its own identity. The CLI connects as the "
+                      "console with SWITCHYARD_NKEY_FILE="
+                      f"{stack.creds.seed_file('console').resolve()}")
+        try:
+            await stop.wait()
+        finally:
+            out.print("stopping…")
+            await stack.stop()
+            if secure:
+                found = stack.violations()
+                out.print(f"permission violations in the server log: {len(found)}")
+                for line in found[:20]:
+                    out.print(f"  {line}")
+
+    serve(settings, main)
+
+
+@app.command()
+def demo(
+    json_out: JsonOpt = False,
+    tickets: Annotated[Path | None, typer.Option(help="YAML file of tickets")] = None,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the batch")] = 120.0,
+    secure: SecureOpt = False,
+) -> None:
+    """Start the stack, work a batch of sample tickets, print a summary, stop."""
+    from switchyard.demo import report_json, run_demo, sample_tickets
+
+    settings = load_settings()
+    batch = sample_tickets(tickets)
+    if json_out:
+        report = once(run_demo(settings, batch, timeout=timeout, secure=secure))
+        sys.stdout.write(report_json(report).decode() + "\n")
+        raise typer.Exit(0 if report.ok else 1)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=out)
+    bar = progress.add_task("working tickets", total=len(batch))
+
+    def on_progress(runs: list[Any]) -> None:
+        settled = [r for r in runs if r.status != "running"]
+        c = {k: sum(r.status == k for r in runs) for k in ("completed", "escalated", "failed")}
+        progress.update(bar, completed=len(settled),
+                        description=f"completed {c['completed']} · escalated {c['escalated']} · "
+                                    f"failed {c['failed']}")
+
+    err.print("starting NATS, the supervisor, the tool host and five agents…")
+    with progress:
+        report = once(run_demo(settings, batch, timeout=timeout, on_progress=on_progress,
+                                secure=secure))
+    table = Table(title=f"{report.tickets} tickets in {report.elapsed_s:.1f} s "
+                        f"(stack start {report.startup_s:.1f} s)")
+    for col in ("ticket", "expected", "outcome", "why"):
+        table.add_column(col)
+    for run in report.runs:
+        style = "green" if run.matched else "red"
+        expected = f"{run.expect} ({run.expect_kind})" if run.expect_kind else run.expect
+        got = f"{run.status} ({run.kind})" if run.kind else run.status
+        table.add_row(run.ticket, expected, f"[{style}]{got}[/]", run.reason)
+    out.print(table)
+    steps = Table(title="per-step time (dispatch to result)")
+    for col in ("step", "p50 ms", "max ms", "runs"):
+        steps.add_column(col)
+    for step, v in report.step_ms.items():
+        steps.add_row(step, f"{v['p50']:.1f}", f"{v['max']:.1f}", str(int(v["n"])))
+    out.print(steps)
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(report.counts.items()))
+    out.print(f"{counts}; {report.matched}/{report.tickets} as the sample set expects.")
+    if secure:
+        out.print(f"secured bus: {len(report.violations)} permission violations in the server log")
+        for line in report.violations[:20]:
+            out.print(f"  {line}")
+    raise typer.Exit(0 if report.ok else 1)
+
+
