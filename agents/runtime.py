@@ -292,7 +292,7 @@ class Agent(Component):
             grant = grants.verify(task.grant, self._trusted, time.time())
             _check_grant_fits(grant, task, self.role)
         except GrantError as exc:  # the task's claim to a workflow is not vouched for
-            await self._dead_letter(msg, exc.code, exc.message, None)
+            await self._dead_letter(msg, exc.code, exc.message, None, claimed=task.workflow_id)
             return
         assert self.input_model is not None
         try:
@@ -421,7 +421,7 @@ class Agent(Component):
             await msg.ack()
 
     async def _dead_letter(
-        self, msg: Msg, code: str, reason: str, workflow_id: str | None,
+        self, msg: Msg, code: str, reason: str, workflow_id: str | None, *, claimed: str = "",
     ) -> None:
         """Dead-letter the task (``workflow_id``: its workflow, when a valid grant vouches for
         it), then ``term`` it; if the copy cannot be stored, keep the task (``nak``)."""
@@ -434,7 +434,7 @@ class Agent(Component):
             await self.dead_letters.send(
                 DeadLetterKind.TASK, msg.data, subject=msg.subject, code=code, reason=reason,
                 workflow_id=workflow_id, stream_seq=meta.sequence.stream,
-                deliveries=meta.num_delivered)
+                deliveries=meta.num_delivered, claimed=claimed)
         except Exception:
             log.exception("agent.dead_letter_failed")
             await msg.nak(delay=1.0)  # keep it: nothing may be lost

@@ -35,8 +35,10 @@ def evaluate(expression: str, document: object) -> Any:
 
 
 def truthy(value: object) -> bool:
-    """JMESPath truthiness: everything but null, false, '', [] and {}."""
-    return value not in (None, False, "", [], {})
+    """JMESPath truthiness: everything but null, false, '', [] and {} (0 is true)."""
+    if value is None or value is False:
+        return False
+    return not isinstance(value, str | list | dict) or bool(value)
 
 
 def holds(expression: str, document: object) -> bool:

@@ -6,7 +6,21 @@ from typing import Any
 
 import msgspec
 
-from switchyard.protocol.headers import MSG_ID, PROTOCOL, TRACEPARENT
+from switchyard.protocol.headers import (
+    DLQ_CODE,
+    DLQ_DELIVERIES,
+    DLQ_HISTORY,
+    DLQ_REASON,
+    DLQ_SOURCE,
+    DLQ_STREAM_SEQ,
+    DLQ_SUBJECT,
+    MSG_ID,
+    PROTOCOL,
+    TRACEPARENT,
+)
+
+DLQ_HEADERS = (DLQ_REASON, DLQ_CODE, DLQ_SUBJECT, DLQ_SOURCE, DLQ_STREAM_SEQ, DLQ_DELIVERIES,
+               DLQ_HISTORY)
 from switchyard.protocol.messages import (
     MESSAGE_TYPES,
     PROTOCOL_VERSION,
@@ -82,7 +96,8 @@ def asyncapi(subjects: Subjects | None = None) -> dict[str, Any]:
         ),
         "humanDecision": _channel(
             s.human_decision, Decision.__name__,
-            f"JetStream {s.stream('human')}. Set {MSG_ID} to the escalation id.",
+            f"JetStream {s.stream('human')}. Set {MSG_ID} to '<escalation id>:decision' (the "
+            "escalation itself is stored under its id on the same stream).",
         ),
         "event": _channel(
             f"{p}.event.{{workflow_id}}", Event.__name__,
@@ -91,11 +106,20 @@ def asyncapi(subjects: Subjects | None = None) -> dict[str, Any]:
             "Nats-Expected-Last-Subject-Sequence.",
             workflow_id="workflow id",
         ),
+        "unattributed": _channel(
+            s.unattributed, Event.__name__,
+            f"JetStream {s.stream('events')}: one hash chain, like a workflow's, for records about "
+            "inputs whose workflow cannot be known (an id that is not a token, an unknown "
+            "workflow, an unverified grant). No workflow id can name this subject.",
+        ),
         "deadLetter": {
             "address": f"{p}.dlq.{{kind}}",
             "description": (
-                f"JetStream {s.stream('dlq')}: the original bytes, unchanged, with the reason in "
-                "headers Sy-Dlq-Reason, Sy-Dlq-Code, Sy-Dlq-Subject, Sy-Dlq-Stream-Seq."
+                f"JetStream {s.stream('dlq')}: the original bytes, unchanged, with why in headers "
+                f"{', '.join(DLQ_HEADERS)} (ASCII: Sy-Dlq-Reason and Sy-Dlq-Subject are JSON-string "
+                "escaped without the quotes). Stream-Seq and Deliveries are absent for a tool call "
+                f"(core request-reply); History only for a task given up on. {MSG_ID}: "
+                "'dlq:<kind>:<stream seq>' when there is a stream sequence."
             ),
             "parameters": {"kind": {"description": "task, result, tool, submit, decision"}},
             "messages": {"DeadLetter": {"payload": {"description": "original message bytes"}}},
@@ -116,6 +140,9 @@ def asyncapi(subjects: Subjects | None = None) -> dict[str, Any]:
         "sendDecision": op("send", "humanDecision", "a reviewer decides"),
         "receiveOutcome": op("receive", "outcome", "a submitter reads the outcome"),
         "receiveEvent": op("receive", "event", "an auditor reads state changes"),
+        "appendEvent": op("send", "event", "supervisor, tool hosts and agents append records "
+                          "(Nats-Expected-Last-Subject-Sequence: the subject's last sequence)"),
+        "sendDeadLetter": op("send", "deadLetter", "a component copies an input it refused"),
     }
     headers = {
         "type": "object",

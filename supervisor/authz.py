@@ -82,9 +82,9 @@ class _Rules:
             "$JS.API.INFO", "$JS.API.STREAM.NAMES",
             *(f"$JS.API.STREAM.INFO.{self.stream(n)}" for n in STREAMS),
             *(f"$JS.API.STREAM.INFO.{self.kv(b)}" for b in BUCKETS),
-            f"$JS.API.STREAM.MSG.GET.{self.stream('events')}",
-            f"$JS.API.DIRECT.GET.{self.stream('events')}.>",
-            self.s.event("*"),
+            f"$JS.API.STREAM.MSG.GET.{self.stream(Stream.EVENTS)}",
+            f"$JS.API.DIRECT.GET.{self.stream(Stream.EVENTS)}.>",
+            f"{self.p}.event.*", self.s.unattributed,
         ]
         sub = [f"{inbox_prefix(identity)}.>", "$SRV.*", "$SRV.*.>"]
         return pub, sub

@@ -228,7 +228,7 @@ class Supervisor(Component):
             check_token("workflow id", req.id)
         except ConfigError as exc:  # no outcome either: it has no subject of its own
             await self.dead_letter(msg, DeadLetterKind.SUBMIT, ErrorCode.INVALID_INPUT,
-                                   exc.message, None)
+                                   exc.message, None, claimed=req.id)
             return
         wf = await self._catalog.latest(req.workflow)
         if wf is None:
@@ -238,7 +238,7 @@ class Supervisor(Component):
             if existing is None:  # tell the waiting submitter, unless the id has an outcome
                 await self._refused_outcome(req, reason)
             await self.dead_letter(msg, DeadLetterKind.SUBMIT, ErrorCode.INVALID_INPUT, reason,
-                                   None)
+                                   None, claimed=req.id)
             return
         await self._apply(wf, req.id, Submitted(req), msg, kind=DeadLetterKind.SUBMIT)
 
@@ -272,15 +272,20 @@ class Supervisor(Component):
         """A message about a running workflow: decode it, find its workflow, apply it."""
         try:
             message = codec.decode(msg.data, message_type, max_bytes=self.config.max_bytes)
+        except ProtocolError as exc:
+            await self.dead_letter(msg, kind, exc.code, exc.message, None)
+            return
+        try:
             check_token("workflow id", message.workflow_id)
-        except (ProtocolError, ConfigError) as exc:
-            code = exc.code if isinstance(exc, ProtocolError) else ErrorCode.INVALID_INPUT
-            await self.dead_letter(msg, kind, code, exc.message, None)
+        except ConfigError as exc:
+            await self.dead_letter(msg, kind, ErrorCode.INVALID_INPUT, exc.message, None,
+                                   claimed=message.workflow_id)
             return
         wf = await self._workflow_of(message.workflow_id)
         if wf is None:
             await self.dead_letter(msg, kind, ErrorCode.INVALID_INPUT,
-                                   f"no workflow {message.workflow_id!r} is known", None)
+                                   f"no workflow {message.workflow_id!r} is known", None,
+                                   claimed=message.workflow_id)
             return
         await self._apply(wf, message.workflow_id, make_event(message), msg, kind=kind)
 
@@ -311,7 +316,7 @@ class Supervisor(Component):
 
     async def dead_letter(
         self, msg: Msg, kind: DeadLetterKind, code: str, reason: str, workflow_id: str | None,
-        *, headers: dict[str, str] | None = None,
+        *, claimed: str = "",
     ) -> None:
         """Dead-letter a message that cannot be processed, audit it, and ``term`` it."""
         meta = msg.metadata
@@ -321,7 +326,7 @@ class Supervisor(Component):
         await self.dead_letters.send(
             kind, msg.data, subject=msg.subject, code=code, reason=reason,
             workflow_id=workflow_id, stream_seq=meta.sequence.stream,
-            deliveries=meta.num_delivered, headers=headers)
+            deliveries=meta.num_delivered, claimed=claimed)
         await msg.term()
 
     async def _ignored(self, msg: Msg, kind: DeadLetterKind, workflow_id: str, reason: str) -> None:

@@ -160,26 +160,45 @@ class SwitchyardClient:
     async def wait(
         self, workflow_id: str, *, timeout: float = 60.0, stop_at_escalation: bool = True
     ) -> WaitResult:
-        """Follow the workflow's events until it ends (or waits for a person)."""
-        sub = await self.js.subscribe(self.s.event(workflow_id), ordered_consumer=True)
+        """Follow the workflow's events until it ends (or waits for a person). A submission that
+        never became a workflow (an unknown workflow name) has no events: its outcome says so."""
+        found: asyncio.Queue[WaitResult] = asyncio.Queue()
+
+        async def on_event(msg: Msg) -> None:
+            try:
+                entries = codec.decode(msg.data, Event).entries
+            except ProtocolError:
+                return
+            for entry in entries:
+                if entry.type in FINAL_EVENTS:
+                    found.put_nowait(WaitResult(
+                        entry.type.split(".", 1)[1],  # type: ignore[arg-type]
+                        workflow_id, await self.outcome(workflow_id),
+                        str(entry.data.get("reason", ""))))
+                elif entry.type == EventType.ESCALATED and stop_at_escalation:
+                    found.put_nowait(WaitResult(
+                        "escalated", workflow_id, reason=str(entry.data.get("reason", "")),
+                        escalation_id=str(entry.data.get("escalation_id", ""))))
+
+        async def on_outcome(msg: Msg) -> None:
+            try:
+                outcome = codec.decode(msg.data, Outcome)
+            except ProtocolError:
+                return
+            found.put_nowait(WaitResult(outcome.status, workflow_id, outcome, outcome.reason))
+
+        events = await self.js.subscribe(self.s.event(workflow_id), cb=on_event,
+                                         ordered_consumer=True)
+        outcomes = await self.js.subscribe(self.s.outcome(workflow_id), cb=on_outcome,
+                                           ordered_consumer=True)
         try:
             async with asyncio.timeout(timeout):
-                async for msg in sub.messages:
-                    for entry in codec.decode(msg.data, Event).entries:
-                        if entry.type in FINAL_EVENTS:
-                            return WaitResult(
-                                entry.type.split(".", 1)[1],  # type: ignore[arg-type]
-                                workflow_id, await self.outcome(workflow_id),
-                                str(entry.data.get("reason", "")))
-                        if entry.type == EventType.ESCALATED and stop_at_escalation:
-                            return WaitResult(
-                                "escalated", workflow_id, reason=str(entry.data.get("reason", "")),
-                                escalation_id=str(entry.data.get("escalation_id", "")))
+                return await found.get()
         except TimeoutError:
-            pass
+            return WaitResult("timeout", workflow_id)
         finally:
-            await sub.unsubscribe()
-        return WaitResult("timeout", workflow_id)
+            await events.unsubscribe()
+            await outcomes.unsubscribe()
 
     async def records(
         self, workflow_id: str | None, *, timeout: float = 10.0,

@@ -20,10 +20,10 @@ from nats.js.api import DeliverPolicy
 from nats.js.client import JetStreamContext
 
 from switchyard import credentials
-from switchyard.supervisor import authz
 from switchyard.natsd import NatsServer, find_binary
 from switchyard.protocol import Subjects, grants
 from switchyard.protocol.bus.provision import ensure_streams
+from switchyard.supervisor import authz
 from switchyard.supervisor.policy import Policy
 
 

@@ -50,3 +50,22 @@ def test_bench_cli_writes_json(tmp_path: Path) -> None:
     cli = str(Path(sys.executable).parent / "switchyard")
     res = subprocess.run([cli, "bench", "--help"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "--quick" in res.stdout and "--json" in res.stdout
+
+
+async def test_bench_marks_a_row_measured_on_a_busy_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When other programs disturb every window, the row is reported (the quietest window),
+    marked, and no statistics error escapes (it used to: ``no median for empty data``)."""
+    import os
+
+    from switchyard.bench import Driver, measure
+    from switchyard.bench import run as bench_run
+
+    class Idle(Driver):
+        async def run(self, count: int, inflight: int) -> list[float]:
+            return [0.001] * count
+
+    monkeypatch.setattr(bench_run, "OTHER_CPU_LIMIT", -1.0)  # every window counts as disturbed
+    row = await measure("idle", "default", Idle(), {"me": os.getpid()}, inflight=1, count=5,
+                        windows=2)
+    assert row.busy_machine and row.windows == 1 and row.rejected_windows == 6
+    assert row.workflows_per_s > 0

@@ -147,6 +147,7 @@ class ToolHost(Component):
     async def _serve(self, t: Tool, req: Request) -> None:
         started = time.perf_counter()
         workflow_id: str | None = None  # known once a valid grant names it
+        call: ToolCall | None = None
         try:
             call = codec.decode(req.data, ToolCall, max_bytes=self.config.max_bytes)
             grant = grants.verify(call.grant, self._trusted, time.time())
@@ -154,7 +155,8 @@ class ToolHost(Component):
             self._authorize(t, call, grant, req.subject.rsplit(".", 1)[1])
             args = t.args_model.model_validate(call.args)
         except (ProtocolError, GrantError) as exc:
-            await self._refuse(t, req, workflow_id, exc.code, exc.message)
+            await self._refuse(t, req, workflow_id, exc.code, exc.message,
+                               claimed=call.workflow_id if call is not None else "")
             await req.respond(codec.encode(_failure(exc.code, exc.message)))
             return
         except ValidationError as exc:
@@ -258,7 +260,7 @@ class ToolHost(Component):
 
     async def _refuse(
         self, t: Tool, req: Request, workflow_id: str | None, code: str, reason: str,
-        task_id: str = "",
+        task_id: str = "", *, claimed: str = "",
     ) -> None:
         """Dead-letter a refused call and audit it (on its workflow's chain when a valid grant
         names the workflow, else on the unattributed chain); the caller still gets its answer."""
@@ -267,7 +269,7 @@ class ToolHost(Component):
         try:
             await self.dead_letters.send(
                 DeadLetterKind.TOOL, req.data, subject=req.subject, code=code, reason=reason,
-                workflow_id=workflow_id, event=EventType.TOOL_REFUSED,
+                workflow_id=workflow_id, event=EventType.TOOL_REFUSED, claimed=claimed,
                 facts={"tool": t.name, "task": task_id, "args_digest": _digest(req.data)})
         except Exception:  # the refusal itself still goes back to the caller
             log.exception("toolhost.refusal_not_recorded", tool=t.name, code=code)

@@ -29,12 +29,13 @@ class DeadLetters:
         self, kind: DeadLetterKind, data: bytes, *, subject: str, code: str, reason: str,
         workflow_id: str | None, stream_seq: int | None = None, deliveries: int | None = None,
         headers: Mapping[str, str] | None = None, facts: Mapping[str, str] | None = None,
-        event: EventType | None = None,
+        event: EventType | None = None, claimed: str = "",
     ) -> None:
         """Copy ``data`` to the dead letters and audit it. ``workflow_id`` is the workflow the
         input is known to belong to (``None`` when it cannot be known: an id that is no valid
         token, an unknown workflow, an unverified claim). ``event`` names the audit entry when
-        ``<kind>.dead_lettered`` is not the word (the tool host's ``tool.refused``)."""
+        ``<kind>.dead_lettered`` is not the word (the tool host's ``tool.refused``); ``claimed``
+        is the workflow id the input named when that claim is not vouched for (kept as data)."""
         copy = dead_letter_headers(reason=reason, code=code, subject=subject, source=self.source,
                                    stream_seq=stream_seq, deliveries=deliveries)
         if stream_seq is not None:
@@ -44,8 +45,8 @@ class DeadLetters:
         entry: dict[str, object] = {"code": code, "reason": reason, "subject": subject}
         if stream_seq is not None:
             entry["stream_seq"] = stream_seq
-        if workflow_id is None:
-            entry["claimed_workflow"] = ""
+        if workflow_id is None and claimed:
+            entry["claimed_workflow"] = claimed[:200]
         entry.update(facts or {})
         await self._audit.append(
             workflow_id, [Entry(type=event or EventType.dead_lettered(kind), data=entry)],

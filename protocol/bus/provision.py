@@ -62,13 +62,19 @@ async def ensure_streams(js: JetStreamContext, s: Subjects, *, replicas: int = 1
     """Create the streams if missing; leave existing ones as their operator set them."""
     for config in stream_configs(s, replicas=replicas):
         try:
-            await js.stream_info(config.name or "")
+            info = await js.stream_info(config.name or "")
         except Exception:  # NotFoundError, or a server that lost it
             try:
                 await js.add_stream(config)
             except BadRequestError as exc:
                 if exc.err_code != STREAM_NAME_IN_USE:  # a racing peer made it first
                     raise
+            continue
+        have = list(info.config.subjects or [])
+        missing = [x for x in config.subjects or [] if x not in have]
+        if missing:  # a stream made by an older version: add the subjects it lacks, only those
+            info.config.subjects = have + missing
+            await js.update_stream(info.config)
 
 
 async def open_bucket(

@@ -90,6 +90,8 @@ class Row:
     other_cpu_pct: float
     windows: int
     rejected_windows: int
+    # every window had other programs above OTHER_CPU_LIMIT: the quietest one is reported
+    busy_machine: bool = False
 
 
 @dataclass
@@ -238,8 +240,8 @@ async def measure(
     pids = {**pids, "bench": os.getpid()}
     await driver.run(min(count, 2 * inflight + 20), inflight)  # warm-up
     kept: list[tuple[float, list[float], dict[str, float], float]] = []
-    rejected = 0
-    while len(kept) < windows and rejected < 3 * windows:
+    busy: list[tuple[float, list[float], dict[str, float], float]] = []
+    while len(kept) < windows and len(busy) < 3 * windows:
         cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
         busy0 = busy_seconds()
         t0 = time.perf_counter()
@@ -248,9 +250,13 @@ async def measure(
         cpu = {k: cpu_seconds(p) - cpu0[k] for k, p in pids.items()}
         other = max(0.0, busy_seconds() - busy0 - sum(cpu.values())) / (elapsed * NCPU)
         if other > OTHER_CPU_LIMIT:
-            rejected += 1
+            busy.append((elapsed, lat, cpu, other))
             continue
         kept.append((elapsed, lat, cpu, other))
+    rejected = len(busy)
+    on_busy_machine = not kept
+    if on_busy_machine:  # every window was disturbed: report the quietest one, marked as such
+        kept = [min(busy, key=lambda w: w[3])]
     med = statistics.median
     rates = [count / e for e, _, _, _ in kept]
     all_lat = sorted(x for _, lat, _, _ in kept for x in lat)
@@ -262,7 +268,7 @@ async def measure(
         cpu_us_per_workflow=per_wf, cpu_us_per_step=round(sum(per_wf.values()) / steps, 1),
         peak_rss_mb={k: round(rss_bytes(p) / 2**20, 1) for k, p in pids.items()},
         other_cpu_pct=round(med(o for *_, o in kept) * 100, 1), windows=len(kept),
-        rejected_windows=rejected,
+        rejected_windows=rejected, busy_machine=on_busy_machine,
     )
 
 

@@ -67,6 +67,7 @@ def bench(
 ) -> None:
     """Measure Switchyard beside raw JetStream and raw core NATS, on a nats-server of its own."""
     from switchyard.bench import FULL, QUICK, report_json, run_bench
+    from switchyard.bench.run import OTHER_CPU_LIMIT
 
     load_settings()
     report = run_on_loop(run_bench(QUICK if quick else FULL, lambda m: err.print(f"· {m}")))
@@ -79,8 +80,13 @@ def bench(
                       f"{r.payload_bytes // 1024} KB", f"{r.workflows_per_s:,.0f}",
                       f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}",
                       f"{sum(r.cpu_us_per_workflow.values()):,.0f}", f"{r.cpu_us_per_step:,.0f}",
-                      f"{r.other_cpu_pct:.0f}")
+                      f"{r.other_cpu_pct:.0f}" + (" (busy)" if r.busy_machine else ""))
     (out if out.is_terminal else Console(width=160)).print(table)
+    busy = [r for r in report.rows if r.busy_machine]
+    if busy:
+        out.print(f"{len(busy)} row(s) marked (busy): other programs used more than "
+                  f"{OTHER_CPU_LIMIT:.0%} of the CPU in every window, so the quietest window is "
+                  "shown; run again on a quieter machine to compare them.", markup=False)
     for k, v in {**report.ratios, **report.growth}.items():
         out.print(f"{k}: {v}", markup=False)
     if json_file is not None:

@@ -18,12 +18,11 @@ import pytest
 from nats.aio.client import Client
 from nats.js.errors import APIError
 
-from switchyard import credentials
-from switchyard.supervisor import authz
 from switchyard.client import SwitchyardClient
 from switchyard.protocol import Subjects, ToolCall, ToolResult, decode, encode, grants
 from switchyard.settings import Settings
 from switchyard.stack import LocalStack
+from switchyard.supervisor import authz
 from switchyard.supervisor.policy import load_policy
 from switchyard.tools.builtin import SupportStore
 

@@ -13,13 +13,11 @@ from nats.aio.client import Client
 from nats.js.client import JetStreamContext
 from pydantic import BaseModel
 
-from switchyard import credentials
-from switchyard.supervisor import authz
 from switchyard.agents import Agent, AgentConfig, Retry, TaskContext
 from switchyard.client import SwitchyardClient
 from switchyard.protocol import Subjects, grants
 from switchyard.protocol.errors import ErrorCode, ToolError
-from switchyard.supervisor import Supervisor, SupervisorConfig
+from switchyard.supervisor import Supervisor, SupervisorConfig, authz
 from switchyard.supervisor.policy import parse_policy
 from switchyard.supervisor.workflow import parse_workflow
 from switchyard.tools import ToolHost, ToolHostConfig

@@ -221,10 +221,14 @@ async def test_supervisor_runs_a_resubmitted_request_once(
     client = SwitchyardClient(nc, subjects)
     assert (await client.wait("once", timeout=10)).status == "completed"
     events = await watch(subjects.event("once"))
-    seen = [e.type for _ in range(3) for e in decode((await events.next()).data, Event).entries]
+    records = [decode((await events.next()).data, Event) for _ in range(4)]
+    seen = [e.type for r in records for e in r.entries]
     assert seen.count("workflow.submitted") == 1
+    # the second submission did not vanish: it left a trace on the workflow's chain
+    [ignored] = [e for r in records for e in r.entries if e.type == "input.ignored"]
+    assert ignored.data["kind"] == "submit" and "already exists" in ignored.data["reason"]
     info = await js.stream_info(subjects.stream("events"))
-    assert info.state.messages == 3
+    assert info.state.messages == 4
 
 
 async def test_supervisor_restart_republishes_what_the_state_says_is_due(

@@ -1,0 +1,194 @@
+"""Bad input never vanishes and never lands on a chain it does not belong to. Each case here was
+found by publishing bad messages straight onto the bus, as an outsider would."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from nats.aio.client import Client
+from nats.js.client import JetStreamContext
+from nats.js.errors import NotFoundError
+from pydantic import BaseModel
+
+from switchyard.agents import Agent, AgentConfig, Scored, TaskContext
+from switchyard.client import SwitchyardClient
+from switchyard.protocol import (
+    Decision,
+    Event,
+    Result,
+    Subjects,
+    Task,
+    WorkflowRequest,
+    decode,
+    encode,
+    grants,
+)
+from switchyard.protocol.headers import DLQ_CODE, DLQ_REASON, MSG_ID
+from switchyard.supervisor import Supervisor, SupervisorConfig
+from switchyard.supervisor.workflow import parse_workflow
+
+Watch = Any
+FLOW = """
+name: flow
+steps:
+  - name: first
+    role: alpha
+    routes:
+      - when: "output.route == 'person'"
+        to: "@human"
+        reason: asked for a person
+"""
+ORPHAN = """
+name: orphan
+steps:
+  - {name: lonely, role: gamma, timeout_s: 600}
+"""
+
+
+class In(BaseModel):
+    n: int
+    route: str = ""
+
+
+class Out(BaseModel):
+    value: int
+    route: str
+
+
+def alpha_agent() -> Agent:
+    agent = Agent("alpha")
+
+    @agent.task
+    async def alpha(inp: In, ctx: TaskContext) -> Scored[Out]:
+        return Scored(Out(value=inp.n * 2, route=inp.route), confidence=0.9)
+
+    return agent
+
+
+@pytest.fixture
+async def stack(
+    nc: Client, subjects: Subjects, seed: bytes, signer: grants.Signer,
+) -> AsyncIterator[tuple[Supervisor, SwitchyardClient]]:
+    sup = await Supervisor(SupervisorConfig(
+        seed=seed, subjects=subjects, stuck_check_s=3600,
+        workflows={"flow": parse_workflow(FLOW), "orphan": parse_workflow(ORPHAN)}), nc=nc).start()
+    agent = await alpha_agent().start(nc, AgentConfig(
+        subjects=subjects, trusted_keys=frozenset({signer.public_key})))
+    yield sup, SwitchyardClient(nc, subjects)
+    await agent.stop()
+    await sup.stop()
+
+
+async def _records(client: SwitchyardClient, workflow_id: str | None) -> list[Event]:
+    return await client.events(workflow_id)
+
+
+async def test_hardening_an_id_that_is_no_token_is_refused_not_rewritten(
+    stack: Any, js: JetStreamContext, subjects: Subjects, watch: Callable[[str], Awaitable[Watch]],
+) -> None:
+    _, client = stack
+    done = await client.wait(await client.submit("flow", {"n": 1}, workflow_id="do_ne"), timeout=10)
+    assert done.status == "completed"
+    before = await client.records("do_ne")
+    dlq = await watch(subjects.dlq("submit"))
+    unattributed = await watch(subjects.unattributed)
+    # an id with '.', '*' and '>' used to be "sanitised" into do_ne, appending to its chain
+    for i, bad in enumerate(("do.ne", "do*ne", "do>ne", "")):
+        req = WorkflowRequest(id=bad, workflow="flow", input={"n": 1}, submitted_at=0)
+        await js.publish(subjects.submit, encode(req), headers={MSG_ID: f"bad-{i}"})
+        dead = await dlq.next()
+        assert dead.headers is not None and dead.headers[DLQ_CODE] == "invalid_input"
+        assert "is not a valid subject token" in dead.headers[DLQ_REASON]
+        [entry] = decode((await unattributed.next()).data, Event).entries
+        assert entry.type == "submit.dead_lettered"
+        assert entry.data.get("claimed_workflow", "") == bad
+    # a valid id of a finished workflow, with an unknown workflow name: its outcome stays
+    req = WorkflowRequest(id="do_ne", workflow="nope", input={}, submitted_at=0)
+    await js.publish(subjects.submit, encode(req), headers={MSG_ID: "bad-name"})
+    assert (await dlq.next()).headers[DLQ_CODE] == "invalid_input"  # type: ignore[index]
+    await unattributed.next()
+    assert await client.records("do_ne") == before  # nothing appended to the real chain
+    outcome = await client.outcome("do_ne")
+    assert outcome is not None and outcome.status == "completed"
+    assert (await client.verify("do_ne")).ok
+    assert (await client.verify(None)).ok  # the unattributed chain is a chain too
+
+
+async def test_hardening_ignored_inputs_leave_a_trace_on_their_workflow(
+    stack: Any, js: JetStreamContext, subjects: Subjects, watch: Callable[[str], Awaitable[Watch]],
+) -> None:
+    _, client = stack
+    wid = await client.submit("flow", {"n": 1})
+    assert (await client.wait(wid, timeout=10)).status == "completed"
+    waiting_a = await client.submit("flow", {"n": 1, "route": "person"})
+    waiting_b = await client.submit("flow", {"n": 2, "route": "person"})
+    esc_a = (await client.wait(waiting_a, timeout=10)).escalation_id
+    assert esc_a and (await client.wait(waiting_b, timeout=10)).status == "escalated"
+    chains = []
+    for w in (wid, waiting_a, waiting_b):
+        chain = await watch(subjects.event(w))
+        for _ in await client.records(w):  # skip what is already there
+            await chain.next()
+        chains.append(chain)
+    finished, a_chain, b_chain = chains
+
+    def result(workflow_id: str, attempt: int) -> bytes:
+        return encode(Result(task_id=f"{workflow_id}:first:{attempt}", workflow_id=workflow_id,
+                             step="first", role="alpha", attempt=attempt, status="ok",
+                             output={"value": 9, "route": ""}))
+
+    async def ignored(w: Watch) -> dict[str, Any]:
+        entries = decode((await w.next()).data, Event).entries
+        assert [e.type for e in entries] == ["input.ignored"]
+        return entries[0].data
+
+    await js.publish(subjects.result("alpha"), result(wid, 1), headers={MSG_ID: "late"})
+    late = await ignored(finished)
+    assert late["kind"] == "result" and "has finished (completed)" in late["reason"]
+    await js.publish(subjects.result("alpha"), result(waiting_a, 7), headers={MSG_ID: "stale"})
+    assert "attempt 7 is no longer awaited" in (await ignored(a_chain))["reason"]
+    # a real escalation id under another workflow's id
+    wrong = Decision(escalation_id=esc_a, workflow_id=waiting_b, action="approve",
+                     reviewer="mallory", decided_at=time.time())
+    await js.publish(subjects.human_decision, encode(wrong), headers={MSG_ID: "wrong"})
+    assert f"escalation {esc_a} is not held by workflow {waiting_b}" in (
+        await ignored(b_chain))["reason"]
+    assert (await client.wait(waiting_a, timeout=1)).status == "escalated"  # still waiting
+    # the same body id again under a new message id
+    again = WorkflowRequest(id=wid, workflow="flow", input={"n": 5}, submitted_at=0)
+    await js.publish(subjects.submit, encode(again), headers={MSG_ID: "again"})
+    assert "already exists" in (await ignored(finished))["reason"]
+    for w in (wid, waiting_a, waiting_b):
+        assert (await client.verify(w)).ok
+
+
+async def test_hardening_tasks_nobody_serves_are_shown_and_dead_lettered_unless_awaited(
+    stack: Any, js: JetStreamContext, subjects: Subjects, signer: grants.Signer,
+    watch: Callable[[str], Awaitable[Watch]],
+) -> None:
+    sup, client = stack
+    dlq = await watch(subjects.dlq("task"))
+    gamma = await client.nc.subscribe(subjects.task("gamma"))
+    await client.submit("orphan", {"n": 1})  # a real step for a role nobody runs yet
+    await gamma.next_msg(timeout=10)
+    async with asyncio.timeout(10):  # published; stored a moment later, on the server's time
+        while subjects.task("gamma") not in await client.unserved():
+            await asyncio.sleep(0.01)
+    stray = Task(id="ghost:lonely:1", workflow_id="ghost", workflow="orphan", step="lonely",
+                 role="nobody", attempt=1, input={})
+    await js.publish(subjects.task("nobody"), encode(stray), headers={MSG_ID: "stray"})
+    await js.publish(subjects.task("nobody"), b"\xff not a task", headers={MSG_ID: "junk"})
+    assert await client.unserved() == {subjects.task("gamma"): 1, subjects.task("nobody"): 2}
+    assert await sup._stuck.sweep() == 2  # the two no workflow awaits
+    reasons = sorted(d.headers[DLQ_REASON] for d in [await dlq.next(), await dlq.next()])
+    assert all("no consumer serves" in r for r in reasons)
+    assert "not a readable task" in reasons[0] and "no workflow 'ghost' is known" in reasons[1]
+    assert await client.unserved() == {subjects.task("gamma"): 1}  # awaited: left for its timeout
+    info = await js.stream_info(subjects.stream("tasks"), subjects_filter=subjects.task("nobody"))
+    assert not info.state.subjects  # removed from the work queue
+    with pytest.raises(NotFoundError):
+        await js.get_last_msg(subjects.stream("tasks"), subjects.task("nobody"))
