@@ -19,8 +19,6 @@ from switchyard.protocol.headers import (
     TRACEPARENT,
 )
 
-DLQ_HEADERS = (DLQ_REASON, DLQ_CODE, DLQ_SUBJECT, DLQ_SOURCE, DLQ_STREAM_SEQ, DLQ_DELIVERIES,
-               DLQ_HISTORY)
 from switchyard.protocol.messages import (
     MESSAGE_TYPES,
     PROTOCOL_VERSION,
@@ -35,6 +33,9 @@ from switchyard.protocol.messages import (
     WorkflowRequest,
 )
 from switchyard.protocol.subjects import Subjects
+
+DLQ_HEADERS = (DLQ_REASON, DLQ_CODE, DLQ_SUBJECT, DLQ_SOURCE, DLQ_STREAM_SEQ, DLQ_DELIVERIES,
+               DLQ_HISTORY)
 
 
 def message_schemas() -> dict[str, dict[str, Any]]:

@@ -111,10 +111,18 @@ def header_str(value: object) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, email.header.Header):
-        parts = email.header.decode_header(value)
-        return "".join(p.decode(c or "utf-8", errors="replace") if isinstance(p, bytes) else p
-                       for p, c in parts)
+        return "".join(_text(p, c) for p, c in email.header.decode_header(value))
     return str(value)
+
+
+def _text(part: bytes | str, charset: str | None) -> str:
+    if isinstance(part, str):
+        return part
+    try:  # "unknown-8bit" (raw bytes the parser could not name) is read as UTF-8
+        return part.decode(charset if charset and charset != "unknown-8bit" else "utf-8",
+                           errors="replace")
+    except LookupError:
+        return part.decode("utf-8", errors="replace")
 
 
 def _workflow_of(data: bytes) -> str | None:

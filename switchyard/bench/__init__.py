@@ -1,9 +1,9 @@
 """``switchyard bench``: Switchyard beside the raw transport it sits on, in the same run."""
 
+from switchyard.bench.drivers import Driver
 from switchyard.bench.run import (
     FULL,
     QUICK,
-    Driver,
     Plan,
     Report,
     Row,

@@ -15,7 +15,8 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.graph import END, START, StateGraph
 
-from switchyard.bench.run import Driver, Row, measure
+from switchyard.bench.drivers import Driver
+from switchyard.bench.run import Row, measure
 
 
 class _State(TypedDict):

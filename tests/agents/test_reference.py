@@ -24,7 +24,7 @@ from switchyard.agents import (
     reviewer,
     triage,
 )
-from switchyard.agents.pii import find_pii, iban_valid, luhn_valid, redact
+from switchyard.agents.pii import find_pii, iban_valid, luhn_valid, normalize_phone, redact
 from switchyard.protocol import Subjects, Task, grants
 from switchyard.tools import ToolHost, ToolHostConfig
 from switchyard.tools.builtin import SupportStore, support_registry
@@ -272,3 +272,11 @@ async def test_a_half_open_circuit_closes_when_the_trial_call_succeeds(
     assert (await model.chat([{"role": "user", "content": "hi"}])).text == "echo: hi"
     assert model.breakers.state(url.rstrip("/")) == "closed"
     await model.aclose()
+
+
+def test_pii_finds_phone_numbers_in_any_format_and_region() -> None:
+    for number in ("+44 20 7946 0001", "(617) 555-0106", "+358 40 555 0105", "+33 1 42 68 53 00",
+                   "+49 30 901820", "+1-202-555-0102"):
+        assert [f.kind for f in find_pii(f"call me on {number} please")] == ["phone"], number
+    assert find_pii("order 48213, ticket 2024-11-05, build 1.2.3") == []
+    assert normalize_phone("+44 (0)20 7946-0001") == normalize_phone("+44 20 7946 0001")
