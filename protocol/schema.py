@@ -18,7 +18,6 @@ from switchyard.protocol.headers import (
     PROTOCOL,
     TRACEPARENT,
 )
-
 from switchyard.protocol.messages import (
     MESSAGE_TYPES,
     PROTOCOL_VERSION,
