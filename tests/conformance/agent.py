@@ -75,8 +75,8 @@ def decode_task(data: bytes) -> dict[str, Any]:
     for name, kind in TASK_FIELDS.items():
         if not isinstance(doc.get(name), kind) or isinstance(doc.get(name), bool):
             raise Refused("decode_error", f"task field {name!r} is missing or not a {kind.__name__}")
-    if not isinstance(doc.get("grant", ""), str):
-        raise Refused("decode_error", "task field 'grant' is not a string")
+    if not isinstance(doc.get("grant", ""), str) or not isinstance(doc.get("deadline", 0), (int, float)):
+        raise Refused("decode_error", "task field 'grant' or 'deadline' has the wrong type")
     return doc
 
 
@@ -175,8 +175,11 @@ class EchoAgent:
                     msgs = await sub.fetch(CONCURRENCY, timeout=1.0)
                 except nats.errors.TimeoutError:
                     continue
-                await asyncio.gather(*(self.handle(m) for m in msgs))
+                for failed in await asyncio.gather(*(self.handle(m) for m in msgs), return_exceptions=True):
+                    if failed:  # e.g. an ack lost with the connection: the task will come back
+                        print(f"task handling failed: {failed!r}", file=sys.stderr)
             await service.stop()
+            await sub.unsubscribe()  # nats-py's drain waits for ever on a pull subscription
         finally:
             await self.nc.drain()
 
@@ -188,7 +191,8 @@ class EchoAgent:
             stats_handler=lambda _endpoint: {"role": ROLE, **self.stats, "breakers": {}})
 
         async def schema(req: Any) -> None:
-            await req.respond(json.dumps({"role": ROLE, "input": INPUT_SCHEMA, "output": OUTPUT_SCHEMA}).encode())
+            answer = {"role": ROLE, "input": INPUT_SCHEMA, "output": OUTPUT_SCHEMA}
+            await req.respond(json.dumps(answer).encode())
 
         await service.add_endpoint(name="schema", subject=f"{self.p}.agent.{ROLE}.schema", handler=schema,
                                    metadata={"role": ROLE, "input_schema": json.dumps(INPUT_SCHEMA),
@@ -210,23 +214,32 @@ class EchoAgent:
             except Refused as refused:
                 await self.dead_letter(msg, refused, None)
                 return
-            text = task["input"].get("text")
-            if not isinstance(text, str):
-                refused = Refused("invalid_input", "input.text is missing or not a string")
-                error = {"code": refused.code, "message": refused.reason, "retryable": False}
-                if await self.answer(msg, task, started, "error", error=error, reason=refused.reason):
-                    await self.dead_letter(msg, refused, task["workflow_id"])
-                return
-            if task.get("deadline") and time.time() >= task["deadline"]:
-                error = {"code": "timeout", "message": "past the task's deadline", "retryable": True}
+            try:
+                await self.work(msg, task, started)
+            except Exception as e:  # a crash: answer internal, then ack
+                print(f"task {task['id']} crashed: {e!r}", file=sys.stderr)
+                error = {"code": "internal", "message": repr(e)[:500], "retryable": True}
                 if await self.answer(msg, task, started, "error", error=error, reason=error["message"]):
                     await msg.ack()
-                return
-            if await self.answer(msg, task, started, "ok", output={"echo": text}, confidence=0.9):
-                await msg.ack()
         finally:
             heartbeat.cancel()
             self.stats["in_flight"] -= 1
+
+    async def work(self, msg: Any, task: dict[str, Any], started: float) -> None:
+        text = task["input"].get("text")
+        if not isinstance(text, str):  # the grant is valid: answer, then dead-letter on its chain
+            refused = Refused("invalid_input", "input.text is missing or not a string")
+            error = {"code": refused.code, "message": refused.reason, "retryable": False}
+            if await self.answer(msg, task, started, "error", error=error, reason=refused.reason):
+                await self.dead_letter(msg, refused, task["workflow_id"])
+            return
+        if task.get("deadline") and time.time() >= task["deadline"]:
+            error = {"code": "timeout", "message": "past the task's deadline", "retryable": True}
+            if await self.answer(msg, task, started, "error", error=error, reason=error["message"]):
+                await msg.ack()
+            return
+        if await self.answer(msg, task, started, "ok", output={"echo": text}, confidence=0.9):
+            await msg.ack()
 
     async def heartbeat(self, msg: Any) -> None:
         while True:

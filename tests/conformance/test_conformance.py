@@ -11,7 +11,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,41 +78,43 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
             await proc.wait()
 
 
-async def _serving(stack: Stack, name: str, proc: asyncio.subprocess.Process, log: str) -> None:
+async def _serving(client: SwitchyardClient, name: str, proc: asyncio.subprocess.Process,
+                   log: Path) -> None:
     """Until ``$SRV.INFO`` lists service ``name`` (bounded; fails at once if the process died)."""
     async with asyncio.timeout(45):
-        while name not in {s["name"] for s in await stack.client.services(window=0.2)}:
-            assert proc.returncode is None, f"{name} exited {proc.returncode}:\n{stack.log(log)}"
+        while name not in {s["name"] for s in await client.services(window=0.2)}:
+            assert proc.returncode is None, f"{name} exited {proc.returncode}:\n{log.read_text()[-3000:]}"
 
 
 @pytest.fixture
 async def stack(nats_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
-    prefix = f"c{uuid.uuid4().hex[:10]}"
+    """The real supervisor (``python -m switchyard supervisor run``), then agent.py, each its own
+    process, on the session's nats-server under a prefix of their own."""
+    prefix, data, logs = f"c{uuid.uuid4().hex[:10]}", tmp_path / "data", tmp_path / "logs"
     (tmp_path / "echo.yaml").write_text(WORKFLOW)
-    logs = tmp_path / "logs"
     logs.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
-    env |= {"NATS_URL": nats_url, "SWITCHYARD_PREFIX": prefix, "SWITCHYARD_DATA_DIR": str(tmp_path / "data"),
+    env |= {"NATS_URL": nats_url, "SWITCHYARD_PREFIX": prefix, "SWITCHYARD_DATA_DIR": str(data),
             "SWITCHYARD_WORKFLOWS": str(tmp_path / "echo.yaml"), "SWITCHYARD_POLICY": "none"}
     procs: list[asyncio.subprocess.Process] = []
     files = []
     nc = await nats.connect(nats_url)
+    client = SwitchyardClient(nc, Subjects(prefix))
 
-    async def spawn(name: str, *argv: str) -> asyncio.subprocess.Process:
+    async def start(name: str, service: str, *argv: str) -> asyncio.subprocess.Process:
         files.append(log := open(logs / f"{name}.log", "wb"))
         procs.append(proc := await asyncio.create_subprocess_exec(
             *argv, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log))
+        await _serving(client, service, proc, logs / f"{name}.log")
         return proc
 
     try:
-        supervisor = await spawn("supervisor", sys.executable, "-m", "switchyard", "supervisor", "run")
-        s = Stack(prefix, env, tmp_path / "data", logs, nc, supervisor, supervisor)
-        await _serving(s, f"{prefix}-supervisor", supervisor, "supervisor")
-        s.agent = await spawn("agent", sys.executable, str(AGENT), nats_url, prefix)
-        await _serving(s, f"{prefix}-agent-echo", s.agent, "agent")
-        yield s
+        supervisor = await start("supervisor", f"{prefix}-supervisor",
+                                 sys.executable, "-m", "switchyard", "supervisor", "run")
+        agent = await start("agent", f"{prefix}-agent-echo", sys.executable, str(AGENT), nats_url, prefix)
+        yield Stack(prefix, env, data, logs, nc, supervisor, agent)
     finally:
-        for proc in reversed(procs):
+        for proc in reversed(procs):  # terminate, then kill
             await _stop(proc)
         for f in files:
             f.close()
@@ -170,19 +172,20 @@ async def test_conformance_echo_workflow_completes_with_a_documented_result(stac
 
 async def test_conformance_bad_tasks_are_dead_lettered_and_the_agent_keeps_working(stack: Stack) -> None:
     p, js = stack.prefix, stack.nc.jetstream()
-    done = await stack.run_echo("first")  # a finished workflow: a valid grant's invalid input is its
+    done = await stack.run_echo("first")  # a finished workflow, for a valid grant with a bad input
     signer = grants.Signer(Settings(prefix=p, data_dir=stack.data).load_seed(create=False))
     forged = grants.Signer(grants.new_seed())
+    def enc(task: dict[str, Any]) -> bytes:
+        return json.dumps(task).encode()
+
     bad: dict[str, tuple[bytes, str | None]] = {  # code: (bytes, the chain its record goes on)
         "decode_error": (b'{"protocol": "1.0", "id": "trunc', None),
-        "unsupported_version": (json.dumps(_task("x1", _grant(signer, "x1"), protocol="9.0")).encode(), None),
-        "grant_missing": (json.dumps(_task("x2", "")).encode(), None),
-        "grant_invalid": (json.dumps(_task("x3", _grant(forged, "x3"))).encode(), None),
-        "grant_expired": (json.dumps(_task("x4", _grant(signer, "x4", expires_at=time.time() - 1))).encode(),
-                          None),
-        "grant_scope": (json.dumps(_task("x5", _grant(signer, "x5", role="triage"))).encode(), None),
-        "invalid_input": (json.dumps(_task(done, _grant(signer, done, attempt=2), attempt=2,
-                                           text=None)).encode(), done),
+        "unsupported_version": (enc(_task("x1", _grant(signer, "x1"), protocol="9.\u00e9")), None),
+        "grant_missing": (enc(_task("x2", "")), None),
+        "grant_invalid": (enc(_task("x3", _grant(forged, "x3"))), None),  # signed by another key
+        "grant_expired": (enc(_task("x4", _grant(signer, "x4", expires_at=time.time() - 1))), None),
+        "grant_scope": (enc(_task("x5", _grant(signer, "x5", role="triage"))), None),
+        "invalid_input": (enc(_task(done, _grant(signer, done, attempt=2), attempt=2, text=None)), done),
     }
     dlq = await js.subscribe(f"{p}.dlq.task", ordered_consumer=True, deliver_policy=DeliverPolicy.NEW)
     sent: dict[int, str] = {}
@@ -205,29 +208,39 @@ async def test_conformance_bad_tasks_are_dead_lettered_and_the_agent_keeps_worki
         assert h["Nats-Msg-Id"] == f"dlq:task:{seq}" and h["Sy-Dlq-Reason"].isascii()
         assert h["Sy-Dlq-Reason"]
 
-    async def dead_letter_records(subject: str, want: set[int]) -> list[dict[str, Any]]:
-        """The chain's records, read until the agent's records for every seq in ``want`` are in."""
+    async def chain(subject: str, until: Callable[[list[dict[str, Any]]], bool]) -> list[dict[str, Any]]:
+        """The chain's records, from its first, read until ``until`` holds of them (bounded)."""
         sub = await js.subscribe(subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
         records: list[dict[str, Any]] = []
         try:
             async with asyncio.timeout(20):
-                while want - {e["data"]["stream_seq"] for r in records if r["source"] == "agent:echo"
-                              for e in r["entries"]}:
+                while not until(records):
                     records.append(json.loads((await sub.next_msg(timeout=None)).data))
         finally:
             await sub.unsubscribe()
         return records
 
+    def agent_entries(records: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+        return {e["data"]["stream_seq"]: e for r in records if r["source"] == "agent:echo"
+                for e in r["entries"]}
+
     unattributed = {s for s, c in sent.items() if bad[c][1] is None}
-    records = await dead_letter_records(f"{p}.audit.unattributed", unattributed)
+    records = await chain(f"{p}.audit.unattributed", lambda rs: unattributed <= set(agent_entries(rs)))
     for r in records:
         assert r["workflow_id"] == "" and r["n"] == 0 and len(r["entries"]) == 1
-        entry = r["entries"][0]
-        assert entry["type"] == "task.dead_lettered"
-        assert entry["data"]["code"] == sent[entry["data"]["stream_seq"]]
-    on_workflow = await dead_letter_records(f"{p}.event.{done}", set(sent) - unattributed)
-    assert [e["data"]["code"] for r in on_workflow if r["source"] == "agent:echo"
-            for e in r["entries"]] == ["invalid_input"]
+    for seq, entry in agent_entries(records).items():
+        assert entry["type"] == "task.dead_lettered" and entry["data"]["code"] == sent[seq]
+        header = letters[sent[seq]].headers["Sy-Dlq-Reason"]  # escaped; the record's is not
+        assert json.loads(f'"{header}"') == entry["data"]["reason"][:1000]
+    assert "\\u00e9" in letters["unsupported_version"].headers["Sy-Dlq-Reason"]
+
+    def ignored(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [e for r in records if r["source"] == "supervisor" for e in r["entries"]
+                if e["type"] == "input.ignored"]
+
+    on_workflow = await chain(f"{p}.event.{done}", lambda rs: bool(agent_entries(rs) and ignored(rs)))
+    assert [e["data"]["code"] for e in agent_entries(on_workflow).values()] == ["invalid_input"]
+    assert ignored(on_workflow)[0]["data"]["kind"] == "result"  # its error Result, for no awaited attempt
     code, out, err = await stack.cli("audit", "verify", "--unattributed")
     assert code == 0, (out, err)
 

@@ -214,9 +214,14 @@ async def test_bad_grants_are_refused_and_audited_under_the_generated_config(
     try:
         client = SwitchyardClient(client_nc, s)
         entries = [e for r in await client.events("wg") for e in r.entries]
-        assert [e.data.get("code") for e in entries if e.type == "tool.refused"] == [
-            c for c, _ in cases if c]
-        assert (await client.verify("wg")).ok
+        # a grant no trusted key vouches for does not make the call's workflow known: those two
+        # refusals are on the chain no workflow can claim, with the workflow they named
+        vouched = [c for c, _ in cases if c and c not in ("grant_invalid", "grant_expired")]
+        assert [e.data.get("code") for e in entries if e.type == "tool.refused"] == vouched
+        stray = [e for r in await client.events(None) for e in r.entries if e.type == "tool.refused"
+                 and e.data.get("claimed_workflow") == "wg"]
+        assert [e.data.get("code") for e in stray] == ["grant_invalid", "grant_expired"]
+        assert (await client.verify("wg")).ok and (await client.verify(None)).ok
     finally:
         await client_nc.close()
     assert stack.violations()[before:] == []  # all of it allowed by the bus; refused by the host
