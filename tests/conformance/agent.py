@@ -80,6 +80,16 @@ def decode_task(data: bytes) -> dict[str, Any]:
     return doc
 
 
+def claimed_workflow(data: bytes) -> str:
+    """The workflow id an unvouched input names, if any ("" when it names none)."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError):
+        return ""
+    claimed = doc.get("workflow_id") if isinstance(doc, dict) else None
+    return claimed if isinstance(claimed, str) else ""
+
+
 def crc16(data: bytes) -> int:  # CRC-16/XMODEM
     crc = 0
     for byte in data:
@@ -211,7 +221,7 @@ class EchoAgent:
             try:
                 task = decode_task(msg.data)
                 verify_grant(task, self.trusted)
-            except Refused as refused:
+            except Refused as refused:  # its claim to a workflow is not vouched for
                 await self.dead_letter(msg, refused, None)
                 return
             try:
@@ -277,8 +287,8 @@ class EchoAgent:
                    "Nats-Msg-Id": msg_id}
         data: dict[str, Any] = {"code": refused.code, "reason": refused.reason, "stream_seq": seq,
                                 "subject": msg.subject}
-        if workflow_id is None:
-            data["claimed_workflow"] = ""
+        if workflow_id is None and (claimed := claimed_workflow(msg.data)):
+            data["claimed_workflow"] = claimed[:200]
         entry = {"type": "task.dead_lettered", "step": "", "data": data}
         chain = f"{self.p}.event.{workflow_id}" if workflow_id else f"{self.p}.audit.unattributed"
         try:

@@ -4,6 +4,7 @@ from the document alone, run against the real supervisor, each in its own proces
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -163,7 +164,12 @@ async def test_conformance_echo_workflow_completes_with_a_documented_result(stac
     result = await stack.nc.jetstream().get_last_msg(f"{p.upper()}_RESULTS", f"{p}.result.echo")
     body = json.loads(result.data)
     assert result.headers and result.headers["Nats-Msg-Id"] == f"{task['id']}:result"
-    assert result.headers["Sy-Protocol"] == "1.0"
+    assert result.headers["Sy-Protocol"] == task_msg.headers["Sy-Protocol"] == "1.0"
+    assert result.headers["traceparent"] == task_msg.headers["traceparent"]
+    body_part = task["grant"].split(".", 1)[0]
+    grant = json.loads(base64.urlsafe_b64decode(body_part + "=" * (-len(body_part) % 4)))
+    assert (grant["task_id"], grant["workflow_id"], grant["role"]) == (task["id"], wid, "echo")
+    assert grant["expires_at"] == pytest.approx(task["deadline"] + 30)  # the task's deadline + 30 s
     assert (body["task_id"], body["status"], body["confidence"], body["output"]) == (
         task["id"], "ok", 0.9, {"echo": "hello"})
     code, out, err = await stack.cli("audit", "verify", wid)
@@ -175,6 +181,7 @@ async def test_conformance_bad_tasks_are_dead_lettered_and_the_agent_keeps_worki
     done = await stack.run_echo("first")  # a finished workflow, for a valid grant with a bad input
     signer = grants.Signer(Settings(prefix=p, data_dir=stack.data).load_seed(create=False))
     forged = grants.Signer(grants.new_seed())
+
     def enc(task: dict[str, Any]) -> bytes:
         return json.dumps(task).encode()
 
@@ -230,6 +237,8 @@ async def test_conformance_bad_tasks_are_dead_lettered_and_the_agent_keeps_worki
         assert r["workflow_id"] == "" and r["n"] == 0 and len(r["entries"]) == 1
     for seq, entry in agent_entries(records).items():
         assert entry["type"] == "task.dead_lettered" and entry["data"]["code"] == sent[seq]
+        claimed = json.loads(bad[sent[seq]][0])["workflow_id"] if sent[seq] != "decode_error" else None
+        assert entry["data"].get("claimed_workflow") == claimed  # absent when it named none
         header = letters[sent[seq]].headers["Sy-Dlq-Reason"]  # escaped; the record's is not
         assert json.loads(f'"{header}"') == entry["data"]["reason"][:1000]
     assert "\\u00e9" in letters["unsupported_version"].headers["Sy-Dlq-Reason"]
