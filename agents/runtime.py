@@ -304,6 +304,13 @@ class Agent(Component):
             )
             await self._dead_letter(msg, ErrorCode.INVALID_INPUT, reason, task.workflow_id)
             return
+        if task.deadline and time.time() >= task.deadline:
+            # the supervisor has timed this attempt out (or is about to): running the handler
+            # now would only repeat work, and tool calls, for a result nobody waits for
+            await self._publish_result(msg, task, "error", error=ErrorInfo(
+                code=ErrorCode.TIMEOUT, retryable=True,
+                message=f"taken after the task deadline ({task.deadline:.3f}); not run"))
+            return
         await self._run_handler(msg, task, inp, msg.metadata.num_delivered or 1)
 
     async def _run_handler(self, msg: Msg, task: Task, inp: BaseModel, delivered: int) -> None:

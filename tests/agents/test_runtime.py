@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import msgspec
 import pytest
 from nats.aio.client import Client
 from nats.js.client import JetStreamContext
@@ -359,3 +360,32 @@ def test_runtime_rejects_handlers_without_models() -> None:
         @agent.task
         async def bad(inp: dict, ctx: TaskContext) -> Out:  # type: ignore[type-arg]
             return Out(doubled=1)
+
+
+async def test_runtime_answers_a_task_taken_after_its_deadline_without_running_it(
+    start_agent: Any, js: JetStreamContext, subjects: Subjects, signer: grants.Signer,
+    watch: Callable[[str], Awaitable[Watch]],
+) -> None:
+    """A task that waited in the queue past its deadline has been timed out by the supervisor:
+    running it would repeat work (and tool calls) for a result nobody waits for. Under load this
+    was a retry storm: the full chaos run escalated 552 of 1000 workflows before it was fixed."""
+    calls = 0
+
+    async def counted(inp: In, ctx: TaskContext) -> Scored[Out]:
+        nonlocal calls
+        calls += 1
+        return Scored(Out(doubled=inp.n * 2))
+
+    results = await watch(subjects.result("doubler"))
+    await start_agent(counted)
+    late = msgspec.structs.replace(make_task(signer, wf="late"), deadline=time.time() - 1)
+    seq = await publish(js, subjects, late)
+    result = decode((await results.next()).data, Result)
+    assert (result.workflow_id, result.status) == ("late", "error")
+    assert result.error is not None and result.error.code == "timeout"
+    assert "after the task deadline" in result.error.message and calls == 0
+    await publish(js, subjects, make_task(signer, 4, wf="on_time"))
+    on_time = decode((await results.next()).data, Result)
+    assert (on_time.workflow_id, on_time.status, calls) == ("on_time", "ok", 1)
+    with pytest.raises(NotFoundError):  # acked: gone from the work queue
+        await js.get_msg(subjects.stream("tasks"), seq)
