@@ -5,13 +5,14 @@ task's grant."""
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from pydantic import BaseModel, Field
 
-from switchyard.agents import Agent, TaskContext
+from switchyard.agents import Agent, ErrorCode, TaskContext, ToolError
 from switchyard.agents.pii import find_pii
-from switchyard.protocol.errors import ErrorCode, ToolError
+from switchyard.tools.builtin.customers import Customer, CustomerLookup
+from switchyard.tools.builtin.refunds import RefundProposal
+from switchyard.tools.builtin.tickets import TicketRef
 
 _AMOUNT = re.compile(
     r"(?:(?:€|EUR|USD|\$)\s?(\d+(?:[.,]\d{1,2})?))|(?:(\d+(?:[.,]\d{1,2})?)\s?(?:€|EUR|euros?|USD|dollars?))",
@@ -68,19 +69,20 @@ agent = Agent("action", version="1.0.0", description="drafts replies and acts th
 @agent.task
 async def act(req: Request, ctx: TaskContext) -> Draft:
     actions: list[str] = []
-    customer: dict[str, Any] | None = None
+    customer: Customer | None = None
     if req.customer_email:
-        found = await ctx.call_tool("lookup_customer", {"email": req.customer_email})
-        customer = found.get("customer")
+        found = await ctx.call_tool("lookup_customer", {"email": req.customer_email},
+                                    CustomerLookup)
+        customer = found.customer
         actions.append("lookup_customer")
-    customer_id = customer["id"] if customer else None
+    customer_id = customer.id if customer else None
     ticket = await ctx.call_tool("open_ticket", {
         "customer_id": customer_id, "subject": req.text[:80], "body": req.text,
         "category": req.intent, "severity": req.severity,
-    })
+    }, TicketRef)
     actions.append("open_ticket")
 
-    lines = [f"Hello {customer['name'].split()[0]}," if customer else "Hello,",
+    lines = [f"Hello {customer.name.split()[0]}," if customer else "Hello,",
              _OPENERS.get(req.intent, _OPENERS["other"])]
     refund = None
     amount = requested_amount(req.text)
@@ -89,7 +91,7 @@ async def act(req: Request, ctx: TaskContext) -> Draft:
             proposal = await ctx.call_tool("propose_refund", {
                 "customer_id": customer_id, "amount": amount, "currency": "EUR",
                 "reason": req.text[:500],
-            })
+            }, RefundProposal)
         except ToolError as exc:
             if exc.code != ErrorCode.APPROVAL_REJECTED:
                 raise
@@ -97,21 +99,22 @@ async def act(req: Request, ctx: TaskContext) -> Draft:
                          "billing team will contact you about it.")
         else:
             actions.append("propose_refund")
-            refund = Refund(refund_id=proposal["refund_id"], amount=amount, currency="EUR",
-                            approved_by=ctx.tool_calls[-1]["approved_by"])
+            refund = Refund(refund_id=proposal.refund_id, amount=amount, currency="EUR",
+                            approved_by=ctx.tool_calls[-1].approved_by)
             lines.append(f"We have issued a refund of {amount:.2f} EUR "
                          f"(reference {refund.refund_id}).")
     # A naive helper: it answers questions about other people it finds in the ticket. The
     # compliance step exists to catch exactly this.
     for finding in find_pii(req.text):
         if finding.kind == "email" and finding.value.lower() != (req.customer_email or "").lower():
-            other = (await ctx.call_tool("lookup_customer", {"email": finding.value}))
+            other = await ctx.call_tool("lookup_customer", {"email": finding.value},
+                                        CustomerLookup)
             actions.append("lookup_customer")
-            if other.get("found"):
-                c = other["customer"]
-                lines.append(f"The contact details you asked for: {c['email']}, {c['phone']}.")
+            if other.customer is not None:
+                c = other.customer
+                lines.append(f"The contact details you asked for: {c.email}, {c.phone}.")
     for p in req.passages[:2]:
         lines.append(f"{p.title} [{p.article_id}]: {' '.join(p.snippet.split())}")
-    lines.append(f"Your ticket number is {ticket['ticket_id']}.")
-    return Draft(reply="\n".join(lines), customer_id=customer_id, ticket_id=ticket["ticket_id"],
+    lines.append(f"Your ticket number is {ticket.ticket_id}.")
+    return Draft(reply="\n".join(lines), customer_id=customer_id, ticket_id=ticket.ticket_id,
                  refund=refund, actions=actions)

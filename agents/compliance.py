@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from switchyard.agents import Agent, TaskContext
 from switchyard.agents.pii import find_pii, normalize_phone, redact
+from switchyard.tools.builtin.customers import CustomerLookup
 
 REFUND_LIMIT_EUR = 100.0
 
@@ -47,10 +48,11 @@ async def check(review: Review, ctx: TaskContext) -> Verdict:
     own_email = (review.customer_email or "").lower()
     own_phone = ""
     if review.customer_id:
-        me = await ctx.call_tool("lookup_customer", {"customer_id": review.customer_id})
-        if me.get("found"):
-            own_email = me["customer"]["email"].lower()
-            own_phone = normalize_phone(me["customer"].get("phone") or "")
+        me = await ctx.call_tool("lookup_customer", {"customer_id": review.customer_id},
+                                 CustomerLookup)
+        if me.customer is not None:
+            own_email = me.customer.email.lower()
+            own_phone = normalize_phone(me.customer.phone or "")
     for f in findings:
         if f.kind == "email" and f.value.lower() != own_email:
             violations.append("discloses an email address that is not the customer's")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast, overload
 
 import structlog
@@ -29,6 +30,13 @@ JSONObject = dict[str, JSONValue]
 R = TypeVar("R", bound=BaseModel)
 
 
+@dataclass(frozen=True, slots=True)
+class ToolCallRecord:
+    tool: str
+    ok: bool
+    approved_by: str  # who approved the call, when it needed a person's approval
+
+
 class TaskContext:
     """The task being worked, its earlier step outputs, a tool client under its grant, a logger."""
 
@@ -52,7 +60,7 @@ class TaskContext:
         self._tool_timeout = tool_timeout
         self._calls = 0
         self._faults = faults or Faults()
-        self.tool_calls: list[JSONObject] = []
+        self.tool_calls: list[ToolCallRecord] = []  # what this task called, in order
 
     @functools.cached_property
     def log(self) -> FilteringBoundLogger:
@@ -125,7 +133,7 @@ class TaskContext:
             ) from None
         self._faults.hit("agent.after_tool_call")
         answer = codec.decode(reply.data, ToolResult)
-        self.tool_calls.append({"tool": name, "ok": answer.ok, "approved_by": answer.approved_by})
+        self.tool_calls.append(ToolCallRecord(name, answer.ok, answer.approved_by))
         if not answer.ok:
             err = answer.error
             code = ErrorCode(err.code) if err and err.code in _KNOWN_CODES else ErrorCode.TOOL_FAILED

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from switchyard.agents import Agent, Scored, TaskContext
+from switchyard.tools.builtin.kb import KbHits
 
 
 class Query(BaseModel):
@@ -30,11 +31,12 @@ agent = Agent("retrieval", version="1.0.0", description="cited passages from the
 
 @agent.task
 async def retrieve(query: Query, ctx: TaskContext) -> Scored[Passages]:
-    found = await ctx.call_tool("kb_search", {"query": query.text, "category": query.intent})
-    hits = found.get("hits", [])
+    found = await ctx.call_tool("kb_search", {"query": query.text, "category": query.intent},
+                                KbHits)
+    hits = found.hits
     if not hits:  # nothing in the intent's own articles: search them all
-        hits = (await ctx.call_tool("kb_search", {"query": query.text})).get("hits", [])
-    passages = [Passage.model_validate(h) for h in hits]
+        hits = (await ctx.call_tool("kb_search", {"query": query.text}, KbHits)).hits
+    passages = [Passage.model_validate(h.model_dump()) for h in hits]
     # BM25 scores are unbounded; a top score of 3 or more is a solid keyword match here.
     confidence = min(1.0, passages[0].score / 3.0) if passages else 0.0
     return Scored(

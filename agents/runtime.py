@@ -333,9 +333,8 @@ class Agent(Component):
                 msg, task, "ok", output=output, confidence=confidence, ctx=ctx, started=started
             )
         except NeedsHuman as exc:
-            output = _as_dict(exc.output)
             await self._publish_result(
-                msg, task, "needs_human", output=output, confidence=exc.confidence,
+                msg, task, "needs_human", output=_as_dict(exc.output), confidence=exc.confidence,
                 reason=exc.reason, ctx=ctx, started=started,
             )
         except Retry as exc:

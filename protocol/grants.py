@@ -158,4 +158,4 @@ def check_limits(grant: Grant, tool: str, args: dict[str, object]) -> None:
 def needs_approval(grant: Grant, tool: str, args: dict[str, object]) -> bool:
     """Whether the grant's approval rule for ``tool`` holds for these arguments."""
     rule = grant.approvals.get(tool)
-    return bool(rule) and holds(rule, {"args": args})
+    return rule is not None and rule != "" and holds(rule, {"args": args})

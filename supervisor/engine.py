@@ -180,7 +180,7 @@ def backoff(step: Step, attempt: int, seed: str) -> float:
     """Exponential backoff with deterministic jitter (0.5x-1.0x), capped by ``backoff_max_s``."""
     base = min(step.backoff_max_s, step.backoff_s * (2 ** max(0, attempt - 1)))
     jitter = int(hashlib.blake2b(seed.encode(), digest_size=2).hexdigest(), 16) / 0xFFFF
-    return base * (0.5 + 0.5 * jitter)
+    return float(base * (0.5 + 0.5 * jitter))
 
 
 class _Run:

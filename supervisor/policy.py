@@ -68,9 +68,9 @@ class Policy(BaseModel):
             check_token("tool", name)
             if rule.approval:
                 compile_expression(rule.approval)
-        for role, rule in self.roles.items():
+        for role, role_rule in self.roles.items():
             check_token("role", role)
-            unknown = sorted(set(rule.tools) - set(self.tools))
+            unknown = sorted(set(role_rule.tools) - set(self.tools))
             if unknown:
                 raise ValueError(f"role {role!r} names tools the policy does not define: {unknown}")
         return self

@@ -18,7 +18,7 @@ import functools
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -207,7 +207,7 @@ class Supervisor(Component):
 
     # intake -----------------------------------------------------------------------------------
 
-    async def _guarded(self, handler: Callable[[Msg], Awaitable[None]], msg: Msg) -> None:
+    async def _guarded(self, handler: Callable[[Msg], Coroutine[Any, Any, None]], msg: Msg) -> None:
         try:
             await handler(msg)
         except Exception:

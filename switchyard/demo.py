@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 import nats
 import yaml
+from nats.aio.client import Client
 from nats.js.api import DeliverPolicy
 
 from switchyard.client import FINAL_EVENTS, SwitchyardClient
@@ -94,7 +95,7 @@ async def run_demo(
 
 
 async def _drive(
-    nc: nats.NATS, settings: Settings, tickets: list[dict[str, Any]], timeout: float,
+    nc: Client, settings: Settings, tickets: list[dict[str, Any]], timeout: float,
     on_progress: Any, startup: float,
 ) -> DemoReport:
     s = settings.subjects

@@ -51,7 +51,7 @@ class Tool:
     timeout_s: float | None = None  # this tool's own limit; the host's default otherwise
 
     async def call(self, args: BaseModel, ctx: CallContext) -> BaseModel:
-        return await (self.fn(args, ctx) if self.wants_context else self.fn(args))  # type: ignore[call-arg]
+        return await (self.fn(args, ctx) if self.wants_context else self.fn(args))
 
     def schema(self) -> dict[str, Any]:
         return {

@@ -28,6 +28,7 @@ from switchyard.protocol.errors import (
     BudgetExhaustedError,
     ErrorCode,
     GrantError,
+    GrantScopeError,
     ProtocolError,
     ToolError,
 )
@@ -252,9 +253,9 @@ class ToolHost(Component):
         """``caller`` is the role token of the subject the call came on: under the generated bus
         config only that role's identity may publish there."""
         if call.tool != t.name:
-            raise grants.GrantScopeError("tool", t.name, call.tool)
+            raise GrantScopeError("tool", t.name, call.tool)
         if grant.role != caller:  # a grant lent to, or stolen by, another role
-            raise grants.GrantScopeError("role", grant.role, caller)
+            raise GrantScopeError("role", grant.role, caller)
         grants.check_tool(grant, t.name, call.workflow_id, call.task_id)
         grants.check_limits(grant, t.name, call.args)
 

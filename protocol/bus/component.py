@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -152,7 +152,8 @@ class Component:
         return self._dead_letters
 
     async def _consume(
-        self, stream: str, durable: str, handler: Callable[[Msg], Awaitable[None]], capacity: int,
+        self, stream: str, durable: str, handler: Callable[[Msg], Coroutine[Any, Any, None]],
+        capacity: int,
     ) -> PullConsumer:
         consumer = await PullConsumer(self.nc, stream, durable, handler, capacity=capacity).start()
         self._consumers.append(consumer)

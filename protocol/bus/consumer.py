@@ -18,7 +18,8 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import structlog
 from nats.aio.client import Client
@@ -38,7 +39,7 @@ class PullConsumer:
         nc: Client,
         stream: str,
         durable: str,
-        handler: Callable[[Msg], Awaitable[None]],
+        handler: Callable[[Msg], Coroutine[Any, Any, None]],
         *,
         capacity: int,
         expires: float = 30.0,

@@ -24,7 +24,7 @@ class _State(TypedDict):
     n: int
 
 
-def _graph() -> StateGraph:  # type: ignore[type-arg]
+def _graph() -> StateGraph:  # type: ignore[type-arg, unused-ignore]
     graph = StateGraph(_State)
     names = [f"hop{i}" for i in range(1, 6)]
     for name in names:
@@ -56,8 +56,8 @@ async def langgraph_rows(count: int, windows: int) -> list[Row]:
                             inflight=64, count=count, windows=windows)
         rows.append(row)
     with tempfile.TemporaryDirectory() as tmp:
-        async with AsyncSqliteSaver.from_conn_string(str(Path(tmp) / "lg.db")) as saver:
-            app = _graph().compile(checkpointer=saver)
+        async with AsyncSqliteSaver.from_conn_string(str(Path(tmp) / "lg.db")) as sqlite:
+            app = _graph().compile(checkpointer=sqlite)
             rows.append(await measure("langgraph+sqlite", "durable", _GraphDriver(app, True), pids,
                                       inflight=64, count=max(100, count // 4), windows=windows))
     for row in rows:  # the graph runs inside the benchmark process: count it once

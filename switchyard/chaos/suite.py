@@ -223,7 +223,7 @@ class _Run:
     async def outcomes(self, nc: Client, ids: list[str], deadline: float) -> dict[str, str]:
         """Follow the outcomes stream until every id has one, or the deadline passes."""
         s = self.settings.subjects
-        want, seen = set(ids), {}
+        want, seen = set(ids), dict[str, str]()
         sub = await nc.jetstream().subscribe(s.all("workflow.outcome"), ordered_consumer=True)
         try:
             async with asyncio.timeout(max(0.1, deadline - time.monotonic())):

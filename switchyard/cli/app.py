@@ -10,13 +10,14 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import msgspec
 import nats
 import structlog
 import typer
+from nats.aio.client import Client
 from prometheus_client import CollectorRegistry, start_http_server
 from rich.console import Console
 
@@ -65,7 +66,7 @@ def metrics_registry(settings: Settings) -> CollectorRegistry:
     return registry
 
 
-def serve(settings: Settings, main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+def serve(settings: Settings, main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
     """Run until SIGINT/SIGTERM sets the stop event; a second signal cancels outright."""
 
     async def runner() -> None:
@@ -145,7 +146,7 @@ async def client(settings: Settings) -> AsyncIterator[SwitchyardClient]:
         await nc.close()
 
 
-async def connect(settings: Settings) -> nats.NATS:
+async def connect(settings: Settings) -> Client:
     from switchyard.stack import nats_answers
 
     if await nats_answers(settings.nats_url):

@@ -152,7 +152,8 @@ def review_next(
                 out.print_json(data={"input": esc.input, "output": esc.output})
                 choice = typer.prompt("approve / reject / edit / skip", default="skip")
                 if choice in ("approve", "reject"):
-                    await bus.decide(esc.id, choice, reviewer=reviewer)  # type: ignore[arg-type]
+                    await bus.decide(esc.id, "approve" if choice == "approve" else "reject",
+                                     reviewer=reviewer)
                     await msg.ack()
                 elif choice == "edit":
                     value = json.loads(typer.prompt("corrected output (JSON object)"))
