@@ -39,12 +39,11 @@ from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, ServiceConfig
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import BaseModel, ValidationError
-from tenacity import RetryCallState, wait_exponential_jitter
 
 from switchyard.agents.context import TaskContext
 from switchyard.agents.heartbeat import Heartbeat
 from switchyard.agents.model import ModelClient
-from switchyard.agents.signals import NeedsHuman, Reject, Retry, Scored
+from switchyard.agents.signals import NeedsHuman, Reject, Retry, Scored, retry_delay
 from switchyard.protocol import codec, grants
 from switchyard.protocol.bus.component import Component, ComponentConfig
 from switchyard.protocol.errors import (
@@ -67,7 +66,6 @@ log = structlog.get_logger("switchyard.agent")
 I = TypeVar("I", bound=BaseModel)  # noqa: E741
 O = TypeVar("O", bound=BaseModel)  # noqa: E741
 _Handler = Callable[[Any, TaskContext], Awaitable[object]]
-MAX_RETRY_DELAY = 300.0  # a Retry's delay doubles with each delivery, up to this
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -494,12 +492,3 @@ def _unwrap(value: Any, model: type[BaseModel] | None) -> tuple[dict[str, Any], 
     if model is not None and not isinstance(value, model):
         value = model.model_validate(value)
     return value.model_dump(mode="json"), confidence
-
-
-def retry_delay(base: float, delivered: int) -> float:
-    """Exponential backoff with jitter (tenacity's): about ``base * 2**(n-1)`` plus up to ``base``
-    at random, capped at ``MAX_RETRY_DELAY``."""
-    state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
-    state.attempt_number = delivered
-    wait = wait_exponential_jitter(multiplier=base, max=MAX_RETRY_DELAY, jitter=base)
-    return float(wait(state))

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from pydantic import BaseModel
+from tenacity import RetryCallState, wait_exponential_jitter
 
 T = TypeVar("T", bound=BaseModel)
+MAX_RETRY_DELAY = 300.0  # a Retry's delay doubles with each delivery, up to this
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,3 +50,12 @@ class Reject(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def retry_delay(base: float, delivered: int) -> float:
+    """Exponential backoff with jitter (tenacity's): about ``base * 2**(n-1)`` plus up to ``base``
+    at random, capped at ``MAX_RETRY_DELAY``."""
+    state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+    state.attempt_number = delivered
+    wait = wait_exponential_jitter(multiplier=base, max=MAX_RETRY_DELAY, jitter=base)
+    return float(wait(state))

@@ -193,7 +193,10 @@ class SwitchyardClient:
                 outcome = codec.decode(msg.data, Outcome)
             except ProtocolError:
                 return
-            found.put_nowait(WaitResult(outcome.status, workflow_id, outcome, outcome.reason))
+            try:  # a workflow that ran ends with its final record, which follows the outcome
+                await self.js.get_last_msg(self.s.stream(Stream.EVENTS), self.s.event(workflow_id))
+            except NotFoundError:  # never became a workflow: the outcome is all there is
+                found.put_nowait(WaitResult(outcome.status, workflow_id, outcome, outcome.reason))
 
         events = await self.js.subscribe(self.s.event(workflow_id), cb=on_event,
                                          ordered_consumer=True)

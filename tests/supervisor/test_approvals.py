@@ -93,7 +93,7 @@ def refunder_agent(obedient: bool = False) -> Agent:
                     out.refused = exc.message
                 continue
             out.refund_id = done["refund_id"]
-            out.approved_by = ctx.tool_calls[-1]["approved_by"]
+            out.approved_by = ctx.tool_calls[-1].approved_by
             if inp.amount == 275 and out.approved_by and ctx.task.id not in crashed:
                 crashed.add(ctx.task.id)  # lost before the result and the ack: redelivered
                 raise Retry("crashed after the call", delay=0.05)
