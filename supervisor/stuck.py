@@ -25,6 +25,7 @@ from nats.js.errors import NotFoundError
 
 from switchyard.protocol import codec
 from switchyard.protocol.bus.provision import unserved_subjects
+from switchyard.protocol.bus.tasks import cancel_and_wait
 from switchyard.protocol.errors import ConfigError, ErrorCode, ProtocolError
 from switchyard.protocol.headers import DLQ_HISTORY
 from switchyard.protocol.messages import Task
@@ -47,10 +48,7 @@ class StuckTasks:
         self._task = asyncio.create_task(self._loop(every))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def on_max_deliveries(self, msg: Msg) -> None:
         try:

@@ -12,6 +12,8 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
+from switchyard.protocol.bus.tasks import cancel_and_wait
+
 log = structlog.get_logger("switchyard.supervisor")
 
 
@@ -38,10 +40,7 @@ class Timers:
     async def stop(self) -> None:
         self._running = False
         self._wake.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def _loop(self) -> None:
         # The flag is checked as well as cancellation: on Python 3.11 a cancel that lands as the

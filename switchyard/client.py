@@ -170,46 +170,54 @@ class SwitchyardClient:
     ) -> WaitResult:
         """Follow the workflow's events until it ends (or waits for a person). A submission that
         never became a workflow (an unknown workflow name) has no events: its outcome says so."""
-        found: asyncio.Queue[WaitResult] = asyncio.Queue()
+        events = await self.js.subscribe(self.s.event(workflow_id), ordered_consumer=True)
+        outcomes = await self.js.subscribe(self.s.outcome(workflow_id), ordered_consumer=True)
+        watchers = {asyncio.ensure_future(self._follow_events(events, workflow_id,
+                                                              stop_at_escalation)),
+                    asyncio.ensure_future(self._follow_refusal(outcomes, workflow_id))}
+        try:
+            done, _ = await asyncio.wait(watchers, timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            return done.pop().result() if done else WaitResult("timeout", workflow_id)
+        finally:
+            for watcher in watchers:
+                watcher.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
+            await events.unsubscribe()
+            await outcomes.unsubscribe()
 
-        async def on_event(msg: Msg) -> None:
+    async def _follow_events(
+        self, sub: Any, workflow_id: str, stop_at_escalation: bool,
+    ) -> WaitResult:
+        async for msg in sub.messages:
             try:
                 entries = codec.decode(msg.data, Event).entries
             except ProtocolError:
-                return
+                continue
             for entry in entries:
                 if entry.type in FINAL_EVENTS:
-                    found.put_nowait(WaitResult(
-                        entry.type.split(".", 1)[1],  # type: ignore[arg-type]
-                        workflow_id, await self.outcome(workflow_id),
-                        str(entry.data.get("reason", ""))))
-                elif entry.type == EventType.ESCALATED and stop_at_escalation:
-                    found.put_nowait(WaitResult(
-                        "escalated", workflow_id, reason=str(entry.data.get("reason", "")),
-                        escalation_id=str(entry.data.get("escalation_id", ""))))
+                    return WaitResult(entry.type.split(".", 1)[1],  # type: ignore[arg-type]
+                                      workflow_id, await self.outcome(workflow_id),
+                                      str(entry.data.get("reason", "")))
+                if entry.type == EventType.ESCALATED and stop_at_escalation:
+                    return WaitResult("escalated", workflow_id,
+                                      reason=str(entry.data.get("reason", "")),
+                                      escalation_id=str(entry.data.get("escalation_id", "")))
+        raise asyncio.CancelledError  # the subscription ended
 
-        async def on_outcome(msg: Msg) -> None:
+    async def _follow_refusal(self, sub: Any, workflow_id: str) -> WaitResult:
+        """The outcome of a submission that never became a workflow. A workflow that ran ends
+        with its final record, which follows its outcome: ``_follow_events`` answers for it."""
+        async for msg in sub.messages:
             try:
                 outcome = codec.decode(msg.data, Outcome)
             except ProtocolError:
-                return
-            try:  # a workflow that ran ends with its final record, which follows the outcome
+                continue
+            try:
                 await self.js.get_last_msg(self.s.stream(Stream.EVENTS), self.s.event(workflow_id))
-            except NotFoundError:  # never became a workflow: the outcome is all there is
-                found.put_nowait(WaitResult(outcome.status, workflow_id, outcome, outcome.reason))
-
-        events = await self.js.subscribe(self.s.event(workflow_id), cb=on_event,
-                                         ordered_consumer=True)
-        outcomes = await self.js.subscribe(self.s.outcome(workflow_id), cb=on_outcome,
-                                           ordered_consumer=True)
-        try:
-            async with asyncio.timeout(timeout):
-                return await found.get()
-        except TimeoutError:
-            return WaitResult("timeout", workflow_id)
-        finally:
-            await events.unsubscribe()
-            await outcomes.unsubscribe()
+            except NotFoundError:
+                return WaitResult(outcome.status, workflow_id, outcome, outcome.reason)
+        raise asyncio.CancelledError
 
     async def records(
         self, workflow_id: str | None, *, timeout: float = 10.0,

@@ -18,7 +18,6 @@ not here: the CLI sets a stop event, and ``serve`` stops on it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
@@ -41,10 +40,12 @@ from switchyard.protocol.bus.dead_letters import DeadLetters
 from switchyard.protocol.bus.faults import Faults
 from switchyard.protocol.bus.provision import ensure_streams
 from switchyard.protocol.bus.publisher import Publisher
+from switchyard.protocol.bus.tasks import cancel_and_wait
 from switchyard.protocol.faults import FaultPlan
 from switchyard.protocol.subjects import Subjects
 
 log = structlog.get_logger("switchyard.component")
+BUS_STEP_S = 3.0  # how long one stop step may wait on the bus
 
 
 class ComponentState(enum.Enum):
@@ -209,33 +210,46 @@ class Component:
         log.info(f"{self._kind}.stopped", name=self._name)
 
     async def _shutdown(self, wait: float) -> None:
+        """The one stop order. Every step that talks to the bus is bounded, so a component whose
+        server has gone (``switchyard up`` killed outright takes the embedded one with it) still
+        stops by itself instead of waiting on a drain that cannot finish."""
         self._state = ComponentState.STOPPING
         for consumer in self._consumers:
-            await consumer.stop()
-        await self._stop_taking_work()
+            await self._bounded(consumer.stop(), "consumer stop")
+        await self._bounded(self._stop_taking_work(), "stop taking work")
         inflight: dict[asyncio.Task[None], Msg | None] = dict(self._inflight)
         for consumer in self._consumers:
             inflight.update(consumer.inflight)
         if inflight:
             _, pending = await asyncio.wait(list(inflight), timeout=wait)
             for task in pending:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+                await cancel_and_wait(task)
                 msg = inflight[task]
-                if msg is not None:
-                    with contextlib.suppress(Exception):
-                        await msg.nak()
+                if msg is not None:  # never acked: let the server hand it out again
+                    await self._bounded(msg.nak(), "nak")
         await self._close()
         if self._service is not None:
-            with contextlib.suppress(Exception):
-                await self._service.stop()
+            await self._bounded(self._service.stop(), "service stop")
         if self._publisher is not None:
             await self._publisher.stop()
         if self._own_nc and self._nc is not None:
-            with contextlib.suppress(Exception):
-                await self._nc.drain()
+            if not await self._bounded(self._nc.drain(), "drain"):
+                await self._bounded(self._nc.close(), "close")
         self._state = ComponentState.STOPPED
+
+    async def _bounded(self, step: Coroutine[Any, Any, object], what: str) -> bool:
+        """Run one stop step against the bus for at most ``BUS_STEP_S``; True if it finished."""
+        try:
+            async with asyncio.timeout(BUS_STEP_S):
+                await step
+        except TimeoutError:
+            log.warning(f"{self._kind}.stop_step_timed_out", name=self._name, step=what)
+            return False
+        except Exception as exc:  # the bus is gone or refuses: stopping goes on regardless
+            log.warning(f"{self._kind}.stop_step_failed", name=self._name, step=what,
+                        error=str(exc))
+            return False
+        return True
 
     async def __aenter__(self) -> Self:
         if self._state is ComponentState.NEW:

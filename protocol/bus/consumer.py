@@ -26,6 +26,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from switchyard.protocol.bus.tasks import cancel_and_wait
+
 log = structlog.get_logger("switchyard.pull")
 
 STATUS = "Status"
@@ -75,10 +77,7 @@ class PullConsumer:
         """Ask for nothing more. Messages already on their way are not handed to the callback
         (they are redelivered after the consumer's ack wait)."""
         self._stopped = True
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watchdog
+        await cancel_and_wait(self._watchdog)
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()

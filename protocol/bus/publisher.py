@@ -24,6 +24,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import errors as js_errors
 
+from switchyard.protocol.bus.tasks import cancel_and_wait
 from switchyard.protocol.headers import MSG_TTL
 
 NO_RESPONDERS = "503"
@@ -69,10 +70,7 @@ class Publisher:
         return self
 
     async def stop(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        await cancel_and_wait(self._sweeper)
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()

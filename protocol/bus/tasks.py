@@ -1,0 +1,26 @@
+"""Cancelling a task of our own without losing a cancellation aimed at us.
+
+``task.cancel(); with suppress(CancelledError): await task`` is the common idiom, and it has a
+flaw: if the task doing the waiting is itself cancelled meanwhile (a second Ctrl-C, the event
+loop shutting down), the suppression swallows that too, and the caller carries on as if nothing
+happened; at loop shutdown that hangs the process for ever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+
+async def cancel_and_wait(task: asyncio.Future[object] | asyncio.Task[None] | None) -> None:
+    """Cancel ``task`` and wait for it to end; re-raise if our own task was cancelled."""
+    if task is None or task.done():
+        return
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+    except Exception:  # it failed while stopping: it is stopped, which is what was asked
+        pass
