@@ -6,6 +6,7 @@ What the CLI's ``submit``, ``review``, ``status`` and ``demo`` are built on, usa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.header
 import json
 import time
@@ -183,8 +184,9 @@ class SwitchyardClient:
             for watcher in watchers:
                 watcher.cancel()
             await asyncio.gather(*watchers, return_exceptions=True)
-            await events.unsubscribe()
-            await outcomes.unsubscribe()
+            for sub in (events, outcomes):
+                with contextlib.suppress(Exception):  # a closing connection drops them anyway
+                    await sub.unsubscribe()
 
     async def _follow_events(
         self, sub: Any, workflow_id: str, stop_at_escalation: bool,

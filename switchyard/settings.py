@@ -28,7 +28,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from switchyard.agents import AgentConfig
@@ -68,6 +68,12 @@ class Settings(BaseSettings):
 
     def fault_plan(self) -> FaultPlan:
         return FaultPlan.parse(self.faults, name=self.fault_name, run=self.fault_run)
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix_is_valid(cls, value: str) -> str:
+        Subjects(value)  # raises ConfigError (a ValueError) with the rule in its sentence
+        return value
 
     @property
     def subjects(self) -> Subjects:

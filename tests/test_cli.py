@@ -31,3 +31,12 @@ def test_cli_workflow_put_rejects_an_invalid_file_before_touching_the_bus(tmp_pa
                          timeout=60, env=env)
     assert res.returncode == 1
     assert "route target 'nowhere' is unknown" in res.stderr
+
+
+def test_cli_bad_settings_are_named_not_a_traceback() -> None:
+    for var, value, said in (("SWITCHYARD_PREFIX", "Not.Valid", "SWITCHYARD_PREFIX"),
+                             ("SWITCHYARD_CONCURRENCY", "many", "SWITCHYARD_CONCURRENCY")):
+        env = {**os.environ, var: value, "NATS_URL": "nats://127.0.0.1:1"}
+        res = subprocess.run([CLI, "status"], capture_output=True, text=True, timeout=60, env=env)
+        assert res.returncode == 2, res.stderr
+        assert said in res.stderr and "Traceback" not in res.stderr

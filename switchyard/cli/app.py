@@ -19,7 +19,9 @@ import structlog
 import typer
 from nats.aio.client import Client
 from prometheus_client import CollectorRegistry, start_http_server
+from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from switchyard.loop import run as run_on_loop
 from switchyard.settings import Settings
@@ -37,8 +39,16 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document."
 
 
 def load_settings() -> Settings:
-    """The settings, read from the environment once; logging configured by them."""
-    settings = Settings()
+    """The settings, read from the environment once; logging configured by them. A bad value
+    ends the command with a sentence naming the variable (exit 2), not a traceback."""
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        for problem in exc.errors():
+            where = ".".join(str(p) for p in problem["loc"]) or "settings"
+            name = where if where.isupper() else f"SWITCHYARD_{where.upper()}"
+            err.print(f"[red]{name}: {escape(str(problem['msg']))}[/]")
+        raise typer.Exit(2) from None
     level = getattr(logging, settings.log_level.upper(), logging.INFO)
     tail: list[Any] = (
         [structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)]
