@@ -46,6 +46,7 @@ from switchyard.agents.model import ModelClient
 from switchyard.agents.signals import NeedsHuman, Reject, Retry, Scored, retry_delay
 from switchyard.protocol import codec, grants
 from switchyard.protocol.bus.component import Component, ComponentConfig
+from switchyard.protocol.bus.faults import Faults
 from switchyard.protocol.errors import (
     ConfigError,
     ErrorCode,
@@ -194,7 +195,7 @@ class Agent(Component):
         if self.state.value == "new":
             if config is not None:
                 self._config = config
-                self.faults = type(self.faults)(config.faults)
+                self.faults = Faults(config.faults)
             self._nc = nc or self._nc
             self._metrics_registry = metrics or self._metrics_registry
         return await super().start()

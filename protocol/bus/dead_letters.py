@@ -23,7 +23,6 @@ from switchyard.protocol.subjects import DeadLetterKind, Subjects
 class DeadLetters:
     def __init__(self, publisher: Publisher, audit: AuditLog, subjects: Subjects, source: str) -> None:
         self._publisher, self._audit, self._s, self.source = publisher, audit, subjects, source
-        self.count = 0
 
     async def send(
         self, kind: DeadLetterKind, data: bytes, *, subject: str, code: str, reason: str,
@@ -51,4 +50,3 @@ class DeadLetters:
         await self._audit.append(
             workflow_id, [Entry(type=event or EventType.dead_lettered(kind), data=entry)],
             msg_id=f"dlq:{kind}:{stream_seq}" if stream_seq is not None else "")
-        self.count += 1

@@ -8,7 +8,6 @@ NATS hop workers of the baselines. Each decodes and re-encodes the same msgspec 
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 
 import nats
@@ -17,7 +16,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from pydantic import BaseModel
 
 from switchyard.agents import Agent, TaskContext
-from switchyard.loop import run as run_on_loop
+from switchyard.cli.app import load_settings, serve
 from switchyard.protocol import Result, Task, codec
 from switchyard.protocol.bus.consumer import PullConsumer
 
@@ -95,14 +94,7 @@ def main(argv: list[str]) -> None:
     kind, url, hop, prefix = argv[1], argv[2], int(argv[3]), argv[4]
     worker = js_worker if kind == "js" else core_worker
 
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await worker(url, hop, prefix, stop)
-
-    run_on_loop(run())
+    serve(load_settings(), lambda stop: worker(url, hop, prefix, stop))  # the CLI's signal handling
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from switchyard.protocol import Event, Subjects, ToolCall, ToolResult, decode, e
 from switchyard.protocol.headers import DLQ_CODE, DLQ_SUBJECT
 from switchyard.supervisor.policy import load_policy
 from switchyard.supervisor.workflow import Step
-from switchyard.tools import ToolHost, ToolHostConfig
+from switchyard.tools import CallContext, ToolHost, ToolHostConfig, ToolRegistry, tool
 from switchyard.tools.builtin import SupportStore, support_registry
 
 Watch = Any
@@ -258,3 +258,40 @@ async def test_a_failing_tool_trips_its_circuit_and_a_slow_one_meets_its_own_tim
         breakers = svc["stats"]["endpoints"][0]["data"]["breakers"]
         assert breakers["flaky"] == {"state": "open", "failures": 2}
         assert breakers["picky"]["state"] == "closed"  # refusals on the merits do not count
+
+
+async def test_host_stop_lets_a_call_in_flight_finish_and_answer(
+    nc: Client, subjects: Subjects, signer: grants.Signer,
+) -> None:
+    """The one stop order: endpoints stop taking calls, a call in flight finishes (up to the
+    graceful timeout) and its caller gets the answer; stop() is idempotent."""
+    import asyncio
+
+    started, release = asyncio.Event(), asyncio.Event()
+
+    @tool(name="slow", risk="read")
+    async def slow(args: Slow, ctx: CallContext) -> Slow:
+        started.set()
+        await release.wait()
+        return Slow(n=args.n + 1)
+
+    config = ToolHostConfig(subjects=subjects, trusted_keys=frozenset({signer.public_key}))
+    host = await ToolHost(ToolRegistry([slow]), config, nc=nc).start()
+    in_flight = asyncio.ensure_future(
+        call(nc, subjects, "slow", {"n": 1}, mint(signer, tools=["slow"])))
+    async with asyncio.timeout(10):
+        await started.wait()
+        stopping = asyncio.ensure_future(host.stop())
+        await asyncio.sleep(0)  # let stop() begin: it now waits for the call
+        assert not stopping.done()
+        release.set()
+        await stopping
+        reply = await in_flight
+    assert reply.ok and reply.result == {"n": 2}
+    await host.stop()  # idempotent
+    with pytest.raises(RuntimeError, match="already stopped"):
+        await host.start()
+
+
+class Slow(BaseModel):
+    n: int
