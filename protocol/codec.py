@@ -68,6 +68,8 @@ def decode(
         # Tell an unknown version apart from a schema mismatch: a v2 message may not fit v1.
         _raise_if_unknown_version(data)
         raise DecodeError(kind.__name__, str(exc)) from None
+    except RecursionError:  # msgspec's own guard, about 1000 levels down: far past ours
+        raise DecodeError(kind.__name__, f"payload nested deeper than {max_depth} levels") from None
     check_version(getattr(message, "protocol", PROTOCOL_VERSION))
     # Nesting can only exceed the limit if there are more brackets than the limit (C-speed count).
     brackets = data.count(b"{") + data.count(b"[")
@@ -79,7 +81,7 @@ def decode(
 def _raise_if_unknown_version(data: bytes) -> None:
     try:
         envelope = _envelope_decoder.decode(data)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return
     if envelope.protocol:
         check_version(envelope.protocol)

@@ -14,11 +14,10 @@ its workflow's chain. Tasks stuck in the work queue are handled in ``supervisor.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -188,8 +187,7 @@ class Supervisor(Component):
                 ack_wait=cfg.ack_wait, max_deliver=cfg.max_deliver,
                 max_ack_pending=cfg.concurrency * 4,
             ))
-            await self._consume(s.stream(stream), durable, functools.partial(self._guarded, handler),
-                                cfg.concurrency)
+            await self._consume(s.stream(stream), durable, handler, cfg.concurrency)
         self._timers.start()
         self._stuck.start(cfg.stuck_check_s)
         assert self._service is not None
@@ -207,16 +205,6 @@ class Supervisor(Component):
 
     # intake -----------------------------------------------------------------------------------
 
-    async def _guarded(self, handler: Callable[[Msg], Coroutine[Any, Any, None]], msg: Msg) -> None:
-        try:
-            await handler(msg)
-        except Exception:
-            log.exception("supervisor.handler_failed", subject=msg.subject)
-            try:
-                await msg.nak(delay=1.0)
-            except Exception:
-                log.warning("supervisor.nak_failed", subject=msg.subject)
-
     async def _on_submit(self, msg: Msg) -> None:
         self.counts["submitted"] += 1
         try:
@@ -230,10 +218,15 @@ class Supervisor(Component):
             await self.dead_letter(msg, DeadLetterKind.SUBMIT, ErrorCode.INVALID_INPUT,
                                    exc.message, None, claimed=req.id)
             return
-        wf = await self._catalog.latest(req.workflow)
-        if wf is None:
+        try:
+            check_token("workflow", req.workflow)
+            wf = await self._catalog.latest(req.workflow)
+        except ConfigError as exc:  # not a name, or a definition the policy refuses
+            wf, reason = None, exc.message
+        else:
             reason = (f"unknown workflow {req.workflow!r} (known: "
                       f"{', '.join(self._catalog.names())})")
+        if wf is None:
             existing, _ = await self._load(req.id, fresh=True)
             if existing is None:  # tell the waiting submitter, unless the id has an outcome
                 await self._refused_outcome(req, reason)

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import InvalidKeyError, NotFoundError
 
 from switchyard.protocol import codec
 from switchyard.protocol.audit import Verification, verify_chain
@@ -273,7 +273,10 @@ class SwitchyardClient:
         output: dict[str, Any] | None = None, note: str = "",
     ) -> Decision:
         index = EscalationIndex(await open_bucket(self.js, self.s.bucket(Bucket.ESCALATIONS)))
-        esc = await index.get(escalation_id)
+        try:
+            esc = await index.get(escalation_id)
+        except InvalidKeyError:  # not even a possible id
+            esc = None
         if esc is None:
             raise LookupError(f"no open escalation {escalation_id!r}")
         decision = Decision(escalation_id=esc.id, workflow_id=esc.workflow_id, action=action,

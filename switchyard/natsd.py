@@ -30,8 +30,11 @@ class _State(enum.Enum):
 
 
 def _die_with_parent() -> None:
-    """In the child, before exec: on Linux, get SIGTERM when the parent dies, so a server started
-    by a process that was killed outright does not linger holding its port and data."""
+    """In the child, before exec: a process group of its own, so a terminal's Ctrl-C (sent to the
+    whole foreground group) does not stop the server before the processes that must drain on it
+    (its owner stops it last); and on Linux, SIGTERM when the parent dies, so a server started by
+    a process that was killed outright does not linger holding its port and data."""
+    os.setpgrp()
     if sys.platform == "linux":
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG

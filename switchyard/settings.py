@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -53,7 +54,8 @@ class Settings(BaseSettings):
     max_deliver: int = Field(default=5, ge=1)
     workflows: str = ""
     nats_sync: Literal["always", "default"] = "always"
-    log_level: str = "info"
+    log_level: Literal["debug", "info", "warning", "error", "critical",
+                       "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "info"
     metrics_port: int = Field(default=0, ge=0, le=65535)
     policy: str = "support"
     nkey_file: Path | None = None
@@ -68,6 +70,15 @@ class Settings(BaseSettings):
 
     def fault_plan(self) -> FaultPlan:
         return FaultPlan.parse(self.faults, name=self.fault_name, run=self.fault_run)
+
+    @field_validator("nats_url")
+    @classmethod
+    def _url_is_a_nats_url(cls, value: str) -> str:
+        for url in value.split(","):
+            parsed = urlparse(url.strip())
+            if parsed.scheme not in ("nats", "tls", "ws", "wss") or not parsed.hostname:
+                raise ValueError(f"{url.strip()!r} is not a NATS URL (nats://host:port)")
+        return value
 
     @field_validator("prefix")
     @classmethod

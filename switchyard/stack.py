@@ -185,9 +185,12 @@ class LocalStack:
             env["SWITCHYARD_NKEY_FILE"] = str(self.creds.seed_file(self._identity.get(name, name)))
         log = open(self.log_dir / f"{name}.log", "ab")
         self._logs.append(log)
+        # a session of its own: a terminal's Ctrl-C reaches `up` alone, which then stops each
+        # process once (a second signal would skip its drain); a dead parent is noticed anyway
         self.procs[name] = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "switchyard", *args,
             stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+            start_new_session=True,
         )
 
     async def _wait_ready(self, nc: Client, timeout: float) -> None:

@@ -40,3 +40,13 @@ def test_cli_bad_settings_are_named_not_a_traceback() -> None:
         res = subprocess.run([CLI, "status"], capture_output=True, text=True, timeout=60, env=env)
         assert res.returncode == 2, res.stderr
         assert said in res.stderr and "Traceback" not in res.stderr
+
+
+def test_cli_workflow_put_checks_the_workflow_against_the_policy(tmp_path: Path) -> None:
+    greedy = tmp_path / "greedy.yaml"
+    greedy.write_text("name: greedy\nsteps: [{name: s, role: kbuser, tools: [kb_search]}]\n")
+    env = {**os.environ, "NATS_URL": "nats://127.0.0.1:1"}  # refused before touching the bus
+    res = subprocess.run([CLI, "workflow", "put", str(greedy)], capture_output=True, text=True,
+                         timeout=60, env=env)
+    assert res.returncode == 1, res.stderr
+    assert "asks for more than the policy allows" in res.stderr and "Traceback" not in res.stderr

@@ -9,6 +9,7 @@ code, recorded as an audit event on ``<prefix>.event.<workflow>`` and copied to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
@@ -142,6 +143,11 @@ class ToolHost(Component):
     async def _serve_in_slot(self, t: Tool, req: Request) -> None:
         try:
             await self._serve(t, req)
+        except Exception:  # a bug: logged with its traceback, answered with a stable code
+            log.exception("toolhost.call_failed", tool=t.name)
+            with contextlib.suppress(Exception):
+                await req.respond(codec.encode(_failure(ErrorCode.INTERNAL,
+                                                        f"tool host failed serving {t.name}")))
         finally:
             self._slots.release()
 

@@ -156,7 +156,16 @@ class Component:
         self, stream: str, durable: str, handler: Callable[[Msg], Coroutine[Any, Any, None]],
         capacity: int,
     ) -> PullConsumer:
-        consumer = await PullConsumer(self.nc, stream, durable, handler, capacity=capacity).start()
+        async def guarded(msg: Msg) -> None:
+            # the loop boundary: a handler that raises is a bug, logged with its traceback; the
+            # message is kept (nak with a delay) and the process keeps serving
+            try:
+                await handler(msg)
+            except Exception:
+                log.exception(f"{self._kind}.handler_failed", name=self._name, subject=msg.subject)
+                await self._bounded(msg.nak(delay=1.0), "nak")
+
+        consumer = await PullConsumer(self.nc, stream, durable, guarded, capacity=capacity).start()
         self._consumers.append(consumer)
         return consumer
 

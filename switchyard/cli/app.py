@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from switchyard.loop import run as run_on_loop
+from switchyard.protocol.errors import ConfigError
 from switchyard.settings import Settings
 
 if TYPE_CHECKING:
@@ -32,8 +33,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 app = typer.Typer(help="Switchyard: a governed team of AI agents on a NATS bus.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
-out = Console()
-err = Console(stderr=True)
+out = Console(emoji=False)  # ":smile:" in an id stays ":smile:"
+err = Console(stderr=True, emoji=False)
 SHUTDOWN_LIMIT_S = 15.0  # after a stop signal: time to drain before in-flight work is cancelled
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
 
@@ -112,6 +113,9 @@ def serve(settings: Settings, main: Callable[[asyncio.Event], Coroutine[Any, Any
         run_on_loop(runner(), uvloop=settings.uvloop)
     except asyncio.CancelledError:
         raise typer.Exit(130) from None
+    except ConfigError as exc:  # misuse found at start-up: a sentence, not a traceback
+        err.print(f"[red]{escape(exc.message)}[/]")
+        raise typer.Exit(2) from None
 
 
 async def _orphan_watch(stop: asyncio.Event, parent: int | None) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from switchyard.cli.app import JsonOpt, app, client, dump, err, load_settings, once, out
@@ -41,7 +42,7 @@ def nats_config(
         pol = load_policy(policy or settings.policy)
         workflows = settings.load_workflows()
     except ConfigError as exc:
-        err.print(f"[red]{exc}[/]")
+        err.print(f"[red]{escape(str(exc))}[/]")
         raise typer.Exit(1) from None
     used, queues = authz.deployment_of(workflows.values())
     ids = authz.identities(pol, {*pol.roles, *used, *(role or [])}, settings.subjects, queues)
@@ -77,7 +78,7 @@ def policy_check(
         for wf in settings.load_workflows().values():
             pol.check_workflow(wf)
     except ConfigError as exc:
-        err.print(f"[red]{exc}[/]")
+        err.print(f"[red]{escape(str(exc))}[/]")
         raise typer.Exit(1) from None
     matrix = pol.matrix()
     if json_out:
@@ -109,11 +110,14 @@ def workflow_put(file: Path) -> None:
     from switchyard.supervisor.workflow import parse_workflow
 
     settings = load_settings()
-    text = file.read_text()
     try:
-        parse_workflow(text, str(file))  # before touching the bus
-    except ConfigError as exc:
-        err.print(f"[red]{exc}[/]")
+        text = file.read_text()
+        wf = parse_workflow(text, str(file))  # before touching the bus
+        policy = settings.load_policy()
+        if policy is not None:  # the supervisor would refuse it: say so now, not at submit
+            policy.check_workflow(wf)
+    except (ConfigError, OSError, UnicodeDecodeError) as exc:
+        err.print(f"[red]{escape(str(exc))}[/]")
         raise typer.Exit(1) from None
 
     async def main() -> str:

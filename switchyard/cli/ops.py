@@ -40,10 +40,10 @@ def trace(workflow_id: str, json_out: JsonOpt = False) -> None:
     try:
         events = once(main())
     except ConfigError as exc:
-        err.print(f"[red]{exc}[/]")
+        err.print(f"[red]{escape(str(exc))}[/]")
         raise typer.Exit(2) from None
     if not events:
-        err.print(f"[red]no events recorded for workflow {workflow_id!r}[/]")
+        err.print(f"[red]no events recorded for workflow {escape(repr(workflow_id))}[/]")
         raise typer.Exit(1)
     if json_out:
         dump([msgspec.to_builtins(e) for e in events])
@@ -117,7 +117,7 @@ def audit_verify(
     try:
         results = once(main())
     except ConfigError as exc:
-        err.print(f"[red]{exc}[/]")
+        err.print(f"[red]{escape(str(exc))}[/]")
         raise typer.Exit(2) from None
     if json_out:
         dump({wid: v.as_dict() for wid, v in results.items()})
@@ -176,7 +176,7 @@ def dlq_show(seq: int, json_out: JsonOpt = False) -> None:
     try:
         letter = once(main())
     except LookupError as exc:
-        err.print(f"[red]{exc}[/]")
+        err.print(f"[red]{escape(str(exc))}[/]")
         raise typer.Exit(1) from None
     body = body_view(letter.data)
     if json_out:
@@ -255,7 +255,7 @@ def dlq_replay(seqs: list[int]) -> None:
             out.print(f"replayed {seq}: stream sequence {result}")
         else:
             failed = True
-            err.print(f"[red]{result}[/]")
+            err.print(f"[red]{escape(result)}[/]")
     if failed:
         raise typer.Exit(1)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -55,21 +56,22 @@ def agent_run(target: Annotated[str, typer.Argument(
 ) -> None:
     """Run one agent process."""
     from switchyard.agents import Agent
+    from switchyard.protocol.errors import ConfigError
 
     load_settings()
     spec = BUILTIN_AGENTS.get(target, target)
     module_name, _, attr = spec.partition(":")
     if not attr:
-        err.print(f"[red]{target!r} is neither a built-in role nor module:attr[/]")
+        err.print(f"[red]{escape(repr(target))} is neither a built-in role nor module:attr[/]")
         raise typer.Exit(2)
     sys.path.insert(0, os.getcwd())
     try:
         agent = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        err.print(f"[red]cannot load {spec}: {exc}[/]")
+    except (ImportError, AttributeError, ConfigError) as exc:
+        err.print(f"[red]cannot load {escape(spec)}: {escape(str(exc))}[/]")
         raise typer.Exit(2) from None
     if not isinstance(agent, Agent):
-        err.print(f"[red]{spec} is a {type(agent).__name__}, not a switchyard.agents.Agent[/]")
+        err.print(f"[red]{escape(spec)} is a {type(agent).__name__}, not a switchyard.agents.Agent[/]")
         raise typer.Exit(2)
     run_agent(agent)
 
@@ -142,7 +144,7 @@ def up(secure: SecureOpt = False) -> None:
             with err.status("starting the stack…"):
                 await stack.start()
         except ConfigError as exc:
-            err.print(f"[red]{exc}[/]")
+            err.print(f"[red]{escape(str(exc))}[/]")
             raise typer.Exit(2) from None
         where = "embedded nats-server" if stack.nats else "existing NATS"
         out.print(f"[green]Switchyard is up[/] on {stack.url} ({where}); "

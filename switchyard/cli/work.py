@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import msgspec
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from switchyard.cli.app import JsonOpt, app, client, dump, err, load_settings, once, out
@@ -30,7 +31,7 @@ def submit(
     3 waiting for a person, 4 timed out."""
 
     if (text is None) == (file is None):
-        err.print("[red]give the ticket text or --file, not both[/]")
+        err.print("[red]give the ticket text or --file (one of them)[/]")
         raise typer.Exit(2)
     payload: dict[str, Any] = json.loads(file.read_text()) if file else {"text": text}
     if email:
@@ -77,7 +78,8 @@ def review(
         dump([msgspec.to_builtins(e) for e in pending])
         return
     table = Table(title=f"{len(pending)} escalation(s) waiting")
-    for col in ("id", "queue", "step", "kind", "reason", "confidence"):
+    table.add_column("id", overflow="fold")  # whole, to copy into `review approve ID`
+    for col in ("queue", "step", "kind", "reason", "confidence"):
         table.add_column(col)
     for e in pending:
         conf = f"{e.confidence:.2f}" if e.confidence is not None else ""
@@ -99,7 +101,7 @@ def _decide(escalation_id: str, action: str, note: str, output: dict[str, Any] |
     try:
         once(main())
     except LookupError as exc:
-        err.print(f"[red]{exc}[/]")
+        err.print(f"[red]{escape(str(exc))}[/]")
         raise typer.Exit(1) from None
     out.print(f"{action} sent for {escalation_id}")
 

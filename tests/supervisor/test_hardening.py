@@ -192,3 +192,28 @@ async def test_hardening_tasks_nobody_serves_are_shown_and_dead_lettered_unless_
     assert not info.state.subjects  # removed from the work queue
     with pytest.raises(NotFoundError):
         await js.get_last_msg(subjects.stream("tasks"), subjects.task("nobody"))
+
+
+async def test_hardening_a_deeply_nested_or_unnamable_submission_is_refused_not_retried(
+    stack: Any, js: JetStreamContext, subjects: Subjects, watch: Callable[[str], Awaitable[Watch]],
+) -> None:
+    """100,000 levels of nesting used to escape the decoder as a RecursionError (the message was
+    retried for ever and never dead-lettered); a workflow name that is no token, or one the
+    policy refuses, used to fail in the catalogue the same way."""
+    _, client = stack
+    dlq = await watch(subjects.dlq("submit"))
+    deep = (b'{"id": "deep", "workflow": "flow", "submitted_at": 1, "input": {"d": '
+            + b"[" * 100_000 + b"]" * 100_000 + b"}}")
+    await js.publish(subjects.submit, deep, headers={MSG_ID: "deep"})
+    dead = await dlq.next()
+    assert dead.headers is not None and dead.headers[DLQ_CODE] == "decode_error"
+    assert "nested deeper than 32 levels" in dead.headers[DLQ_REASON]
+    for name in ("a b", "[bold]x", "x.y"):
+        wid = await client.submit(name, {"n": 1})
+        res = await client.wait(wid, timeout=10)
+        assert res.status == "failed" and "is not a valid subject token" in res.reason
+        assert (await dlq.next()).headers[DLQ_CODE] == "invalid_input"  # type: ignore[index]
+    with pytest.raises(LookupError):  # not even a possible escalation id: no traceback
+        await client.decide("", "approve", reviewer="r")
+    done = await client.wait(await client.submit("flow", {"n": 1}), timeout=10)
+    assert done.status == "completed"  # and the supervisor still serves
