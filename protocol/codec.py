@@ -16,6 +16,7 @@ from switchyard.protocol.messages import PROTOCOL_VERSION
 
 DEFAULT_MAX_BYTES = 256 * 1024
 DEFAULT_MAX_DEPTH = 32
+SCAN_ABOVE = 500  # bracket count above which the raw bytes are scanned for depth first
 SUPPORTED_MAJOR = PROTOCOL_VERSION.split(".", 1)[0]
 
 M = TypeVar("M", bound=msgspec.Struct)
@@ -59,6 +60,10 @@ def decode(
     """Decode ``data`` as ``kind``; raise ``ProtocolError`` on any problem."""
     if len(data) > max_bytes:
         raise MessageTooLargeError(len(data), max_bytes, kind.__name__)
+    # Far more brackets than any sane message nests: look before parsing, so the parser never
+    # recurses that deep (msgspec's own guard is a RecursionError, about 1000 levels down)
+    if data.count(b"[") + data.count(b"{") > SCAN_ABOVE and _nests_deeper(data, max_depth):
+        raise DecodeError(kind.__name__, f"payload nested deeper than {max_depth} levels")
     decoder = _decoders.get(kind)
     if decoder is None:
         decoder = _decoders[kind] = msgspec.json.Decoder(kind)
@@ -76,6 +81,29 @@ def decode(
     if brackets > max_depth and _deeper_than(msgspec.structs.astuple(message), max_depth):
         raise DecodeError(kind.__name__, f"payload nested deeper than {max_depth} levels")
     return message
+
+
+def _nests_deeper(data: bytes, limit: int) -> bool:
+    """Whether the raw JSON opens more than ``limit`` + 1 containers at once (strings skipped);
+    stops as soon as it does. The message object itself is the first level."""
+    depth, in_string, escaped = 0, False, False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > limit + 1:
+                return True
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return False
 
 
 def _raise_if_unknown_version(data: bytes) -> None:
