@@ -62,7 +62,7 @@ def decode(
         raise MessageTooLargeError(len(data), max_bytes, kind.__name__)
     # Far more brackets than any sane message nests: look before parsing, so the parser never
     # recurses that deep (msgspec's own guard is a RecursionError, about 1000 levels down)
-    if data.count(b"[") + data.count(b"{") > SCAN_ABOVE and _nests_deeper(data, max_depth):
+    if data.count(b"[") + data.count(b"{") > SCAN_ABOVE and nests_deeper(data, max_depth):
         raise DecodeError(kind.__name__, f"payload nested deeper than {max_depth} levels")
     decoder = _decoders.get(kind)
     if decoder is None:
@@ -83,7 +83,7 @@ def decode(
     return message
 
 
-def _nests_deeper(data: bytes, limit: int) -> bool:
+def nests_deeper(data: bytes, limit: int) -> bool:
     """Whether the raw JSON opens more than ``limit`` + 1 containers at once (strings skipped);
     stops as soon as it does. The message object itself is the first level."""
     depth, in_string, escaped = 0, False, False

@@ -15,6 +15,7 @@ from rich.tree import Tree
 
 from switchyard.cli.app import JsonOpt, app, client, dump, err, load_settings, once, out
 from switchyard.protocol.audit import Verification
+from switchyard.protocol.codec import nests_deeper
 from switchyard.protocol.errors import ConfigError
 from switchyard.protocol.events import EventType
 from switchyard.protocol.messages import Event
@@ -204,28 +205,14 @@ def body_view(data: bytes) -> dict[str, object]:
     except UnicodeDecodeError:
         return {**view, "body_encoding": "base64",
                 "body": base64.b64encode(data[:SHOWN_BYTES]).decode()}
-    if not view["truncated"] and data.count(b"[") + data.count(b"{") < 100_000:
+    if not view["truncated"] and not nests_deeper(data, SHOWN_DEPTH):  # looked at, not parsed
         try:
             doc = msgspec.json.decode(data)
-        except (msgspec.DecodeError, RecursionError):
+        except msgspec.DecodeError:
             doc = None
         else:
-            if not deeper_than(doc, SHOWN_DEPTH):
-                return {**view, "body_encoding": "json", "body": doc}
+            return {**view, "body_encoding": "json", "body": doc}
     return {**view, "body_encoding": "text", "body": text[:SHOWN_BYTES]}
-
-
-def deeper_than(value: object, limit: int) -> bool:
-    stack: list[tuple[object, int]] = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > limit:
-            return True
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item)
-    return False
 
 
 def printable(text: str) -> str:
