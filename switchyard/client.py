@@ -170,56 +170,50 @@ class SwitchyardClient:
         self, workflow_id: str, *, timeout: float = 60.0, stop_at_escalation: bool = True
     ) -> WaitResult:
         """Follow the workflow's events until it ends (or waits for a person). A submission that
-        never became a workflow (an unknown workflow name) has no events: its outcome says so."""
-        events = await self.js.subscribe(self.s.event(workflow_id), ordered_consumer=True)
-        outcomes = await self.js.subscribe(self.s.outcome(workflow_id), ordered_consumer=True)
-        watchers = {asyncio.ensure_future(self._follow_events(events, workflow_id,
-                                                              stop_at_escalation)),
-                    asyncio.ensure_future(self._follow_refusal(outcomes, workflow_id))}
+        never became a workflow (an unknown workflow name) has no events: while none arrive, its
+        outcome is looked at every half second, and it says so."""
+        sub = await self.js.subscribe(self.s.event(workflow_id), ordered_consumer=True)
+        seen_events = False
         try:
-            done, _ = await asyncio.wait(watchers, timeout=timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
-            return done.pop().result() if done else WaitResult("timeout", workflow_id)
+            async with asyncio.timeout(timeout):
+                while True:
+                    try:
+                        msg = await sub.next_msg(timeout=0.5)
+                    except TimeoutError:
+                        if not seen_events and (refused := await self._refusal(workflow_id)):
+                            return refused
+                        continue
+                    seen_events = True
+                    try:
+                        entries = codec.decode(msg.data, Event).entries
+                    except ProtocolError:
+                        continue
+                    for entry in entries:
+                        if entry.type in FINAL_EVENTS:
+                            return WaitResult(
+                                entry.type.split(".", 1)[1],  # type: ignore[arg-type]
+                                workflow_id, await self.outcome(workflow_id),
+                                str(entry.data.get("reason", "")))
+                        if entry.type == EventType.ESCALATED and stop_at_escalation:
+                            return WaitResult(
+                                "escalated", workflow_id, reason=str(entry.data.get("reason", "")),
+                                escalation_id=str(entry.data.get("escalation_id", "")))
+        except TimeoutError:
+            return WaitResult("timeout", workflow_id)
         finally:
-            for watcher in watchers:
-                watcher.cancel()
-            await asyncio.gather(*watchers, return_exceptions=True)
-            for sub in (events, outcomes):
-                with contextlib.suppress(Exception):  # a closing connection drops them anyway
-                    await sub.unsubscribe()
+            with contextlib.suppress(Exception):  # a closing connection drops it anyway
+                await sub.unsubscribe()
 
-    async def _follow_events(
-        self, sub: Any, workflow_id: str, stop_at_escalation: bool,
-    ) -> WaitResult:
-        async for msg in sub.messages:
-            try:
-                entries = codec.decode(msg.data, Event).entries
-            except ProtocolError:
-                continue
-            for entry in entries:
-                if entry.type in FINAL_EVENTS:
-                    return WaitResult(entry.type.split(".", 1)[1],  # type: ignore[arg-type]
-                                      workflow_id, await self.outcome(workflow_id),
-                                      str(entry.data.get("reason", "")))
-                if entry.type == EventType.ESCALATED and stop_at_escalation:
-                    return WaitResult("escalated", workflow_id,
-                                      reason=str(entry.data.get("reason", "")),
-                                      escalation_id=str(entry.data.get("escalation_id", "")))
-        raise asyncio.CancelledError  # the subscription ended
-
-    async def _follow_refusal(self, sub: Any, workflow_id: str) -> WaitResult:
-        """The outcome of a submission that never became a workflow. A workflow that ran ends
-        with its final record, which follows its outcome: ``_follow_events`` answers for it."""
-        async for msg in sub.messages:
-            try:
-                outcome = codec.decode(msg.data, Outcome)
-            except ProtocolError:
-                continue
-            try:
-                await self.js.get_last_msg(self.s.stream(Stream.EVENTS), self.s.event(workflow_id))
-            except NotFoundError:
-                return WaitResult(outcome.status, workflow_id, outcome, outcome.reason)
-        raise asyncio.CancelledError
+    async def _refusal(self, workflow_id: str) -> WaitResult | None:
+        """The outcome of a submission that never became a workflow, if there is one."""
+        outcome = await self.outcome(workflow_id)
+        if outcome is None:
+            return None
+        try:  # a workflow that ran ends with its final record, which follows its outcome
+            await self.js.get_last_msg(self.s.stream(Stream.EVENTS), self.s.event(workflow_id))
+        except NotFoundError:
+            return WaitResult(outcome.status, workflow_id, outcome, outcome.reason)
+        return None
 
     async def records(
         self, workflow_id: str | None, *, timeout: float = 10.0,
