@@ -145,7 +145,13 @@ async def _orphan_watch(stop: asyncio.Event, parent: int | None) -> None:
 
 
 def once(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
+    """Run a one-shot command's coroutine; misuse (an id that is no token, a bad name) ends it
+    with the sentence and exit 2, for every command alike."""
+    try:
+        return asyncio.run(coro)
+    except ConfigError as exc:
+        err.print(f"[red]{escape(exc.message)}[/]")
+        raise typer.Exit(2) from None
 
 
 @contextlib.asynccontextmanager

@@ -16,7 +16,6 @@ from rich.tree import Tree
 from switchyard.cli.app import JsonOpt, app, client, dump, err, load_settings, once, out
 from switchyard.protocol.audit import Verification
 from switchyard.protocol.codec import nests_deeper
-from switchyard.protocol.errors import ConfigError
 from switchyard.protocol.events import EventType
 from switchyard.protocol.messages import Event
 
@@ -38,11 +37,7 @@ def trace(workflow_id: str, json_out: JsonOpt = False) -> None:
         async with client(settings) as bus:
             return await bus.events(workflow_id)
 
-    try:
-        events = once(main())
-    except ConfigError as exc:
-        err.print(f"[red]{escape(str(exc))}[/]")
-        raise typer.Exit(2) from None
+    events = once(main())
     if not events:
         err.print(f"[red]no events recorded for workflow {escape(repr(workflow_id))}[/]")
         raise typer.Exit(1)
@@ -115,11 +110,7 @@ def audit_verify(
         async with client(settings) as bus:
             return {wid or UNATTRIBUTED: await bus.verify(wid) for wid in names}
 
-    try:
-        results = once(main())
-    except ConfigError as exc:
-        err.print(f"[red]{escape(str(exc))}[/]")
-        raise typer.Exit(2) from None
+    results = once(main())
     if json_out:
         dump({wid: v.as_dict() for wid, v in results.items()})
     for wid, v in results.items():
