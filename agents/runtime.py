@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
+import msgspec
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -55,9 +56,9 @@ from switchyard.protocol.errors import (
     ProtocolError,
     ToolError,
 )
-from switchyard.protocol.headers import MSG_ID, PROTOCOL, TRACEPARENT
-from switchyard.protocol.messages import PROTOCOL_VERSION, ErrorInfo, Result, Task
-from switchyard.protocol.subjects import DeadLetterKind, Stream, check_token
+from switchyard.protocol.headers import TRACEPARENT
+from switchyard.protocol.messages import ErrorInfo, Result, Task
+from switchyard.protocol.subjects import DeadLetterKind, JournalKind, Stream, check_token
 from switchyard.tools.breaker import Breakers
 from switchyard.tools.contract import validation_message
 from switchyard.tools.trust import resolve_trusted_keys
@@ -406,13 +407,17 @@ class Agent(Component):
             task, self.role, status, output, confidence, reason, error,
             self._config.instance, ctx, started,
         )
-        headers = {MSG_ID: f"{task.id}:result", PROTOCOL: PROTOCOL_VERSION}
+        headers: dict[str, str] = {}
         if msg.headers and TRACEPARENT in msg.headers:
             headers[TRACEPARENT] = msg.headers[TRACEPARENT]
         try:
-            await self.publisher.publish(
-                self._config.subjects.result(self.role), codec.encode(result), headers
-            )
+            # on the workflow's journal, after the record the task came from (or after whatever
+            # came since: the supervisor's fold decides what a late result means)
+            await self.journal.append(
+                task.workflow_id, JournalKind.RESULT,
+                lambda after, prev: msgspec.structs.replace(result, after=after, prev=prev),
+                after=task.after, prev=task.prev, role=self.role, msg_id=f"{task.id}:result",
+                headers=headers)
         except Exception:
             log.exception("agent.result_publish_failed", task_id=task.id)
             with contextlib.suppress(Exception):

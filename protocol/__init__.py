@@ -36,7 +36,7 @@ from switchyard.protocol.messages import (
     Usage,
     WorkflowRequest,
 )
-from switchyard.protocol.subjects import Subjects, result_subject, task_subject, tool_subject
+from switchyard.protocol.subjects import Subjects, task_subject, tool_subject
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -76,7 +76,6 @@ __all__ = [
     "WorkflowRequest",
     "decode",
     "encode",
-    "result_subject",
     "task_subject",
     "tool_subject",
 ]

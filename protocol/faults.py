@@ -10,8 +10,9 @@ asked for really fired. The draws are seeded by the seed, the process's name and
 points. Firing is I/O and lives in ``switchyard.protocol.bus.faults``.
 
 Points: ``agent.before_tool_call``, ``agent.after_tool_call`` (the tool ran, its reply is in hand),
-``agent.before_ack`` (the result is stored, the task not acked), ``supervisor.after_store`` (a
-transition is stored, nothing it implies is published yet), ``supervisor.before_ack``.
+``agent.before_ack`` (the result is on the journal, the task not acked), ``supervisor.after_fold``
+(a record is folded, nothing it implies is sent yet), ``supervisor.before_ack`` (all it implies
+is sent and stored, the record is not acknowledged).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from switchyard.protocol.errors import ConfigError
 
 POINTS = ("agent.before_tool_call", "agent.after_tool_call", "agent.before_ack",
-          "supervisor.after_store", "supervisor.before_ack")
+          "supervisor.after_fold", "supervisor.before_ack")
 
 
 @dataclass

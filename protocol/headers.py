@@ -8,6 +8,9 @@ import secrets
 
 MSG_ID = "Nats-Msg-Id"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+# the subject filter the expected sequence is checked over (NATS 2.11+): a journal's ``.>``
+EXPECTED_LAST_SUBJECT_SEQ_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
+TIMESTAMP = "Nats-Time-Stamp"  # on a directly read message: when it was stored (RFC 3339, ns)
 MSG_TTL = "Nats-TTL"
 PROTOCOL = "Sy-Protocol"
 TRACEPARENT = "traceparent"

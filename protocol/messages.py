@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import msgspec
 
-PROTOCOL_VERSION = "1.0"
+PROTOCOL_VERSION = "2.0"
 
 JSONObject = dict[str, Any]
 
@@ -20,8 +20,19 @@ class _Message(msgspec.Struct, kw_only=True, omit_defaults=False, forbid_unknown
     protocol: str = PROTOCOL_VERSION
 
 
+class _Linked(_Message, kw_only=True):
+    """A journal record after the first: ``after`` is the stream sequence of the record it
+    follows on its workflow's journal and ``prev`` the SHA-256 (hex) of that record's stored
+    bytes. The writer appends with ``Nats-Expected-Last-Subject-Sequence: <after>`` over the
+    journal's subjects, so JetStream refuses an append that would not follow ``after``."""
+
+    after: int = 0
+    prev: str = ""
+
+
 class WorkflowRequest(_Message, kw_only=True):
-    """A client asks for one run of a workflow. ``id`` becomes the workflow id."""
+    """A client asks for one run of a workflow: the first record of its journal, appended with
+    expected sequence 0, so an id can be started only once. ``id`` becomes the workflow id."""
 
     id: str
     workflow: str
@@ -43,6 +54,9 @@ class Task(_Message, kw_only=True):
     context: JSONObject = {}
     grant: str = ""
     deadline: float = 0.0
+    # where the result goes on the journal: the point it extends (copy both into the Result)
+    after: int = 0
+    prev: str = ""
 
 
 class Usage(msgspec.Struct, kw_only=True):
@@ -61,7 +75,7 @@ class ErrorInfo(msgspec.Struct, kw_only=True):
 ResultStatus = Literal["ok", "error", "needs_human"]
 
 
-class Result(_Message, kw_only=True):
+class Result(_Linked, kw_only=True):
     """An agent's answer to one task."""
 
     task_id: str
@@ -115,12 +129,15 @@ class Escalation(_Message, kw_only=True):
     created_at: float
     deadline: float
     queue: str = ""  # which people: "" is the default queue, else a named one
+    # the journal point the decision extends (as a task's: copy both into the Decision)
+    after: int = 0
+    prev: str = ""
 
 
 DecisionAction = Literal["approve", "reject", "edit"]
 
 
-class Decision(_Message, kw_only=True):
+class Decision(_Linked, kw_only=True):
     """A person's answer to an escalation. ``edit`` approves with ``output`` replacing the step's."""
 
     escalation_id: str
@@ -157,6 +174,34 @@ class Event(_Message, kw_only=True):
     prev: str = ""
 
 
+TimerKind = Literal["timeout", "retry", "human"]
+
+
+class TimerFired(_Linked, kw_only=True):
+    """The supervisor's record that a workflow's timer came due: a step's timeout, a retry's
+    backoff or a person's deadline, for the step and attempt it was set for."""
+
+    workflow_id: str
+    kind: TimerKind
+    step: str
+    attempt: int
+    round: int = 0  # for a person's deadline: which escalation round it was set for
+
+
+NoticeKind = Literal["task_dead_lettered"]
+
+
+class Notice(_Linked, kw_only=True):
+    """The supervisor's record of something that reached the workflow by no message of its own:
+    a task the bus gave up on (delivered ``max_deliver`` times, never acknowledged)."""
+
+    workflow_id: str
+    kind: NoticeKind
+    reason: str
+    step: str = ""
+    attempt: int = 0
+
+
 OutcomeStatus = Literal["completed", "rejected", "failed"]
 
 
@@ -181,6 +226,10 @@ class Outcome(_Message, kw_only=True):
     escalations: int = 0
     started_at: float
     finished_at: float
+    # the journal at the end: its last record's sequence and digest, and the definition it ran
+    journal_seq: int = 0
+    journal_head: str = ""
+    definition: str = ""
 
 
 MESSAGE_TYPES: tuple[type[msgspec.Struct], ...] = (
@@ -191,6 +240,8 @@ MESSAGE_TYPES: tuple[type[msgspec.Struct], ...] = (
     ToolResult,
     Escalation,
     Decision,
+    TimerFired,
+    Notice,
     Event,
     Outcome,
 )

@@ -14,6 +14,8 @@ from switchyard.protocol.headers import (
     DLQ_SOURCE,
     DLQ_STREAM_SEQ,
     DLQ_SUBJECT,
+    EXPECTED_LAST_SUBJECT_SEQ,
+    EXPECTED_LAST_SUBJECT_SEQ_SUBJECT,
     MSG_ID,
     PROTOCOL,
     TRACEPARENT,
@@ -24,9 +26,11 @@ from switchyard.protocol.messages import (
     Decision,
     Escalation,
     Event,
+    Notice,
     Outcome,
     Result,
     Task,
+    TimerFired,
     ToolCall,
     ToolResult,
     WorkflowRequest,
@@ -59,14 +63,25 @@ def _channel(address: str, message: str, description: str, **params: str) -> dic
     return channel
 
 
+_LINK = ("Append with Nats-Expected-Last-Subject-Sequence set to 'after' and "
+         "Nats-Expected-Last-Subject-Sequence-Subject set to '{p}.journal.<workflow id>.>'; when "
+         "the server answers 'wrong last sequence' (10071), read the journal's last record "
+         "(direct get, last by subject) and append after it (its sequence and the SHA-256 of "
+         "its bytes).")
+
+
 def asyncapi(subjects: Subjects | None = None) -> dict[str, Any]:
     """AsyncAPI 3.0 document listing every subject, its message and who sends it."""
     s = subjects or Subjects()
     p = s.prefix
     channels = {
         "submit": _channel(
-            s.submit, WorkflowRequest.__name__,
-            f"JetStream {s.stream('workflows')}. Set {MSG_ID} to the request id (deduplicated).",
+            f"{p}.journal.{{workflow_id}}.submit", WorkflowRequest.__name__,
+            f"JetStream {s.stream('journal')}: the first record of the workflow's journal. "
+            f"Append with {EXPECTED_LAST_SUBJECT_SEQ} '0' and {EXPECTED_LAST_SUBJECT_SEQ_SUBJECT} "
+            f"'{p}.journal.{{workflow_id}}.>', so an id begins once; {MSG_ID} "
+            "'<workflow id>:submit'.",
+            workflow_id="workflow id (the request id)",
         ),
         "outcome": _channel(
             f"{p}.workflow.outcome.{{workflow_id}}", Outcome.__name__,
@@ -80,9 +95,11 @@ def asyncapi(subjects: Subjects | None = None) -> dict[str, Any]:
             role="agent role",
         ),
         "result": _channel(
-            f"{p}.result.{{role}}", Result.__name__,
-            f"JetStream {s.stream('results')}. Set {MSG_ID} to '<task id>:result'.",
-            role="agent role",
+            f"{p}.journal.{{workflow_id}}.result.{{role}}", Result.__name__,
+            f"JetStream {s.stream('journal')}: an agent's result, a record of the workflow's "
+            "journal. Copy the task's 'after' and 'prev' into it. " + _LINK.format(p=p)
+            + f" {MSG_ID} '<task id>:result'.",
+            workflow_id="workflow id", role="agent role",
         ),
         "tool": _channel(
             f"{p}.tool.{{tool}}.{{caller}}", ToolCall.__name__,
@@ -94,16 +111,30 @@ def asyncapi(subjects: Subjects | None = None) -> dict[str, Any]:
             s.human_queue, Escalation.__name__,
             f"JetStream {s.stream('human')} (work queue); reviewers pull and ack.",
         ),
-        "humanDecision": _channel(
-            s.human_decision, Decision.__name__,
-            f"JetStream {s.stream('human')}. Set {MSG_ID} to '<escalation id>:decision' (the "
-            "escalation itself is stored under its id on the same stream).",
+        "decision": _channel(
+            f"{p}.journal.{{workflow_id}}.decision", Decision.__name__,
+            f"JetStream {s.stream('journal')}: a person's decision, a journal record. Copy the "
+            "escalation's 'after' and 'prev' into it. " + _LINK.format(p=p)
+            + f" {MSG_ID} '<escalation id>:decision'.",
+            workflow_id="workflow id",
+        ),
+        "timer": _channel(
+            f"{p}.journal.{{workflow_id}}.timer", TimerFired.__name__,
+            f"JetStream {s.stream('journal')}: the supervisor's record that a timer came due, "
+            "appended only after the record it names (never retried at the tail).",
+            workflow_id="workflow id",
+        ),
+        "notice": _channel(
+            f"{p}.journal.{{workflow_id}}.notice", Notice.__name__,
+            f"JetStream {s.stream('journal')}: the supervisor's record that the bus gave up on "
+            "a task (delivered max_deliver times, never acknowledged).",
+            workflow_id="workflow id",
         ),
         "event": _channel(
             f"{p}.event.{{workflow_id}}", Event.__name__,
-            f"JetStream {s.stream('events')}: the audit trail, one hash chain per workflow: each "
-            "record's prev is the SHA-256 of the stored record before it; append with "
-            "Nats-Expected-Last-Subject-Sequence.",
+            f"JetStream {s.stream('events')}: beside the journal, the records of tool calls (and "
+            "of dead letters) of one workflow, one hash chain: each record's prev is the SHA-256 "
+            "of the stored record before it; append with Nats-Expected-Last-Subject-Sequence.",
             workflow_id="workflow id",
         ),
         "unattributed": _channel(
@@ -134,20 +165,23 @@ def asyncapi(subjects: Subjects | None = None) -> dict[str, Any]:
     operations = {
         "submitWorkflow": op("send", "submit", "a client submits a workflow run"),
         "receiveTask": op("receive", "task", "an agent takes a task for its role"),
-        "sendResult": op("send", "result", "an agent publishes its result"),
+        "sendResult": op("send", "result", "an agent appends its result to the journal"),
         "callTool": op("send", "tool", "an agent calls a tool under its task's grant"),
         "receiveEscalation": op("receive", "humanQueue", "a reviewer claims an escalation"),
-        "sendDecision": op("send", "humanDecision", "a reviewer decides"),
+        "sendDecision": op("send", "decision", "a reviewer appends a decision to the journal"),
+        "appendTimer": op("send", "timer", "the supervisor records a timer that came due"),
+        "appendNotice": op("send", "notice", "the supervisor records a task the bus gave up on"),
+        "receiveJournal": op("receive", "submit", "the supervisor folds every journal record"),
         "receiveOutcome": op("receive", "outcome", "a submitter reads the outcome"),
         "receiveEvent": op("receive", "event", "an auditor reads state changes"),
-        "appendEvent": op("send", "event", "supervisor, tool hosts and agents append records "
+        "appendEvent": op("send", "event", "tool hosts and agents append records "
                           "(Nats-Expected-Last-Subject-Sequence: the subject's last sequence)"),
         "sendDeadLetter": op("send", "deadLetter", "a component copies an input it refused"),
     }
     headers = {
         "type": "object",
         "properties": {
-            PROTOCOL: {"type": "string", "description": "protocol version, e.g. 1.0"},
+            PROTOCOL: {"type": "string", "description": "protocol version, e.g. 2.0"},
             TRACEPARENT: {"type": "string", "description": "W3C trace context"},
             MSG_ID: {"type": "string", "description": "JetStream deduplication id"},
         },

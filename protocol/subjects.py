@@ -21,20 +21,24 @@ _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 class Stream(StrEnum):
     """The JetStream streams of a deployment, by short name (``Subjects.stream`` makes ``SY_TASKS``)."""
 
-    WORKFLOWS = "workflows"  # submissions (work queue)
+    JOURNAL = "journal"  # every input of every workflow, one hash-linked chain per workflow
     OUTCOMES = "outcomes"  # the final word per workflow
     TASKS = "tasks"  # work for agents (work queue)
-    RESULTS = "results"  # agents' answers
-    HUMAN = "human"  # escalations and decisions (work queue)
-    EVENTS = "events"  # the audit trail
+    HUMAN = "human"  # escalations waiting for people (work queue)
+    EVENTS = "events"  # what tool hosts and agents record beside the journal (tool calls)
     DLQ = "dlq"  # dead letters
     ADVISORIES = "advisories"  # the server's max-deliveries advisories for tasks
+
+
+# the streams of the protocol 1 layout: their presence means a data directory from before the
+# journal (``provision.check_layout`` says what to do)
+OLD_STREAMS = ("workflows", "results")
 
 
 class Bucket(StrEnum):
     """The key-value buckets, by short name (``Subjects.bucket`` makes ``sy_workflows``)."""
 
-    WORKFLOWS = "workflows"  # workflow state
+    WORKFLOWS = "workflows"  # snapshots of workflow state (caches of the journal's fold)
     ESCALATIONS = "escalations"  # what waits for a person
     WORKFLOW_DEFS = "workflow_defs"  # workflow definitions put on the bus
     TRUST = "trust"  # the supervisor's public key
@@ -44,10 +48,18 @@ class Bucket(StrEnum):
 class Durable(StrEnum):
     """The supervisor's durable consumers (an agent's durable is its role)."""
 
-    SUBMIT = "supervisor-submit"
-    RESULTS = "supervisor-results"
-    DECISIONS = "supervisor-decisions"
+    JOURNAL = "supervisor-journal"
     ADVISORIES = "supervisor-advisories"
+
+
+class JournalKind(StrEnum):
+    """What a journal record is: the token after the workflow id in its subject."""
+
+    SUBMIT = "submit"  # the client's WorkflowRequest: always the first record
+    RESULT = "result"  # an agent's Result, on ``...result.<role>``
+    DECISION = "decision"  # a person's Decision
+    TIMER = "timer"  # the supervisor's TimerFired
+    NOTICE = "notice"  # the supervisor's Notice (a task dead-lettered, an input refused)
 
 
 class DeadLetterKind(StrEnum):
@@ -58,6 +70,7 @@ class DeadLetterKind(StrEnum):
     TOOL = "tool"
     SUBMIT = "submit"
     DECISION = "decision"
+    JOURNAL = "journal"  # a journal record of no kind above (a timer, a notice, an unknown kind)
 
 
 TRUST_KEY = "supervisor"  # the key in bucket <prefix>_trust holding the trusted issuers
@@ -85,19 +98,46 @@ class Subjects:
                 "starting with a letter, at most 32 characters"
             )
 
-    # subjects
-    @property
-    def submit(self) -> str:
-        return f"{self.prefix}.workflow.submit"
+    # the journal: one chain of inputs per workflow, ``<prefix>.journal.<workflow id>.<kind>``
+    def journal(self, workflow_id: str) -> str:
+        """Every record of one workflow's journal (the filter its appends are checked against)."""
+        return f"{self.prefix}.journal.{check_token('workflow id', workflow_id)}.>"
+
+    def journal_record(self, workflow_id: str, kind: JournalKind, role: str = "") -> str:
+        """Where a record of ``kind`` is appended; a result names its role as the last token, so
+        the generated authorization lets each role write only its own results."""
+        base = f"{self.prefix}.journal.{check_token('workflow id', workflow_id)}.{kind}"
+        if kind == JournalKind.RESULT:
+            return f"{base}.{check_token('role', role)}"
+        return base
+
+    def submit(self, workflow_id: str) -> str:
+        return self.journal_record(workflow_id, JournalKind.SUBMIT)
+
+    def result(self, workflow_id: str, role: str) -> str:
+        return self.journal_record(workflow_id, JournalKind.RESULT, role)
+
+    def decision(self, workflow_id: str) -> str:
+        return self.journal_record(workflow_id, JournalKind.DECISION)
+
+    def parse_journal(self, subject: str) -> tuple[str, str, str] | None:
+        """``(workflow id, kind, role)`` of a journal subject, as written (not yet checked), or
+        None if it is not one."""
+        head = f"{self.prefix}.journal."
+        if not subject.startswith(head):
+            return None
+        parts = subject[len(head):].split(".")
+        if len(parts) == 2:
+            return parts[0], parts[1], ""
+        if len(parts) == 3:
+            return parts[0], parts[1], parts[2]
+        return None
 
     def outcome(self, workflow_id: str) -> str:
         return f"{self.prefix}.workflow.outcome.{workflow_id}"
 
     def task(self, role: str) -> str:
         return f"{self.prefix}.task.{check_token('role', role)}"
-
-    def result(self, role: str) -> str:
-        return f"{self.prefix}.result.{check_token('role', role)}"
 
     def agent_schema(self, role: str) -> str:
         """The micro endpoint where an agent of ``role`` answers with its input/output schemas."""
@@ -121,13 +161,9 @@ class Subjects:
     def human_queue(self) -> str:
         return f"{self.prefix}.human.queue"
 
-    @property
-    def human_decision(self) -> str:
-        return f"{self.prefix}.human.decision"
-
     def event(self, workflow_id: str) -> str:
-        """One workflow's audit chain. The id is checked, never rewritten: two ids can never
-        share a chain by "sanitising" alike."""
+        """One workflow's chain of tool-call records (beside its journal). The id is checked,
+        never rewritten: two ids can never share a chain by "sanitising" alike."""
         return f"{self.prefix}.event.{check_token('workflow id', workflow_id)}"
 
     @property
@@ -165,10 +201,6 @@ class Subjects:
 
 def task_subject(role: str, prefix: str = DEFAULT_PREFIX) -> str:
     return Subjects(prefix).task(role)
-
-
-def result_subject(role: str, prefix: str = DEFAULT_PREFIX) -> str:
-    return Subjects(prefix).result(role)
 
 
 def tool_subject(tool: str, caller: str, prefix: str = DEFAULT_PREFIX) -> str:

@@ -6,8 +6,10 @@ agent role. Every permission is an allow-list; each identity receives replies on
 inbox prefix (``_INBOX.<identity>.>``), pulls and acks only its own durable consumer, and may
 publish a tool call only on ``<prefix>.tool.<tool>.<its role>`` for the tools the policy gives its
 role, so the NATS server refuses what the supervisor would refuse, and a caller's role on a tool
-subject is vouched for by the server. Only the admin may delete or purge anything, and the events
-stream (the audit trail) denies both to everyone.
+subject is vouched for by the server. Journals are written the same way: an agent of role R may
+append only ``<prefix>.journal.*.result.R``, the console only submissions and decisions, the
+supervisor only timers and notices. Only the admin may delete or purge anything, and the journal
+and events streams (the audit trail) deny both to everyone.
 
 The permission sets were found by running the demo under the generated config and reading the
 server's log for violations (``tests/e2e/test_secure.py`` keeps it at zero), not by guessing.
@@ -19,15 +21,21 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from switchyard.protocol.subjects import Bucket, DeadLetterKind, Durable, Stream, Subjects
+from switchyard.protocol.subjects import (
+    Bucket,
+    DeadLetterKind,
+    Durable,
+    JournalKind,
+    Stream,
+    Subjects,
+)
 from switchyard.supervisor.policy import Policy
 from switchyard.supervisor.workflow import Workflow
 
 ADMIN, SUPERVISOR, TOOLHOST, CONSOLE = "admin", "supervisor", "toolhost", "console"
 # which stream each of the supervisor's durables reads
 SUPERVISOR_DURABLES: Mapping[Durable, Stream] = {
-    Durable.SUBMIT: Stream.WORKFLOWS, Durable.RESULTS: Stream.RESULTS,
-    Durable.DECISIONS: Stream.HUMAN, Durable.ADVISORIES: Stream.ADVISORIES,
+    Durable.JOURNAL: Stream.JOURNAL, Durable.ADVISORIES: Stream.ADVISORIES,
 }
 STREAMS = tuple(Stream)
 BUCKETS = tuple(Bucket)
@@ -89,6 +97,13 @@ class _Rules:
         sub = [f"{inbox_prefix(identity)}.>", "$SRV.*", "$SRV.*.>"]
         return pub, sub
 
+    def journal_append(self, kind: str) -> list[str]:
+        """Append records of one kind to any workflow's journal (``kind`` may end in a role),
+        and read a journal's last record when another append came first."""
+        journal = self.stream(Stream.JOURNAL)
+        return [f"{self.p}.journal.*.{kind}", f"$JS.API.DIRECT.GET.{journal}",
+                f"$JS.API.DIRECT.GET.{journal}.>"]
+
     def kv_read(self, bucket: str) -> list[str]:
         kv = self.kv(bucket)
         return [f"$JS.API.STREAM.MSG.GET.{kv}", f"$JS.API.DIRECT.GET.{kv}",
@@ -128,7 +143,8 @@ def identities(policy: Policy | None, roles: Iterable[str], s: Subjects,
 
     pub, sub = r.base(SUPERVISOR)
     pub += [s.all("task"), s.human_queue, f"{s.human_queue}.*", s.all("workflow.outcome"),
-            s.all("dlq")]
+            s.all("dlq"), *r.journal_append(JournalKind.TIMER),
+            *r.journal_append(JournalKind.NOTICE)]
     for durable, stream in SUPERVISOR_DURABLES.items():
         pub += r.durable(r.stream(stream), durable)
     # a stuck task (delivered too often, or on a subject no consumer serves): found, read,
@@ -147,7 +163,9 @@ def identities(policy: Policy | None, roles: Iterable[str], s: Subjects,
     out.append(Identity(TOOLHOST, tuple(pub), tuple(sub)))
 
     pub, sub = r.base(CONSOLE)
-    pub += [s.submit, s.human_decision, "$SRV.>", f"{p}.agent.*.schema", f"{p}.supervisor.status",
+    pub += [*r.journal_append(JournalKind.SUBMIT), *r.journal_append(JournalKind.DECISION),
+            *r.read_stream(r.stream(Stream.JOURNAL)), "$SRV.>", f"{p}.agent.*.schema",
+            f"{p}.supervisor.status",
             *(d for q in ("", *sorted(set(queues))) for d in r.durable(
                 r.stream(Stream.HUMAN), reviewers_durable(q))),
             *r.read_stream(r.stream(Stream.EVENTS)), f"$JS.API.CONSUMER.LIST.{r.stream(Stream.TASKS)}",
@@ -160,7 +178,8 @@ def identities(policy: Policy | None, roles: Iterable[str], s: Subjects,
         name = agent_identity(role)
         pub, sub = r.base(name)
         tools = policy.allowed(role) if policy is not None else []
-        pub += [s.result(role), s.dlq(DeadLetterKind.TASK), *r.durable(r.stream(Stream.TASKS), role),
+        pub += [*r.journal_append(f"{JournalKind.RESULT}.{role}"), s.dlq(DeadLetterKind.TASK),
+                *r.durable(r.stream(Stream.TASKS), role),
                 *r.kv_read(Bucket.TRUST), *(s.tool(t, role) for t in tools)]
         sub += [s.agent_schema(role)]  # its micro service's schema endpoint
         out.append(Identity(name, tuple(pub), tuple(sub)))

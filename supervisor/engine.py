@@ -1,9 +1,11 @@
 """The workflow engine: a pure function from (state, event) to (new state, effects).
 
-No I/O, no clock, no randomness: ``now`` comes with every event, so the same inputs always give the
-same outputs. The service stores the new state with one compare-and-set, then carries out the
-effects, whose message ids are deterministic (``<workflow>:<step>:<attempt>``) so a re-publish
-after a crash is deduplicated by JetStream.
+No I/O, no clock, no randomness: ``now`` comes with every event (the time its journal record was
+stored), so the same inputs always give the same outputs. The service folds a workflow's journal
+through ``transition`` and carries out the effects of each new input, whose message ids are
+deterministic (``<workflow>:<step>:<attempt>``): folding again after a crash re-sends what
+JetStream already has, and it is dropped. ``switchyard audit verify`` folds the journal once more
+and checks that it gives what was sent.
 """
 
 from __future__ import annotations
@@ -78,10 +80,14 @@ class WorkflowState(msgspec.Struct, kw_only=True):
     escalations: int = 0
     approved: dict[str, str] = {}  # call digest -> approver, carried in every later grant
     declined: list[str] = []
-    events: int = 0  # audit records written: one per transition
-    audit: list[Entry] = []  # the last transition's entries, re-sent if a crash lost them
     output: dict[str, Any] | None = None
     reason: str = ""
+    # the journal folded so far: the last record's sequence and digest, how many records
+    definition: str = ""  # the digest of the workflow definition the run started with
+    seq: int = 0
+    head: str = ""
+    inputs: int = 0
+    snapshot: bool = False  # a snapshot of this run was written (so its end is written too)
 
 
 # events in ------------------------------------------------------------------------------------
@@ -116,6 +122,7 @@ class TimerFired:
     kind: TimerKind
     step: str
     attempt: int
+    round: int = 0  # for a person's deadline: the escalation round it was set for
 
 
 EngineEvent = Submitted | ResultReceived | DecisionReceived | TimerFired | TaskDeadLettered
@@ -148,20 +155,11 @@ class CloseEscalation:
 
 
 @dataclass(frozen=True)
-class SendEvent:
-    """The transition's one audit record: all that happened in it, in order."""
-
-    msg_id: str
-    n: int
-    entries: list[Entry]
-
-
-@dataclass(frozen=True)
 class SendOutcome:
     outcome: Outcome
 
 
-Effect = SendTask | SendEscalation | CloseEscalation | SendEvent | SendOutcome
+Effect = SendTask | SendEscalation | CloseEscalation | SendOutcome
 
 
 @dataclass
@@ -170,6 +168,7 @@ class Transition:
     effects: list[Effect] = field(default_factory=list)
     changed: bool = False
     ignored: str = ""  # for an event that changed nothing: why (a stale attempt, a finished run)
+    entries: list[Entry] = field(default_factory=list)  # what happened, for traces and replay
 
 
 def task_id(workflow_id: str, step: str, attempt: int) -> str:
@@ -374,12 +373,13 @@ def outcome_of(s: WorkflowState, now: float) -> Outcome:
     return Outcome(
         workflow_id=s.id, workflow=s.workflow, status=s.status,  # type: ignore[arg-type]
         output=s.output, reason=s.reason, steps=steps, escalations=s.escalations,
-        started_at=s.created_at, finished_at=now,
+        started_at=s.created_at, finished_at=now, journal_seq=s.seq, journal_head=s.head,
+        definition=s.definition,
     )
 
 
 def transition(
-    wf: Workflow, state: WorkflowState | None, event: EngineEvent, now: float
+    wf: Workflow | None, state: WorkflowState | None, event: EngineEvent, now: float
 ) -> Transition:
     """Apply ``event``. An event that does not fit the state (a duplicate, a stale result, a
     timer already overtaken) changes nothing and sends nothing."""
@@ -388,9 +388,16 @@ def transition(
             return Transition(state, ignored=f"workflow {state.id} already exists "
                                              f"({state.status})")
         req = event.request
+        if wf is None:  # a workflow nobody defines: the run fails at once, with why
+            failed = WorkflowState(
+                id=req.id, workflow=req.workflow, status="failed", input=req.input,
+                created_at=now, updated_at=now, reason=f"unknown workflow {req.workflow!r}")
+            return Transition(failed, [SendOutcome(outcome_of(failed, now))], changed=True,
+                              entries=[Entry(type=EventType.WORKFLOW_FAILED,
+                                             data={"reason": failed.reason})])
         fresh = WorkflowState(
             id=req.id, workflow=wf.name, status="running", input=req.input,
-            created_at=now, updated_at=now,
+            created_at=now, updated_at=now, definition=wf.digest(),
         )
         run = _Run(wf, fresh, now)
         run.event(EventType.WORKFLOW_SUBMITTED, "", workflow=wf.name, version=wf.version)
@@ -400,6 +407,8 @@ def transition(
         return Transition(state, ignored="no such workflow")
     if state.status in TERMINAL:
         return Transition(state, ignored=f"the workflow has finished ({state.status})")
+    if wf is None:
+        return Transition(state, ignored=f"workflow {state.workflow!r} is not defined here")
     copy = msgspec.structs.replace(
         state, history=list(state.history), outputs=dict(state.outputs),
     )
@@ -418,17 +427,8 @@ def transition(
 
 
 def _done(run: _Run) -> Transition:
-    s = run.s
-    s.updated_at = run.now
-    if run.entries:  # the record goes last: whoever reads a final entry can read the outcome
-        s.events += 1
-        s.audit = run.entries
-        run.effects.append(_record(s))
-    return Transition(s, run.effects, changed=True)
-
-
-def _record(s: WorkflowState) -> SendEvent:
-    return SendEvent(f"{s.id}:ev:{s.events}", s.events, s.audit)
+    run.s.updated_at = run.now
+    return Transition(run.s, run.effects, changed=True, entries=run.entries)
 
 
 def _awaited(s: WorkflowState) -> str:
@@ -536,13 +536,15 @@ def _on_dead_letter(run: _Run, d: TaskDeadLettered) -> str | None:
 
 def _on_timer(run: _Run, t: TimerFired) -> str | None:
     s = run.s
+    # when it was due is the supervisor's word (its record says it fired); the state decides
+    # only whether it is still the timer that is set
     if t.kind != s.timer_kind or t.step != s.current or t.attempt != s.attempt:
         return "the timer was overtaken"
-    if s.timer_at > run.now:
-        return "the timer is not due yet"
     if t.kind == "human":
         pending = s.escalation
         assert pending is not None
+        if pending.round != t.round:
+            return "the timer was overtaken"
         s.escalation = None
         run.effects.append(CloseEscalation(pending.id))
         run.event(EventType.ESCALATION_EXPIRED, pending.step, escalation_id=pending.id)
@@ -579,15 +581,16 @@ def _on_timer(run: _Run, t: TimerFired) -> str | None:
     return None
 
 
-def due(wf: Workflow, state: WorkflowState, now: float) -> list[Effect]:
-    """What a stored state says must already be on the bus: re-sent after a restart (the ids are
-    deterministic, so JetStream drops what did arrive): the last transition's audit record, and
-    the task or escalation that is waiting."""
-    record: list[Effect] = [_record(state)] if state.audit else []
+def due(wf: Workflow | None, state: WorkflowState, now: float) -> list[Effect]:
+    """What a folded state says must already be on the bus: re-sent after a crash (the ids are
+    deterministic, so JetStream drops what did arrive): the outcome, or the task or escalation
+    that is waiting."""
     if state.status in TERMINAL:
-        return [SendOutcome(outcome_of(state, state.updated_at)), *record]
+        return [SendOutcome(outcome_of(state, state.updated_at))]
+    if wf is None:
+        return []
     if state.status == "running" and state.timer_kind == "timeout":
-        return [_Run(wf, state, now).task(wf.step(state.current), state.timer_at), *record]
+        return [_Run(wf, state, now).task(wf.step(state.current), state.timer_at)]
     if state.status == "waiting_human" and state.escalation is not None:
         p = state.escalation
         return [
@@ -600,6 +603,5 @@ def due(wf: Workflow, state: WorkflowState, now: float) -> list[Effect]:
                     created_at=state.updated_at, deadline=p.deadline, queue=p.queue,
                 )
             ),
-            *record,
         ]
-    return record
+    return []

@@ -1,14 +1,27 @@
-"""The supervisor process: takes submissions, results and decisions off the bus, runs them through
-the engine, stores each transition with compare-and-set, then publishes what it implies.
+"""The supervisor process: folds each workflow's journal and sends what the fold implies.
 
-A message is acked only after its transition is stored and its effects published. A redelivered
-message whose transition is already stored re-publishes what the state says is due (the message
-ids are deterministic, so JetStream drops duplicates): a crash between the store and the publishes
-loses nothing. Nothing vanishes without a trace: an input that cannot be read, names no known
-workflow or an id that is not a valid token is dead-lettered and recorded on the unattributed
-chain; one the engine ignores (a stale attempt, a finished workflow, a decision for an escalation
-the workflow does not hold, a second submission of an id) leaves an ``input.ignored`` record on
-its workflow's chain. Tasks stuck in the work queue are handled in ``supervisor.stuck``.
+Every input that moves a workflow is one record on its journal (``<prefix>.journal.<id>.>``):
+the submission, each result (written there by the agent), each decision, each timer that fired
+and each notice, in one total order per workflow. The supervisor keeps no state of its own that
+matters: a workflow's state is the engine folded over its journal (kept in memory, and in a
+snapshot when the run waits or ends), and its tasks, escalations and outcome are derived from
+the fold with deterministic ids. A record is acknowledged only after what it implies is sent, so
+a crash anywhere is repaired by folding again: what is re-sent is dropped by JetStream as a
+duplicate.
+
+Per step that is two stored messages, the task and its result. Any number of replicas may share
+the journal's durable consumer: a record tells which record it follows (the expected sequence it
+was appended under), so a replica whose fold is not at that record reads what it missed from
+the journal first. Timers (a step's timeout, a retry, a person's deadline) are in memory, set
+from every fold, and rebuilt on start and every ``timer_scan_s`` from what the bus holds: the
+tasks in the work queue and the snapshots of waiting runs. A timer that comes due is appended
+to the journal only if the journal is still where the fold that set it was, so a late result
+and a timeout cannot both take effect.
+
+Nothing vanishes without a trace: a record that cannot be read, is not linked to the one before
+it, or names another workflow is refused (dead-lettered, audited, and folded as changing
+nothing); one on a subject whose workflow id is not a valid token goes on the unattributed
+chain. Tasks stuck in the work queue are handled in ``supervisor.stuck``.
 """
 
 from __future__ import annotations
@@ -16,68 +29,70 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import weakref
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
-from nats.js.errors import BadRequestError
+from nats.js.errors import NotFoundError
 from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, ServiceConfig
 from prometheus_client import CollectorRegistry, Counter
 
-from switchyard.protocol import codec, grants
+from switchyard.protocol import codec, grants, journal
 from switchyard.protocol.bus.component import Component, ComponentConfig
-from switchyard.protocol.bus.provision import WRONG_LAST_SEQUENCE, open_bucket
+from switchyard.protocol.bus.journal import record_of_msg
+from switchyard.protocol.bus.provision import open_bucket
+from switchyard.protocol.bus.tasks import cancel_and_wait
 from switchyard.protocol.errors import ConfigError, ErrorCode, ProtocolError
-from switchyard.protocol.events import EventType
-from switchyard.protocol.headers import (
-    EXPECTED_LAST_SUBJECT_SEQ,
-    MSG_ID,
-    PROTOCOL,
-    TRACEPARENT,
-    traceparent_for,
-)
+from switchyard.protocol.headers import MSG_ID, PROTOCOL, TRACEPARENT, traceparent_for
+from switchyard.protocol.journal import Read, Record
 from switchyard.protocol.messages import (
     PROTOCOL_VERSION,
-    Decision,
-    Entry,
+    Notice,
     Outcome,
-    Result,
     Task,
-    WorkflowRequest,
+    TimerFired,
 )
-from switchyard.protocol.subjects import TRUST_KEY, Bucket, DeadLetterKind, Durable, Stream, check_token
+from switchyard.protocol.subjects import (
+    TRUST_KEY,
+    Bucket,
+    DeadLetterKind,
+    Durable,
+    JournalKind,
+    Stream,
+    check_token,
+)
 from switchyard.supervisor.catalog import WorkflowCatalog
 from switchyard.supervisor.engine import (
     TERMINAL,
     CloseEscalation,
-    DecisionReceived,
     Effect,
-    EngineEvent,
-    ResultReceived,
     SendEscalation,
-    SendEvent,
     SendOutcome,
     SendTask,
-    Submitted,
-    TimerFired,
     WorkflowState,
     due,
-    transition,
 )
 from switchyard.supervisor.escalation import EscalationIndex
+from switchyard.supervisor.journal import Folded, definition_for, fold
 from switchyard.supervisor.policy import Policy
-from switchyard.supervisor.store import RevisionConflict, WorkflowStore
+from switchyard.supervisor.store import SNAPSHOT_EVERY, Snapshots
 from switchyard.supervisor.stuck import StuckTasks
 from switchyard.supervisor.timers import Timers
 from switchyard.supervisor.workflow import Workflow
 
 log = structlog.get_logger("switchyard.supervisor")
+
+_DEAD_LETTER_KIND = {JournalKind.SUBMIT: DeadLetterKind.SUBMIT,
+                     JournalKind.RESULT: DeadLetterKind.RESULT,
+                     JournalKind.DECISION: DeadLetterKind.DECISION}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,18 +100,21 @@ class SupervisorConfig(ComponentConfig):
     seed: bytes
     workflows: dict[str, Workflow]
     name: str = "supervisor"
-    version: str = "0.1.0"
+    version: str = "0.2.0"
     concurrency: int = 64
     ack_wait: float = 30.0
     max_deliver: int = 10
     cache_size: int = 50_000
     policy: Policy | None = None  # without one, steps get the tools they declare
     grant_slack_s: float = 30.0
-    # a finished workflow's state stays this long, then the server removes it (its outcome and
-    # audit trail are kept by their streams' own limits)
+    # a finished run's snapshot stays this long, then the server removes it (its outcome and
+    # journal are kept by their streams' own limits)
     retention_s: float = 7 * 24 * 3600.0
     # how often the work queue is checked for tasks no consumer serves and no workflow awaits
     stuck_check_s: float = 30.0
+    # how often the timers are rebuilt from the bus (the work queue's tasks, the snapshots of
+    # waiting runs): what a replica that stopped had set is taken over within this long
+    timer_scan_s: float = 60.0
 
     def __post_init__(self) -> None:
         if not self.workflows:
@@ -117,32 +135,34 @@ class Supervisor(Component):
         super().__init__(config, nc=nc, metrics=metrics)
         self.config = config
         self.signer = grants.Signer(config.seed)
-        self._store: WorkflowStore | None = None
+        self._snapshots: Snapshots | None = None
         self._index: EscalationIndex | None = None
         self._catalog = WorkflowCatalog(config.workflows, policy=config.policy)
-        # The last state this replica stored, by workflow: saves a KV read per event. Every write
-        # is still a compare-and-set, so a stale entry only costs a conflict and a re-read.
-        self._cache: OrderedDict[str, tuple[WorkflowState, int]] = OrderedDict()
+        # each running workflow's fold, as this replica last saw it (a cache: a fold that is
+        # behind reads what it missed from the journal)
+        self._cache: OrderedDict[str, Folded] = OrderedDict()
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._timers = Timers(self._fire)
         self._stuck = StuckTasks(self)
+        self._scan: asyncio.Task[None] | None = None
         reg = self._metrics_registry
-        self._transitions = Counter(
-            "switchyard_supervisor_transitions", "Applied transitions", ["event"], registry=reg
+        self._folds = Counter(
+            "switchyard_supervisor_inputs", "Journal records folded", ["kind"], registry=reg
         )
         self._dead = Counter(
             "switchyard_supervisor_dead_letters", "Messages dead-lettered", ["kind"], registry=reg
         )
-        self.counts = {"submitted": 0, "results": 0, "decisions": 0, "dead_lettered": 0,
-                       "ignored": 0}
+        self.counts = {"submitted": 0, "results": 0, "decisions": 0, "timers": 0, "notices": 0,
+                       "dead_lettered": 0, "ignored": 0, "caught_up": 0}
 
     @property
     def _name(self) -> str:
         return self.config.name
 
     @property
-    def store(self) -> WorkflowStore:
-        assert self._store is not None, "supervisor not started"
-        return self._store
+    def snapshots(self) -> Snapshots:
+        assert self._snapshots is not None, "supervisor not started"
+        return self._snapshots
 
     @property
     def catalog(self) -> WorkflowCatalog:
@@ -152,9 +172,8 @@ class Supervisor(Component):
 
     async def _setup(self) -> None:
         cfg, s, js = self.config, self.config.subjects, self.js
-        self.audit.cache_size = cfg.cache_size
-        self._store = await WorkflowStore.open(js, s.bucket(Bucket.WORKFLOWS),
-                                               publisher=self.publisher)
+        bucket = s.bucket(Bucket.WORKFLOWS)
+        self._snapshots = Snapshots(await open_bucket(js, bucket), bucket, self.publisher)
         self._index = EscalationIndex(await open_bucket(js, s.bucket(Bucket.ESCALATIONS)))
         self._catalog = WorkflowCatalog(
             cfg.workflows, await open_bucket(js, s.bucket(Bucket.WORKFLOW_DEFS), history=5),
@@ -162,7 +181,6 @@ class Supervisor(Component):
         )
         trust = await open_bucket(js, s.bucket(Bucket.TRUST))
         await trust.put(TRUST_KEY, self.signer.public_key.encode())
-        await self._recover()
 
     def _service_config(self) -> ServiceConfig:
         cfg = self.config
@@ -176,142 +194,166 @@ class Supervisor(Component):
 
     async def _take_work(self) -> None:
         cfg, s, js = self.config, self.config.subjects, self.js
-        for stream, subject, durable, handler in (
-            (Stream.WORKFLOWS, s.submit, Durable.SUBMIT, self._on_submit),
-            (Stream.RESULTS, s.all("result"), Durable.RESULTS, self._on_result),
-            (Stream.HUMAN, s.human_decision, Durable.DECISIONS, self._on_decision),
-            (Stream.ADVISORIES, s.max_deliveries, Durable.ADVISORIES, self._stuck.on_max_deliveries),
+        for stream, subject, durable in (
+            (Stream.JOURNAL, s.all("journal"), Durable.JOURNAL),
+            (Stream.ADVISORIES, s.max_deliveries, Durable.ADVISORIES),
         ):
             await js.add_consumer(s.stream(stream), ConsumerConfig(
                 durable_name=durable, filter_subject=subject, ack_policy=AckPolicy.EXPLICIT,
                 ack_wait=cfg.ack_wait, max_deliver=cfg.max_deliver,
                 max_ack_pending=cfg.concurrency * 4,
             ))
+        await self.rearm_timers()
+        for stream, durable, handler in (
+            (Stream.JOURNAL, Durable.JOURNAL, self._on_record),
+            (Stream.ADVISORIES, Durable.ADVISORIES, self._stuck.on_max_deliveries),
+        ):
             await self._consume(s.stream(stream), durable, handler, cfg.concurrency)
         self._timers.start()
         self._stuck.start(cfg.stuck_check_s)
+        self._scan = asyncio.create_task(self._scan_loop(cfg.timer_scan_s))
         assert self._service is not None
         # an endpoint of its own, so $SRV.STATS carries the counters (they are per endpoint)
         await self._service.add_endpoint(EndpointConfig(
             name="status", subject=f"{s.prefix}.supervisor.status", handler=self._answer_status))
 
     async def _stop_taking_work(self) -> None:
+        await cancel_and_wait(self._scan)
         await self._timers.stop()
         await self._stuck.stop()
 
     async def _answer_status(self, req: Request) -> None:
+        running = sum(1 for f in self._cache.values()
+                      if f.state is not None and f.state.status not in TERMINAL)
         await req.respond(json.dumps({**self.counts, "cached": len(self._cache),
-                                      "timers": len(self._timers)}).encode())
+                                      "running": running, "timers": len(self._timers),
+                                      "journal_conflicts": self.journal.conflicts}).encode())
 
-    # intake -----------------------------------------------------------------------------------
+    # records in -------------------------------------------------------------------------------
 
-    async def _on_submit(self, msg: Msg) -> None:
-        self.counts["submitted"] += 1
+    def _lock(self, workflow_id: str) -> asyncio.Lock:
+        lock = self._locks.get(workflow_id)
+        if lock is None:
+            lock = self._locks[workflow_id] = asyncio.Lock()
+        return lock
+
+    async def _on_record(self, msg: Msg) -> None:
+        s = self.config.subjects
+        parsed = s.parse_journal(msg.subject)
+        workflow_id = parsed[0] if parsed else ""
         try:
-            req = codec.decode(msg.data, WorkflowRequest, max_bytes=self.config.max_bytes)
-        except ProtocolError as exc:
-            await self.dead_letter(msg, DeadLetterKind.SUBMIT, exc.code, exc.message, None)
+            check_token("workflow id", workflow_id)
+        except ConfigError as exc:  # a subject no workflow can own: the unattributed chain
+            await self.dead_letter(msg, DeadLetterKind.JOURNAL, ErrorCode.INVALID_INPUT,
+                                   exc.message, None, claimed=workflow_id)
             return
-        try:
-            check_token("workflow id", req.id)
-        except ConfigError as exc:  # no outcome either: it has no subject of its own
-            await self.dead_letter(msg, DeadLetterKind.SUBMIT, ErrorCode.INVALID_INPUT,
-                                   exc.message, None, claimed=req.id)
+        record = record_of_msg(msg)
+        # the lock is taken before anything is awaited, so one workflow's records are folded in
+        # the order they were delivered
+        async with self._lock(workflow_id):
+            await self._take(workflow_id, record, msg)
+
+    async def _take(self, workflow_id: str, record: Record, msg: Msg) -> None:
+        folded = self._cache.get(workflow_id)
+        if folded is not None and folded.seq >= record.seq:
+            # folded already (a catch-up read it first, or the ack was lost): make sure what the
+            # fold says is due is out, then let the record go
+            await self._execute(folded.state, due(await self._definition(folded.state),
+                                                  folded.state, time.time())
+                                if folded.state else [])
+            await msg.ack()
             return
-        try:
-            check_token("workflow", req.workflow)
-            wf = await self._catalog.latest(req.workflow)
-        except ConfigError as exc:  # not a name, or a definition the policy refuses
-            wf, reason = None, exc.message
-        else:
-            reason = (f"unknown workflow {req.workflow!r} (known: "
-                      f"{', '.join(self._catalog.names())})")
-        if wf is None:
-            existing, _ = await self._load(req.id, fresh=True)
-            if existing is None:  # tell the waiting submitter, unless the id has an outcome
-                await self._refused_outcome(req, reason)
-            await self.dead_letter(msg, DeadLetterKind.SUBMIT, ErrorCode.INVALID_INPUT, reason,
-                                   None, claimed=req.id)
+        folded = await self._before(workflow_id, folded, record)
+        read = journal.read(record, self.config.subjects, workflow_id, folded.seq, folded.head,
+                            max_bytes=self.config.max_bytes)
+        wf = await definition_for(folded, read, self._definitions)
+        after, t = fold(wf, folded, read)
+        self._count(read, t.ignored if not t.changed else "")
+        if not read.ok:
+            await self.dead_letter(msg, _DEAD_LETTER_KIND.get(read.kind, DeadLetterKind.JOURNAL),
+                                   read.code or ErrorCode.INVALID_INPUT, read.refused,
+                                   workflow_id, term=False)
+        self.faults.hit("supervisor.after_fold")
+        if after.state is not None and t.changed:
+            await self._execute(after.state, t.effects)
+            await self._keep(after.state)
+        self._remember(workflow_id, after)
+        self.faults.hit("supervisor.before_ack")
+        await msg.ack()
+
+    def _count(self, read: Read, ignored: str) -> None:
+        name = {JournalKind.SUBMIT: "submitted", JournalKind.RESULT: "results",
+                JournalKind.DECISION: "decisions", JournalKind.TIMER: "timers",
+                JournalKind.NOTICE: "notices"}.get(read.kind)
+        if name:
+            self.counts[name] += 1
+        self._folds.labels(read.kind or "unknown").inc()
+        if ignored and read.ok:
+            self.counts["ignored"] += 1
+            log.info("supervisor.input_ignored", kind=read.kind, seq=read.record.seq,
+                     reason=ignored)
+
+    async def _before(self, workflow_id: str, folded: Folded | None, record: Record) -> Folded:
+        """The fold up to the record before ``record``. The record says which one that is (the
+        sequence it was appended after, which the server checked): if the cached fold is there,
+        nothing is read; else the journal is read from the snapshot or the cached fold on."""
+        s = self.config.subjects
+        follows = (int(record.expected) if record.expected.isdigit()
+                   and record.expected_subject == s.journal(workflow_id) else None)
+        if folded is None and follows == 0:
+            return Folded(None)  # a new run: there is nothing before it
+        if folded is not None and follows == folded.seq:
+            return folded
+        return await self._catch_up(workflow_id, folded, before=record.seq)
+
+    async def _catch_up(self, workflow_id: str, folded: Folded | None, *, before: int | None) -> Folded:
+        """Fold the journal's records up to (not including) ``before``, from what is known."""
+        if folded is None:
+            snap = await self.snapshots.get(workflow_id)
+            folded = Folded(snap, snap.seq, snap.head) if snap is not None else Folded(None)
+        self.counts["caught_up"] += 1
+        async for record in self.journal.records(workflow_id, after=folded.seq, before=before):
+            read = journal.read(record, self.config.subjects, workflow_id, folded.seq,
+                                folded.head, max_bytes=self.config.max_bytes)
+            folded, _ = fold(await definition_for(folded, read, self._definitions), folded, read)
+        return folded
+
+    async def _definitions(self, name: str, new: bool) -> Workflow | None:
+        return await (self._catalog.latest(name) if new else self._catalog.running(name))
+
+    async def _definition(self, state: WorkflowState | None) -> Workflow | None:
+        return await self._catalog.running(state.workflow) if state is not None else None
+
+    def _remember(self, workflow_id: str, folded: Folded) -> None:
+        if folded.state is not None and folded.state.status in TERMINAL:
+            self._cache.pop(workflow_id, None)
             return
-        await self._apply(wf, req.id, Submitted(req), msg, kind=DeadLetterKind.SUBMIT)
-
-    async def _refused_outcome(self, req: WorkflowRequest, reason: str) -> None:
-        """A failed outcome for a submission that never became a workflow, written only if that
-        subject holds no outcome yet: a refused submission can never overwrite a real result."""
-        now = time.time()
-        outcome = Outcome(workflow_id=req.id, workflow=req.workflow, status="failed",
-                          reason=reason, started_at=now, finished_at=now)
-        try:
-            await self.publisher.publish(
-                self.config.subjects.outcome(req.id), codec.encode(outcome),
-                {MSG_ID: f"{req.id}:outcome", PROTOCOL: PROTOCOL_VERSION,
-                 EXPECTED_LAST_SUBJECT_SEQ: "0"})
-        except BadRequestError as exc:
-            if exc.err_code not in WRONG_LAST_SEQUENCE:
-                raise
-
-    async def _on_result(self, msg: Msg) -> None:
-        self.counts["results"] += 1
-        await self._on_update(msg, DeadLetterKind.RESULT, Result, ResultReceived)
-
-    async def _on_decision(self, msg: Msg) -> None:
-        self.counts["decisions"] += 1
-        await self._on_update(msg, DeadLetterKind.DECISION, Decision, DecisionReceived)
-
-    async def _on_update(
-        self, msg: Msg, kind: DeadLetterKind, message_type: type[Result] | type[Decision],
-        make_event: Callable[[Any], EngineEvent],
-    ) -> None:
-        """A message about a running workflow: decode it, find its workflow, apply it."""
-        try:
-            message = codec.decode(msg.data, message_type, max_bytes=self.config.max_bytes)
-        except ProtocolError as exc:
-            await self.dead_letter(msg, kind, exc.code, exc.message, None)
-            return
-        try:
-            check_token("workflow id", message.workflow_id)
-        except ConfigError as exc:
-            await self.dead_letter(msg, kind, ErrorCode.INVALID_INPUT, exc.message, None,
-                                   claimed=message.workflow_id)
-            return
-        wf = await self._workflow_of(message.workflow_id)
-        if wf is None:
-            await self.dead_letter(msg, kind, ErrorCode.INVALID_INPUT,
-                                   f"no workflow {message.workflow_id!r} is known", None,
-                                   claimed=message.workflow_id)
-            return
-        await self._apply(wf, message.workflow_id, make_event(message), msg, kind=kind)
-
-    async def _workflow_of(self, workflow_id: str) -> Workflow | None:
-        state, _ = await self._load(workflow_id)
-        return await self._catalog.running(state.workflow) if state else None
-
-    async def load(self, workflow_id: str, *, fresh: bool = False) -> tuple[WorkflowState | None, int]:
-        return await self._load(workflow_id, fresh=fresh)
-
-    async def _load(self, workflow_id: str, *, fresh: bool = False) -> tuple[WorkflowState | None, int]:
-        cached = None if fresh else self._cache.get(workflow_id)
-        if cached is not None:
-            return cached
-        state, revision = await self.store.get(workflow_id)
-        if state is not None:
-            self._remember(state, revision)
-        return state, revision
-
-    def _remember(self, state: WorkflowState, revision: int) -> None:
-        if state.status in TERMINAL:
-            self._cache.pop(state.id, None)
-            return
-        self._cache[state.id] = (state, revision)
-        self._cache.move_to_end(state.id)
+        self._cache[workflow_id] = folded
+        self._cache.move_to_end(workflow_id)
         while len(self._cache) > self.config.cache_size:
             self._cache.popitem(last=False)
 
+    async def current(self, workflow_id: str) -> WorkflowState | None:
+        """A workflow's state as its journal says now (read up to its last record)."""
+        async with self._lock(workflow_id):
+            return (await self._now(workflow_id)).state
+
+    async def _now(self, workflow_id: str) -> Folded:
+        folded = self._cache.get(workflow_id)
+        last = await self.journal.last(workflow_id)
+        if last is None:
+            return Folded(None)
+        if folded is None or folded.seq != last.seq:
+            folded = await self._catch_up(workflow_id, folded, before=last.seq + 1)
+            self._remember(workflow_id, folded)
+        return folded
+
     async def dead_letter(
         self, msg: Msg, kind: DeadLetterKind, code: str, reason: str, workflow_id: str | None,
-        *, claimed: str = "",
+        *, claimed: str = "", term: bool = True,
     ) -> None:
-        """Dead-letter a message that cannot be processed, audit it, and ``term`` it."""
+        """Copy a message that cannot be taken to the dead letters and audit it; ``term`` it
+        unless it stays (a refused journal record is folded as changing nothing)."""
         meta = msg.metadata
         self.counts["dead_lettered"] += 1
         self._dead.labels(kind).inc()
@@ -320,95 +362,27 @@ class Supervisor(Component):
             kind, msg.data, subject=msg.subject, code=code, reason=reason,
             workflow_id=workflow_id, stream_seq=meta.sequence.stream,
             deliveries=meta.num_delivered, claimed=claimed)
-        await msg.term()
+        if term:
+            await msg.term()
 
-    async def _ignored(self, msg: Msg, kind: DeadLetterKind, workflow_id: str, reason: str) -> None:
-        """A trace for an input the engine ignored, on its workflow's own chain."""
-        self.counts["ignored"] += 1
-        log.info("supervisor.input_ignored", kind=kind, workflow_id=workflow_id, reason=reason)
-        seq = msg.metadata.sequence.stream
-        await self.audit.append(workflow_id, [Entry(
-            type=EventType.INPUT_IGNORED,
-            data={"kind": str(kind), "reason": reason, "stream_seq": seq})],
-            msg_id=f"ignored:{kind}:{seq}")
+    # what a fold implies ----------------------------------------------------------------------
 
-    # transitions ------------------------------------------------------------------------------
-
-    async def apply(self, wf: Workflow, workflow_id: str, event: EngineEvent) -> None:
-        """Apply an event that arrived by no message (a timer, a dead-lettered task)."""
-        await self._apply(wf, workflow_id, event, None)
-
-    async def _apply(
-        self, wf: Workflow, workflow_id: str, event: EngineEvent, msg: Msg | None,
-        *, kind: DeadLetterKind | None = None,
-    ) -> None:
-        fresh = False
-        redelivered = msg is not None and (msg.metadata.num_delivered or 1) > 1
-        # a submission delivered the first time starts a workflow: there is nothing to read (if
-        # there is, the compare-and-set fails and the loop reads it)
-        new = isinstance(event, Submitted) and msg is not None and not redelivered
-        for _ in range(20):
-            if new and not fresh:
-                state, revision = None, 0
-            else:
-                state, revision = await self._load(workflow_id, fresh=fresh)
-            step = transition(wf, state, event, time.time())
-            if not step.changed or step.state is None:
-                if not fresh and workflow_id in self._cache:
-                    # nothing to do by our cached copy; another replica may have moved the
-                    # workflow on since, so ask the store before dropping the event
-                    fresh = True
-                    continue
-                if state is not None and redelivered:
-                    # maybe ours, stored before a crash: re-send what it implies
-                    await self._execute(wf, state, due(wf, state, time.time()))
-                elif state is not None and msg is not None and kind is not None:
-                    await self._ignored(msg, kind, workflow_id, step.ignored)
-                break
-            try:
-                ttl = self.config.retention_s if step.state.status in TERMINAL else None
-                self._remember(step.state, await self.store.put(step.state, revision, ttl=ttl))
-            except RevisionConflict:
-                self._cache.pop(workflow_id, None)
-                fresh = True
-                continue
-            if state is None:
-                self.audit.assume_new(workflow_id)
-            self.faults.hit("supervisor.after_store")
-            self._transitions.labels(type(event).__name__).inc()
-            await self._execute(wf, step.state, step.effects)
-            break
-        else:
-            raise RuntimeError(f"workflow {workflow_id}: 20 revision conflicts in a row")
-        if msg is not None:
-            self.faults.hit("supervisor.before_ack")
-            await msg.ack()
-
-    async def _execute(self, wf: Workflow, state: WorkflowState, effects: list[Effect]) -> None:
-        """Publish what a transition implies. A final outcome is stored before the audit record
-        that ends the chain (a reader that sees the record finds the outcome); the record is
-        stored before the task or escalation it implies goes out, which are then pipelined.
-
-        The order is what keeps the trail whole: a crash after the state is stored and before the
-        record leaves nothing else on the bus, so nothing can move the workflow on until the
-        redelivered input makes ``due`` re-send both. (With the record beside the task, a task
-        could reach an agent, and its result another replica, while the record was lost: the
-        next transition then overwrote the state that held it. The chaos suite's two-supervisor
-        scenario caught that, about one run in three.)"""
+    async def _execute(self, state: WorkflowState | None, effects: list[Effect]) -> None:
+        """Send what a fold implies: the outcome first, then tasks and escalations, pipelined.
+        Their ids are deterministic, so sending them again is harmless."""
+        if state is None:
+            return
         assert self._index is not None
         s, pub = self.config.subjects, self.publisher
-        for effect in effects:
-            if isinstance(effect, SendOutcome):
-                await self._publish_outcome(effect.outcome)  # bounded by the publisher's timeout
-        for effect in effects:
-            if isinstance(effect, SendEvent):
-                await self.audit.append(state.id, effect.entries, msg_id=effect.msg_id, n=effect.n)
         acks: list[Awaitable[Any]] = []
         for effect in effects:
+            if isinstance(effect, SendOutcome):
+                acks.append(await self._send_outcome(effect.outcome))
+        for effect in effects:
             if isinstance(effect, SendTask):
-                acks.append(await self._send_task(wf, state, effect))
+                acks.append(await self._send_task(state, effect))
             elif isinstance(effect, SendEscalation):
-                esc = effect.escalation
+                esc = msgspec.structs.replace(effect.escalation, after=state.seq, prev=state.head)
                 await self._index.add(esc)
                 acks.append(await pub.send(
                     s.human_queue_for(esc.queue), codec.encode(esc),
@@ -418,30 +392,42 @@ class Supervisor(Component):
                 await self._index.remove(effect.escalation_id)
         async with asyncio.timeout(self.config.publish_timeout):
             await asyncio.gather(*acks)
-        if state.timer_at and state.status not in TERMINAL:
+        if state.status in TERMINAL:
+            self._timers.cancel(state.id)
+        elif state.timer_at:
             self._timers.schedule(state.timer_at, state.id)
-        elif state.status in TERMINAL:
-            self.audit.forget(state.id)
 
-    async def _send_task(
-        self, wf: Workflow, state: WorkflowState, effect: SendTask
-    ) -> asyncio.Future[Any]:
-        now = time.time()
+    async def _keep(self, state: WorkflowState) -> None:
+        """Write a snapshot when the run waits, every ``SNAPSHOT_EVERY`` inputs, and at the end
+        of a run that had one."""
+        waits = state.status == "waiting_human" or state.timer_kind == "retry"
+        if state.status in TERMINAL:
+            if state.snapshot:
+                await self.snapshots.put(state, ttl=self.config.retention_s)
+        elif waits or state.inputs % SNAPSHOT_EVERY == 0:
+            state.snapshot = True
+            await self.snapshots.put(state)
+
+    async def _send_task(self, state: WorkflowState, effect: SendTask) -> asyncio.Future[Any]:
+        wf = await self._definition(state)
+        assert wf is not None
         tools, budget, limits, approvals = effect.tools, effect.tool_budget, {}, {}
         if self.config.policy is not None:  # grants come from the policy alone
             g = self.config.policy.grantable(wf.step(effect.step), effect.role)
             tools, budget, limits, approvals = g.tools, g.budget, g.limits, g.approvals
+        step = wf.step(effect.step)
         grant = grants.Grant(
             id=effect.task_id, workflow_id=state.id, task_id=effect.task_id, role=effect.role,
-            tools=tools, budget=budget, issued_at=now, limits=limits, approvals=approvals,
-            approved=effect.approved, declined=effect.declined,
+            tools=tools, budget=budget, issued_at=effect.deadline - step.timeout_s, limits=limits,
+            approvals=approvals, approved=effect.approved, declined=effect.declined,
             expires_at=effect.deadline + self.config.grant_slack_s, issuer=self.signer.public_key,
         )
         task = Task(
             id=effect.task_id, workflow_id=state.id, workflow=wf.name, step=effect.step,
             role=effect.role, attempt=effect.attempt, input=effect.input,
-            context=wf.step(effect.step).context_of(state.input, state.outputs),
+            context=step.context_of(state.input, state.outputs),
             grant=self.signer.mint(grant), deadline=effect.deadline,
+            after=state.seq, prev=state.head,
         )
         return await self.publisher.send(
             self.config.subjects.task(effect.role), codec.encode(task),
@@ -449,37 +435,84 @@ class Supervisor(Component):
                      TRACEPARENT: traceparent_for(state.id, effect.task_id)},
         )
 
-    async def _publish_outcome(self, outcome: Outcome) -> None:
-        await self.publisher.publish(
+    async def _send_outcome(self, outcome: Outcome) -> asyncio.Future[Any]:
+        return await self.publisher.send(
             self.config.subjects.outcome(outcome.workflow_id), codec.encode(outcome),
             headers={MSG_ID: f"{outcome.workflow_id}:outcome", PROTOCOL: PROTOCOL_VERSION},
         )
 
-    # timers and recovery ----------------------------------------------------------------------
+    # the supervisor's own inputs --------------------------------------------------------------
 
     async def _fire(self, workflow_id: str) -> None:
-        state, _ = await self.store.get(workflow_id)
-        if state is None or state.status in TERMINAL or not state.timer_kind:
-            return
-        if state.timer_at > time.time():
-            self._timers.schedule(state.timer_at, workflow_id)
-            return
-        wf = await self._catalog.running(state.workflow)
-        if wf is None:
-            return
-        await self.apply(wf, workflow_id, TimerFired(state.timer_kind, state.current, state.attempt))
+        """A timer came due: record it on the journal, if the journal is still where the fold
+        that set it was (else what came since decides, and sets its own timers)."""
+        async with self._lock(workflow_id):
+            folded = await self._now(workflow_id)
+            s = folded.state
+            if s is None or s.status in TERMINAL or not s.timer_kind:
+                return
+            if s.timer_at > time.time():
+                self._timers.schedule(s.timer_at, workflow_id)
+                return
+            round_ = s.escalation.round if s.escalation is not None else 0
+            timer = TimerFired(workflow_id=workflow_id, kind=s.timer_kind, step=s.current,
+                               attempt=s.attempt, round=round_, after=folded.seq,
+                               prev=folded.head)
+            await self.journal.append_exactly(
+                workflow_id, JournalKind.TIMER, timer, after=folded.seq,
+                msg_id=f"{workflow_id}:timer:{s.timer_kind}:{s.current}:{s.attempt}:{round_}")
 
-    async def _recover(self) -> None:
-        """Re-publish what every unfinished workflow's state says is due, and re-arm its timer."""
-        recovered = 0
-        async for state in self.store.all():
-            if state.status in TERMINAL:
-                continue
-            wf = await self._catalog.running(state.workflow)
-            if wf is None:
-                log.warning("supervisor.unknown_workflow", workflow=state.workflow, id=state.id)
-                continue
-            await self._execute(wf, state, due(wf, state, time.time()))
-            recovered += 1
-        if recovered:
-            log.info("supervisor.recovered", workflows=recovered)
+    async def notice(self, workflow_id: str, step: str, attempt: int, reason: str) -> None:
+        """Record that the bus gave up on a task of ``workflow_id`` (the fold decides whether the
+        workflow still awaited it)."""
+        async with self._lock(workflow_id):
+            folded = await self._now(workflow_id)
+            if folded.state is None:
+                return
+            await self.journal.append(
+                workflow_id, JournalKind.NOTICE,
+                lambda after, prev: Notice(workflow_id=workflow_id, kind="task_dead_lettered",
+                                           reason=reason, step=step, attempt=attempt,
+                                           after=after, prev=prev),
+                after=folded.seq, prev=folded.head,
+                msg_id=f"{workflow_id}:notice:{step}:{attempt}")
+
+    # timers from the bus ----------------------------------------------------------------------
+
+    async def _scan_loop(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)  # a periodic scan: there is no event to wait on
+            try:
+                await self.rearm_timers()
+            except Exception:
+                log.exception("supervisor.timer_scan_failed")
+
+    async def rearm_timers(self) -> int:
+        """Set a timer for every task in the work queue (its deadline) and every waiting run's
+        snapshot: after a restart, or for what a replica that stopped had set. Returns how many."""
+        s, js = self.config.subjects, self.js
+        armed = 0
+        async for state in self.snapshots.all():
+            if state.status not in TERMINAL and state.timer_at:
+                self._timers.at_most(state.timer_at, state.id)
+                armed += 1
+        stream = s.stream(Stream.TASKS)
+        seq = 0
+        while True:
+            try:
+                raw = await js.get_msg(stream, seq=seq + 1, subject=s.all("task"), next=True)
+            except NotFoundError:
+                break
+            seq = raw.seq or seq + 1
+            try:
+                task = codec.decode(raw.data or b"", Task, max_bytes=self.config.max_bytes)
+                check_token("workflow id", task.workflow_id)
+            except (ProtocolError, ConfigError):
+                continue  # not a task: the stuck-task sweep deals with it
+            self._timers.at_most(task.deadline, task.workflow_id)
+            armed += 1
+        if armed:
+            log.info("supervisor.timers_rearmed", timers=armed)
+        return armed
+
+

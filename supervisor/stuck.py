@@ -2,8 +2,8 @@
 
 - A task delivered ``max_deliver`` times and never acknowledged (its agent died of it, or hung):
   the server's advisory is kept on a stream of its own; the task is copied to the dead letters
-  with why and its step's history, its workflow moves on by its ``on_dead_letter`` policy, and
-  the task is taken off the work queue.
+  with why and its step's history, a notice goes on its workflow's journal (which then moves on
+  by its ``on_dead_letter`` policy), and the task is taken off the work queue.
 - A task on a subject no consumer serves (a role nobody runs, or a message put there by hand):
   a work queue keeps it until someone takes it, which may be never. Every ``stuck_check_s`` the
   supervisor looks at such subjects; a task no running workflow awaits (malformed, unknown or
@@ -30,7 +30,7 @@ from switchyard.protocol.errors import ConfigError, ErrorCode, ProtocolError
 from switchyard.protocol.headers import DLQ_HISTORY
 from switchyard.protocol.messages import Task
 from switchyard.protocol.subjects import DeadLetterKind, Stream, check_token
-from switchyard.supervisor.engine import TaskDeadLettered, WorkflowState
+from switchyard.supervisor.engine import WorkflowState
 
 if TYPE_CHECKING:
     from switchyard.supervisor.service import Supervisor
@@ -99,7 +99,7 @@ class StuckTasks:
             check_token("workflow id", task.workflow_id)
         except (ProtocolError, ConfigError) as exc:
             return f"it is not a readable task ({exc.message})"
-        state, _ = await sup.load(task.workflow_id, fresh=True)
+        state = await sup.current(task.workflow_id)
         if state is None:
             return f"no workflow {task.workflow_id!r} is known"
         if state.status != "running" or state.current != task.step or state.attempt != task.attempt:
@@ -126,7 +126,7 @@ class StuckTasks:
             task = None
         state: WorkflowState | None = None
         if task is not None:
-            state, _ = await sup.load(task.workflow_id, fresh=True)
+            state = await sup.current(task.workflow_id)
         history = [{"attempt": r.attempt, "role": r.role, "status": r.status, "error": r.error}
                    for r in (state.history if state else []) if task and r.step == task.step]
         await sup.dead_letters.send(
@@ -135,9 +135,6 @@ class StuckTasks:
             deliveries=deliveries, headers={DLQ_HISTORY: json.dumps(history)[:2000]})
         sup.counts["dead_lettered"] += 1
         if task is not None and state is not None:
-            wf = await sup.catalog.running(state.workflow)
-            if wf is not None:
-                await sup.apply(wf, task.workflow_id,
-                                TaskDeadLettered(task.step, task.attempt, reason))
+            await sup.notice(task.workflow_id, task.step, task.attempt, reason)
         with contextlib.suppress(NotFoundError):
             await js.delete_msg(tasks, seq)

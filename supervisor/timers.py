@@ -1,6 +1,9 @@
 """Timers: when each waiting workflow must be looked at again (a step's timeout, a retry's
-backoff, a person's deadline). The deadlines themselves live in the stored state, so they hold
-across restarts; this is the in-memory heap that wakes the supervisor at the earliest one."""
+backoff, a person's deadline). The deadlines themselves follow from the journal's fold, and the
+supervisor rebuilds this table from the bus on start; this is the in-memory heap that wakes it
+at the earliest one. Each workflow has one live entry: a fold sets it (``schedule``), a finished
+run drops it (``cancel``), and a scan of the bus only ever brings one forward (``at_most``).
+Entries overtaken stay in the heap until their time and are skipped then."""
 
 from __future__ import annotations
 
@@ -21,14 +24,27 @@ class Timers:
     def __init__(self, fire: Callable[[str], Awaitable[None]]) -> None:
         self._fire = fire
         self._heap: list[tuple[float, str]] = []
+        self._at: dict[str, float] = {}  # each workflow's one live entry
         self._wake = asyncio.Event()
         self._running = False
         self._task: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
-        return len(self._heap)
+        return len(self._at)
+
+    def at_most(self, at: float, workflow_id: str) -> None:
+        """Look at ``workflow_id`` by ``at`` at the latest (a scan: the fold knows better)."""
+        known = self._at.get(workflow_id)
+        if known is None or at < known:
+            self.schedule(at, workflow_id)
+
+    def cancel(self, workflow_id: str) -> None:
+        self._at.pop(workflow_id, None)
 
     def schedule(self, at: float, workflow_id: str) -> None:
+        if self._at.get(workflow_id) == at:
+            return
+        self._at[workflow_id] = at
         heapq.heappush(self._heap, (at, workflow_id))
         if self._heap[0][1] == workflow_id:
             self._wake.set()
@@ -53,7 +69,10 @@ class Timers:
                     async with asyncio.timeout(delay):
                         await self._wake.wait()
                 continue
-            _, workflow_id = heapq.heappop(self._heap)
+            at, workflow_id = heapq.heappop(self._heap)
+            if self._at.get(workflow_id) != at:
+                continue  # overtaken: replaced, cancelled or fired already
+            del self._at[workflow_id]
             try:
                 await self._fire(workflow_id)
             except Exception:

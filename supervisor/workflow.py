@@ -19,6 +19,7 @@ steps:
 from __future__ import annotations
 
 import functools
+import hashlib
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -136,6 +137,15 @@ class Workflow(BaseModel):
 
     def step(self, name: str) -> Step:
         return self._by_name[name][0]
+
+    def digest(self) -> str:
+        """What names this definition in a run's state and outcome: a replay under a changed
+        definition says so."""
+        cached: str | None = self.__dict__.get("_digest")
+        if cached is None:
+            cached = hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+            self.__dict__["_digest"] = cached
+        return cached
 
     def after(self, name: str) -> str | None:
         """The step after ``name`` in declaration order, or None at the end."""

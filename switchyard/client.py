@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
@@ -23,9 +24,11 @@ from nats.js.errors import InvalidKeyError, NotFoundError
 from switchyard.protocol import codec
 from switchyard.protocol.audit import Verification, verify_chain
 from switchyard.protocol.bus.audit import AuditLog
+from switchyard.protocol.bus.journal import AlreadyExists as AlreadyExists
+from switchyard.protocol.bus.journal import Journal
 from switchyard.protocol.bus.provision import open_bucket, unserved_subjects
 from switchyard.protocol.errors import ConfigError, ProtocolError
-from switchyard.protocol.events import FINAL, EventType
+from switchyard.protocol.events import EventType
 from switchyard.protocol.headers import (
     DLQ_CODE,
     DLQ_DELIVERIES,
@@ -37,6 +40,8 @@ from switchyard.protocol.headers import (
     PROTOCOL,
     read_header_text,
 )
+from switchyard.protocol.journal import TYPES as JOURNAL_TYPES
+from switchyard.protocol.journal import Chain, Record, read_all
 from switchyard.protocol.messages import (
     PROTOCOL_VERSION,
     Decision,
@@ -47,13 +52,14 @@ from switchyard.protocol.messages import (
     Outcome,
     WorkflowRequest,
 )
-from switchyard.protocol.subjects import Bucket, Stream, Subjects, check_token
+from switchyard.protocol.subjects import Bucket, JournalKind, Stream, Subjects, check_token
 from switchyard.supervisor.authz import reviewers_durable
+from switchyard.supervisor.engine import TERMINAL
 from switchyard.supervisor.escalation import EscalationIndex
-from switchyard.supervisor.store import WorkflowStore
+from switchyard.supervisor.journal import Definitions, Replay, replay
+from switchyard.supervisor.store import Snapshots
 
 WaitStatus = Literal["completed", "rejected", "failed", "escalated", "timeout"]
-FINAL_EVENTS = FINAL
 
 
 @dataclass
@@ -63,6 +69,31 @@ class WaitResult:
     outcome: Outcome | None = None
     reason: str = ""
     escalation_id: str = ""
+    kind: str = ""  # for an escalation: why it waits (low_confidence, approval, ...)
+
+
+@dataclass
+class Audit:
+    """What ``audit verify`` says of one workflow."""
+
+    workflow_id: str
+    chain: Chain  # the journal's links
+    calls: Verification | None  # the tool-call chain, if the run made calls
+    replay: Replay
+
+    @property
+    def ok(self) -> bool:
+        return not self.chain.problems and (self.calls is None or self.calls.ok) \
+            and self.replay.ok
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"workflow_id": self.workflow_id, "ok": self.ok,
+                "journal": {"records": len(self.chain.reads), "last_seq": self.chain.last_seq,
+                            "head": self.chain.head, "problems": self.chain.problems},
+                "calls": self.calls.as_dict() if self.calls is not None else None,
+                "replay": {"ok": self.replay.ok, "divergence": self.replay.divergence,
+                           "status": self.replay.state.status if self.replay.state else None,
+                           "notes": self.replay.notes}}
 
 
 @dataclass
@@ -147,16 +178,18 @@ class SwitchyardClient:
         self.nc = nc
         self.js = nc.jetstream()
         self.s = subjects or Subjects()
+        self.journal = Journal(self.js, self.s)
 
     async def submit(
         self, workflow: str, input: dict[str, Any], *, workflow_id: str | None = None,
         metadata: dict[str, str] | None = None,
     ) -> str:
+        """Begin a run: its submission is the first record of its journal. An id already begun
+        raises ``AlreadyExists`` (re-sending the very same request is accepted)."""
         wid = workflow_id or uuid.uuid4().hex
         req = WorkflowRequest(id=wid, workflow=workflow, input=input, submitted_at=time.time(),
                               metadata=metadata or {})
-        await self.js.publish(self.s.submit, codec.encode(req),
-                              headers={MSG_ID: wid, PROTOCOL: PROTOCOL_VERSION})
+        await self.journal.submit(req)
         return wid
 
     async def outcome(self, workflow_id: str) -> Outcome | None:
@@ -169,57 +202,80 @@ class SwitchyardClient:
     async def wait(
         self, workflow_id: str, *, timeout: float = 60.0, stop_at_escalation: bool = True
     ) -> WaitResult:
-        """Follow the workflow's events until it ends (or waits for a person). A submission that
-        never became a workflow (an unknown workflow name) has no events: while none arrive, its
-        outcome is looked at every half second, and it says so."""
-        sub = await self.js.subscribe(self.s.event(workflow_id), ordered_consumer=True)
-        seen_events = False
+        """Wait until the run ends (its outcome) or, with ``stop_at_escalation``, waits for a
+        person (an escalation of it in the index). Both are watched, not polled."""
+        check_token("workflow id", workflow_id)
+        sub = await self.js.subscribe(self.s.outcome(workflow_id), ordered_consumer=True)
+        watcher = None
+        waiters: list[asyncio.Task[WaitResult]] = [
+            asyncio.ensure_future(self._next_outcome(sub, workflow_id))]
+        if stop_at_escalation:
+            index = await open_bucket(self.js, self.s.bucket(Bucket.ESCALATIONS))
+            watcher = await index.watch(f"{workflow_id}.>")
+            waiters.append(asyncio.ensure_future(self._next_escalation(watcher, workflow_id)))
         try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    try:
-                        msg = await sub.next_msg(timeout=0.5)
-                    except TimeoutError:
-                        if not seen_events and (refused := await self._refusal(workflow_id)):
-                            return refused
-                        continue
-                    seen_events = True
-                    try:
-                        entries = codec.decode(msg.data, Event).entries
-                    except ProtocolError:
-                        continue
-                    for entry in entries:
-                        if entry.type in FINAL_EVENTS:
-                            return WaitResult(
-                                entry.type.split(".", 1)[1],  # type: ignore[arg-type]
-                                workflow_id, await self.outcome(workflow_id),
-                                str(entry.data.get("reason", "")))
-                        if entry.type == EventType.ESCALATED and stop_at_escalation:
-                            return WaitResult(
-                                "escalated", workflow_id, reason=str(entry.data.get("reason", "")),
-                                escalation_id=str(entry.data.get("escalation_id", "")))
-        except TimeoutError:
-            return WaitResult("timeout", workflow_id)
+            done, _ = await asyncio.wait(waiters, timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                return WaitResult("timeout", workflow_id)
+            results = [t.result() for t in done]
+            return next((r for r in results if r.status != "escalated"), results[0])
         finally:
-            with contextlib.suppress(Exception):  # a closing connection drops it anyway
+            for t in waiters:
+                t.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+            with contextlib.suppress(Exception):  # a closing connection drops them anyway
                 await sub.unsubscribe()
+                if watcher is not None:
+                    await watcher.stop()
 
-    async def _refusal(self, workflow_id: str) -> WaitResult | None:
-        """The outcome of a submission that never became a workflow, if there is one."""
-        outcome = await self.outcome(workflow_id)
-        if outcome is None:
-            return None
-        try:  # a workflow that ran ends with its final record, which follows its outcome
+    async def _next_outcome(self, sub: Any, workflow_id: str) -> WaitResult:
+        while True:
+            msg = await sub.next_msg(timeout=None)
+            try:
+                outcome = codec.decode(msg.data, Outcome)
+            except ProtocolError:
+                continue
+            return WaitResult(outcome.status, workflow_id, outcome, outcome.reason)
+
+    async def _next_escalation(self, watcher: Any, workflow_id: str) -> WaitResult:
+        while True:
+            entry = await watcher.updates(timeout=3600.0)
+            if entry is None or not entry.value or entry.operation is not None:
+                continue  # the end of the initial values, or a decided (removed) one
+            try:
+                esc = codec.decode(entry.value, Escalation)
+            except ProtocolError:
+                continue
+            return WaitResult("escalated", workflow_id, reason=esc.reason,
+                              escalation_id=esc.id, kind=esc.kind)
+
+    async def journal_records(self, workflow_id: str) -> list[Record]:
+        """A workflow's journal as stored, up to its last record when this was called."""
+        return [r async for r in self.journal.records(workflow_id)]
+
+    async def audit(self, workflow_id: str, definitions: Definitions) -> Audit:
+        """Check a workflow's journal (the links) and its tool-call chain, and replay the
+        journal under ``definitions``, checking it reproduces what was sent."""
+        chain = read_all(await self.journal_records(workflow_id), self.s, workflow_id)
+        calls = verify_chain(await self.records(workflow_id)) if await self._has_calls(
+            workflow_id) else None
+        replayed = await replay(chain.reads, definitions, await self.outcome(workflow_id))
+        return Audit(workflow_id, chain, calls, replayed)
+
+    async def _has_calls(self, workflow_id: str) -> bool:
+        try:
             await self.js.get_last_msg(self.s.stream(Stream.EVENTS), self.s.event(workflow_id))
         except NotFoundError:
-            return WaitResult(outcome.status, workflow_id, outcome, outcome.reason)
-        return None
+            return False
+        return True
 
     async def records(
         self, workflow_id: str | None, *, timeout: float = 10.0,
     ) -> list[tuple[int, bytes]]:
-        """A workflow's audit records as stored, (stream sequence, bytes), up to the last one
-        stored when this was called; ``None`` for the unattributed chain."""
+        """A workflow's tool-call records (beside its journal) as stored, (stream sequence,
+        bytes), up to the last one stored when this was called; ``None`` for the unattributed
+        chain."""
         subject = self.s.event(workflow_id) if workflow_id is not None else self.s.unattributed
         try:
             last = await self.js.get_last_msg(self.s.stream(Stream.EVENTS), subject)
@@ -252,7 +308,8 @@ class SwitchyardClient:
         return await unserved_subjects(self.js, self.s)
 
     async def verify(self, workflow_id: str | None, *, timeout: float = 10.0) -> Verification:
-        """Check a workflow's audit chain: every record names the hash of the one before."""
+        """Check a tool-call chain (or the unattributed one): every record names the hash of
+        the one before."""
         return verify_chain(await self.records(workflow_id, timeout=timeout))
 
     # people ------------------------------------------------------------------------------------
@@ -273,11 +330,16 @@ class SwitchyardClient:
             esc = None
         if esc is None:
             raise LookupError(f"no open escalation {escalation_id!r}")
-        decision = Decision(escalation_id=esc.id, workflow_id=esc.workflow_id, action=action,
-                            reviewer=reviewer, output=output, note=note, decided_at=time.time())
-        await self.js.publish(self.s.human_decision, codec.encode(decision),
-                              headers={MSG_ID: f"{esc.id}:decision", PROTOCOL: PROTOCOL_VERSION})
-        return decision
+        now = time.time()
+        _, stored = await self.journal.append(
+            esc.workflow_id, JournalKind.DECISION,
+            lambda after, prev: Decision(
+                escalation_id=esc.id, workflow_id=esc.workflow_id, action=action,
+                reviewer=reviewer, output=output, note=note, decided_at=now, after=after,
+                prev=prev),
+            after=esc.after, prev=esc.prev, msg_id=f"{esc.id}:decision")
+        assert isinstance(stored, Decision)
+        return stored
 
     async def claim(self, timeout: float = 1.0, *, queue: str = "") -> tuple[Escalation, Msg] | None:
         """Pull the next open escalation off a human queue (acking stale ones on the way)."""
@@ -333,12 +395,37 @@ class SwitchyardClient:
         if not letter.subject or letter.kind == "tool":
             raise ValueError(f"dead letter {seq} was a {letter.kind or 'unknown'} message on "
                              f"{letter.subject or '?'}: only stream messages can be replayed")
-        ack = await self.js.publish(letter.subject, letter.data, headers={
-            MSG_ID: f"replay:{seq}:{time.time_ns()}", PROTOCOL: PROTOCOL_VERSION})
+        parsed = self.s.parse_journal(letter.subject)
+        if parsed is not None:
+            stream_seq = await self._reappend(seq, letter, *parsed)
+        else:
+            stream_seq = (await self.js.publish(letter.subject, letter.data, headers={
+                MSG_ID: f"replay:{seq}:{time.time_ns()}", PROTOCOL: PROTOCOL_VERSION})).seq
         await AuditLog(self.js, self.s, operator).append(_workflow_of(letter.data), [Entry(
             type=EventType.DLQ_REPLAYED, data={"dlq_seq": seq, "subject": letter.subject,
-                                       "stream_seq": ack.seq, "code": letter.code})])
-        return ack.seq
+                                       "stream_seq": stream_seq, "code": letter.code})])
+        return stream_seq
+
+    async def _reappend(self, seq: int, letter: DeadLetter, workflow_id: str, kind: str,
+                        role: str) -> int:
+        """A refused journal record, appended again as its kind, at the journal's end."""
+        kind_type = JOURNAL_TYPES.get(kind)
+        if kind_type is None:
+            raise ValueError(f"dead letter {seq} is not a kind of journal record ({kind})")
+        try:
+            check_token("workflow id", workflow_id)
+            message = codec.decode(letter.data, kind_type)
+        except (ProtocolError, ConfigError) as exc:
+            raise ValueError(f"dead letter {seq} cannot be appended as it is: {exc}") from None
+        if isinstance(message, WorkflowRequest):
+            return await self.journal.submit(message)
+        last = await self.journal.last(workflow_id)
+        stored, _ = await self.journal.append(
+            workflow_id, JournalKind(kind),
+            lambda after, prev: msgspec.structs.replace(message, after=after, prev=prev),
+            after=last.seq if last else 0, prev=last.digest if last else "", role=role,
+            msg_id=f"replay:{seq}")
+        return stored
 
     # discovery ----------------------------------------------------------------------------------
 
@@ -368,5 +455,12 @@ class SwitchyardClient:
         return out
 
     async def workflow_counts(self) -> dict[str, int]:
-        store = await WorkflowStore.open(self.js, self.s.bucket(Bucket.WORKFLOWS))
-        return dict(Counter([state.status async for state in store.all()]))
+        """Runs by state, as far as the bus says without a fold: those waiting (their
+        snapshots) and those finished (their outcomes); the supervisors report what runs."""
+        kv = await open_bucket(self.js, self.s.bucket(Bucket.WORKFLOWS))
+        snapshots = Snapshots(kv, self.s.bucket(Bucket.WORKFLOWS))
+        counts = Counter([state.status async for state in snapshots.all()
+                          if state.status not in TERMINAL])
+        info = await self.js.stream_info(self.s.stream(Stream.OUTCOMES))
+        counts["finished"] = info.state.messages
+        return dict(counts)

@@ -15,15 +15,14 @@ import msgspec
 import nats
 import yaml
 from nats.aio.client import Client
-from nats.js.api import DeliverPolicy
 
-from switchyard.client import FINAL_EVENTS, SwitchyardClient
-from switchyard.protocol import codec
-from switchyard.protocol.messages import Event
+from switchyard.client import SwitchyardClient
+from switchyard.protocol.bus.provision import open_bucket
+from switchyard.protocol.subjects import Bucket
 from switchyard.settings import Settings
 from switchyard.stack import LocalStack
 from switchyard.supervisor.authz import CONSOLE
-from switchyard.supervisor.store import WorkflowStore
+from switchyard.supervisor.store import Snapshots
 
 
 def sample_tickets(path: Path | None = None) -> list[dict[str, Any]]:
@@ -104,45 +103,29 @@ async def _drive(
     runs = {f"demo-{batch}-{t['id']}": Run(t["id"], f"demo-{batch}-{t['id']}", t["expect"],
                                            t.get("kind", ""))
             for t in tickets}
-    sub = await client.js.subscribe(s.all("event"), ordered_consumer=True,
-                                    deliver_policy=DeliverPolicy.NEW)
     started = time.perf_counter()
     for t in tickets:
         await client.submit(
             "support", {"text": t["text"], "customer_email": t.get("customer_email")},
             workflow_id=f"demo-{batch}-{t['id']}",
         )
-    pending = set(runs)
-    try:
-        async with asyncio.timeout(timeout):
-            async for msg in sub.messages:
-                event = codec.decode(msg.data, Event)
-                run = runs.get(event.workflow_id)
-                if run is None or event.workflow_id not in pending:
-                    continue
-                for entry in event.entries:
-                    if entry.type == "escalated":
-                        run.status = "escalated"
-                        run.kind = str(entry.data.get("kind", ""))
-                    elif entry.type in FINAL_EVENTS:
-                        run.status = entry.type.split(".", 1)[1]
-                    else:
-                        continue
-                    run.reason = str(entry.data.get("reason", ""))
-                    break
-                else:
-                    continue
-                pending.discard(event.workflow_id)
-                if on_progress is not None:
-                    on_progress(list(runs.values()))
-                if not pending:
-                    break
-    except TimeoutError:
-        pass
-    finally:
-        await sub.unsubscribe()
+
+    async def follow(run: Run) -> None:
+        left = max(0.1, timeout - (time.perf_counter() - started))
+        result = await client.wait(run.workflow_id, timeout=left)
+        if result.status == "timeout":
+            return
+        run.status, run.reason = result.status, result.reason
+        run.kind = result.kind
+        if result.outcome is not None:
+            run.steps = {t.step: round(t.duration_ms, 1) for t in result.outcome.steps
+                         if t.status != "skipped"}
+        if on_progress is not None:
+            on_progress(list(runs.values()))
+
+    await asyncio.gather(*(follow(run) for run in runs.values()))
     elapsed = time.perf_counter() - started
-    await _collect_timings(client, runs)
+    await _collect_timings(client, [r for r in runs.values() if not r.steps])
     counts: dict[str, int] = {}
     for run in runs.values():
         counts[run.status] = counts.get(run.status, 0) + 1
@@ -161,10 +144,12 @@ async def _drive(
     )
 
 
-async def _collect_timings(client: SwitchyardClient, runs: dict[str, Run]) -> None:
-    store = await WorkflowStore.open(client.js, client.s.bucket("workflows"))
-    for wid, run in runs.items():
-        state, _ = await store.get(wid)
+async def _collect_timings(client: SwitchyardClient, runs: list[Run]) -> None:
+    """Step timings of runs that wait for a person: from their snapshots."""
+    snapshots = Snapshots(await open_bucket(client.js, client.s.bucket(Bucket.WORKFLOWS)),
+                          client.s.bucket(Bucket.WORKFLOWS))
+    for run in runs:
+        state = await snapshots.get(run.workflow_id)
         if state is None:
             continue
         for r in state.history:

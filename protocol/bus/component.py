@@ -38,6 +38,7 @@ from switchyard.protocol.bus.audit import AuditLog
 from switchyard.protocol.bus.consumer import PullConsumer
 from switchyard.protocol.bus.dead_letters import DeadLetters
 from switchyard.protocol.bus.faults import Faults
+from switchyard.protocol.bus.journal import Journal
 from switchyard.protocol.bus.provision import ensure_streams
 from switchyard.protocol.bus.publisher import Publisher
 from switchyard.protocol.bus.tasks import cancel_and_wait
@@ -89,6 +90,7 @@ class Component:
         self._publisher: Publisher | None = None
         self._audit: AuditLog | None = None
         self._dead_letters: DeadLetters | None = None
+        self._journal: Journal | None = None
         self._service: Service | None = None
         self._consumers: list[PullConsumer] = []
         self._inflight: dict[asyncio.Task[None], Msg | None] = {}  # work not under a consumer
@@ -147,6 +149,12 @@ class Component:
         return self._audit
 
     @property
+    def journal(self) -> Journal:
+        if self._journal is None:
+            raise RuntimeError(f"{self._name} is not started")
+        return self._journal
+
+    @property
     def dead_letters(self) -> DeadLetters:
         if self._dead_letters is None:
             raise RuntimeError(f"{self._name} is not started")
@@ -197,6 +205,8 @@ class Component:
             self._audit = AuditLog(self._js, cfg.subjects, self._name, publisher=self._publisher,
                                    timeout=cfg.publish_timeout)
             self._dead_letters = DeadLetters(self._publisher, self._audit, cfg.subjects, self._name)
+            self._journal = Journal(self._js, cfg.subjects, publisher=self._publisher,
+                                    timeout=cfg.publish_timeout)
             await self._setup()
             self._service = await add_service(self._nc, self._service_config())
             await self._take_work()

@@ -15,12 +15,13 @@ from nats.js.api import (
     StreamConfig,
 )
 from nats.js.client import JetStreamContext
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
 from switchyard.protocol.bus.publisher import Publisher
+from switchyard.protocol.errors import ConfigError
 from switchyard.protocol.headers import EXPECTED_LAST_SUBJECT_SEQ
-from switchyard.protocol.subjects import Stream, Subjects
+from switchyard.protocol.subjects import OLD_STREAMS, Stream, Subjects
 
 DAY = 24 * 3600.0
 MARKER_TTL_S = 60.0
@@ -39,14 +40,16 @@ def stream_configs(s: Subjects, *, replicas: int = 1) -> list[StreamConfig]:
         )
 
     return [
-        cfg(Stream.WORKFLOWS, [s.submit], retention=RetentionPolicy.WORK_QUEUE,
+        # every input of every workflow: kept as the audit trail, so never deleted nor purged;
+        # direct gets read a workflow's records without a consumer
+        cfg(Stream.JOURNAL, [s.all("journal")], max_age=30 * DAY, deny_delete=True,
+            deny_purge=True, discard=DiscardPolicy.OLD, allow_direct=True,
             duplicate_window=120.0),
         cfg(Stream.OUTCOMES, [s.all("workflow.outcome")], max_msgs_per_subject=1,
             max_age=7 * DAY),
         cfg(Stream.TASKS, [s.all("task")], retention=RetentionPolicy.WORK_QUEUE,
             duplicate_window=120.0),
-        cfg(Stream.RESULTS, [s.all("result")], max_age=DAY, duplicate_window=120.0),
-        cfg(Stream.HUMAN, [s.human_queue, f"{s.human_queue}.*", s.human_decision],
+        cfg(Stream.HUMAN, [s.human_queue, f"{s.human_queue}.*"],
             retention=RetentionPolicy.WORK_QUEUE, duplicate_window=120.0),
         cfg(Stream.EVENTS, [s.all("event"), s.unattributed], max_age=30 * DAY, deny_delete=True,
             deny_purge=True, discard=DiscardPolicy.OLD),
@@ -58,8 +61,29 @@ def stream_configs(s: Subjects, *, replicas: int = 1) -> list[StreamConfig]:
     ]
 
 
+async def check_layout(js: JetStreamContext, s: Subjects) -> None:
+    """Refuse, with what to do, a server that holds the protocol 1 layout (submissions and
+    results in streams of their own, state in KV): its runs cannot continue under the journal."""
+    found = []
+    for name in OLD_STREAMS:
+        try:
+            await js.stream_info(s.stream(name))
+        except NotFoundError:
+            continue
+        found.append(s.stream(name))
+    if found:
+        raise ConfigError(
+            f"this NATS server holds Switchyard's protocol 1 layout (streams {', '.join(found)}), "
+            "from before the journal. Its runs cannot be continued by this version. Either let a "
+            "v1 supervisor finish them, or start on a new data directory (`switchyard up "
+            "--data-dir NEW`); to discard the old state, delete those streams and the "
+            f"{s.bucket('workflows')} bucket (`nats stream rm`, `nats kv rm`).")
+
+
 async def ensure_streams(js: JetStreamContext, s: Subjects, *, replicas: int = 1) -> None:
-    """Create the streams if missing; leave existing ones as their operator set them."""
+    """Create the streams if missing; leave existing ones as their operator set them. A server
+    with the old layout is refused (``check_layout``)."""
+    await check_layout(js, s)
     for config in stream_configs(s, replicas=replicas):
         try:
             info = await js.stream_info(config.name or "")

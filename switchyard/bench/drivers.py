@@ -47,6 +47,7 @@ class Driver:
 class SwitchyardDriver(Driver):
     def __init__(self, nc: Client, subjects: Subjects, workflow: str, payload: int) -> None:
         self.nc, self.js, self.s = nc, nc.jetstream(), subjects
+        self.journal = Journal(self.js, subjects)
         self.workflow = workflow
         self.input = {"payload": "x" * payload, "n": 0}
         self.waiting: dict[str, asyncio.Future[None]] = {}
@@ -66,7 +67,7 @@ class SwitchyardDriver(Driver):
         wid = f"b{self.run_id}-{i}-{uuid.uuid4().hex[:6]}"
         fut = self.waiting[wid] = asyncio.get_running_loop().create_future()
         req = WorkflowRequest(id=wid, workflow=self.workflow, input=self.input, submitted_at=0)
-        await self.js.publish(self.s.submit, codec.encode(req), headers={MSG_ID: wid})
+        await self.journal.submit(req)
         await fut
         self.finished.append(wid)
 

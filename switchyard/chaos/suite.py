@@ -41,9 +41,13 @@ from nats.aio.client import Client
 from switchyard.client import SwitchyardClient
 from switchyard.natsd import NatsServer
 from switchyard.protocol import Subjects, Task, WorkflowRequest, codec, grants
+from switchyard.protocol.bus.journal import Journal
+from switchyard.protocol.bus.provision import open_bucket
 from switchyard.protocol.headers import MSG_ID, PROTOCOL
+from switchyard.protocol.subjects import Bucket
 from switchyard.settings import Settings
 from switchyard.stack import LocalStack
+from switchyard.supervisor.store import Snapshots
 
 SCENARIOS = ("agents", "supervisor", "nats", "poison")
 SIZES: dict[str, dict[str, int]] = {
@@ -193,7 +197,7 @@ class _Run:
     async def submit_all(self, nc: Client, ids: list[str], inflight: int = 64,
                          midway: Any = None) -> list[str]:
         """Submit each id until the stream acknowledges it (through outages); returns the acked."""
-        js = nc.jetstream(timeout=2.0)
+        journal = Journal(nc.jetstream(timeout=2.0), self.settings.subjects)
         acked: list[str] = []
         slots = asyncio.Semaphore(inflight)
 
@@ -203,12 +207,11 @@ class _Run:
                                       submitted_at=time.time())
                 for _ in range(300):  # bounded: about a minute of outage at most
                     try:
-                        await js.publish(self.settings.subjects.submit, codec.encode(req),
-                                         headers={MSG_ID: wid})
+                        await journal.submit(req)  # a re-sent request is accepted once
                         acked.append(wid)
                         return
                     except Exception:
-                        await asyncio.sleep(0.2)  # the bus is down: try again (deduplicated)
+                        await asyncio.sleep(0.2)  # the bus is down: try again
 
         self.report.submitted += len(ids)
         half = len(ids) // 2
@@ -239,7 +242,7 @@ class _Run:
                 await sub.unsubscribe()
         client = SwitchyardClient(nc, s)
         for wid in want - set(seen):  # a last look at each one not seen, waiting for a person?
-            state, _ = await client_state(client, wid)
+            state = await client_state(client, wid)
             if state == "waiting_human":
                 seen[wid] = "escalated"
         return seen
@@ -262,12 +265,12 @@ class _Run:
                               f"({r.escalated} escalated, {r.failed} failed)")
 
 
-async def client_state(client: SwitchyardClient, wid: str) -> tuple[str, int]:
-    from switchyard.supervisor.store import WorkflowStore
-
-    store = await WorkflowStore.open(client.js, client.s.bucket("workflows"))
-    state, revision = await store.get(wid)
-    return (state.status if state else ""), revision
+async def client_state(client: SwitchyardClient, wid: str) -> str:
+    """A run's state by its snapshot (written when it waits), "" if it has none."""
+    snapshots = Snapshots(await open_bucket(client.js, client.s.bucket(Bucket.WORKFLOWS)),
+                          client.s.bucket(Bucket.WORKFLOWS))
+    state = await snapshots.get(wid)
+    return state.status if state else ""
 
 
 def _ids(prefix: str, count: int) -> list[str]:
@@ -368,7 +371,8 @@ async def _poison(run: _Run, n: dict[str, int], deadline: float) -> None:
     bad: list[tuple[str, bytes, dict[str, str]]] = []
     for i in range(n["poison"]):
         kind = i % 5
-        subject = (s.task("worker"), s.result("worker"), s.submit, s.human_decision)[i % 4]
+        subject = (s.task("worker"), s.result("px", "worker"), s.submit(f"px{i}"),
+                   s.decision("px"))[i % 4]
         if kind == 0:
             body = b"\x00\xffnot json at all" + bytes([i])
         elif kind == 1:
@@ -427,7 +431,7 @@ async def run_scenario(name: str, *, scale: str = "ci", seed: int = 1) -> ChaosR
         faults = {"agent.before_tool_call": p, "agent.after_tool_call": p, "agent.before_ack": p}
         replicas = {"agent-worker": 3}
     elif name == "supervisor":
-        faults = {"supervisor.after_store": 0.01}
+        faults = {"supervisor.after_fold": 0.01, "supervisor.before_ack": 0.01}
         replicas = {"supervisor": 2, "agent-worker": 2}
     steps = 5 if name == "supervisor" else 1
     started = time.monotonic()

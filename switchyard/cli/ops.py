@@ -1,4 +1,4 @@
-"""Operations: ``trace`` a run, ``audit verify`` its chain, ``dlq list|show|replay`` and
+"""Operations: ``trace`` a run, ``audit verify`` its journal (links and replay), ``dlq list|show|replay`` and
 ``status``."""
 
 from __future__ import annotations
@@ -14,10 +14,17 @@ from rich.table import Table
 from rich.tree import Tree
 
 from switchyard.cli.app import JsonOpt, app, client, dump, err, load_settings, once, out
+from switchyard.client import Audit, SwitchyardClient
 from switchyard.protocol.audit import Verification
+from switchyard.protocol.bus.provision import open_bucket
 from switchyard.protocol.codec import nests_deeper
 from switchyard.protocol.events import EventType
-from switchyard.protocol.messages import Event
+from switchyard.protocol.messages import Entry, Event
+from switchyard.protocol.subjects import Bucket, check_token
+from switchyard.settings import Settings
+from switchyard.supervisor.catalog import WorkflowCatalog
+from switchyard.supervisor.journal import Definitions
+from switchyard.supervisor.workflow import Workflow
 
 audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=True)
 dlq_app = typer.Typer(help="Dead letters: what could not be processed, and why.",
@@ -27,19 +34,51 @@ app.add_typer(dlq_app, name="dlq")
 UNATTRIBUTED = "(unattributed)"
 
 
+async def definitions(settings: Settings, bus: SwitchyardClient) -> Definitions:
+    """The definitions a replay folds under: the configured workflows and those on the bus,
+    admitted under the configured policy, as the supervisor does."""
+    kv = await open_bucket(bus.js, settings.subjects.bucket(Bucket.WORKFLOW_DEFS), history=5)
+    catalog = WorkflowCatalog(settings.load_workflows(), kv, policy=settings.load_policy())
+
+    async def find(name: str, new: bool) -> Workflow | None:
+        return await (catalog.latest(name) if new else catalog.running(name))
+
+    return find
+
+
+async def run_events(bus: SwitchyardClient, settings: Settings, workflow_id: str) -> list[Event]:
+    """A run as records of what happened: its journal folded again (what the supervisor
+    decided at each input, or why it changed nothing), with its tool calls, in time order."""
+    audit = await bus.audit(workflow_id, await definitions(settings, bus))
+    events: list[Event] = []
+    for step in audit.replay.steps:
+        rec, t = step.read.record, step.transition
+        if t.changed:
+            entries = t.entries
+        else:
+            why = step.read.refused or t.ignored
+            entries = [Entry(type=EventType.INPUT_IGNORED, data={
+                "kind": step.read.kind, "reason": why, "stream_seq": rec.seq})]
+        events.append(Event(workflow_id=workflow_id, at=rec.at, source="journal",
+                            entries=entries, n=rec.seq))
+    events += await bus.events(workflow_id)
+    return sorted(events, key=lambda e: e.at)
+
+
 @app.command()
 def trace(workflow_id: str, json_out: JsonOpt = False) -> None:
-    """One run's audit trail as a tree: steps with timings, confidence and agent, tool calls,
-    escalations and decisions."""
+    """One run as a tree, folded from its journal: steps with timings, confidence and agent,
+    tool calls, escalations and decisions, and inputs that changed nothing (with why)."""
     settings = load_settings()
 
     async def main() -> list[Event]:
+        check_token("workflow id", workflow_id)
         async with client(settings) as bus:
-            return await bus.events(workflow_id)
+            return await run_events(bus, settings, workflow_id)
 
     events = once(main())
     if not events:
-        err.print(f"[red]no events recorded for workflow {escape(repr(workflow_id))}[/]")
+        err.print(f"[red]no journal for workflow {escape(repr(workflow_id))}[/]")
         raise typer.Exit(1)
     if json_out:
         dump([msgspec.to_builtins(e) for e in events])
@@ -98,34 +137,72 @@ def audit_verify(
         help="also check the chain of records that belong to no workflow")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Check that each workflow's audit records form an unbroken hash chain (every record names
-    the SHA-256 of the stored record before it). Exits 1 if any chain is broken or empty."""
+    """Check each workflow's journal and replay it. The links: every record names the sequence
+    and SHA-256 of the record before it, and so do the tool-call records beside it. The replay:
+    the engine, folded again over the recorded inputs under the configured definitions, must
+    reproduce every task a result answers, every escalation a decision answers, every timer and
+    notice, and the outcome; it names the first input where it does not. Exits 1 on any
+    problem."""
     settings = load_settings()
-    names: list[str | None] = [*(workflow_ids or []), *([None] if unattributed else [])]
-    if not names:
+    if not workflow_ids and not unattributed:
         err.print("[red]name at least one workflow id, or --unattributed[/]")
         raise typer.Exit(2)
 
-    async def main() -> dict[str, Verification]:
+    async def main() -> tuple[dict[str, Audit], Verification | None]:
+        for wid in workflow_ids or []:
+            check_token("workflow id", wid)
         async with client(settings) as bus:
-            return {wid or UNATTRIBUTED: await bus.verify(wid) for wid in names}
+            found = await definitions(settings, bus)
+            audits = {wid: await bus.audit(wid, found) for wid in workflow_ids or []}
+            return audits, (await bus.verify(None) if unattributed else None)
 
-    results = once(main())
+    audits, loose = once(main())
+    ok = all(a.ok for a in audits.values()) and (loose is None or loose.ok
+                                                 or loose.records == 0)
     if json_out:
-        dump({wid: v.as_dict() for wid, v in results.items()})
-    for wid, v in results.items():
-        if json_out:
-            break
-        if v.ok:
-            writers = ", ".join(f"{w} {n}" for w, n in sorted(v.writers.items()))
-            out.print(f"[green]ok[/] {escape(wid)}: {v.records} records, {v.entries} entries, "
-                      f"seq {v.first_seq}..{v.last_seq}, head {v.head[:16]} ({escape(writers)})")
-        else:
-            out.print(f"[red]BROKEN[/] {escape(wid)}: {v.records} records")
-            for problem in v.problems:
-                out.print(f"  {escape(problem)}", markup=False)
-    if not all(v.ok for v in results.values()):
+        dump({**{wid: a.as_dict() for wid, a in audits.items()},
+              **({UNATTRIBUTED: loose.as_dict()} if loose is not None else {})})
+    else:
+        for a in audits.values():
+            print_audit(a)
+        if loose is not None:
+            print_chain(UNATTRIBUTED, loose)
+    if not ok:
         raise typer.Exit(1)
+
+
+def print_audit(a: Audit) -> None:
+    chain, r = a.chain, a.replay
+    status = r.state.status if r.state is not None else "no run"
+    if a.ok:
+        out.print(f"[green]ok[/] {escape(a.workflow_id)}: journal {len(chain.reads)} records "
+                  f"(last seq {chain.last_seq}, head {chain.head[:16]}), replay reproduces "
+                  f"what was sent ({escape(status)})"
+                  + (f"; {a.calls.records} tool-call records" if a.calls else ""))
+    else:
+        out.print(f"[red]BROKEN[/] {escape(a.workflow_id)}: journal {len(chain.reads)} records")
+        for problem in chain.problems:
+            out.print(f"  {escape(problem)}", markup=False)
+        if r.divergence:
+            out.print(f"  replay diverges at {escape(r.divergence)}", markup=False)
+        if a.calls is not None and not a.calls.ok:
+            for problem in a.calls.problems:
+                out.print(f"  tool calls: {escape(problem)}", markup=False)
+    for note in r.notes:
+        out.print(f"  note: {escape(note)}", markup=False)
+
+
+def print_chain(name: str, v: Verification) -> None:
+    if v.records == 0:
+        out.print(f"[green]ok[/] {escape(name)}: no records")
+    elif v.ok:
+        writers = ", ".join(f"{w} {n}" for w, n in sorted(v.writers.items()))
+        out.print(f"[green]ok[/] {escape(name)}: {v.records} records, {v.entries} entries, "
+                  f"seq {v.first_seq}..{v.last_seq}, head {v.head[:16]} ({escape(writers)})")
+    else:
+        out.print(f"[red]BROKEN[/] {escape(name)}: {v.records} records")
+        for problem in v.problems:
+            out.print(f"  {escape(problem)}", markup=False)
 
 
 @dlq_app.command("list")

@@ -65,11 +65,11 @@ def decode_task(data: bytes) -> dict[str, Any]:
         raise Refused("decode_error", f"task is not JSON: {e}") from None
     if not isinstance(doc, dict):
         raise Refused("decode_error", "task is not a JSON object")
-    version = doc.get("protocol", "1.0")
+    version = doc.get("protocol", "2.0")
     if not isinstance(version, str):
         raise Refused("decode_error", "protocol is not a string")
-    if version.split(".", 1)[0] != "1":
-        raise Refused("unsupported_version", f"protocol version {version!r} is not 1.x")
+    if version.split(".", 1)[0] != "2":
+        raise Refused("unsupported_version", f"protocol version {version!r} is not 2.x")
     if not enclosure_ok(doc):
         raise Refused("decode_error", "payload nested deeper than 32 levels")
     for name, kind in TASK_FIELDS.items():
@@ -147,6 +147,7 @@ class EchoAgent:
     def __init__(self, url: str, prefix: str) -> None:
         self.url, self.p = url, prefix
         self.tasks_stream, self.events_stream = f"{prefix.upper()}_TASKS", f"{prefix.upper()}_EVENTS"
+        self.journal_stream = f"{prefix.upper()}_JOURNAL"
         self.name = f"{socket.gethostname()}-{os.getpid()}"
         self.stop = asyncio.Event()
         self.stats = {"received": 0, "ok": 0, "needs_human": 0, "errors": 0, "retried": 0,
@@ -259,18 +260,34 @@ class EchoAgent:
     async def answer(self, msg: Any, task: dict[str, Any], started: float, status: str, *,
                      output: dict[str, Any] | None = None, confidence: float = 1.0,
                      error: dict[str, Any] | None = None, reason: str = "") -> bool:
-        """Publish the Result; on failure keep the task (nak, 1 s) and say so."""
-        result = {"protocol": "1.0", "task_id": task["id"], "workflow_id": task["workflow_id"],
+        """Append the Result to the workflow's journal after the record the task names (after
+        the journal's last record if something came first); on failure keep the task (nak)."""
+        result = {"protocol": "2.0", "task_id": task["id"], "workflow_id": task["workflow_id"],
                   "step": task["step"], "role": ROLE, "attempt": task["attempt"], "status": status,
                   "output": output, "confidence": confidence, "reason": reason, "error": error,
                   "agent": self.name,
                   "usage": {"input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0, "model": ""},
                   "duration_ms": (time.monotonic() - started) * 1000}
-        headers = {"Nats-Msg-Id": f"{task['id']}:result", "Sy-Protocol": "1.0"}
+        journal = f"{self.p}.journal.{task['workflow_id']}"
+        headers = {"Nats-Msg-Id": f"{task['id']}:result", "Sy-Protocol": "2.0",
+                   "Nats-Expected-Last-Subject-Sequence-Subject": f"{journal}.>"}
         if traceparent := (msg.headers or {}).get("traceparent"):
             headers["traceparent"] = traceparent
+        after, prev = task.get("after", 0), task.get("prev", "")
         try:
-            await self.js.publish(f"{self.p}.result.{ROLE}", json.dumps(result).encode(), headers=headers)
+            for _ in range(25):
+                body = json.dumps({**result, "after": after, "prev": prev}).encode()
+                try:
+                    await self.js.publish(f"{journal}.result.{ROLE}", body, headers={
+                        **headers, "Nats-Expected-Last-Subject-Sequence": str(after)})
+                    break
+                except APIError as e:
+                    if e.err_code != WRONG_LAST_SEQUENCE:
+                        raise
+                last = await self.js.get_msg(self.journal_stream, subject=f"{journal}.>", direct=True)
+                after, prev = last.seq, hashlib.sha256(last.data or b"").hexdigest()
+            else:
+                raise RuntimeError("25 appends overtaken in a row")
         except Exception:
             await msg.nak(delay=1)
             return False
@@ -309,7 +326,7 @@ class EchoAgent:
                 tail_seq, prev = last.seq or 0, hashlib.sha256(last.data or b"").hexdigest()
             except NotFoundError:
                 tail_seq, prev = 0, ""
-            record = {"protocol": "1.0", "workflow_id": workflow_id, "at": at, "source": f"agent:{ROLE}",
+            record = {"protocol": "2.0", "workflow_id": workflow_id, "at": at, "source": f"agent:{ROLE}",
                       "entries": [entry], "n": 0, "prev": prev}
             try:
                 await self.js.publish(subject, json.dumps(record).encode(), headers={

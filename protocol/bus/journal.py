@@ -1,0 +1,178 @@
+"""Journal I/O: appending a record where it must go, and reading a workflow's journal back.
+
+Every writer appends the same way (``Journal.append``): it names the record it follows (for an
+agent, the point its task gave it), publishes with ``Nats-Expected-Last-Subject-Sequence`` over
+the workflow's journal subjects, and when the server answers that something else came first,
+reads the journal's last record and tries again after it. The engine decides what a record that
+came late means (a result for an attempt no longer awaited changes nothing), so nothing is
+dropped at the door. Reads go straight to the stream (direct get), with no consumer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.js.api import RawStreamMsg
+from nats.js.client import JetStreamContext
+from nats.js.errors import BadRequestError, NotFoundError
+
+from switchyard.protocol import codec
+from switchyard.protocol.bus.publisher import Publisher
+from switchyard.protocol.headers import (
+    EXPECTED_LAST_SUBJECT_SEQ,
+    EXPECTED_LAST_SUBJECT_SEQ_SUBJECT,
+    MSG_ID,
+    PROTOCOL,
+    TIMESTAMP,
+)
+from switchyard.protocol.journal import Record, parse_stamp
+from switchyard.protocol.messages import PROTOCOL_VERSION, WorkflowRequest
+from switchyard.protocol.subjects import JournalKind, Stream, Subjects
+
+WRONG_LAST_SEQUENCE = 10071
+MAX_ATTEMPTS = 25
+_ACK_TOKENS_V1 = 9  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending>
+
+
+class AlreadyExists(Exception):
+    """A submission for a workflow id whose journal has already begun (with other input)."""
+
+
+def record_of_msg(msg: Msg) -> Record:
+    """A journal record as a consumer delivered it."""
+    tokens = (msg.reply or "").split(".")
+    # the stored time is in the ack subject, in ns (nats-py's metadata rounds it to a datetime)
+    stamp = int(tokens[7] if len(tokens) == _ACK_TOKENS_V1 else tokens[9])
+    headers = msg.headers or {}
+    return Record(seq=msg.metadata.sequence.stream, subject=msg.subject, data=msg.data,
+                  stamp_ns=stamp, expected=headers.get(EXPECTED_LAST_SUBJECT_SEQ, ""),
+                  expected_subject=headers.get(EXPECTED_LAST_SUBJECT_SEQ_SUBJECT, ""))
+
+
+def record_of_raw(raw: RawStreamMsg) -> Record:
+    """A journal record as a direct get returned it."""
+    headers = raw.headers or {}
+    return Record(seq=raw.seq or 0, subject=raw.subject or "", data=raw.data or b"",
+                  stamp_ns=parse_stamp(headers.get(TIMESTAMP, "1970-01-01T00:00:00Z")),
+                  expected=headers.get(EXPECTED_LAST_SUBJECT_SEQ, ""),
+                  expected_subject=headers.get(EXPECTED_LAST_SUBJECT_SEQ_SUBJECT, ""))
+
+
+class Journal:
+    """Appends to and reads workflows' journals through a JetStream context (and, for appends,
+    the component's pipelined publisher when it has one)."""
+
+    def __init__(
+        self, js: JetStreamContext, subjects: Subjects, *, publisher: Publisher | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self.js, self.s = js, subjects
+        self._publisher = publisher
+        self._stream = subjects.stream(Stream.JOURNAL)
+        self.timeout = timeout
+        self.conflicts = 0
+
+    async def _publish(self, subject: str, data: bytes, headers: dict[str, str]) -> int:
+        if self._publisher is not None:
+            return (await self._publisher.publish(subject, data, headers)).seq
+        return (await self.js.publish(subject, data, timeout=self.timeout, headers=headers)).seq
+
+    async def append(
+        self, workflow_id: str, kind: JournalKind, make: Callable[[int, str], msgspec.Struct],
+        *, after: int, prev: str, role: str = "", msg_id: str = "",
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, msgspec.Struct]:
+        """Append ``make(after, prev)`` after the record at ``after``; if another record came
+        first, after the journal's last record instead. Returns (stream sequence, the message
+        as stored)."""
+        subject = self.s.journal_record(workflow_id, kind, role)
+        base = {PROTOCOL: PROTOCOL_VERSION, EXPECTED_LAST_SUBJECT_SEQ_SUBJECT:
+                self.s.journal(workflow_id), **(headers or {})}
+        if msg_id:
+            base[MSG_ID] = msg_id
+        for _ in range(MAX_ATTEMPTS):
+            message = make(after, prev)
+            try:
+                seq = await self._publish(subject, codec.encode(message),
+                                          {**base, EXPECTED_LAST_SUBJECT_SEQ: str(after)})
+            except BadRequestError as exc:
+                if exc.err_code != WRONG_LAST_SEQUENCE:
+                    raise
+                self.conflicts += 1
+                last = await self.last(workflow_id)
+                if last is None:
+                    raise
+                after, prev = last.seq, last.digest
+                continue
+            return seq, message
+        raise RuntimeError(f"journal {workflow_id}: {MAX_ATTEMPTS} appends overtaken in a row")
+
+    async def append_exactly(
+        self, workflow_id: str, kind: JournalKind, message: msgspec.Struct, *, after: int,
+        msg_id: str = "",
+    ) -> int | None:
+        """Append ``message`` only if the record at ``after`` is still the journal's last (the
+        supervisor's own inputs: a timer decided on what it had read). None if it was not."""
+        headers = {PROTOCOL: PROTOCOL_VERSION, EXPECTED_LAST_SUBJECT_SEQ: str(after),
+                   EXPECTED_LAST_SUBJECT_SEQ_SUBJECT: self.s.journal(workflow_id)}
+        if msg_id:
+            headers[MSG_ID] = msg_id
+        try:
+            return await self._publish(self.s.journal_record(workflow_id, kind),
+                                       codec.encode(message), headers)
+        except BadRequestError as exc:
+            if exc.err_code != WRONG_LAST_SEQUENCE:
+                raise
+            self.conflicts += 1
+            return None
+
+    async def submit(self, request: WorkflowRequest, headers: dict[str, str] | None = None) -> int:
+        """Begin workflow ``request.id``'s journal. Re-sending the same request (a retry after a
+        lost ack) is accepted; a different one for an id already begun raises ``AlreadyExists``."""
+        data = codec.encode(request)
+        subject = self.s.submit(request.id)
+        try:
+            return await self._publish(subject, data, {
+                **(headers or {}), PROTOCOL: PROTOCOL_VERSION, MSG_ID: f"{request.id}:submit",
+                EXPECTED_LAST_SUBJECT_SEQ: "0",
+                EXPECTED_LAST_SUBJECT_SEQ_SUBJECT: self.s.journal(request.id)})
+        except BadRequestError as exc:
+            if exc.err_code != WRONG_LAST_SEQUENCE:
+                raise
+        first = await self.first(request.id)
+        if first is not None and first.subject == subject and first.data == data:
+            return first.seq
+        raise AlreadyExists(f"workflow {request.id} already exists")
+
+    async def last(self, workflow_id: str) -> Record | None:
+        try:
+            raw = await self.js.get_msg(self._stream, subject=self.s.journal(workflow_id),
+                                        direct=True)
+        except NotFoundError:
+            return None
+        return record_of_raw(raw)
+
+    async def first(self, workflow_id: str) -> Record | None:
+        return await self._next(workflow_id, 1)
+
+    async def _next(self, workflow_id: str, seq: int) -> Record | None:
+        try:
+            raw = await self.js.get_msg(self._stream, seq=seq, subject=self.s.journal(workflow_id),
+                                        next=True, direct=True)
+        except NotFoundError:
+            return None
+        return record_of_raw(raw)
+
+    async def records(
+        self, workflow_id: str, *, after: int = 0, before: int | None = None,
+    ) -> AsyncIterator[Record]:
+        """The journal's records with sequence > ``after`` (and < ``before``), in order."""
+        seq = after + 1
+        while before is None or seq < before:
+            record = await self._next(workflow_id, seq)
+            if record is None or (before is not None and record.seq >= before):
+                return
+            yield record
+            seq = record.seq + 1
