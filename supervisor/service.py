@@ -59,6 +59,7 @@ from switchyard.protocol.messages import (
     Outcome,
     Task,
     TimerFired,
+    WorkflowRequest,
 )
 from switchyard.protocol.subjects import (
     TRUST_KEY,
@@ -266,13 +267,18 @@ class Supervisor(Component):
         folded = await self._before(workflow_id, folded, record)
         read = journal.read(record, self.config.subjects, workflow_id, folded.seq, folded.head,
                             max_bytes=self.config.max_bytes)
-        wf = await definition_for(folded, read, self._definitions)
+        wf = await definition_for(folded, read, self.definitions)
         after, t = fold(wf, folded, read)
         self._count(read, t.ignored if not t.changed else "")
         if not read.ok:
             await self.dead_letter(msg, _DEAD_LETTER_KIND.get(read.kind, DeadLetterKind.JOURNAL),
                                    read.code or ErrorCode.INVALID_INPUT, read.refused,
                                    workflow_id, term=False)
+        elif isinstance(read.message, WorkflowRequest) and wf is None:
+            # the run fails at once (its outcome says why); the request is kept as bad input
+            await self.dead_letter(msg, DeadLetterKind.SUBMIT, ErrorCode.INVALID_INPUT,
+                                   await self._why_undefined(read.message.workflow), workflow_id,
+                                   term=False)
         self.faults.hit("supervisor.after_fold")
         if after.state is not None and t.changed:
             await self._execute(after.state, t.effects)
@@ -315,11 +321,21 @@ class Supervisor(Component):
         async for record in self.journal.records(workflow_id, after=folded.seq, before=before):
             read = journal.read(record, self.config.subjects, workflow_id, folded.seq,
                                 folded.head, max_bytes=self.config.max_bytes)
-            folded, _ = fold(await definition_for(folded, read, self._definitions), folded, read)
+            folded, _ = fold(await definition_for(folded, read, self.definitions), folded, read)
         return folded
 
-    async def _definitions(self, name: str, new: bool) -> Workflow | None:
+    async def definitions(self, name: str, new: bool) -> Workflow | None:
+        """The definition a new run of ``name`` starts with (``new``), or a running one uses:
+        what ``fold`` and ``replay`` take as their ``Definitions``."""
         return await (self._catalog.latest(name) if new else self._catalog.running(name))
+
+    async def _why_undefined(self, name: str) -> str:
+        try:
+            check_token("workflow", name)
+            await self._catalog.latest(name)
+        except ConfigError as exc:  # not a name, or a definition the policy refuses
+            return exc.message
+        return f"unknown workflow {name!r} (known: {', '.join(self._catalog.names())})"
 
     async def _definition(self, state: WorkflowState | None) -> Workflow | None:
         return await self._catalog.running(state.workflow) if state is not None else None

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import InvalidKeyError, NotFoundError
 
 from switchyard.protocol import codec
@@ -55,7 +55,7 @@ from switchyard.protocol.messages import (
 from switchyard.protocol.subjects import Bucket, JournalKind, Stream, Subjects, check_token
 from switchyard.supervisor.authz import reviewers_durable
 from switchyard.supervisor.engine import TERMINAL
-from switchyard.supervisor.escalation import EscalationIndex
+from switchyard.supervisor.escalation import EscalationIndex, escalation_key
 from switchyard.supervisor.journal import Definitions, Replay, replay
 from switchyard.supervisor.store import Snapshots
 
@@ -209,9 +209,12 @@ class SwitchyardClient:
         watcher = None
         waiters: list[asyncio.Task[WaitResult]] = [
             asyncio.ensure_future(self._next_outcome(sub, workflow_id))]
-        if stop_at_escalation:
-            index = await open_bucket(self.js, self.s.bucket(Bucket.ESCALATIONS))
-            watcher = await index.watch(f"{workflow_id}.>")
+        if stop_at_escalation:  # the index's entries for this run: the latest of each, then new
+            bucket = self.s.bucket(Bucket.ESCALATIONS)
+            await open_bucket(self.js, bucket)
+            watcher = await self.js.subscribe(
+                f"$KV.{bucket}.{escalation_key(workflow_id)}.>", ordered_consumer=True,
+                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT)
             waiters.append(asyncio.ensure_future(self._next_escalation(watcher, workflow_id)))
         try:
             done, _ = await asyncio.wait(waiters, timeout=timeout,
@@ -227,7 +230,7 @@ class SwitchyardClient:
             with contextlib.suppress(Exception):  # a closing connection drops them anyway
                 await sub.unsubscribe()
                 if watcher is not None:
-                    await watcher.stop()
+                    await watcher.unsubscribe()
 
     async def _next_outcome(self, sub: Any, workflow_id: str) -> WaitResult:
         while True:
@@ -238,13 +241,13 @@ class SwitchyardClient:
                 continue
             return WaitResult(outcome.status, workflow_id, outcome, outcome.reason)
 
-    async def _next_escalation(self, watcher: Any, workflow_id: str) -> WaitResult:
+    async def _next_escalation(self, sub: Any, workflow_id: str) -> WaitResult:
         while True:
-            entry = await watcher.updates(timeout=3600.0)
-            if entry is None or not entry.value or entry.operation is not None:
-                continue  # the end of the initial values, or a decided (removed) one
+            msg = await sub.next_msg(timeout=None)
+            if not msg.data or (msg.headers or {}).get("KV-Operation"):
+                continue  # a decided (removed) one
             try:
-                esc = codec.decode(entry.value, Escalation)
+                esc = codec.decode(msg.data, Escalation)
             except ProtocolError:
                 continue
             return WaitResult("escalated", workflow_id, reason=esc.reason,

@@ -207,9 +207,9 @@ async def test_runtime_sends_in_progress_while_a_long_handler_runs(
 
 
 BAD_TASKS: list[tuple[str, Callable[[grants.Signer], bytes], str]] = [
-    ("malformed", lambda s: b'{"protocol": "1.0", "id": ', "decode_error"),
-    ("wrong_schema", lambda s: b'{"protocol": "1.0", "id": "x"}', "decode_error"),
-    ("unknown_version", lambda s: encode(make_task(s)).replace(b'"1.0"', b'"2.0"'),
+    ("malformed", lambda s: b'{"protocol": "2.0", "id": ', "decode_error"),
+    ("wrong_schema", lambda s: b'{"protocol": "2.0", "id": "x"}', "decode_error"),
+    ("unknown_version", lambda s: encode(make_task(s)).replace(b'"2.0"', b'"3.0"'),
      "unsupported_version"),
     ("oversized", lambda s: encode(make_task(s, "x" * 5000)), "message_too_large"),
     ("forged_grant", lambda s: encode(make_task(s, key=grants.Signer(grants.new_seed()))),

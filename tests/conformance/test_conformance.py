@@ -123,7 +123,7 @@ async def stack(nats_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
 
 
 def _task(wid: str, grant: str, *, attempt: int = 1, text: Any = "hi", **extra: Any) -> dict[str, Any]:
-    return {"protocol": "1.0", "id": f"{wid}:echo:{attempt}", "workflow_id": wid, "workflow": "echo",
+    return {"protocol": "2.0", "id": f"{wid}:echo:{attempt}", "workflow_id": wid, "workflow": "echo",
             "step": "echo", "role": "echo", "attempt": attempt,
             "input": {} if text is None else {"text": text}, "context": {}, "grant": grant,
             "deadline": 0, **extra}
@@ -164,7 +164,7 @@ async def test_conformance_echo_workflow_completes_with_a_documented_result(stac
     result = await stack.nc.jetstream().get_last_msg(f"{p.upper()}_RESULTS", f"{p}.result.echo")
     body = json.loads(result.data)
     assert result.headers and result.headers["Nats-Msg-Id"] == f"{task['id']}:result"
-    assert result.headers["Sy-Protocol"] == task_msg.headers["Sy-Protocol"] == "1.0"
+    assert result.headers["Sy-Protocol"] == task_msg.headers["Sy-Protocol"] == "2.0"
     assert result.headers["traceparent"] == task_msg.headers["traceparent"]
     body_part = task["grant"].split(".", 1)[0]
     grant = json.loads(base64.urlsafe_b64decode(body_part + "=" * (-len(body_part) % 4)))
@@ -186,7 +186,7 @@ async def test_conformance_bad_tasks_are_dead_lettered_and_the_agent_keeps_worki
         return json.dumps(task).encode()
 
     bad: dict[str, tuple[bytes, str | None]] = {  # code: (bytes, the chain its record goes on)
-        "decode_error": (b'{"protocol": "1.0", "id": "trunc', None),
+        "decode_error": (b'{"protocol": "2.0", "id": "trunc', None),
         "unsupported_version": (enc(_task("x1", _grant(signer, "x1"), protocol="9.\u00e9")), None),
         "grant_missing": (enc(_task("x2", "")), None),
         "grant_invalid": (enc(_task("x3", _grant(forged, "x3"))), None),  # signed by another key

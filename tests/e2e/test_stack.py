@@ -68,8 +68,8 @@ async def test_stack_dead_letters_bad_tasks_and_every_process_keeps_running(
     genuine = Task(id="x:triage:1", workflow_id="x", workflow="support", step="triage",
                    role="triage", attempt=1, input={"text": "hi"}, grant=forged)
     bad = {
-        "decode_error": b'{"protocol": "1.0", "id": "trunc',
-        "unsupported_version": encode(genuine).replace(b'"1.0"', b'"9.0"'),
+        "decode_error": b'{"protocol": "2.0", "id": "trunc',
+        "unsupported_version": encode(genuine).replace(b'"2.0"', b'"9.0"'),
         "grant_invalid": encode(genuine),
     }
     dlq = await js.subscribe(s.dlq("task"), ordered_consumer=True,

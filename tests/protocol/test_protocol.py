@@ -26,6 +26,7 @@ from switchyard.protocol import (
     grants,
 )
 from switchyard.protocol.errors import ConfigError, ErrorCode, SwitchyardError
+from switchyard.protocol.messages import Notice, TimerFired
 from switchyard.protocol.schema import asyncapi, message_schemas
 
 NOW = 1_800_000_000.0
@@ -45,13 +46,16 @@ SAMPLES: list[msgspec.Struct] = [
           entries=[Entry(type="workflow.submitted", data={"workflow": "support"})]),
     Outcome(workflow_id="w1", workflow="support", status="completed", started_at=NOW,
             finished_at=NOW),
+    TimerFired(workflow_id="w1", kind="timeout", step="triage", attempt=1, after=3, prev="ab"),
+    Notice(workflow_id="w1", kind="task_dead_lettered", reason="delivered 5 times",
+           step="triage", attempt=1, after=4, prev="cd"),
 ]
 
 
 @pytest.mark.parametrize("message", SAMPLES, ids=lambda m: type(m).__name__)
 def test_codec_round_trips_every_message(message: msgspec.Struct) -> None:
     data = encode(message)
-    assert json.loads(data)["protocol"] == "1.0"
+    assert json.loads(data)["protocol"] == "2.0"
     assert decode(data, type(message)) == message
 
 
@@ -62,22 +66,22 @@ def test_codec_rejects_malformed_json_with_a_sentence() -> None:
 
 def test_codec_rejects_wrong_schema() -> None:
     with pytest.raises(DecodeError) as exc:
-        decode(b'{"protocol": "1.0", "id": 5}', Task)
+        decode(b'{"protocol": "2.0", "id": 5}', Task)
     assert exc.value.code == ErrorCode.DECODE_ERROR
 
 
 def test_codec_rejects_unknown_major_version_even_when_schema_differs() -> None:
-    with pytest.raises(UnsupportedVersionError, match=r"'2.0' is not supported"):
-        decode(b'{"protocol": "2.0", "whatever": true}', Task)
-    data = encode(SAMPLES[1]).replace(b'"1.0"', b'"3.1"')
+    with pytest.raises(UnsupportedVersionError, match=r"'3.0' is not supported"):
+        decode(b'{"protocol": "3.0", "whatever": true}', Task)
+    data = encode(SAMPLES[1]).replace(b'"2.0"', b'"3.1"')
     with pytest.raises(UnsupportedVersionError) as exc:
         decode(data, Task)
     assert exc.value.code == "unsupported_version"
 
 
 def test_codec_accepts_a_newer_minor_version() -> None:
-    data = encode(SAMPLES[1]).replace(b'"1.0"', b'"1.7"')
-    assert decode(data, Task).protocol == "1.7"
+    data = encode(SAMPLES[1]).replace(b'"2.0"', b'"2.7"')
+    assert decode(data, Task).protocol == "2.7"
 
 
 def test_codec_rejects_oversized_messages_both_ways() -> None:
@@ -106,13 +110,19 @@ def test_codec_rejects_deeply_nested_payloads() -> None:
 def test_subjects_follow_the_prefix() -> None:
     s = Subjects("acme")
     assert s.task("triage") == "acme.task.triage"
-    assert s.result("triage") == "acme.result.triage"
+    assert s.result("w1", "triage") == "acme.journal.w1.result.triage"
+    assert s.journal("w1") == "acme.journal.w1.>"
+    assert s.parse_journal("acme.journal.w1.result.triage") == ("w1", "result", "triage")
+    assert s.parse_journal("acme.journal.w1.decision") == ("w1", "decision", "")
+    assert s.parse_journal("acme.task.triage") is None
     assert s.tool("kb_search", "retrieval") == "acme.tool.kb_search.retrieval"
     assert s.tool_endpoint("kb_search") == "acme.tool.kb_search.*"
     assert s.dlq("task") == "acme.dlq.task"
     assert s.stream("tasks") == "ACME_TASKS"
     assert s.bucket("workflows") == "acme_workflows"
-    assert Subjects().submit == "sy.workflow.submit"
+    assert Subjects().submit("w1") == "sy.journal.w1.submit"
+    with pytest.raises(ConfigError):
+        Subjects().submit("a.b")
 
 
 @pytest.mark.parametrize("bad", ["", "Bad", "1x", "a.b", "a b", "x" * 40])
@@ -196,8 +206,11 @@ def test_asyncapi_lists_every_subject_family() -> None:
     doc = asyncapi(Subjects("acme"))
     assert doc["asyncapi"].startswith("3.")
     addresses = {c["address"] for c in doc["channels"].values()}
-    assert {"acme.workflow.submit", "acme.task.{role}", "acme.result.{role}", "acme.tool.{tool}.{caller}",
-            "acme.human.queue", "acme.human.decision", "acme.event.{workflow_id}",
+    assert {"acme.journal.{workflow_id}.submit", "acme.task.{role}",
+            "acme.journal.{workflow_id}.result.{role}", "acme.tool.{tool}.{caller}",
+            "acme.human.queue", "acme.journal.{workflow_id}.decision",
+            "acme.journal.{workflow_id}.timer", "acme.journal.{workflow_id}.notice",
+            "acme.event.{workflow_id}",
             "acme.dlq.{kind}", "acme.workflow.outcome.{workflow_id}"} <= addresses
     for op in doc["operations"].values():
         assert op["channel"]["$ref"].removeprefix("#/channels/") in doc["channels"]

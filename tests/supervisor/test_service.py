@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -14,14 +13,13 @@ from nats.js.client import JetStreamContext
 from pydantic import BaseModel
 
 from switchyard.agents import Agent, AgentConfig, Scored, TaskContext
-from switchyard.client import SwitchyardClient
-from switchyard.protocol import Event, Subjects, Task, WorkflowRequest, decode, encode, grants
+from switchyard.client import AlreadyExists, SwitchyardClient
+from switchyard.protocol import Subjects, Task, WorkflowRequest, decode, encode, grants
 from switchyard.protocol.bus.provision import open_bucket
 from switchyard.protocol.headers import DLQ_CODE, MSG_ID
 from switchyard.supervisor import Supervisor, SupervisorConfig, Workflow
 from switchyard.supervisor.catalog import put_workflow
-from switchyard.supervisor.engine import Submitted, transition
-from switchyard.supervisor.store import WorkflowStore
+from switchyard.supervisor.escalation import escalation_key
 from switchyard.supervisor.workflow import parse_workflow
 
 Watch = Any
@@ -111,7 +109,7 @@ async def stack(
 
 
 async def test_supervisor_runs_a_workflow_to_completion(
-    stack: Any, nc: Client, subjects: Subjects, watch: Callable[[str], Awaitable[Watch]],
+    stack: Any, nc: Client, subjects: Subjects,
 ) -> None:
     sup = await stack()
     client = SwitchyardClient(nc, subjects)
@@ -120,15 +118,19 @@ async def test_supervisor_runs_a_workflow_to_completion(
     assert res.status == "completed" and res.outcome is not None
     assert res.outcome.output == {"total": 41}
     assert [(s.step, s.status) for s in res.outcome.steps] == [("first", "ok"), ("second", "ok")]
-    state, revision = await sup.store.get(wid)
-    assert state is not None and state.status == "completed" and revision > 0
-    events = await watch(subjects.event(wid))
-    records = [decode((await events.next()).data, Event) for _ in range(3)]
-    assert [[e.type for e in r.entries] for r in records] == [  # one record per transition
+    # the journal holds the inputs, and only those: the submission and one result per step
+    records = await client.journal_records(wid)
+    assert [r.subject for r in records] == [subjects.submit(wid), subjects.result(wid, "alpha"),
+                                            subjects.result(wid, "beta")]
+    assert res.outcome.journal_seq == records[-1].seq
+    assert res.outcome.journal_head == records[-1].digest
+    audit = await client.audit(wid, sup.definitions)
+    assert audit.ok, audit.as_dict()  # links unbroken, and the replay reproduces what was sent
+    assert [[e.type for e in st.transition.entries] for st in audit.replay.steps] == [
         ["workflow.submitted", "step.dispatched"], ["step.ok", "step.dispatched"],
         ["step.ok", "workflow.completed"]]
-    assert [r.n for r in records] == [1, 2, 3]
-    assert (await client.verify(wid)).ok  # an unbroken hash chain
+    # a finished run that never waited leaves no snapshot: its outcome is its end
+    assert await sup.snapshots.get(wid) is None
 
 
 async def test_supervisor_escalates_low_confidence_and_resumes_on_approval(
@@ -187,7 +189,7 @@ async def test_supervisor_dead_letters_bad_submissions(
 ) -> None:
     await stack(agents=())
     dlq = await watch(subjects.dlq("submit"))
-    await js.publish(subjects.submit, b"nonsense", headers={MSG_ID: "bad-1"})
+    await js.publish(subjects.submit("bad-1"), b"nonsense", headers={MSG_ID: "bad-1"})
     dead = await dlq.next()
     assert dead.data == b"nonsense" and dead.headers[DLQ_CODE] == "decode_error"  # type: ignore[index]
     client = SwitchyardClient(nc, subjects)
@@ -204,7 +206,7 @@ async def test_supervisor_dead_letters_malformed_results_and_keeps_going(
 ) -> None:
     await stack()
     dlq = await watch(subjects.dlq("result"))
-    await js.publish(subjects.result("alpha"), b'{"protocol": "7.0"}')
+    await js.publish(subjects.result("w-odd", "alpha"), b'{"protocol": "7.0"}')
     assert (await dlq.next()).headers[DLQ_CODE] == "unsupported_version"  # type: ignore[index]
     client = SwitchyardClient(nc, subjects)
     assert (await client.wait(await client.submit("pair", {"n": 1}), timeout=10)).status == "completed"
@@ -214,35 +216,35 @@ async def test_supervisor_runs_a_resubmitted_request_once(
     stack: Any, nc: Client, js: JetStreamContext, subjects: Subjects,
     watch: Callable[[str], Awaitable[Watch]],
 ) -> None:
-    await stack()
-    req = WorkflowRequest(id="once", workflow="pair", input={"n": 1}, submitted_at=0)
-    for msg_id in ("a", "b"):  # different message ids: JetStream cannot deduplicate these
-        await js.publish(subjects.submit, encode(req), headers={MSG_ID: msg_id})
+    sup = await stack()
     client = SwitchyardClient(nc, subjects)
-    assert (await client.wait("once", timeout=10)).status == "completed"
-    events = await watch(subjects.event("once"))
-    records = [decode((await events.next()).data, Event) for _ in range(4)]
-    seen = [e.type for r in records for e in r.entries]
-    assert seen.count("workflow.submitted") == 1
-    # the second submission did not vanish: it left a trace on the workflow's chain
-    [ignored] = [e for r in records for e in r.entries if e.type == "input.ignored"]
-    assert ignored.data["kind"] == "submit" and "already exists" in ignored.data["reason"]
-    info = await js.stream_info(subjects.stream("events"))
-    assert info.state.messages == 4
+    req = WorkflowRequest(id="once", workflow="pair", input={"n": 1}, submitted_at=0)
+    first = await client.journal.submit(req)
+    assert await client.journal.submit(req) == first  # the same request again: accepted, once
+    with pytest.raises(AlreadyExists):  # another request for the same id: refused at the door
+        await client.submit("pair", {"n": 2}, workflow_id="once")
+    dlq = await watch(subjects.dlq("submit"))
+    # a writer that ignores the protocol (no expected sequence) gets it stored, then refused
+    await js.publish(subjects.submit("once"), encode(req), headers={MSG_ID: "sneaky"})
+    dead = await dlq.next()
+    assert "a second submission" in dead.headers["Sy-Dlq-Reason"]  # type: ignore[index]
+    res = await client.wait("once", timeout=10)
+    assert res.status == "completed" and res.outcome is not None
+    assert res.outcome.output == {"total": 3}
+    audit = await client.audit("once", sup.definitions)
+    assert not audit.ok and "a second submission" in audit.chain.problems[0]
 
 
-async def test_supervisor_restart_republishes_what_the_state_says_is_due(
-    stack: Any, nc: Client, js: JetStreamContext, subjects: Subjects,
+async def test_supervisor_runs_what_was_submitted_while_none_ran(
+    stack: Any, nc: Client, subjects: Subjects,
 ) -> None:
-    """A crash after the state was stored but before its task was published: on start, the
-    supervisor reads the state and publishes what it says is due."""
-    store = await WorkflowStore.open(js, subjects.bucket("workflows"))
-    req = WorkflowRequest(id="crashed", workflow="pair", input={"n": 4}, submitted_at=0)
-    stored = transition(parse_workflow(PAIR), None, Submitted(req), time.time()).state
-    assert stored is not None
-    await store.put(stored, 0)  # ... and the process died here, before any publish
-    await stack()
-    res = await SwitchyardClient(nc, subjects).wait("crashed", timeout=10)
+    """The journal is the state: a submission made while no supervisor runs is run by the
+    one that starts later."""
+    client = SwitchyardClient(nc, subjects)
+    await stack(supervisor=False)
+    await client.submit("pair", {"n": 4}, workflow_id="early")
+    await stack(agents=())
+    res = await client.wait("early", timeout=10)
     assert res.status == "completed" and res.outcome is not None
     assert res.outcome.output == {"total": 9}
 
@@ -260,34 +262,57 @@ async def test_supervisor_runs_a_workflow_put_on_the_bus(
     assert res.outcome.output == {"value": 10, "route": ""}
 
 
-async def test_supervisor_with_a_stale_cache_asks_the_store_before_dropping_a_result(
-    stack: Any, nc: Client, js: JetStreamContext, subjects: Subjects,
+async def test_two_supervisor_replicas_run_each_workflow_once(
+    nc: Client, subjects: Subjects, seed: bytes, signer: grants.Signer,
 ) -> None:
-    """Two replicas: another one moved the workflow to attempt 2; this one still caches
-    attempt 1. A result for attempt 2 must be applied, not dropped as stale."""
-    from switchyard.protocol import Result
-    from switchyard.supervisor.engine import ResultReceived, TimerFired
+    """Both replicas take records off the one journal consumer, so a run's inputs alternate
+    between them; each folds what it missed from the journal first. Every run completes once,
+    with one result per step and a journal that replays."""
+    config = SupervisorConfig(seed=seed, workflows={"pair": parse_workflow(PAIR)},
+                              subjects=subjects, concurrency=4)
+    sups = [await Supervisor(config, nc=await nats.connect(nc.connected_url.geturl())).start()
+            for _ in range(2)]
+    agents = [await a.start(nc, AgentConfig(subjects=subjects,
+                                            trusted_keys=frozenset({signer.public_key})))
+              for a in (alpha_agent(), beta_agent())]
+    try:
+        client = SwitchyardClient(nc, subjects)
+        ids = [await client.submit("pair", {"n": i}) for i in range(40)]
+        results = await asyncio.gather(*(client.wait(w, timeout=30) for w in ids))
+        assert [r.outcome.output for r in results if r.outcome] == [
+            {"total": 2 * i + 1} for i in range(40)]
+        for wid in ids:
+            assert len(await client.journal_records(wid)) == 3
+            assert (await client.audit(wid, sups[0].definitions)).ok
+        assert all(s.counts["results"] > 0 for s in sups)  # both did work
+        assert sum(s.counts["caught_up"] for s in sups) > 0  # and folded what the other did
+    finally:
+        for agent in agents:
+            await agent.stop()
+        for sup in sups:
+            await sup.stop()
+            await sup.nc.close()
 
-    sup = await stack(agents=())
-    wf = parse_workflow(PAIR)
-    store = await WorkflowStore.open(js, subjects.bucket("workflows"))
-    t0 = time.time()
-    req = WorkflowRequest(id="stale", workflow="pair", input={"n": 2}, submitted_at=t0)
-    s1 = transition(wf, None, Submitted(req), t0).state
-    assert s1 is not None
-    rev1 = await store.put(s1, 0)
-    s2 = transition(wf, s1, TimerFired("timeout", "first", 1), s1.timer_at).state
-    assert s2 is not None
-    s2 = transition(wf, s2, TimerFired("retry", "first", 1), s2.timer_at).state
-    assert s2 is not None and s2.attempt == 2
-    await store.put(s2, rev1)  # ... written by the other replica
-    sup._cache["stale"] = (s1, rev1)  # what this replica last saw
-    result = Result(task_id="stale:first:2", workflow_id="stale", step="first", role="alpha",
-                    attempt=2, status="ok", output={"value": 4, "route": ""})
-    await sup._apply(wf, "stale", ResultReceived(result), None)
-    state, _ = await store.get("stale")
-    assert state is not None and state.outputs["first"] == {"value": 4, "route": ""}
-    assert state.current == "second"
+
+async def test_a_stale_fold_reads_what_it_missed_before_taking_a_record(
+    stack: Any, nc: Client, subjects: Subjects,
+) -> None:
+    """A replica whose fold of a run is behind (another moved it on) reads the journal up to
+    the record it was given: the result for the attempt the journal awaits is taken."""
+    from switchyard.supervisor.journal import Folded
+
+    sup = await stack()
+    client = SwitchyardClient(nc, subjects)
+    wid = await client.submit("pair", {"n": 1, "confidence": 0.2})
+    held = await client.wait(wid, timeout=10)
+    assert held.status == "escalated"
+    first = (await client.journal_records(wid))[0]
+    sup._cache[wid] = Folded(None, 0, "")  # as if this replica had seen nothing of it
+    await client.decide(held.escalation_id, "approve", reviewer="ann")
+    done = await client.wait(wid, timeout=10, stop_at_escalation=False)
+    assert done.status == "completed" and done.outcome is not None
+    assert done.outcome.output == {"total": 3}
+    assert first.seq < done.outcome.journal_seq
 
 
 CRASHY = """
@@ -338,19 +363,21 @@ async def test_a_task_never_acknowledged_is_dead_lettered_with_its_history(
         seq = int(dead.headers["Sy-Dlq-Stream-Seq"])
         with pytest.raises(NotFoundError):  # no longer stuck on the work queue
             await js.get_msg(subjects.stream("tasks"), seq)
-        kinds = [e.type for r in await client.events(wid) for e in r.entries]
+        audit = await client.audit(wid, sup.definitions)
+        assert audit.ok, audit.as_dict()  # the notice replays: the task it names was sent
+        kinds = [e.type for st in audit.replay.steps for e in st.transition.entries]
         assert "step.dead_lettered" in kinds
         await crasher.unsubscribe()
     finally:
         await sup.stop()
 
 
-async def test_a_finished_workflow_ages_out_and_a_waiting_one_stays(
+async def test_a_finished_snapshot_ages_out_and_a_waiting_one_stays(
     nc: Client, js: JetStreamContext, subjects: Subjects, seed: bytes, signer: grants.Signer,
 ) -> None:
-    """State does not grow without bound: a finished workflow's state is written with a time to
-    live and the server removes it (its outcome stays on the outcomes stream); one waiting for a
-    person has none."""
+    """Snapshots do not grow without bound: one is written when a run waits for a person; when
+    that run ends its last snapshot is written with a time to live and the server removes it
+    (its outcome stays on the outcomes stream); one still waiting has none."""
     sup = await Supervisor(SupervisorConfig(seed=seed, workflows={"pair": parse_workflow(PAIR)},
                                             subjects=subjects, retention_s=1.0), nc=nc).start()
     agents = [await a.start(nc, AgentConfig(subjects=subjects,
@@ -360,17 +387,22 @@ async def test_a_finished_workflow_ages_out_and_a_waiting_one_stays(
         client = SwitchyardClient(nc, subjects)
         waiting = await client.submit("pair", {"n": 1, "route": "person"})
         assert (await client.wait(waiting, timeout=10)).status == "escalated"
-        done = await client.submit("pair", {"n": 2})
-        watcher = await sup.store.kv.watch(done)
-        assert (await client.wait(done, timeout=10)).status == "completed"
+        done = await client.submit("pair", {"n": 2, "route": "person"})
+        held = await client.wait(done, timeout=10)
+        assert held.status == "escalated"
+        snapshot = await sup.snapshots.get(done)
+        assert snapshot is not None and snapshot.status == "waiting_human"
+        watcher = await sup.snapshots.kv.watch(done)
+        await client.decide(held.escalation_id, "approve", reviewer="ann")
+        assert (await client.wait(done, timeout=10, stop_at_escalation=False)).status == "completed"
         async with asyncio.timeout(15):  # the server's delete marker, when the TTL runs out
             async for entry in watcher:
                 if entry is not None and entry.operation is not None:
                     break
         await watcher.stop()
-        assert (await sup.store.get(done))[0] is None
+        assert await sup.snapshots.get(done) is None
         assert (await client.outcome(done)) is not None  # the outcome is kept by its stream
-        state, _ = await sup.store.get(waiting)
+        state = await sup.snapshots.get(waiting)
         assert state is not None and state.status == "waiting_human"
     finally:
         for agent in agents:
@@ -412,10 +444,18 @@ async def test_a_human_deadline_is_kept_across_a_supervisor_restart(
             done = await client.wait(wid, timeout=15, stop_at_escalation=False)
             assert done.status == "rejected" and "by its deadline" in done.reason
         else:
-            trail = await watch(subjects.event(wid))
-            expired = await trail.until(lambda m: any(
-                e.type == "escalation.expired" for e in decode(m.data, Event).entries), timeout=15)
-            kinds = [e.type for e in decode(expired.data, Event).entries]
+            index = await open_bucket(js, subjects.bucket("escalations"))
+            watcher = await index.watch(escalation_key(f"{held.escalation_id}:r1"))
+            async with asyncio.timeout(15):  # escalated again when the deadline passes
+                async for entry in watcher:
+                    if entry is not None and entry.value:
+                        break
+            await watcher.stop()
+            audit = await client.audit(wid, second.definitions)
+            assert audit.ok, audit.as_dict()
+            timer = audit.replay.steps[-1]
+            assert timer.read.kind == "timer"  # recorded by the supervisor that was running
+            kinds = [e.type for e in timer.transition.entries]
             assert kinds == ["escalation.expired", "escalated"]  # to people again, in one go
             [again] = await client.escalations()
             assert (again.id, again.queue) == (f"{held.escalation_id}:r1", "leads")
