@@ -37,6 +37,7 @@ class EventType(StrEnum):
     SUBMIT_DEAD_LETTERED = "submit.dead_lettered"
     DECISION_DEAD_LETTERED = "decision.dead_lettered"
     TOOL_DEAD_LETTERED = "tool.dead_lettered"
+    JOURNAL_DEAD_LETTERED = "journal.dead_lettered"
     INPUT_IGNORED = "input.ignored"
     DLQ_REPLAYED = "dlq.replayed"
 

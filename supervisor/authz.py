@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from switchyard.protocol.subjects import (
+    OLD_STREAMS,
     Bucket,
     DeadLetterKind,
     Durable,
@@ -88,7 +89,8 @@ class _Rules:
         ``$SRV`` discovery, and append to the audit trail and dead letters."""
         pub = [
             "$JS.API.INFO", "$JS.API.STREAM.NAMES",
-            *(f"$JS.API.STREAM.INFO.{self.stream(n)}" for n in STREAMS),
+            # the old layout's streams too: every component looks for them, to refuse clearly
+            *(f"$JS.API.STREAM.INFO.{self.stream(n)}" for n in (*STREAMS, *OLD_STREAMS)),
             *(f"$JS.API.STREAM.INFO.{self.kv(b)}" for b in BUCKETS),
             f"$JS.API.STREAM.MSG.GET.{self.stream(Stream.EVENTS)}",
             f"$JS.API.DIRECT.GET.{self.stream(Stream.EVENTS)}.>",

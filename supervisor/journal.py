@@ -132,6 +132,7 @@ async def replay(
     folded = Folded(None)
     tasks: dict[str, SendTask] = {}
     escalations: set[str] = set()
+    ended = 0  # the record whose fold sent the outcome
     for read in reads:
         wf = await definition_for(folded, read, definitions)
         before = folded.state
@@ -145,9 +146,11 @@ async def replay(
                 tasks[effect.task_id] = effect
             elif isinstance(effect, SendEscalation):
                 escalations.add(effect.escalation.id)
+            elif isinstance(effect, SendOutcome):
+                ended = read.record.seq
     out.state = folded.state
     if outcome is not None and not out.divergence:
-        out.divergence = _outcome_differs(folded, outcome)
+        out.divergence = _outcome_differs(folded, ended, outcome)
     if outcome is not None and out.state is not None and outcome.definition \
             and outcome.definition != out.state.definition:
         out.notes.append(f"the run finished under definition {outcome.definition}; this replay "
@@ -186,16 +189,16 @@ def _unexplained(
     return ""
 
 
-def _outcome_differs(folded: Folded, outcome: Outcome) -> str:
+def _outcome_differs(folded: Folded, ended: int, outcome: Outcome) -> str:
     s = folded.state
     if s is None or s.status not in TERMINAL:
         return (f"the outcome says {outcome.status}, but the replay ends "
                 f"{s.status if s else 'with no run'}")
     if s.status != outcome.status:
         return f"the outcome says {outcome.status}, the replay {s.status}"
-    if outcome.journal_seq and outcome.journal_seq != s.seq:
-        return (f"the outcome was sent after seq {outcome.journal_seq}, the replay ends at "
-                f"seq {s.seq}")
+    if outcome.journal_seq and outcome.journal_seq != ended:
+        return (f"the outcome was sent after seq {outcome.journal_seq}, the replay ends the run "
+                f"at seq {ended}")
     if s.output != outcome.output:
         return "the outcome's output differs from the replay's"
     return ""

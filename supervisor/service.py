@@ -143,6 +143,7 @@ class Supervisor(Component):
         # behind reads what it missed from the journal)
         self._cache: OrderedDict[str, Folded] = OrderedDict()
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._waiters: dict[str, list[tuple[int, asyncio.Future[None]]]] = {}
         self._timers = Timers(self._fire)
         self._stuck = StuckTasks(self)
         self._scan: asyncio.Task[None] | None = None
@@ -340,7 +341,24 @@ class Supervisor(Component):
     async def _definition(self, state: WorkflowState | None) -> Workflow | None:
         return await self._catalog.running(state.workflow) if state is not None else None
 
+    async def folded(self, workflow_id: str, seq: int) -> None:
+        """Return once this replica has folded ``workflow_id``'s journal up to ``seq``."""
+        known = self._cache.get(workflow_id)
+        if known is not None and known.seq >= seq:
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(workflow_id, []).append((seq, fut))
+        await fut
+
     def _remember(self, workflow_id: str, folded: Folded) -> None:
+        waiting = self._waiters.get(workflow_id)
+        if waiting:
+            for seq, fut in waiting:
+                if seq <= folded.seq and not fut.done():
+                    fut.set_result(None)
+            waiting[:] = [(q, f) for q, f in waiting if not f.done()]
+            if not waiting:
+                del self._waiters[workflow_id]
         if folded.state is not None and folded.state.status in TERMINAL:
             self._cache.pop(workflow_id, None)
             return

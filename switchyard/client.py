@@ -186,7 +186,7 @@ class SwitchyardClient:
     ) -> str:
         """Begin a run: its submission is the first record of its journal. An id already begun
         raises ``AlreadyExists`` (re-sending the very same request is accepted)."""
-        wid = workflow_id or uuid.uuid4().hex
+        wid = workflow_id if workflow_id is not None else uuid.uuid4().hex
         req = WorkflowRequest(id=wid, workflow=workflow, input=input, submitted_at=time.time(),
                               metadata=metadata or {})
         await self.journal.submit(req)

@@ -177,8 +177,11 @@ async def test_approval_executes_the_held_call_once_with_the_approver_recorded(
     assert [r["amount"] for r in store.refunds()] == [40.0, 250.0]  # once
     records = await client.events(wid)
     seen = [e for r in records for e in r.entries]
-    chain = await client.verify(wid)  # supervisor and tool host records, one unbroken chain
-    assert chain.ok and {r.source for r in records} == set(chain.writers) and len(chain.writers) == 2
+    chain = await client.verify(wid)  # the tool host's records beside the journal: one chain
+    assert chain.ok and {r.source for r in records} == set(chain.writers) == {"toolhost"}
+    journal = await client.journal_records(wid)  # the decision is an input: on the journal
+    [decision] = [r for r in journal if r.subject == client.s.decision(wid)]
+    assert b'"reviewer":"ann"' in decision.data
     called = [e for e in seen if e.type == "tool.called"]
     assert called and called[-1].data["approved_by"] == "ann"
     assert any(e.type == "tool.approval_required" for e in seen)

@@ -15,7 +15,7 @@ from nats.js.errors import NotFoundError
 from pydantic import BaseModel
 
 from switchyard.agents import Agent, AgentConfig, Scored, TaskContext
-from switchyard.client import SwitchyardClient
+from switchyard.client import AlreadyExists, SwitchyardClient
 from switchyard.protocol import (
     Decision,
     Event,
@@ -27,7 +27,9 @@ from switchyard.protocol import (
     encode,
     grants,
 )
+from switchyard.protocol.errors import ConfigError
 from switchyard.protocol.headers import DLQ_CODE, DLQ_REASON, MSG_ID
+from switchyard.protocol.subjects import JournalKind
 from switchyard.supervisor import Supervisor, SupervisorConfig
 from switchyard.supervisor.workflow import parse_workflow
 
@@ -83,87 +85,96 @@ async def stack(
     await sup.stop()
 
 
-async def _records(client: SwitchyardClient, workflow_id: str | None) -> list[Event]:
-    return await client.events(workflow_id)
-
-
 async def test_hardening_an_id_that_is_no_token_is_refused_not_rewritten(
     stack: Any, js: JetStreamContext, subjects: Subjects, watch: Callable[[str], Awaitable[Watch]],
 ) -> None:
-    _, client = stack
+    sup, client = stack
     done = await client.wait(await client.submit("flow", {"n": 1}, workflow_id="do_ne"), timeout=10)
     assert done.status == "completed"
-    before = await client.records("do_ne")
-    dlq = await watch(subjects.dlq("submit"))
+    before = await client.journal_records("do_ne")
+    for bad in ("do.ne", "do*ne", "do>ne", ""):  # refused before anything is sent
+        with pytest.raises(ConfigError, match="not a valid subject token"):
+            await client.submit("flow", {"n": 1}, workflow_id=bad)
+    dlq = await watch(subjects.dlq("journal"))
     unattributed = await watch(subjects.unattributed)
-    # an id with '.', '*' and '>' used to be "sanitised" into do_ne, appending to its chain
-    for i, bad in enumerate(("do.ne", "do*ne", "do>ne", "")):
+    # a writer that goes round the client: a token the server takes but ids may not use
+    for i, bad in enumerate(("do$ne", "do#ne", "d" * 65)):
         req = WorkflowRequest(id=bad, workflow="flow", input={"n": 1}, submitted_at=0)
-        await js.publish(subjects.submit, encode(req), headers={MSG_ID: f"bad-{i}"})
+        await js.publish(f"{subjects.prefix}.journal.{bad}.submit", encode(req),
+                         headers={MSG_ID: f"bad-{i}"})
         dead = await dlq.next()
         assert dead.headers is not None and dead.headers[DLQ_CODE] == "invalid_input"
         assert "is not a valid subject token" in dead.headers[DLQ_REASON]
         [entry] = decode((await unattributed.next()).data, Event).entries
-        assert entry.type == "submit.dead_lettered"
+        assert entry.type == "journal.dead_lettered"
         assert entry.data.get("claimed_workflow", "") == bad
-    # a valid id of a finished workflow, with an unknown workflow name: its outcome stays
+    # a valid id of a finished workflow, submitted again: refused at the door, or (by a writer
+    # that ignores the protocol) stored, refused and dead-lettered; its outcome stays
+    with pytest.raises(AlreadyExists):
+        await client.submit("nope", {}, workflow_id="do_ne")
+    submits = await watch(subjects.dlq("submit"))
     req = WorkflowRequest(id="do_ne", workflow="nope", input={}, submitted_at=0)
-    await js.publish(subjects.submit, encode(req), headers={MSG_ID: "bad-name"})
-    assert (await dlq.next()).headers[DLQ_CODE] == "invalid_input"  # type: ignore[index]
-    await unattributed.next()
-    assert await client.records("do_ne") == before  # nothing appended to the real chain
+    await js.publish(subjects.submit("do_ne"), encode(req), headers={MSG_ID: "bad-name"})
+    assert "a second submission" in (await submits.next()).headers[DLQ_REASON]  # type: ignore[index]
+    assert (await client.journal_records("do_ne"))[:len(before)] == before
     outcome = await client.outcome("do_ne")
     assert outcome is not None and outcome.status == "completed"
-    assert (await client.verify("do_ne")).ok
+    audit = await client.audit("do_ne", sup.definitions)
+    assert audit.replay.ok and audit.chain.problems == [
+        f"seq {(await client.journal_records('do_ne'))[-1].seq} (submit): refused: a second "
+        "submission of workflow do_ne"]
     assert (await client.verify(None)).ok  # the unattributed chain is a chain too
 
 
 async def test_hardening_ignored_inputs_leave_a_trace_on_their_workflow(
-    stack: Any, js: JetStreamContext, subjects: Subjects, watch: Callable[[str], Awaitable[Watch]],
+    stack: Any, js: JetStreamContext, subjects: Subjects,
 ) -> None:
-    _, client = stack
+    """Inputs appended as the protocol says, that the fold ignores: each stays on its journal,
+    the replay says why it changed nothing, and ``audit verify`` names what was never sent."""
+    sup, client = stack
     wid = await client.submit("flow", {"n": 1})
     assert (await client.wait(wid, timeout=10)).status == "completed"
     waiting_a = await client.submit("flow", {"n": 1, "route": "person"})
     waiting_b = await client.submit("flow", {"n": 2, "route": "person"})
     esc_a = (await client.wait(waiting_a, timeout=10)).escalation_id
     assert esc_a and (await client.wait(waiting_b, timeout=10)).status == "escalated"
-    chains = []
-    for w in (wid, waiting_a, waiting_b):
-        chain = await watch(subjects.event(w))
-        for _ in await client.records(w):  # skip what is already there
-            await chain.next()
-        chains.append(chain)
-    finished, a_chain, b_chain = chains
 
-    def result(workflow_id: str, attempt: int) -> bytes:
-        return encode(Result(task_id=f"{workflow_id}:first:{attempt}", workflow_id=workflow_id,
-                             step="first", role="alpha", attempt=attempt, status="ok",
-                             output={"value": 9, "route": ""}))
+    async def append(workflow_id: str, kind: JournalKind, make: Any, role: str = "") -> None:
+        last = (await client.journal_records(workflow_id))[-1]
+        seq, _ = await client.journal.append(workflow_id, kind, make, after=last.seq,
+                                             prev=last.digest, role=role)
+        async with asyncio.timeout(10):
+            await sup.folded(workflow_id, seq)
 
-    async def ignored(w: Watch) -> dict[str, Any]:
-        entries = decode((await w.next()).data, Event).entries
-        assert [e.type for e in entries] == ["input.ignored"]
-        return entries[0].data
+    def result(workflow_id: str, attempt: int) -> Any:
+        return lambda after, prev: Result(
+            task_id=f"{workflow_id}:first:{attempt}", workflow_id=workflow_id, step="first",
+            role="alpha", attempt=attempt, status="ok", output={"value": 9, "route": ""},
+            after=after, prev=prev)
 
-    await js.publish(subjects.result("alpha"), result(wid, 1), headers={MSG_ID: "late"})
-    late = await ignored(finished)
-    assert late["kind"] == "result" and "has finished (completed)" in late["reason"]
-    await js.publish(subjects.result("alpha"), result(waiting_a, 7), headers={MSG_ID: "stale"})
-    assert "attempt 7 is no longer awaited" in (await ignored(a_chain))["reason"]
+    async def ignored(workflow_id: str, n: int) -> str:
+        """Why the fold ignored the journal's last record (folded by now)."""
+        assert sup.counts["ignored"] == n
+        audit = await client.audit(workflow_id, sup.definitions)
+        last = audit.replay.steps[-1]
+        assert not last.transition.changed
+        return last.transition.ignored
+
+    await append(wid, JournalKind.RESULT, result(wid, 1), "alpha")
+    assert "has finished (completed)" in await ignored(wid, 1)
+    await append(waiting_a, JournalKind.RESULT, result(waiting_a, 7), "alpha")
+    assert "attempt 7 is no longer awaited" in await ignored(waiting_a, 2)
+    audit = await client.audit(waiting_a, sup.definitions)
+    assert not audit.ok and f"task {waiting_a}:first:7, which the replay never sent" in (
+        audit.replay.divergence)
     # a real escalation id under another workflow's id
-    wrong = Decision(escalation_id=esc_a, workflow_id=waiting_b, action="approve",
-                     reviewer="mallory", decided_at=time.time())
-    await js.publish(subjects.human_decision, encode(wrong), headers={MSG_ID: "wrong"})
-    assert f"escalation {esc_a} is not held by workflow {waiting_b}" in (
-        await ignored(b_chain))["reason"]
+    await append(waiting_b, JournalKind.DECISION, lambda after, prev: Decision(
+        escalation_id=esc_a, workflow_id=waiting_b, action="approve", reviewer="mallory",
+        decided_at=time.time(), after=after, prev=prev))
+    assert f"escalation {esc_a} is not held by workflow {waiting_b}" in await ignored(waiting_b, 3)
     assert (await client.wait(waiting_a, timeout=1)).status == "escalated"  # still waiting
-    # the same body id again under a new message id
-    again = WorkflowRequest(id=wid, workflow="flow", input={"n": 5}, submitted_at=0)
-    await js.publish(subjects.submit, encode(again), headers={MSG_ID: "again"})
-    assert "already exists" in (await ignored(finished))["reason"]
     for w in (wid, waiting_a, waiting_b):
-        assert (await client.verify(w)).ok
+        assert (await client.audit(w, sup.definitions)).chain.problems == []  # all linked
 
 
 async def test_hardening_tasks_nobody_serves_are_shown_and_dead_lettered_unless_awaited(
@@ -204,15 +215,17 @@ async def test_hardening_a_deeply_nested_or_unnamable_submission_is_refused_not_
     dlq = await watch(subjects.dlq("submit"))
     deep = (b'{"id": "deep", "workflow": "flow", "submitted_at": 1, "input": {"d": '
             + b"[" * 100_000 + b"]" * 100_000 + b"}}")
-    await js.publish(subjects.submit, deep, headers={MSG_ID: "deep"})
+    await js.publish(subjects.submit("deep"), deep, headers={MSG_ID: "deep"})
     dead = await dlq.next()
     assert dead.headers is not None and dead.headers[DLQ_CODE] == "decode_error"
     assert "nested deeper than 32 levels" in dead.headers[DLQ_REASON]
     for name in ("a b", "[bold]x", "x.y"):
         wid = await client.submit(name, {"n": 1})
         res = await client.wait(wid, timeout=10)
-        assert res.status == "failed" and "is not a valid subject token" in res.reason
-        assert (await dlq.next()).headers[DLQ_CODE] == "invalid_input"  # type: ignore[index]
+        assert res.status == "failed" and "unknown workflow" in res.reason
+        dead = await dlq.next()
+        assert dead.headers[DLQ_CODE] == "invalid_input"  # type: ignore[index]
+        assert "is not a valid subject token" in dead.headers[DLQ_REASON]  # type: ignore[index]
     with pytest.raises(LookupError):  # not even a possible escalation id: no traceback
         await client.decide("", "approve", reviewer="r")
     done = await client.wait(await client.submit("flow", {"n": 1}), timeout=10)
