@@ -29,8 +29,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import weakref
-from collections import OrderedDict
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
@@ -40,7 +38,6 @@ import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
-from nats.js.errors import NotFoundError
 from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, ServiceConfig
 from prometheus_client import CollectorRegistry, Counter
@@ -50,7 +47,7 @@ from switchyard.protocol.bus.component import Component, ComponentConfig
 from switchyard.protocol.bus.journal import record_of_msg
 from switchyard.protocol.bus.provision import open_bucket
 from switchyard.protocol.bus.tasks import cancel_and_wait
-from switchyard.protocol.errors import ConfigError, ErrorCode, ProtocolError
+from switchyard.protocol.errors import ConfigError, ErrorCode
 from switchyard.protocol.headers import MSG_ID, PROTOCOL, TRACEPARENT, traceparent_for
 from switchyard.protocol.journal import Read, Record
 from switchyard.protocol.messages import (
@@ -82,11 +79,12 @@ from switchyard.supervisor.engine import (
     due,
 )
 from switchyard.supervisor.escalation import EscalationIndex
-from switchyard.supervisor.journal import Folded, definition_for, fold
+from switchyard.supervisor.folds import Folds
+from switchyard.supervisor.journal import definition_for, fold
 from switchyard.supervisor.policy import Policy
 from switchyard.supervisor.store import SNAPSHOT_EVERY, Snapshots
 from switchyard.supervisor.stuck import StuckTasks
-from switchyard.supervisor.timers import Timers
+from switchyard.supervisor.timers import Timers, rearm
 from switchyard.supervisor.workflow import Workflow
 
 log = structlog.get_logger("switchyard.supervisor")
@@ -139,23 +137,19 @@ class Supervisor(Component):
         self._snapshots: Snapshots | None = None
         self._index: EscalationIndex | None = None
         self._catalog = WorkflowCatalog(config.workflows, policy=config.policy)
-        # each running workflow's fold, as this replica last saw it (a cache: a fold that is
-        # behind reads what it missed from the journal)
-        self._cache: OrderedDict[str, Folded] = OrderedDict()
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-        self._waiters: dict[str, list[tuple[int, asyncio.Future[None]]]] = {}
+        self._folds: Folds | None = None  # each running workflow's fold, as this replica has it
         self._timers = Timers(self._fire)
         self._stuck = StuckTasks(self)
         self._scan: asyncio.Task[None] | None = None
         reg = self._metrics_registry
-        self._folds = Counter(
+        self._inputs = Counter(
             "switchyard_supervisor_inputs", "Journal records folded", ["kind"], registry=reg
         )
         self._dead = Counter(
             "switchyard_supervisor_dead_letters", "Messages dead-lettered", ["kind"], registry=reg
         )
         self.counts = {"submitted": 0, "results": 0, "decisions": 0, "timers": 0, "notices": 0,
-                       "dead_lettered": 0, "ignored": 0, "caught_up": 0}
+                       "dead_lettered": 0, "ignored": 0}
 
     @property
     def _name(self) -> str:
@@ -165,6 +159,11 @@ class Supervisor(Component):
     def snapshots(self) -> Snapshots:
         assert self._snapshots is not None, "supervisor not started"
         return self._snapshots
+
+    @property
+    def folds(self) -> Folds:
+        assert self._folds is not None, "supervisor not started"
+        return self._folds
 
     @property
     def catalog(self) -> WorkflowCatalog:
@@ -181,6 +180,8 @@ class Supervisor(Component):
             cfg.workflows, await open_bucket(js, s.bucket(Bucket.WORKFLOW_DEFS), history=5),
             policy=cfg.policy,
         )
+        self._folds = Folds(self.journal, self.snapshots, s, self.definitions,
+                            max_bytes=cfg.max_bytes, size=cfg.cache_size)
         trust = await open_bucket(js, s.bucket(Bucket.TRUST))
         await trust.put(TRUST_KEY, self.signer.public_key.encode())
 
@@ -225,19 +226,11 @@ class Supervisor(Component):
         await self._stuck.stop()
 
     async def _answer_status(self, req: Request) -> None:
-        running = sum(1 for f in self._cache.values()
-                      if f.state is not None and f.state.status not in TERMINAL)
-        await req.respond(json.dumps({**self.counts, "cached": len(self._cache),
-                                      "running": running, "timers": len(self._timers),
+        await req.respond(json.dumps({**self.counts, "caught_up": self.folds.caught_up,
+                                      "running": self.folds.running(), "timers": len(self._timers),
                                       "journal_conflicts": self.journal.conflicts}).encode())
 
     # records in -------------------------------------------------------------------------------
-
-    def _lock(self, workflow_id: str) -> asyncio.Lock:
-        lock = self._locks.get(workflow_id)
-        if lock is None:
-            lock = self._locks[workflow_id] = asyncio.Lock()
-        return lock
 
     async def _on_record(self, msg: Msg) -> None:
         s = self.config.subjects
@@ -252,11 +245,11 @@ class Supervisor(Component):
         record = record_of_msg(msg)
         # the lock is taken before anything is awaited, so one workflow's records are folded in
         # the order they were delivered
-        async with self._lock(workflow_id):
+        async with self.folds.lock(workflow_id):
             await self._take(workflow_id, record, msg)
 
     async def _take(self, workflow_id: str, record: Record, msg: Msg) -> None:
-        folded = self._cache.get(workflow_id)
+        folded = self.folds.get(workflow_id)
         if folded is not None and folded.seq >= record.seq:
             # folded already (a catch-up read it first, or the ack was lost): make sure what the
             # fold says is due is out, then let the record go
@@ -265,7 +258,7 @@ class Supervisor(Component):
                                 if folded.state else [])
             await msg.ack()
             return
-        folded = await self._before(workflow_id, folded, record)
+        folded = await self.folds.before(workflow_id, record)
         read = journal.read(record, self.config.subjects, workflow_id, folded.seq, folded.head,
                             max_bytes=self.config.max_bytes)
         wf = await definition_for(folded, read, self.definitions)
@@ -284,7 +277,7 @@ class Supervisor(Component):
         if after.state is not None and t.changed:
             await self._execute(after.state, t.effects)
             await self._keep(after.state)
-        self._remember(workflow_id, after)
+        self.folds.remember(workflow_id, after)
         self.faults.hit("supervisor.before_ack")
         await msg.ack()
 
@@ -294,36 +287,11 @@ class Supervisor(Component):
                 JournalKind.NOTICE: "notices"}.get(read.kind)
         if name:
             self.counts[name] += 1
-        self._folds.labels(read.kind or "unknown").inc()
+        self._inputs.labels(read.kind or "unknown").inc()
         if ignored and read.ok:
             self.counts["ignored"] += 1
             log.info("supervisor.input_ignored", kind=read.kind, seq=read.record.seq,
                      reason=ignored)
-
-    async def _before(self, workflow_id: str, folded: Folded | None, record: Record) -> Folded:
-        """The fold up to the record before ``record``. The record says which one that is (the
-        sequence it was appended after, which the server checked): if the cached fold is there,
-        nothing is read; else the journal is read from the snapshot or the cached fold on."""
-        s = self.config.subjects
-        follows = (int(record.expected) if record.expected.isdigit()
-                   and record.expected_subject == s.journal(workflow_id) else None)
-        if folded is None and follows == 0:
-            return Folded(None)  # a new run: there is nothing before it
-        if folded is not None and follows == folded.seq:
-            return folded
-        return await self._catch_up(workflow_id, folded, before=record.seq)
-
-    async def _catch_up(self, workflow_id: str, folded: Folded | None, *, before: int | None) -> Folded:
-        """Fold the journal's records up to (not including) ``before``, from what is known."""
-        if folded is None:
-            snap = await self.snapshots.get(workflow_id)
-            folded = Folded(snap, snap.seq, snap.head) if snap is not None else Folded(None)
-        self.counts["caught_up"] += 1
-        async for record in self.journal.records(workflow_id, after=folded.seq, before=before):
-            read = journal.read(record, self.config.subjects, workflow_id, folded.seq,
-                                folded.head, max_bytes=self.config.max_bytes)
-            folded, _ = fold(await definition_for(folded, read, self.definitions), folded, read)
-        return folded
 
     async def definitions(self, name: str, new: bool) -> Workflow | None:
         """The definition a new run of ``name`` starts with (``new``), or a running one uses:
@@ -343,44 +311,12 @@ class Supervisor(Component):
 
     async def folded(self, workflow_id: str, seq: int) -> None:
         """Return once this replica has folded ``workflow_id``'s journal up to ``seq``."""
-        known = self._cache.get(workflow_id)
-        if known is not None and known.seq >= seq:
-            return
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(workflow_id, []).append((seq, fut))
-        await fut
-
-    def _remember(self, workflow_id: str, folded: Folded) -> None:
-        waiting = self._waiters.get(workflow_id)
-        if waiting:
-            for seq, fut in waiting:
-                if seq <= folded.seq and not fut.done():
-                    fut.set_result(None)
-            waiting[:] = [(q, f) for q, f in waiting if not f.done()]
-            if not waiting:
-                del self._waiters[workflow_id]
-        if folded.state is not None and folded.state.status in TERMINAL:
-            self._cache.pop(workflow_id, None)
-            return
-        self._cache[workflow_id] = folded
-        self._cache.move_to_end(workflow_id)
-        while len(self._cache) > self.config.cache_size:
-            self._cache.popitem(last=False)
+        await self.folds.folded(workflow_id, seq)
 
     async def current(self, workflow_id: str) -> WorkflowState | None:
         """A workflow's state as its journal says now (read up to its last record)."""
-        async with self._lock(workflow_id):
-            return (await self._now(workflow_id)).state
-
-    async def _now(self, workflow_id: str) -> Folded:
-        folded = self._cache.get(workflow_id)
-        last = await self.journal.last(workflow_id)
-        if last is None:
-            return Folded(None)
-        if folded is None or folded.seq != last.seq:
-            folded = await self._catch_up(workflow_id, folded, before=last.seq + 1)
-            self._remember(workflow_id, folded)
-        return folded
+        async with self.folds.lock(workflow_id):
+            return (await self.folds.now(workflow_id)).state
 
     async def dead_letter(
         self, msg: Msg, kind: DeadLetterKind, code: str, reason: str, workflow_id: str | None,
@@ -480,8 +416,8 @@ class Supervisor(Component):
     async def _fire(self, workflow_id: str) -> None:
         """A timer came due: record it on the journal, if the journal is still where the fold
         that set it was (else what came since decides, and sets its own timers)."""
-        async with self._lock(workflow_id):
-            folded = await self._now(workflow_id)
+        async with self.folds.lock(workflow_id):
+            folded = await self.folds.now(workflow_id)
             s = folded.state
             if s is None or s.status in TERMINAL or not s.timer_kind:
                 return
@@ -499,8 +435,8 @@ class Supervisor(Component):
     async def notice(self, workflow_id: str, step: str, attempt: int, reason: str) -> None:
         """Record that the bus gave up on a task of ``workflow_id`` (the fold decides whether the
         workflow still awaited it)."""
-        async with self._lock(workflow_id):
-            folded = await self._now(workflow_id)
+        async with self.folds.lock(workflow_id):
+            folded = await self.folds.now(workflow_id)
             if folded.state is None:
                 return
             await self.journal.append(
@@ -522,31 +458,10 @@ class Supervisor(Component):
                 log.exception("supervisor.timer_scan_failed")
 
     async def rearm_timers(self) -> int:
-        """Set a timer for every task in the work queue (its deadline) and every waiting run's
-        snapshot: after a restart, or for what a replica that stopped had set. Returns how many."""
-        s, js = self.config.subjects, self.js
-        armed = 0
-        async for state in self.snapshots.all():
-            if state.status not in TERMINAL and state.timer_at:
-                self._timers.at_most(state.timer_at, state.id)
-                armed += 1
-        stream = s.stream(Stream.TASKS)
-        seq = 0
-        while True:
-            try:
-                raw = await js.get_msg(stream, seq=seq + 1, subject=s.all("task"), next=True)
-            except NotFoundError:
-                break
-            seq = raw.seq or seq + 1
-            try:
-                task = codec.decode(raw.data or b"", Task, max_bytes=self.config.max_bytes)
-                check_token("workflow id", task.workflow_id)
-            except (ProtocolError, ConfigError):
-                continue  # not a task: the stuck-task sweep deals with it
-            self._timers.at_most(task.deadline, task.workflow_id)
-            armed += 1
+        """Set a timer for every task in the work queue and every waiting run's snapshot: after
+        a restart, or for what a replica that stopped had set. Returns how many."""
+        armed = await rearm(self._timers, self.js, self.config.subjects, self.snapshots,
+                            max_bytes=self.config.max_bytes)
         if armed:
             log.info("supervisor.timers_rearmed", timers=armed)
         return armed
-
-

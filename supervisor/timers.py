@@ -14,8 +14,16 @@ import time
 from collections.abc import Awaitable, Callable
 
 import structlog
+from nats.js.client import JetStreamContext
+from nats.js.errors import NotFoundError
 
+from switchyard.protocol import codec
 from switchyard.protocol.bus.tasks import cancel_and_wait
+from switchyard.protocol.errors import ConfigError, ProtocolError
+from switchyard.protocol.messages import Task
+from switchyard.protocol.subjects import Stream, Subjects, check_token
+from switchyard.supervisor.engine import TERMINAL
+from switchyard.supervisor.store import Snapshots
 
 log = structlog.get_logger("switchyard.supervisor")
 
@@ -78,3 +86,29 @@ class Timers:
             except Exception:
                 log.exception("supervisor.timer_failed", workflow_id=workflow_id)
                 self.schedule(time.time() + 1.0, workflow_id)
+
+
+async def rearm(
+    timers: Timers, js: JetStreamContext, s: Subjects, snapshots: Snapshots, *, max_bytes: int,
+) -> int:
+    """Bring each timer the bus implies forward: every task in the work queue (its deadline)
+    and every waiting run's snapshot (its retry or a person's deadline). Returns how many."""
+    armed = 0
+    async for state in snapshots.all():
+        if state.status not in TERMINAL and state.timer_at:
+            timers.at_most(state.timer_at, state.id)
+            armed += 1
+    stream, seq = s.stream(Stream.TASKS), 0
+    while True:
+        try:
+            raw = await js.get_msg(stream, seq=seq + 1, subject=s.all("task"), next=True)
+        except NotFoundError:
+            return armed
+        seq = raw.seq or seq + 1
+        try:
+            task = codec.decode(raw.data or b"", Task, max_bytes=max_bytes)
+            check_token("workflow id", task.workflow_id)
+        except (ProtocolError, ConfigError):
+            continue  # not a task: the stuck-task sweep deals with it
+        timers.at_most(task.deadline, task.workflow_id)
+        armed += 1

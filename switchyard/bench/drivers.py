@@ -14,7 +14,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType,
 from switchyard.bench.workers import HOPS, raw_subject
 from switchyard.protocol import Result, Subjects, Task, WorkflowRequest, codec
 from switchyard.protocol.bus.consumer import PullConsumer
-from switchyard.protocol.headers import MSG_ID
+from switchyard.protocol.bus.journal import Journal
 
 # drivers ----------------------------------------------------------------------------------------
 

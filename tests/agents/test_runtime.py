@@ -101,8 +101,8 @@ async def test_runtime_publishes_result_then_acks(
         order.append("result")
 
     ack_sub = await nc.subscribe(f"$JS.ACK.{subjects.stream('tasks')}.doubler.>", cb=on_ack)
-    result_sub = await nc.subscribe(subjects.result("doubler"), cb=on_result)
-    results = await watch(subjects.result("doubler"))
+    result_sub = await nc.subscribe(f"{subjects.prefix}.journal.*.result.doubler", cb=on_result)
+    results = await watch(f"{subjects.prefix}.journal.*.result.doubler")
     agent = await start_agent(double)
     await publish(js, subjects, make_task(signer, 21))
     msg = await results.next()
@@ -127,7 +127,7 @@ async def test_runtime_needs_human_and_handler_crash_become_results(
             raise NeedsHuman("unsure", confidence=0.2, output=Out(doubled=0))
         raise RuntimeError("secret internal detail")
 
-    results = await watch(subjects.result("doubler"))
+    results = await watch(f"{subjects.prefix}.journal.*.result.doubler")
     await start_agent(behave)
     await publish(js, subjects, make_task(signer, 1, wf="a"))
     await publish(js, subjects, make_task(signer, 2, wf="b"))
@@ -150,7 +150,7 @@ async def test_runtime_naks_retry_with_delay_and_redelivers(
             raise Retry("upstream busy", delay=0.2)
         return Scored(Out(doubled=1))
 
-    results = await watch(subjects.result("doubler"))
+    results = await watch(f"{subjects.prefix}.journal.*.result.doubler")
     agent = await start_agent(flaky)
     await publish(js, subjects, make_task(signer))
     assert decode((await results.next()).data, Result).status == "ok"
@@ -166,7 +166,7 @@ async def test_runtime_gives_up_after_max_deliver(
     async def never(inp: In, ctx: TaskContext) -> Scored[Out]:
         raise Retry("still down", delay=0.01)
 
-    results = await watch(subjects.result("doubler"))
+    results = await watch(f"{subjects.prefix}.journal.*.result.doubler")
     await start_agent(never, max_deliver=3)
     await publish(js, subjects, make_task(signer))
     result = decode((await results.next()).data, Result)
@@ -193,7 +193,7 @@ async def test_runtime_sends_in_progress_while_a_long_handler_runs(
         heartbeats.put_nowait(msg.data)
 
     acks = await nc.subscribe(f"$JS.ACK.{subjects.stream('tasks')}.doubler.>", cb=seen)
-    results = await watch(subjects.result("doubler"))
+    results = await watch(f"{subjects.prefix}.journal.*.result.doubler")
     await start_agent(slow, ack_wait=0.6)
     await publish(js, subjects, make_task(signer))
     async with asyncio.timeout(10):
@@ -233,7 +233,7 @@ async def test_runtime_dead_letters_bad_tasks_and_keeps_serving(
     # none of these is vouched for by a valid grant: the record goes to the chain no workflow
     # can claim, never to the workflow the task names
     events = await watch(subjects.unattributed)
-    results = await watch(subjects.result("doubler"))
+    results = await watch(f"{subjects.prefix}.journal.*.result.doubler")
     agent = await start_agent(double, max_bytes=4096)
     bad = make(signer)
     seq = await publish(js, subjects, bad, msg_id="bad")
@@ -258,7 +258,7 @@ async def test_runtime_answers_invalid_input_with_an_error_result_and_a_dead_let
     watch: Callable[[str], Awaitable[Watch]],
 ) -> None:
     dlq = await watch(subjects.dlq("task"))
-    results = await watch(subjects.result("doubler"))
+    results = await watch(f"{subjects.prefix}.journal.*.result.doubler")
     await start_agent(double)
     await publish(js, subjects, make_task(signer, "not a number"))
     result = decode((await results.next()).data, Result)
@@ -275,7 +275,7 @@ async def test_runtime_reject_terminates_and_dead_letters(
         raise Reject("cannot ever work")
 
     dlq = await watch(subjects.dlq("task"))
-    results = await watch(subjects.result("doubler"))
+    results = await watch(f"{subjects.prefix}.journal.*.result.doubler")
     await start_agent(refuse)
     await publish(js, subjects, make_task(signer))
     assert decode((await results.next()).data, Result).error.code == "rejected"  # type: ignore[union-attr]
@@ -300,7 +300,7 @@ async def test_runtime_bounds_concurrency(
         running -= 1
         return Scored(Out(doubled=0))
 
-    results = await watch(subjects.result("doubler"))
+    results = await watch(f"{subjects.prefix}.journal.*.result.doubler")
     await start_agent(hold, concurrency=2)
     for i in range(6):
         await publish(js, subjects, make_task(signer, wf=f"w{i}"))
@@ -324,7 +324,7 @@ async def test_runtime_stop_drains_in_flight_work_and_takes_nothing_new(
         await release.wait()
         return Scored(Out(doubled=inp.n))
 
-    results = await watch(subjects.result("doubler"))
+    results = await watch(f"{subjects.prefix}.journal.*.result.doubler")
     agent = await start_agent(hold)
     await publish(js, subjects, make_task(signer, 7))
     async with asyncio.timeout(10):
@@ -376,7 +376,7 @@ async def test_runtime_answers_a_task_taken_after_its_deadline_without_running_i
         calls += 1
         return Scored(Out(doubled=inp.n * 2))
 
-    results = await watch(subjects.result("doubler"))
+    results = await watch(f"{subjects.prefix}.journal.*.result.doubler")
     await start_agent(counted)
     late = msgspec.structs.replace(make_task(signer, wf="late"), deadline=time.time() - 1)
     seq = await publish(js, subjects, late)

@@ -285,7 +285,7 @@ async def test_two_supervisor_replicas_run_each_workflow_once(
             assert len(await client.journal_records(wid)) == 3
             assert (await client.audit(wid, sups[0].definitions)).ok
         assert all(s.counts["results"] > 0 for s in sups)  # both did work
-        assert sum(s.counts["caught_up"] for s in sups) > 0  # and folded what the other did
+        assert sum(s.folds.caught_up for s in sups) > 0  # and folded what the other did
     finally:
         for agent in agents:
             await agent.stop()
@@ -307,7 +307,7 @@ async def test_a_stale_fold_reads_what_it_missed_before_taking_a_record(
     held = await client.wait(wid, timeout=10)
     assert held.status == "escalated"
     first = (await client.journal_records(wid))[0]
-    sup._cache[wid] = Folded(None, 0, "")  # as if this replica had seen nothing of it
+    sup.folds.cache[wid] = Folded(None, 0, "")  # as if this replica had seen nothing of it
     await client.decide(held.escalation_id, "approve", reviewer="ann")
     done = await client.wait(wid, timeout=10, stop_at_escalation=False)
     assert done.status == "completed" and done.outcome is not None
