@@ -182,14 +182,14 @@ def print_audit(a: Audit) -> None:
     else:
         out.print(f"[red]BROKEN[/] {escape(a.workflow_id)}: journal {len(chain.reads)} records")
         for problem in chain.problems:
-            out.print(f"  {escape(problem)}", markup=False)
+            out.print(f"  {problem}", markup=False, soft_wrap=True)
         if r.divergence:
-            out.print(f"  replay diverges at {escape(r.divergence)}", markup=False)
+            out.print(f"  replay diverges at {r.divergence}", markup=False, soft_wrap=True)
         if a.calls is not None and not a.calls.ok:
             for problem in a.calls.problems:
-                out.print(f"  tool calls: {escape(problem)}", markup=False)
+                out.print(f"  tool calls: {problem}", markup=False, soft_wrap=True)
     for note in r.notes:
-        out.print(f"  note: {escape(note)}", markup=False)
+        out.print(f"  note: {note}", markup=False, soft_wrap=True)
 
 
 def print_chain(name: str, v: Verification) -> None:

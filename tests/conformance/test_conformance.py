@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -161,8 +162,16 @@ async def test_conformance_echo_workflow_completes_with_a_documented_result(stac
     await tasks.unsubscribe()
     task = json.loads(task_msg.data)
     assert task_msg.headers and task_msg.headers["Nats-Msg-Id"] == task["id"] == f"{wid}:echo:1"
-    result = await stack.nc.jetstream().get_last_msg(f"{p.upper()}_RESULTS", f"{p}.result.echo")
+    result = await stack.nc.jetstream().get_last_msg(f"{p.upper()}_JOURNAL",
+                                                     f"{p}.journal.{wid}.result.echo")
     body = json.loads(result.data)
+    # on the journal right after the record its task names (the submission: seq and digest)
+    submitted = await stack.nc.jetstream().get_last_msg(f"{p.upper()}_JOURNAL",
+                                                        f"{p}.journal.{wid}.submit")
+    assert (task["after"], task["prev"]) == (submitted.seq,
+                                             hashlib.sha256(submitted.data).hexdigest())
+    assert (body["after"], body["prev"]) == (task["after"], task["prev"])
+    assert result.headers["Nats-Expected-Last-Subject-Sequence"] == str(task["after"])
     assert result.headers and result.headers["Nats-Msg-Id"] == f"{task['id']}:result"
     assert result.headers["Sy-Protocol"] == task_msg.headers["Sy-Protocol"] == "2.0"
     assert result.headers["traceparent"] == task_msg.headers["traceparent"]
@@ -243,21 +252,22 @@ async def test_conformance_bad_tasks_are_dead_lettered_and_the_agent_keeps_worki
         assert json.loads(f'"{header}"') == entry["data"]["reason"][:1000]
     assert "\\u00e9" in letters["unsupported_version"].headers["Sy-Dlq-Reason"]
 
-    def ignored(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [e for r in records if r["source"] == "supervisor" for e in r["entries"]
-                if e["type"] == "input.ignored"]
-
-    on_workflow = await chain(f"{p}.event.{done}", lambda rs: bool(agent_entries(rs) and ignored(rs)))
+    on_workflow = await chain(f"{p}.event.{done}", lambda rs: bool(agent_entries(rs)))
     assert [e["data"]["code"] for e in agent_entries(on_workflow).values()] == ["invalid_input"]
-    assert ignored(on_workflow)[0]["data"]["kind"] == "result"  # its error Result, for no awaited attempt
+    # its error Result went on the finished workflow's journal, for an attempt nobody awaits
+    results = await chain(f"{p}.journal.{done}.result.echo",
+                          lambda rs: any(r["attempt"] == 2 for r in rs))
+    assert results[-1]["error"]["code"] == "invalid_input"
     code, out, err = await stack.cli("audit", "verify", "--unattributed")
     assert code == 0, (out, err)
 
     assert stack.agent.returncode is None, stack.log("agent")
     again = await stack.run_echo("still here")
-    for wid in (done, again):
-        code, out, err = await stack.cli("audit", "verify", wid)
-        assert code == 0 and f"ok {wid}" in out, (out, err)
+    code, out, err = await stack.cli("audit", "verify", again)
+    assert code == 0 and f"ok {again}" in out, (out, err)
+    # the test signed a task the supervisor never sent: the replay names it
+    code, out, err = await stack.cli("audit", "verify", done)
+    assert code == 1 and f"task {done}:echo:2, which the replay never sent" in out, (out, err)
 
 
 async def test_conformance_agent_exits_cleanly_on_sigterm(stack: Stack) -> None:
