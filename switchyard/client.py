@@ -134,6 +134,12 @@ class DeadLetter:
                 "bytes": len(self.data)}
 
 
+def replayed_id(workflow_id: str, dlq_seq: int) -> str:
+    """The id a replayed submission runs under: its own, marked with the dead letter's seq."""
+    suffix = f"-replay{dlq_seq}"
+    return workflow_id[: 64 - len(suffix)] + suffix
+
+
 def header_str(value: object) -> str:
     """A header value as text, whatever the client library made of it: nats-py parses headers
     with the ``email`` package, which gives a ``Header`` object, not a ``str``, for a value with
@@ -391,9 +397,12 @@ class SwitchyardClient:
             raise LookupError(f"no dead letter {seq}") from None
 
     async def replay(self, seq: int, *, operator: str = "operator") -> int:
-        """Put a dead letter's original bytes back on its original subject, under a new message
-        id, and audit it. Returns the new stream sequence. Tool calls (core request-reply, under
-        a grant that has likely expired) are not replayed: retry their task instead."""
+        """Put a dead letter's original bytes back where they were going, under a new message
+        id, and audit it. Returns the new stream sequence. A journal record is appended again
+        at its journal's end (as its kind, linked as the protocol says); a refused submission
+        starts a new run, ``<id>-replay<seq>``, since a run's id begins its journal once (see
+        ``replayed_id``). Tool calls (core request-reply, under a grant that has likely expired)
+        are not replayed: retry their task instead."""
         letter = await self.dead_letter(seq)
         if not letter.subject or letter.kind == "tool":
             raise ValueError(f"dead letter {seq} was a {letter.kind or 'unknown'} message on "
@@ -421,7 +430,8 @@ class SwitchyardClient:
         except (ProtocolError, ConfigError) as exc:
             raise ValueError(f"dead letter {seq} cannot be appended as it is: {exc}") from None
         if isinstance(message, WorkflowRequest):
-            return await self.journal.submit(message)
+            return await self.journal.submit(msgspec.structs.replace(
+                message, id=replayed_id(message.id, seq), submitted_at=time.time()))
         last = await self.journal.last(workflow_id)
         stored, _ = await self.journal.append(
             workflow_id, JournalKind(kind),

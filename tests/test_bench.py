@@ -40,9 +40,17 @@ async def test_bench_measures_all_three_pipelines_side_by_side() -> None:
     growth = report.growth["cpu_us_per_step"]
     assert set(growth) == {"5 steps, 1 KB", "10 steps, 1 KB", "5 steps, 20 KB"}
     assert report.growth["parked_workflows"] == 30 and report.growth["supervisor_rss_mb_parked"] > 0
-    # counted on the server: 4 per step (task, result, state, audit record) and 4 per workflow
-    # (submission, first state, first audit record, outcome): 24 for 5 steps
-    assert report.stored_writes_per_step["switchyard"] == 4.8
+    # counted on the server: 2 per step (the task, the result on the journal) and 2 per
+    # workflow (the submission, the outcome): 12 for 5 steps
+    assert report.stored_writes_per_step["switchyard"] == 2.4
+    by_stream = report.stored_writes_per_step["switchyard_by_stream"]
+    assert set(by_stream) == {f"{p}_{n}" for p in {k.rsplit("_", 1)[0] for k in by_stream}
+                              for n in ("JOURNAL", "TASKS", "OUTCOMES")}
+    assert {k.rsplit("_", 1)[1]: v for k, v in by_stream.items()} == {
+        "JOURNAL": 1.2, "TASKS": 1.0, "OUTCOMES": 0.2}
+    two = [r for r in report.rows if r.pipeline == "switchyard-2-supervisors"]
+    assert two and two[0].workflows_per_s > 0 and {"supervisor", "supervisor-2"} <= set(
+        two[0].cpu_us_per_workflow)
     assert json.loads(report_json(report))["rows"]
 
 

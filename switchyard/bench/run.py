@@ -298,7 +298,8 @@ async def _bench_switchyard(report: Report, url: str, nats_pid: int, sync: str, 
 
 async def _bench_replicas(report: Report, url: str, nats_pid: int, sync: str, plan: Plan,
                           settings: Settings, agents: dict[str, str]) -> None:
-    """The five-step pipeline at 64 in flight with two supervisors sharing the journal."""
+    """The five-step pipeline at 64 in flight (or the plan's most) with two supervisors
+    sharing the journal."""
     prefix = f"sr{uuid.uuid4().hex[:6]}"
     two = settings.model_copy(update={"prefix": prefix})
     async with LocalStack(two, agents=agents, replicas={"supervisor": 2}) as stack:
@@ -307,8 +308,9 @@ async def _bench_replicas(report: Report, url: str, nats_pid: int, sync: str, pl
         try:
             driver = SwitchyardDriver(nc, two.subjects, "bench5", 1024)
             await driver.start()
+            inflight = 64 if 64 in plan.count else max(plan.inflight)
             report.rows.append(await measure("switchyard-2-supervisors", sync, driver, pids,
-                                             inflight=64, count=plan.count[64],
+                                             inflight=inflight, count=plan.count[inflight],
                                              windows=plan.windows))
             await driver.stop()
         finally:

@@ -290,8 +290,10 @@ def printable(text: str) -> str:
 
 @dlq_app.command("replay")
 def dlq_replay(seqs: list[int]) -> None:
-    """Put dead letters back on their original subjects (new message ids), once the cause is
-    fixed; each replay is audited. Tool calls are not replayed (retry their task instead)."""
+    """Put dead letters back where they were going (new message ids), once the cause is fixed;
+    each replay is audited. A journal record is appended again at its journal's end; a refused
+    submission starts a new run, ``<id>-replay<seq>`` (a run id is used once). Tool calls are
+    not replayed (retry their task instead)."""
     settings = load_settings()
 
     async def main() -> list[tuple[int, int | str]]:
