@@ -11,6 +11,7 @@ from __future__ import annotations
 from nats.js.errors import KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 
+from switchyard.supervisor.journal import Definitions
 from switchyard.supervisor.policy import Policy
 from switchyard.supervisor.workflow import Workflow, parse_workflow
 
@@ -69,3 +70,12 @@ async def list_workflows(kv: KeyValue) -> list[str]:
     except NoKeysError:
         return []
 
+
+
+def definitions_of(catalog: WorkflowCatalog) -> Definitions:
+    """The catalogue as a fold's ``Definitions``: the latest for a new run, else the running."""
+
+    async def find(name: str, new: bool) -> Workflow | None:
+        return await (catalog.latest(name) if new else catalog.running(name))
+
+    return find

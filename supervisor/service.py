@@ -89,7 +89,10 @@ from switchyard.supervisor.workflow import Workflow
 
 log = structlog.get_logger("switchyard.supervisor")
 
-_DEAD_LETTER_KIND = {JournalKind.SUBMIT: DeadLetterKind.SUBMIT,
+_COUNTED: dict[str, str] = {JournalKind.SUBMIT: "submitted", JournalKind.RESULT: "results",
+                            JournalKind.DECISION: "decisions", JournalKind.TIMER: "timers",
+                            JournalKind.NOTICE: "notices"}
+_DEAD_LETTER_KIND: dict[str, DeadLetterKind] = {JournalKind.SUBMIT: DeadLetterKind.SUBMIT,
                      JournalKind.RESULT: DeadLetterKind.RESULT,
                      JournalKind.DECISION: DeadLetterKind.DECISION}
 
@@ -282,9 +285,7 @@ class Supervisor(Component):
         await msg.ack()
 
     def _count(self, read: Read, ignored: str) -> None:
-        name = {JournalKind.SUBMIT: "submitted", JournalKind.RESULT: "results",
-                JournalKind.DECISION: "decisions", JournalKind.TIMER: "timers",
-                JournalKind.NOTICE: "notices"}.get(read.kind)
+        name = _COUNTED.get(read.kind)
         if name:
             self.counts[name] += 1
         self._inputs.labels(read.kind or "unknown").inc()

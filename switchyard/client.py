@@ -472,8 +472,8 @@ class SwitchyardClient:
         snapshots) and those finished (their outcomes); the supervisors report what runs."""
         kv = await open_bucket(self.js, self.s.bucket(Bucket.WORKFLOWS))
         snapshots = Snapshots(kv, self.s.bucket(Bucket.WORKFLOWS))
-        counts = Counter([state.status async for state in snapshots.all()
-                          if state.status not in TERMINAL])
+        counts: Counter[str] = Counter([str(state.status) async for state in snapshots.all()
+                                        if state.status not in TERMINAL])
         info = await self.js.stream_info(self.s.stream(Stream.OUTCOMES))
         counts["finished"] = info.state.messages
         return dict(counts)

@@ -47,6 +47,7 @@ from switchyard.protocol.headers import MSG_ID, PROTOCOL
 from switchyard.protocol.subjects import Bucket
 from switchyard.settings import Settings
 from switchyard.stack import LocalStack
+from switchyard.supervisor.catalog import WorkflowCatalog, definitions_of
 from switchyard.supervisor.store import Snapshots
 
 SCENARIOS = ("agents", "supervisor", "nats", "poison")
@@ -320,18 +321,21 @@ async def _supervisor(run: _Run, n: dict[str, int], deadline: float) -> None:
                 await run.kill(run.rng.choice(["supervisor", "supervisor-2"]))
         run.tally(acked, await run.outcomes(nc, acked, deadline))
         client = SwitchyardClient(nc, run.settings.subjects)
-        for wid in acked:  # each step accepted once: one step.ok per step in the audit trail
-            # the outcome is stored before the final record: wait for that record itself
-            await client.wait(wid, timeout=max(1.0, deadline - time.monotonic()),
-                              stop_at_escalation=False)
-            oks = Counter(e.step for r in await client.events(wid) for e in r.entries
+        kv = await open_bucket(client.js, client.s.bucket(Bucket.WORKFLOW_DEFS), history=5)
+        found = definitions_of(WorkflowCatalog(run.settings.load_workflows(), kv))
+        for wid in acked:  # each step accepted once: its journal folded again says so
+            audit = await client.audit(wid, found)
+            oks = Counter(e.step for st in audit.replay.steps for e in st.transition.entries
                           if e.type == "step.ok")
             run.report.steps_accepted_twice += sum(c - 1 for c in oks.values() if c > 1)
+            if not audit.ok:
+                run.report.problems.append(f"{wid}: audit verify fails: {audit.as_dict()}")
             if len(oks) != run.steps:
-                trail = [(r.source, r.n, [e.type + ":" + e.step for e in r.entries])
-                         for r in await client.events(wid)]
+                trail = [(st.read.kind, st.read.record.seq, [e.type + ":" + e.step
+                                                             for e in st.transition.entries])
+                         for st in audit.replay.steps]
                 run.report.problems.append(
-                    f"{wid}: {len(oks)} of {run.steps} steps recorded ok; trail {trail}")
+                    f"{wid}: {len(oks)} of {run.steps} steps recorded ok; journal {trail}")
         if run.report.kills < kills:
             run.report.problems.append(f"only {run.report.kills} supervisor kills happened")
         if run.report.steps_accepted_twice:

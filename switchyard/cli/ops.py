@@ -22,9 +22,8 @@ from switchyard.protocol.events import EventType
 from switchyard.protocol.messages import Entry, Event
 from switchyard.protocol.subjects import Bucket, check_token
 from switchyard.settings import Settings
-from switchyard.supervisor.catalog import WorkflowCatalog
+from switchyard.supervisor.catalog import WorkflowCatalog, definitions_of
 from switchyard.supervisor.journal import Definitions
-from switchyard.supervisor.workflow import Workflow
 
 audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=True)
 dlq_app = typer.Typer(help="Dead letters: what could not be processed, and why.",
@@ -38,12 +37,8 @@ async def definitions(settings: Settings, bus: SwitchyardClient) -> Definitions:
     """The definitions a replay folds under: the configured workflows and those on the bus,
     admitted under the configured policy, as the supervisor does."""
     kv = await open_bucket(bus.js, settings.subjects.bucket(Bucket.WORKFLOW_DEFS), history=5)
-    catalog = WorkflowCatalog(settings.load_workflows(), kv, policy=settings.load_policy())
-
-    async def find(name: str, new: bool) -> Workflow | None:
-        return await (catalog.latest(name) if new else catalog.running(name))
-
-    return find
+    return definitions_of(WorkflowCatalog(settings.load_workflows(), kv,
+                                          policy=settings.load_policy()))
 
 
 async def run_events(bus: SwitchyardClient, settings: Settings, workflow_id: str) -> list[Event]:
