@@ -81,7 +81,7 @@ from switchyard.supervisor.engine import (
 from switchyard.supervisor.escalation import EscalationIndex
 from switchyard.supervisor.folds import Folds
 from switchyard.supervisor.journal import definition_for, fold
-from switchyard.supervisor.policy import Policy
+from switchyard.supervisor.policy import Grantable, Policy
 from switchyard.supervisor.store import SNAPSHOT_EVERY, Snapshots
 from switchyard.supervisor.stuck import StuckTasks
 from switchyard.supervisor.timers import Timers, rearm
@@ -140,6 +140,7 @@ class Supervisor(Component):
         self._snapshots: Snapshots | None = None
         self._index: EscalationIndex | None = None
         self._catalog = WorkflowCatalog(config.workflows, policy=config.policy)
+        self._grantable: dict[tuple[str, str, str], Grantable] = {}  # by definition, step, role
         self._folds: Folds | None = None  # each running workflow's fold, as this replica has it
         self._timers = Timers(self._fire)
         self._stuck = StuckTasks(self)
@@ -361,8 +362,9 @@ class Supervisor(Component):
                              TRACEPARENT: traceparent_for(state.id)}))
             elif isinstance(effect, CloseEscalation):
                 await self._index.remove(effect.escalation_id)
-        async with asyncio.timeout(self.config.publish_timeout):
-            await asyncio.gather(*acks)
+        if acks:
+            async with asyncio.timeout(self.config.publish_timeout):
+                await asyncio.gather(*acks)
         if state.status in TERMINAL:
             self._timers.cancel(state.id)
         elif state.timer_at:
@@ -384,7 +386,11 @@ class Supervisor(Component):
         assert wf is not None
         tools, budget, limits, approvals = effect.tools, effect.tool_budget, {}, {}
         if self.config.policy is not None:  # grants come from the policy alone
-            g = self.config.policy.grantable(wf.step(effect.step), effect.role)
+            key = (wf.digest(), effect.step, effect.role)
+            g = self._grantable.get(key)
+            if g is None:
+                g = self._grantable[key] = self.config.policy.grantable(wf.step(effect.step),
+                                                                        effect.role)
             tools, budget, limits, approvals = g.tools, g.budget, g.limits, g.approvals
         step = wf.step(effect.step)
         grant = grants.Grant(

@@ -43,10 +43,12 @@ class AlreadyExists(Exception):
 def record_of_msg(msg: Msg) -> Record:
     """A journal record as a consumer delivered it."""
     tokens = (msg.reply or "").split(".")
-    # the stored time is in the ack subject, in ns (nats-py's metadata rounds it to a datetime)
-    stamp = int(tokens[7] if len(tokens) == _ACK_TOKENS_V1 else tokens[9])
+    # the stream sequence and the stored time (ns: nats-py's metadata rounds it to a datetime)
+    # are in the ack subject
+    v1 = len(tokens) == _ACK_TOKENS_V1
+    seq, stamp = (int(tokens[5]), int(tokens[7])) if v1 else (int(tokens[7]), int(tokens[9]))
     headers = msg.headers or {}
-    return Record(seq=msg.metadata.sequence.stream, subject=msg.subject, data=msg.data,
+    return Record(seq=seq, subject=msg.subject, data=msg.data,
                   stamp_ns=stamp, expected=headers.get(EXPECTED_LAST_SUBJECT_SEQ, ""),
                   expected_subject=headers.get(EXPECTED_LAST_SUBJECT_SEQ_SUBJECT, ""))
 
