@@ -10,7 +10,7 @@ from typing import Any
 import nkeys
 from nats.js.client import JetStreamContext
 
-from switchyard.protocol.bus.provision import ensure_streams, open_bucket
+from switchyard.protocol.bus.provision import TRAIL_MAX_AGE_S, ensure_streams, open_bucket
 from switchyard.protocol.subjects import Bucket, Subjects
 from switchyard.supervisor.authz import inbox_prefix
 
@@ -22,9 +22,11 @@ def connect_options(seed_file: Path) -> dict[str, Any]:
     return {"nkeys_seed": str(seed_file), "inbox_prefix": inbox_prefix(seed_file.stem)}
 
 
-async def provision(js: JetStreamContext, s: Subjects) -> None:
+async def provision(
+    js: JetStreamContext, s: Subjects, *, trail_max_age: float = TRAIL_MAX_AGE_S,
+) -> None:
     """As the admin: the streams and buckets the other identities may only use."""
-    await ensure_streams(js, s)
+    await ensure_streams(js, s, trail_max_age=trail_max_age)
     for bucket in Bucket:
         await open_bucket(js, s.bucket(bucket), history=5 if bucket is Bucket.WORKFLOW_DEFS else 1)
 

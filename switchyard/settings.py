@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     policy: str = "support"
     nkey_file: Path | None = None
     retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    # how long journals, tool-call chains and dead letters are kept (for streams created here)
+    trail_max_age_s: float = Field(default=30 * 24 * 3600.0, gt=0)
     uvloop: bool = True
     user: str = Field(default="operator",
                       validation_alias=AliasChoices("SWITCHYARD_USER", "USER"))
@@ -131,6 +133,7 @@ class Settings(BaseSettings):
             nats_url=self.nats_url, subjects=self.subjects, concurrency=self.concurrency,
             ack_wait=self.ack_wait, max_deliver=self.max_deliver, trusted_keys=self.trusted(),
             connect_options=self.connect_options(), faults=self.fault_plan(),
+            trail_max_age_s=self.trail_max_age_s,
         )
 
     def load_policy(self) -> Policy | None:
@@ -141,11 +144,11 @@ class Settings(BaseSettings):
             seed=self.load_seed(), workflows=self.load_workflows(), nats_url=self.nats_url,
             subjects=self.subjects, policy=self.load_policy(), ack_wait=self.ack_wait,
             retention_s=self.retention_s, connect_options=self.connect_options(),
-            faults=self.fault_plan(),
+            faults=self.fault_plan(), trail_max_age_s=self.trail_max_age_s,
         )
 
     def toolhost_config(self) -> ToolHostConfig:
         return ToolHostConfig(
             nats_url=self.nats_url, subjects=self.subjects, trusted_keys=self.trusted(),
             retention_s=self.retention_s, connect_options=self.connect_options(),
-            faults=self.fault_plan())
+            faults=self.fault_plan(), trail_max_age_s=self.trail_max_age_s)

@@ -153,7 +153,8 @@ class LocalStack:
     async def _provision(self) -> None:
         nc = await nats.connect(self.url, **self.connect_options(authz.ADMIN))
         try:
-            await credentials.provision(nc.jetstream(), self.settings.subjects)
+            await credentials.provision(nc.jetstream(), self.settings.subjects,
+                                        trail_max_age=self.settings.trail_max_age_s)
         finally:
             await nc.close()
 
@@ -180,6 +181,8 @@ class LocalStack:
                "SWITCHYARD_PREFIX": self.settings.prefix,
                "SWITCHYARD_WORKFLOWS": self.settings.workflows,
                "SWITCHYARD_CONCURRENCY": str(self.settings.concurrency),
+               "SWITCHYARD_RETENTION_S": str(self.settings.retention_s),
+               "SWITCHYARD_TRAIL_MAX_AGE_S": str(self.settings.trail_max_age_s),
                "SWITCHYARD_FAULT_NAME": name, "SWITCHYARD_FAULT_RUN": str(run), **self.env}
         if self.secure:
             env["SWITCHYARD_NKEY_FILE"] = str(self.creds.seed_file(self._identity.get(name, name)))

@@ -39,7 +39,7 @@ from switchyard.protocol.bus.consumer import PullConsumer
 from switchyard.protocol.bus.dead_letters import DeadLetters
 from switchyard.protocol.bus.faults import Faults
 from switchyard.protocol.bus.journal import Journal
-from switchyard.protocol.bus.provision import ensure_streams
+from switchyard.protocol.bus.provision import TRAIL_MAX_AGE_S, ensure_streams
 from switchyard.protocol.bus.publisher import Publisher
 from switchyard.protocol.bus.tasks import cancel_and_wait
 from switchyard.protocol.faults import FaultPlan
@@ -69,6 +69,8 @@ class ComponentConfig:
     publish_timeout: float = 10.0
     max_bytes: int = codec.DEFAULT_MAX_BYTES
     faults: FaultPlan = field(default_factory=FaultPlan)  # inert unless the chaos suite sets one
+    # how long journals, tool-call chains and dead letters are kept, for streams this creates
+    trail_max_age_s: float = TRAIL_MAX_AGE_S
 
 
 class Component:
@@ -200,7 +202,7 @@ class Component:
                                               **dict(cfg.connect_options))
                 self._own_nc = True
             self._js = self._nc.jetstream()
-            await ensure_streams(self._js, cfg.subjects)
+            await ensure_streams(self._js, cfg.subjects, trail_max_age=cfg.trail_max_age_s)
             self._publisher = await Publisher(self._nc, timeout=cfg.publish_timeout).start()
             self._audit = AuditLog(self._js, cfg.subjects, self._name, publisher=self._publisher,
                                    timeout=cfg.publish_timeout)

@@ -29,7 +29,15 @@ WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream's "not the revision you named"
 STREAM_NAME_IN_USE = 10058
 
 
-def stream_configs(s: Subjects, *, replicas: int = 1) -> list[StreamConfig]:
+TRAIL_MAX_AGE_S = 30 * DAY
+
+
+def stream_configs(
+    s: Subjects, *, replicas: int = 1, trail_max_age: float = TRAIL_MAX_AGE_S,
+) -> list[StreamConfig]:
+    """The streams of a deployment. ``trail_max_age`` is how long journals, tool-call chains and
+    dead letters are kept (what bounds the server's store and memory); outcomes are kept at most
+    7 days."""
     def cfg(name: Stream, subjects: list[str], **kw: object) -> StreamConfig:
         return StreamConfig(
             name=s.stream(name),
@@ -42,18 +50,18 @@ def stream_configs(s: Subjects, *, replicas: int = 1) -> list[StreamConfig]:
     return [
         # every input of every workflow: kept as the audit trail, so never deleted nor purged;
         # direct gets read a workflow's records without a consumer
-        cfg(Stream.JOURNAL, [s.all("journal")], max_age=30 * DAY, deny_delete=True,
+        cfg(Stream.JOURNAL, [s.all("journal")], max_age=trail_max_age, deny_delete=True,
             deny_purge=True, discard=DiscardPolicy.OLD, allow_direct=True,
             duplicate_window=120.0),
         cfg(Stream.OUTCOMES, [s.all("workflow.outcome")], max_msgs_per_subject=1,
-            max_age=7 * DAY),
+            max_age=min(7 * DAY, trail_max_age)),
         cfg(Stream.TASKS, [s.all("task")], retention=RetentionPolicy.WORK_QUEUE,
             duplicate_window=120.0),
         cfg(Stream.HUMAN, [s.human_queue, f"{s.human_queue}.*"],
             retention=RetentionPolicy.WORK_QUEUE, duplicate_window=120.0),
-        cfg(Stream.EVENTS, [s.all("event"), s.unattributed], max_age=30 * DAY, deny_delete=True,
+        cfg(Stream.EVENTS, [s.all("event"), s.unattributed], max_age=trail_max_age, deny_delete=True,
             deny_purge=True, discard=DiscardPolicy.OLD),
-        cfg(Stream.DLQ, [s.all("dlq")], max_age=30 * DAY),
+        cfg(Stream.DLQ, [s.all("dlq")], max_age=trail_max_age),
         # the server's word that a task was delivered max_deliver times and never acknowledged,
         # kept until the supervisor has dead-lettered that task (core advisories are not kept)
         cfg(Stream.ADVISORIES, [s.max_deliveries], retention=RetentionPolicy.WORK_QUEUE,
@@ -80,11 +88,13 @@ async def check_layout(js: JetStreamContext, s: Subjects) -> None:
             f"{s.bucket('workflows')} bucket (`nats stream rm`, `nats kv rm`).")
 
 
-async def ensure_streams(js: JetStreamContext, s: Subjects, *, replicas: int = 1) -> None:
+async def ensure_streams(
+    js: JetStreamContext, s: Subjects, *, replicas: int = 1, trail_max_age: float = TRAIL_MAX_AGE_S,
+) -> None:
     """Create the streams if missing; leave existing ones as their operator set them. A server
     with the old layout is refused (``check_layout``)."""
     await check_layout(js, s)
-    for config in stream_configs(s, replicas=replicas):
+    for config in stream_configs(s, replicas=replicas, trail_max_age=trail_max_age):
         try:
             info = await js.stream_info(config.name or "")
         except Exception:  # NotFoundError, or a server that lost it

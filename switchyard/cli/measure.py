@@ -92,3 +92,41 @@ def bench(
     if json_file is not None:
         json_file.write_bytes(report_json(report) + b"\n")
         out.print(f"wrote {json_file}")
+
+
+@app.command()
+def soak(
+    rate: Annotated[float, typer.Option(help="workflows submitted per second", min=0.1)] = 60.0,
+    duration: Annotated[float, typer.Option(help="seconds of load", min=1)] = 600.0,
+    trail_max_age: Annotated[float, typer.Option(
+        help="seconds journals and outcomes are kept (short, so the plateau shows)", min=1)] = 120.0,
+    every: Annotated[float, typer.Option(help="seconds between samples", min=1)] = 30.0,
+    json_file: Annotated[Path | None, typer.Option("--json", help="also write JSON here")] = None,
+) -> None:
+    """The real stack at a fixed rate for a long while: memory of every process, the server's
+    store and the journal, sampled, to show where they level off."""
+    import tempfile
+
+    from switchyard.bench.soak import report_json, run_soak
+
+    load_settings()
+    with tempfile.TemporaryDirectory(prefix="switchyard-soak-") as tmp:
+        report = run_on_loop(run_soak(rate, duration, trail_max_age, every,
+                                      lambda m: err.print(f"· {m}"), Path(tmp)))
+    table = Table(title=f"soak: {rate:g} workflows/s for {duration:g} s, trail kept "
+                        f"{trail_max_age:g} s")
+    names = list(report.samples[0].rss_mb) if report.samples else []
+    for col in ("s", "done", *(f"{n} MB" for n in names), "store MB", "journal msgs",
+                "journal MB"):
+        table.add_column(col, justify="right")
+    for x in report.samples:
+        table.add_row(f"{x.at_s:.0f}", f"{x.finished}/{x.submitted}",
+                      *(f"{x.rss_mb[n]:.0f}" for n in names), f"{x.store_mb:.1f}",
+                      f"{x.journal_msgs:,}", f"{x.journal_mb:.1f}")
+    (out if out.is_terminal else Console(width=200)).print(table)
+    out.print(f"journal bytes per workflow: {report.journal_bytes_per_workflow:,.0f}; "
+              f"lost: {report.lost}", markup=False)
+    if json_file is not None:
+        json_file.write_bytes(report_json(report) + b"\n")
+        out.print(f"wrote {json_file}")
+    raise typer.Exit(0 if report.lost == 0 else 1)
