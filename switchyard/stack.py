@@ -25,6 +25,7 @@ from nats.aio.client import Client
 from switchyard import credentials
 from switchyard.client import SwitchyardClient
 from switchyard.natsd import NatsServer
+from switchyard.protocol.bus.provision import check_layout
 from switchyard.protocol.errors import ConfigError
 from switchyard.settings import Settings
 from switchyard.supervisor import authz
@@ -135,6 +136,7 @@ class LocalStack:
             await self._provision()
         nc = await nats.connect(self.url, **self.connect_options(authz.CONSOLE))
         try:
+            await check_layout(nc.jetstream(), self.settings.subjects)  # before anything starts
             self.log_dir.mkdir(parents=True, exist_ok=True)
             self.settings.load_seed()  # created once, before any process needs it
             await self._spawn_all("supervisor", "supervisor", "run")

@@ -77,3 +77,17 @@ async def test_bench_marks_a_row_measured_on_a_busy_machine(monkeypatch: pytest.
                         windows=2)
     assert row.busy_machine and row.windows == 1 and row.rejected_windows == 6
     assert row.workflows_per_s > 0
+
+
+@pytest.mark.e2e
+async def test_soak_samples_the_real_stack_at_a_fixed_rate(tmp_path: Path) -> None:
+    from switchyard.bench.soak import run_soak
+
+    logged: list[str] = []
+    report = await run_soak(rate=4, duration=4, trail_max_age=60, every=2, log=logged.append,
+                            tmp=tmp_path)
+    assert report.lost == 0 and len(report.samples) >= 2 and len(logged) == len(report.samples)
+    last = report.samples[-1]
+    assert last.submitted >= 12 and last.journal_msgs > last.submitted  # submissions and results
+    assert {"nats-server", "supervisor", "agent-triage"} <= set(last.rss_mb)
+    assert report.journal_bytes_per_workflow > 0

@@ -52,7 +52,7 @@ def stream_configs(
         # direct gets read a workflow's records without a consumer
         cfg(Stream.JOURNAL, [s.all("journal")], max_age=trail_max_age, deny_delete=True,
             deny_purge=True, discard=DiscardPolicy.OLD, allow_direct=True,
-            duplicate_window=120.0),
+            duplicate_window=min(120.0, trail_max_age)),
         cfg(Stream.OUTCOMES, [s.all("workflow.outcome")], max_msgs_per_subject=1,
             max_age=min(7 * DAY, trail_max_age)),
         cfg(Stream.TASKS, [s.all("task")], retention=RetentionPolicy.WORK_QUEUE,

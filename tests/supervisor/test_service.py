@@ -467,3 +467,71 @@ async def test_a_human_deadline_is_kept_across_a_supervisor_restart(
     finally:
         await second.stop()
         await agent.stop()
+
+
+async def test_replay_under_a_changed_definition_names_where_it_departs(
+    stack: Any, nc: Client, subjects: Subjects,
+) -> None:
+    """The journal records what the supervisor was told; replaying it under a definition that
+    would have decided otherwise (a stricter threshold on the first step) is caught, at the
+    record where the replay departs."""
+    from switchyard.supervisor.catalog import WorkflowCatalog, definitions_of
+
+    sup = await stack()
+    client = SwitchyardClient(nc, subjects)
+    wid = await client.submit("pair", {"n": 5, "confidence": 0.7})
+    assert (await client.wait(wid, timeout=10)).status == "completed"
+    assert (await client.audit(wid, sup.definitions)).ok
+    stricter = parse_workflow(PAIR.replace("threshold: 0.5", "threshold: 0.9"))
+    audit = await client.audit(wid, definitions_of(WorkflowCatalog({"pair": stricter})))
+    records = await client.journal_records(wid)
+    assert not audit.ok and audit.chain.problems == []  # the links hold: the rules changed
+    assert audit.replay.divergence.startswith(f"seq {records[2].seq} (result): a result for task "
+                                              f"{wid}:second:1, which the replay never sent")
+    assert audit.replay.notes and "definition" in audit.replay.notes[0]
+
+
+async def test_a_step_timeout_fires_after_a_supervisor_restart(
+    nc: Client, js: JetStreamContext, subjects: Subjects, seed: bytes, signer: grants.Signer,
+) -> None:
+    """The supervisor that dispatched the step is gone before its timeout; the one started later
+    finds the task in the work queue, sets its timer, and times the step out (then retries and
+    escalates, by the step's rules)."""
+    config = SupervisorConfig(seed=seed, workflows={"pair": parse_workflow(PAIR)},
+                              subjects=subjects)
+    alpha = await alpha_agent().start(nc, AgentConfig(
+        subjects=subjects, trusted_keys=frozenset({signer.public_key})))
+    first = await Supervisor(config, nc=nc).start()
+    client = SwitchyardClient(nc, subjects)
+    tasks = await nc.subscribe(subjects.task("beta"))  # nobody serves beta
+    wid = await client.submit("pair", {"n": 1})
+    await tasks.next_msg(timeout=10)  # its second step is dispatched
+    await first.stop()
+    second = await Supervisor(config, nc=nc).start()
+    try:
+        res = await client.wait(wid, timeout=15)
+        assert res.status == "escalated" and "after 2 attempt(s): timeout" in res.reason
+        audit = await client.audit(wid, second.definitions)
+        assert audit.ok, audit.as_dict()
+        assert [st.read.kind for st in audit.replay.steps][-3:] == ["timer", "timer", "timer"]
+    finally:
+        await tasks.unsubscribe()
+        await second.stop()
+        await alpha.stop()
+
+
+async def test_a_server_with_the_old_layout_is_refused_with_what_to_do(
+    nc: Client, subjects: Subjects, seed: bytes,
+) -> None:
+    from nats.js.api import StreamConfig
+
+    from switchyard.protocol.errors import ConfigError
+
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name=subjects.stream("results"),
+                                     subjects=[f"{subjects.prefix}.result.>"]))
+    sup = Supervisor(SupervisorConfig(seed=seed, workflows={"pair": parse_workflow(PAIR)},
+                                      subjects=subjects), nc=nc)
+    with pytest.raises(ConfigError, match=r"protocol 1 layout .* new data directory"):
+        await sup.start()
+    await sup.stop()
