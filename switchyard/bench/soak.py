@@ -50,7 +50,8 @@ class SoakReport:
     trail_max_age_s: float
     samples: list[Sample] = field(default_factory=list)
     journal_bytes_per_workflow: float = 0.0
-    lost: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+    lost: int = 0  # submitted, and no outcome (nor a person waiting) by the end
 
 
 def _du(path: Path) -> int:
@@ -83,11 +84,26 @@ async def run_soak(
                 if wid in waiting:
                     waiting.discard(wid)
                     finished += 1
+                    status = msgspec.json.decode(msg.data).get("status", "?")
+                    report.outcomes[status] = report.outcomes.get(status, 0) + 1
 
             sub = await nc.subscribe(settings.subjects.all("workflow.outcome"), cb=done)
             started = time.monotonic()
             submitted, next_sample = 0, 0.0
             journal = settings.subjects.stream(Stream.JOURNAL)
+
+            async def sample(now: float, submitted: int) -> None:
+                info = (await js.stream_info(journal)).state
+                x = Sample(
+                    at_s=round(now, 1), submitted=submitted, finished=finished,
+                    rss_mb={n: round(rss_bytes(p, "VmRSS") / 2**20, 1) for n, p in pids.items()},
+                    store_mb=round(_du(store) / 2**20, 1), journal_msgs=info.messages,
+                    journal_mb=round(info.bytes / 2**20, 2))
+                report.samples.append(x)
+                log(f"{x.at_s:6.0f} s  {finished}/{submitted} done  nats "
+                    f"{x.rss_mb['nats-server']} MB  store {x.store_mb} MB  journal "
+                    f"{x.journal_msgs} msgs")
+
             while (now := time.monotonic() - started) < duration:  # bounded by the duration
                 due = int(now * rate) - submitted
                 for _ in range(due):
@@ -97,23 +113,17 @@ async def run_soak(
                     waiting.add(wid)
                     submitted += 1
                 if now >= next_sample:
-                    info = (await js.stream_info(journal)).state
-                    sample = Sample(
-                        at_s=round(now, 1), submitted=submitted, finished=finished,
-                        rss_mb={n: round(rss_bytes(p, "VmRSS") / 2**20, 1) for n, p in pids.items()},
-                        store_mb=round(_du(store) / 2**20, 1), journal_msgs=info.messages,
-                        journal_mb=round(info.bytes / 2**20, 2))
-                    report.samples.append(sample)
-                    log(f"{sample.at_s:6.0f} s  {finished}/{submitted} done  nats "
-                        f"{sample.rss_mb['nats-server']} MB  store {sample.store_mb} MB  journal "
-                        f"{sample.journal_msgs} msgs")
+                    await sample(now, submitted)
                     next_sample += every
                 await asyncio.sleep(min(0.05, 1 / rate))  # the pacing of a fixed-rate load
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(60):
                     while waiting:  # noqa: ASYNC110 - outcomes arrive on the subscription above
                         await asyncio.sleep(0.1)
-            report.lost = len(waiting)
+            await sample(time.monotonic() - started, submitted)  # after the last ones ended
+            held = {e.workflow_id for e in await client.escalations()}
+            report.outcomes["escalated"] = len(waiting & held)
+            report.lost = len(waiting - held)
             info = (await js.stream_info(journal)).state
             live = min(submitted, int(rate * min(duration, trail_max_age))) or 1
             report.journal_bytes_per_workflow = round(info.bytes / live, 1)

@@ -125,7 +125,7 @@ def soak(
                       f"{x.journal_msgs:,}", f"{x.journal_mb:.1f}")
     (out if out.is_terminal else Console(width=200)).print(table)
     out.print(f"journal bytes per workflow: {report.journal_bytes_per_workflow:,.0f}; "
-              f"lost: {report.lost}", markup=False)
+              f"outcomes: {report.outcomes}; lost: {report.lost}", markup=False)
     if json_file is not None:
         json_file.write_bytes(report_json(report) + b"\n")
         out.print(f"wrote {json_file}")
