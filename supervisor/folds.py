@@ -63,15 +63,22 @@ class Folds:
             return Folded(None)  # a new run: there is nothing before it
         if folded is not None and follows == folded.seq:
             return folded
-        return await self.catch_up(workflow_id, folded, before=record.seq)
+        return await self.catch_up(workflow_id, folded, before=record.seq, through=follows)
 
-    async def catch_up(self, workflow_id: str, folded: Folded | None, *, before: int | None) -> Folded:
-        """Fold the journal's records up to (not including) ``before``, from what is known."""
+    async def catch_up(
+        self, workflow_id: str, folded: Folded | None, *, before: int | None,
+        through: int | None = None,
+    ) -> Folded:
+        """Fold the journal's records up to (not including) ``before``, from what is known;
+        ``through`` is the last of them, when the record at ``before`` says which it follows."""
         if folded is None:
             snap = await self._snapshots.get(workflow_id)
             folded = Folded(snap, snap.seq, snap.head) if snap is not None else Folded(None)
         self.caught_up += 1
-        async for record in self._journal.records(workflow_id, after=folded.seq, before=before):
+        if through is not None and through <= folded.seq:
+            through = None  # nothing to go by: read up to the record itself
+        async for record in self._journal.records(workflow_id, after=folded.seq, before=before,
+                                                  through=through):
             folded, _ = await self.fold(workflow_id, folded, record)
         return folded
 

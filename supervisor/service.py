@@ -254,15 +254,16 @@ class Supervisor(Component):
 
     async def _take(self, workflow_id: str, record: Record, msg: Msg) -> None:
         folded = self.folds.get(workflow_id)
-        if folded is not None and folded.seq >= record.seq:
-            # folded already (a catch-up read it first, or the ack was lost): make sure what the
-            # fold says is due is out, then let the record go
+        if folded is None or folded.seq < record.seq:
+            folded = await self.folds.before(workflow_id, record)
+        if folded.seq >= record.seq:
+            # folded already (a catch-up or a newer snapshot has it, or the ack was lost): make
+            # sure what the fold says is due is out, then let the record go
             await self._execute(folded.state, due(await self._definition(folded.state),
                                                   folded.state, time.time())
                                 if folded.state else [])
             await msg.ack()
             return
-        folded = await self.folds.before(workflow_id, record)
         read = journal.read(record, self.config.subjects, workflow_id, folded.seq, folded.head,
                             max_bytes=self.config.max_bytes)
         wf = await definition_for(folded, read, self.definitions)

@@ -169,12 +169,16 @@ class Journal:
 
     async def records(
         self, workflow_id: str, *, after: int = 0, before: int | None = None,
+        through: int | None = None,
     ) -> AsyncIterator[Record]:
-        """The journal's records with sequence > ``after`` (and < ``before``), in order."""
+        """The journal's records with sequence > ``after`` (and < ``before``), in order; with
+        ``through``, ending with the record of that sequence (one read fewer than ``before``)."""
         seq = after + 1
         while before is None or seq < before:
             record = await self._next(workflow_id, seq)
             if record is None or (before is not None and record.seq >= before):
                 return
             yield record
+            if record.seq == through:
+                return
             seq = record.seq + 1

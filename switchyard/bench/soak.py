@@ -124,9 +124,10 @@ async def run_soak(
             held = {e.workflow_id for e in await client.escalations()}
             report.outcomes["escalated"] = len(waiting & held)
             report.lost = len(waiting - held)
-            info = (await js.stream_info(journal)).state
+            # at the plateau the journal holds the runs of the last ``trail_max_age`` seconds
             live = min(submitted, int(rate * min(duration, trail_max_age))) or 1
-            report.journal_bytes_per_workflow = round(info.bytes / live, 1)
+            peak = max(x.journal_mb for x in report.samples) * 2**20
+            report.journal_bytes_per_workflow = round(peak / live, 1)
             await sub.unsubscribe()
             await nc.close()
     return report
