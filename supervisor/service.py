@@ -241,6 +241,8 @@ class Supervisor(Component):
         parsed = s.parse_journal(msg.subject)
         workflow_id = parsed[0] if parsed else ""
         try:
+            if parsed is None:
+                raise ConfigError(f"{msg.subject} is not {s.prefix}.journal.<workflow id>.<kind>")
             check_token("workflow id", workflow_id)
         except ConfigError as exc:  # a subject no workflow can own: the unattributed chain
             await self.dead_letter(msg, DeadLetterKind.JOURNAL, ErrorCode.INVALID_INPUT,

@@ -80,16 +80,22 @@ class Audit:
     chain: Chain  # the journal's links
     calls: Verification | None  # the tool-call chain, if the run made calls
     replay: Replay
+    # what is wrong with the journal: a record whose link is broken now but was taken when it
+    # arrived (changed or inserted since), or no journal at all
+    problems: list[str]
+    # records refused when they arrived (dead-lettered then, and folded as changing nothing):
+    # written outside the protocol, and handled
+    refused: list[str]
 
     @property
     def ok(self) -> bool:
-        return not self.chain.problems and (self.calls is None or self.calls.ok) \
-            and self.replay.ok
+        return not self.problems and (self.calls is None or self.calls.ok) and self.replay.ok
 
     def as_dict(self) -> dict[str, Any]:
         return {"workflow_id": self.workflow_id, "ok": self.ok,
                 "journal": {"records": len(self.chain.reads), "last_seq": self.chain.last_seq,
-                            "head": self.chain.head, "problems": self.chain.problems},
+                            "head": self.chain.head, "problems": self.problems,
+                            "refused_on_arrival": self.refused},
                 "calls": self.calls.as_dict() if self.calls is not None else None,
                 "replay": {"ok": self.replay.ok, "divergence": self.replay.divergence,
                            "status": self.replay.state.status if self.replay.state else None,
@@ -132,6 +138,13 @@ class DeadLetter:
                 "code": self.code, "reason": self.reason, "source": self.source,
                 "stream_seq": self.stream_seq, "deliveries": self.deliveries,
                 "bytes": len(self.data)}
+
+
+def _entries(data: bytes) -> list[Entry]:
+    try:
+        return codec.decode(data, Event).entries
+    except ProtocolError:
+        return []
 
 
 def replayed_id(workflow_id: str, dlq_seq: int) -> str:
@@ -267,10 +280,25 @@ class SwitchyardClient:
         """Check a workflow's journal (the links) and its tool-call chain, and replay the
         journal under ``definitions``, checking it reproduces what was sent."""
         chain = read_all(await self.journal_records(workflow_id), self.s, workflow_id)
-        calls = verify_chain(await self.records(workflow_id)) if await self._has_calls(
-            workflow_id) else None
+        has_calls = await self._has_calls(workflow_id)
+        records = await self.records(workflow_id) if has_calls else []
+        calls = verify_chain(records) if has_calls else None
         replayed = await replay(chain.reads, definitions, await self.outcome(workflow_id))
-        return Audit(workflow_id, chain, calls, replayed)
+        # the supervisor records each journal record it refuses, by sequence, beside the journal
+        noted = {e.data.get("stream_seq") for _, data in records for e in _entries(data)
+                 if e.type.endswith(".dead_lettered")}
+        problems = [] if chain.reads else list(chain.problems)
+        refused = []
+        for r in chain.reads:
+            if r.ok:
+                continue
+            line = f"seq {r.record.seq} ({r.kind or r.record.subject}): refused: {r.refused}"
+            if r.record.seq in noted:
+                refused.append(f"{line} (when it arrived, and dead-lettered)")
+            else:
+                problems.append(f"{line}; it was not refused when it arrived: changed since, or "
+                                "inserted around the supervisor")
+        return Audit(workflow_id, chain, calls, replayed, problems, refused)
 
     async def _has_calls(self, workflow_id: str) -> bool:
         try:

@@ -83,9 +83,9 @@ async def check_layout(js: JetStreamContext, s: Subjects) -> None:
         raise ConfigError(
             f"this NATS server holds Switchyard's protocol 1 layout (streams {', '.join(found)}), "
             "from before the journal. Its runs cannot be continued by this version. Either let a "
-            "v1 supervisor finish them, or start on a new data directory (`switchyard up "
-            "--data-dir NEW`); to discard the old state, delete those streams and the "
-            f"{s.bucket('workflows')} bucket (`nats stream rm`, `nats kv rm`).")
+            "v1 supervisor finish them, or start on a new data directory "
+            "(`SWITCHYARD_DATA_DIR=NEW switchyard up`); to discard the old state, delete those "
+            f"streams and the {s.bucket('workflows')} bucket (`nats stream rm`, `nats kv rm`).")
 
 
 async def ensure_streams(

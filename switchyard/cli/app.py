@@ -158,9 +158,11 @@ def once(coro: Coroutine[Any, Any, T]) -> T:
 async def client(settings: Settings) -> AsyncIterator[SwitchyardClient]:
     """A client on the configured bus, closed afterwards (exit 2 when nothing answers)."""
     from switchyard.client import SwitchyardClient
+    from switchyard.protocol.bus.provision import check_layout
 
     nc = await connect(settings)
     try:
+        await check_layout(nc.jetstream(), settings.subjects)  # a protocol 1 server: say so
         yield SwitchyardClient(nc, settings.subjects)
     finally:
         await nc.close()

@@ -169,6 +169,10 @@ def audit_verify(
 def print_audit(a: Audit) -> None:
     chain, r = a.chain, a.replay
     status = r.state.status if r.state is not None else "no run"
+    if not chain.reads:
+        out.print(f"[red]NOT FOUND[/] {escape(a.workflow_id)}: no journal (never submitted, or "
+                  "aged out)")
+        return
     if a.ok:
         out.print(f"[green]ok[/] {escape(a.workflow_id)}: journal {len(chain.reads)} records "
                   f"(last seq {chain.last_seq}, head {chain.head[:16]}), replay reproduces "
@@ -176,14 +180,14 @@ def print_audit(a: Audit) -> None:
                   + (f"; {a.calls.records} tool-call records" if a.calls else ""))
     else:
         out.print(f"[red]BROKEN[/] {escape(a.workflow_id)}: journal {len(chain.reads)} records")
-        for problem in chain.problems:
+        for problem in a.problems:
             out.print(f"  {problem}", markup=False, soft_wrap=True)
         if r.divergence:
             out.print(f"  replay diverges at {r.divergence}", markup=False, soft_wrap=True)
         if a.calls is not None and not a.calls.ok:
             for problem in a.calls.problems:
                 out.print(f"  tool calls: {problem}", markup=False, soft_wrap=True)
-    for note in r.notes:
+    for note in [*a.refused, *r.notes]:
         out.print(f"  note: {note}", markup=False, soft_wrap=True)
 
 
@@ -202,7 +206,8 @@ def print_chain(name: str, v: Verification) -> None:
 
 @dlq_app.command("list")
 def dlq_list(
-    kind: Annotated[str, typer.Option(help="task, result, tool, submit or decision")] = "",
+    kind: Annotated[str, typer.Option(
+        help="task, result, tool, submit, decision or journal")] = "",
     limit: Annotated[int, typer.Option(help="the newest this many")] = 100,
     json_out: JsonOpt = False,
 ) -> None:
@@ -211,6 +216,8 @@ def dlq_list(
     settings = load_settings()
 
     async def main() -> list[Any]:
+        if kind:
+            check_token("dead-letter kind", kind)
         async with client(settings) as bus:
             return await bus.dead_letters(kind=kind, limit=limit)
 

@@ -161,7 +161,7 @@ async def test_stack_trace_shows_one_run_as_a_tree(deployment: Deployment) -> No
     verified = await deployment.cli("audit", "verify", wid)
     assert verified.code == 0 and f"ok {wid}" in verified.stdout, verified.stdout
     none = await deployment.cli("audit", "verify", "no-such-run")
-    assert none.code == 1 and "BROKEN" in none.stdout
+    assert none.code == 1 and "NOT FOUND" in none.stdout
 
 
 async def test_stack_review_next_claims_from_the_human_queue(deployment: Deployment) -> None:

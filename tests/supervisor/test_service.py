@@ -232,7 +232,8 @@ async def test_supervisor_runs_a_resubmitted_request_once(
     assert res.status == "completed" and res.outcome is not None
     assert res.outcome.output == {"total": 3}
     audit = await client.audit("once", sup.definitions)
-    assert not audit.ok and "a second submission" in audit.chain.problems[0]
+    # refused when it arrived (and dead-lettered): handled, so noted, not a broken journal
+    assert audit.ok and audit.problems == [] and "a second submission" in audit.refused[0]
 
 
 async def test_supervisor_runs_what_was_submitted_while_none_ran(
@@ -485,7 +486,7 @@ async def test_replay_under_a_changed_definition_names_where_it_departs(
     stricter = parse_workflow(PAIR.replace("threshold: 0.5", "threshold: 0.9"))
     audit = await client.audit(wid, definitions_of(WorkflowCatalog({"pair": stricter})))
     records = await client.journal_records(wid)
-    assert not audit.ok and audit.chain.problems == []  # the links hold: the rules changed
+    assert not audit.ok and audit.problems == []  # the links hold: the rules changed
     assert audit.replay.divergence.startswith(f"seq {records[2].seq} (result): a result for task "
                                               f"{wid}:second:1, which the replay never sent")
     assert audit.replay.notes and "definition" in audit.replay.notes[0]
@@ -535,3 +536,28 @@ async def test_a_server_with_the_old_layout_is_refused_with_what_to_do(
     with pytest.raises(ConfigError, match=r"protocol 1 layout .* new data directory"):
         await sup.start()
     await sup.stop()
+
+
+async def test_audit_tells_a_record_refused_on_arrival_from_one_slipped_in_around_it(
+    nc: Client, js: JetStreamContext, subjects: Subjects, seed: bytes,
+) -> None:
+    """A record the supervisor refused when it arrived was handled (dead-lettered, folded as
+    nothing): noted. One whose link is broken but that no supervisor refused was changed or
+    inserted since: a problem."""
+    from switchyard.supervisor.catalog import WorkflowCatalog, definitions_of
+
+    client = SwitchyardClient(nc, subjects)
+    await client.submit("pair", {"n": 1}, workflow_id="quiet")  # no supervisor runs yet
+    ack = await js.publish(subjects.result("quiet", "alpha"), b"not json")  # nobody refuses it
+    found = definitions_of(WorkflowCatalog({"pair": parse_workflow(PAIR)}))
+    audit = await client.audit("quiet", found)
+    assert not audit.ok and "inserted around the supervisor" in audit.problems[0]
+    sup = await Supervisor(SupervisorConfig(seed=seed, workflows={"pair": parse_workflow(PAIR)},
+                                            subjects=subjects), nc=nc).start()
+    try:
+        async with asyncio.timeout(10):
+            await sup.folded("quiet", ack.seq)
+        audit = await client.audit("quiet", found)
+        assert audit.problems == [] and "when it arrived, and dead-lettered" in audit.refused[0]
+    finally:
+        await sup.stop()
