@@ -3,7 +3,8 @@ the bus (KV bucket ``<prefix>_workflow_defs``, key = workflow name) by ``switchy
 
 A workflow put on the bus is read when a submission names it, so a new workflow (and the agent
 role it routes to) can join a running deployment without a restart. A run keeps the definition
-it started with for as long as this supervisor lives.
+it started with (its state names it by digest, ``find`` looks it up, in the bucket's history if
+need be), on every replica and in every replay.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from nats.js.errors import KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 
+from switchyard.protocol.errors import ConfigError
 from switchyard.supervisor.journal import Definitions
 from switchyard.supervisor.policy import Policy
 from switchyard.supervisor.workflow import Workflow, parse_workflow
@@ -25,6 +27,7 @@ class WorkflowCatalog:
         self._fixed = {name: self._admit(wf) for name, wf in fixed.items()}
         self._kv = kv
         self._seen: dict[str, Workflow] = {}
+        self._by_digest: dict[str, Workflow] = {wf.digest(): wf for wf in self._fixed.values()}
 
     async def latest(self, name: str) -> Workflow | None:
         """The definition a new run of ``name`` starts with."""
@@ -40,7 +43,34 @@ class WorkflowCatalog:
             return None
         wf = self._admit(parse_workflow(entry.value.decode(), f"bucket:{name}"))
         self._seen[name] = wf
+        self._by_digest.setdefault(wf.digest(), wf)
         return wf
+
+    async def find(self, name: str, digest: str) -> Workflow | None:
+        """The definition of ``name`` whose digest is ``digest`` (a run's own, even after newer
+        ones were put: looked for in the bucket's history), or the latest when ``digest`` is ""
+        (a new run). Not found anywhere: the one runs under way use."""
+        if not digest:
+            return await self.latest(name)
+        wf = self._by_digest.get(digest)
+        if wf is not None:
+            return wf
+        if self._kv is not None and name not in self._fixed:
+            try:
+                history = await self._kv.history(name)
+            except (KeyNotFoundError, NoKeysError, ValueError):
+                history = []
+            for entry in history:
+                if not entry.value:
+                    continue
+                try:
+                    old = self._admit(parse_workflow(entry.value.decode(), f"bucket:{name}"))
+                except ConfigError:
+                    continue
+                self._by_digest.setdefault(old.digest(), old)
+            if digest in self._by_digest:
+                return self._by_digest[digest]
+        return await self.running(name)
 
     async def running(self, name: str) -> Workflow | None:
         """The definition runs already under way use."""
@@ -73,9 +103,5 @@ async def list_workflows(kv: KeyValue) -> list[str]:
 
 
 def definitions_of(catalog: WorkflowCatalog) -> Definitions:
-    """The catalogue as a fold's ``Definitions``: the latest for a new run, else the running."""
-
-    async def find(name: str, new: bool) -> Workflow | None:
-        return await (catalog.latest(name) if new else catalog.running(name))
-
-    return find
+    """The catalogue as a fold's ``Definitions``: by name and a run's definition digest."""
+    return catalog.find

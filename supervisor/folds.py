@@ -88,14 +88,14 @@ class Folds:
         return fold(await definition_for(folded, read, self._definitions), folded, read)
 
     async def now(self, workflow_id: str) -> Folded:
-        """The fold up to the journal's last record (one read to find it)."""
+        """The fold up to the journal's last record (one read to find it). A look, not kept:
+        the records it read ahead are folded, with what they imply, when they are delivered."""
         folded = self.cache.get(workflow_id)
         last = await self._journal.last(workflow_id)
         if last is None:
             return Folded(None)
         if folded is None or folded.seq != last.seq:
             folded = await self.catch_up(workflow_id, folded, before=last.seq + 1)
-            self.remember(workflow_id, folded)
         return folded
 
     def remember(self, workflow_id: str, folded: Folded) -> None:

@@ -42,8 +42,10 @@ from switchyard.supervisor.engine import (
 from switchyard.supervisor.engine import TimerFired as TimerDue
 from switchyard.supervisor.workflow import Workflow
 
-# how a fold finds a definition: (name, is this a new run) -> the workflow, or None
-Definitions = Callable[[str, bool], Awaitable[Workflow | None]]
+SNAPSHOT_EVERY = 32
+
+# how a fold finds a definition: (name, the run's definition digest, "" for a new run) -> it
+Definitions = Callable[[str, str], Awaitable[Workflow | None]]
 
 
 @dataclass(frozen=True)
@@ -70,18 +72,20 @@ def engine_event(read: Read) -> EngineEvent | None:
     return None
 
 
-async def definition_for(folded: Folded, read: Read, definitions: Definitions) -> Workflow | None:
-    """The definition the record is folded under: the latest for a submission, else the one
-    the run started with."""
+async def definition_for(
+    folded: Folded, read: Read, definitions: Definitions, *, started_with: str = "",
+) -> Workflow | None:
+    """The definition the record is folded under: for a submission the latest (or, replaying a
+    finished run, the one its outcome names), else the one the run started with."""
     if isinstance(read.message, WorkflowRequest):
         try:
             check_token("workflow", read.message.workflow)
-            return await definitions(read.message.workflow, True)
+            return await definitions(read.message.workflow, started_with)
         except ConfigError:  # not a name, or a definition the policy refuses
             return None
     if folded.state is None:
         return None
-    return await definitions(folded.state.workflow, False)
+    return await definitions(folded.state.workflow, folded.state.definition)
 
 
 def fold(wf: Workflow | None, folded: Folded, read: Read) -> tuple[Folded, Transition]:
@@ -94,14 +98,24 @@ def fold(wf: Workflow | None, folded: Folded, read: Read) -> tuple[Folded, Trans
         t = transition(wf, folded.state, event, rec.at)
     state = t.state
     if state is not None:
-        state = msgspec.structs.replace(state, seq=rec.seq, head=rec.digest,
-                                        inputs=state.inputs + 1)
+        inputs = state.inputs + 1
+        state = msgspec.structs.replace(
+            state, seq=rec.seq, head=rec.digest, inputs=inputs,
+            # every replica's fold knows whether a snapshot was due, so the one that folds the
+            # end writes the last one (with its TTL), whoever wrote the first
+            snapshot=state.snapshot or snapshot_due(state, inputs))
         t.state = state
         # the outcome names the record that ended the run
         t.effects = [SendOutcome(msgspec.structs.replace(
             e.outcome, journal_seq=rec.seq, journal_head=rec.digest))
             if isinstance(e, SendOutcome) else e for e in t.effects]
     return Folded(state, rec.seq, rec.digest), t
+
+
+def snapshot_due(state: WorkflowState, inputs: int) -> bool:
+    """A snapshot is written when a run waits (a person, a retry) and every 32 inputs."""
+    waits = state.status == "waiting_human" or state.timer_kind == "retry"
+    return state.status not in TERMINAL and (waits or inputs % SNAPSHOT_EVERY == 0)
 
 
 @dataclass
@@ -133,8 +147,9 @@ async def replay(
     tasks: dict[str, SendTask] = {}
     escalations: set[str] = set()
     ended = 0  # the record whose fold sent the outcome
+    started_with = outcome.definition if outcome is not None else ""
     for read in reads:
-        wf = await definition_for(folded, read, definitions)
+        wf = await definition_for(folded, read, definitions, started_with=started_with)
         before = folded.state
         folded, t = fold(wf, folded, read)
         out.steps.append(Step(read, t))

@@ -80,9 +80,9 @@ from switchyard.supervisor.engine import (
 )
 from switchyard.supervisor.escalation import EscalationIndex
 from switchyard.supervisor.folds import Folds
-from switchyard.supervisor.journal import definition_for, fold
+from switchyard.supervisor.journal import definition_for, fold, snapshot_due
 from switchyard.supervisor.policy import Grantable, Policy
-from switchyard.supervisor.store import SNAPSHOT_EVERY, Snapshots
+from switchyard.supervisor.store import Snapshots
 from switchyard.supervisor.stuck import StuckTasks
 from switchyard.supervisor.timers import Timers, rearm
 from switchyard.supervisor.workflow import Workflow
@@ -201,13 +201,15 @@ class Supervisor(Component):
 
     async def _take_work(self) -> None:
         cfg, s, js = self.config, self.config.subjects, self.js
-        for stream, subject, durable in (
-            (Stream.JOURNAL, s.all("journal"), Durable.JOURNAL),
-            (Stream.ADVISORIES, s.max_deliveries, Durable.ADVISORIES),
+        # a journal record is never given up on (a handler that keeps failing is a bug: it is
+        # logged and the record retried each second), since no advisory would catch it
+        for stream, subject, durable, deliveries in (
+            (Stream.JOURNAL, s.all("journal"), Durable.JOURNAL, -1),
+            (Stream.ADVISORIES, s.max_deliveries, Durable.ADVISORIES, cfg.max_deliver),
         ):
             await js.add_consumer(s.stream(stream), ConsumerConfig(
                 durable_name=durable, filter_subject=subject, ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=cfg.ack_wait, max_deliver=cfg.max_deliver,
+                ack_wait=cfg.ack_wait, max_deliver=deliveries,
                 max_ack_pending=cfg.concurrency * 4,
             ))
         await self.rearm_timers()
@@ -298,10 +300,10 @@ class Supervisor(Component):
             log.info("supervisor.input_ignored", kind=read.kind, seq=read.record.seq,
                      reason=ignored)
 
-    async def definitions(self, name: str, new: bool) -> Workflow | None:
-        """The definition a new run of ``name`` starts with (``new``), or a running one uses:
+    async def definitions(self, name: str, digest: str) -> Workflow | None:
+        """The definition of ``name`` a run started with (by its digest; "" for a new run):
         what ``fold`` and ``replay`` take as their ``Definitions``."""
-        return await (self._catalog.latest(name) if new else self._catalog.running(name))
+        return await self._catalog.find(name, digest)
 
     async def _why_undefined(self, name: str) -> str:
         try:
@@ -312,7 +314,7 @@ class Supervisor(Component):
         return f"unknown workflow {name!r} (known: {', '.join(self._catalog.names())})"
 
     async def _definition(self, state: WorkflowState | None) -> Workflow | None:
-        return await self._catalog.running(state.workflow) if state is not None else None
+        return await self._catalog.find(state.workflow, state.definition) if state else None
 
     async def folded(self, workflow_id: str, seq: int) -> None:
         """Return once this replica has folded ``workflow_id``'s journal up to ``seq``."""
@@ -374,14 +376,12 @@ class Supervisor(Component):
             self._timers.schedule(state.timer_at, state.id)
 
     async def _keep(self, state: WorkflowState) -> None:
-        """Write a snapshot when the run waits, every ``SNAPSHOT_EVERY`` inputs, and at the end
-        of a run that had one."""
-        waits = state.status == "waiting_human" or state.timer_kind == "retry"
+        """Write a snapshot when the fold says one is due (the run waits, or every 32 inputs),
+        and at the end of a run that had one."""
         if state.status in TERMINAL:
             if state.snapshot:
                 await self.snapshots.put(state, ttl=self.config.retention_s)
-        elif waits or state.inputs % SNAPSHOT_EVERY == 0:
-            state.snapshot = True
+        elif snapshot_due(state, state.inputs):
             await self.snapshots.put(state)
 
     async def _send_task(self, state: WorkflowState, effect: SendTask) -> asyncio.Future[Any]:

@@ -1,7 +1,7 @@
 """Snapshots: a workflow's folded state in a JetStream key-value bucket, as a cache.
 
 A snapshot is written when a run waits (for a person, or a retry's backoff), every
-``SNAPSHOT_EVERY`` inputs, and when a run that had one ends. It names the journal record it was
+32 inputs, and when a run that had one ends. It names the journal record it was
 folded up to, so a reader folds only the records after it. Correctness never depends on one: a
 missing or older snapshot only means more of the journal is read.
 """
@@ -18,7 +18,6 @@ from switchyard.protocol.bus.provision import kv_write
 from switchyard.protocol.bus.publisher import Publisher
 from switchyard.supervisor.engine import WorkflowState
 
-SNAPSHOT_EVERY = 32
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(WorkflowState)
 

@@ -561,3 +561,29 @@ async def test_audit_tells_a_record_refused_on_arrival_from_one_slipped_in_aroun
         assert audit.problems == [] and "when it arrived, and dead-lettered" in audit.refused[0]
     finally:
         await sup.stop()
+
+
+async def test_a_run_keeps_its_definition_when_a_new_version_is_put(
+    stack: Any, nc: Client, js: JetStreamContext, subjects: Subjects, seed: bytes,
+) -> None:
+    """A run started under one version of a workflow put on the bus finishes under it after a
+    new version is put (its state names its definition by digest), and replays under it, also
+    from a catalogue that never saw the old version (it is found in the bucket's history)."""
+    from switchyard.supervisor.catalog import WorkflowCatalog, definitions_of
+
+    await stack()
+    kv = await open_bucket(js, subjects.bucket("workflow_defs"), history=5)
+    await put_workflow(kv, "name: flex\nsteps: [{name: a, role: alpha, threshold: 0.5}]\n")
+    client = SwitchyardClient(nc, subjects)
+    wid = await client.submit("flex", {"n": 3, "confidence": 0.2})
+    held = await client.wait(wid, timeout=10)
+    assert held.status == "escalated"
+    await put_workflow(kv, "name: flex\nsteps: [{name: b, role: beta}]\n")  # step a is gone
+    await client.decide(held.escalation_id, "approve", reviewer="ann")
+    done = await client.wait(wid, timeout=10, stop_at_escalation=False)
+    assert done.status == "completed" and done.outcome is not None
+    assert done.outcome.output == {"value": 6, "route": ""}
+    fresh = definitions_of(WorkflowCatalog({"pair": parse_workflow(PAIR)}, kv))
+    audit = await client.audit(wid, fresh)
+    assert audit.ok, audit.as_dict()
+    assert audit.replay.state is not None and audit.replay.state.outputs["a"]["value"] == 6
