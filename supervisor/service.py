@@ -46,7 +46,7 @@ from switchyard.protocol import codec, grants, journal
 from switchyard.protocol.bus.component import Component, ComponentConfig
 from switchyard.protocol.bus.journal import record_of_msg
 from switchyard.protocol.bus.provision import open_bucket
-from switchyard.protocol.bus.tasks import cancel_and_wait
+from switchyard.protocol.bus.tasks import cancel_and_wait, periodically
 from switchyard.protocol.errors import ConfigError, ErrorCode
 from switchyard.protocol.headers import MSG_ID, PROTOCOL, TRACEPARENT, traceparent_for
 from switchyard.protocol.journal import Read, Record
@@ -220,7 +220,8 @@ class Supervisor(Component):
             await self._consume(s.stream(stream), durable, handler, cfg.concurrency)
         self._timers.start()
         self._stuck.start(cfg.stuck_check_s)
-        self._scan = asyncio.create_task(self._scan_loop(cfg.timer_scan_s))
+        self._scan = asyncio.create_task(periodically(cfg.timer_scan_s, self.rearm_timers,
+                                                      "supervisor.timer_scan_failed"))
         assert self._service is not None
         # an endpoint of its own, so $SRV.STATS carries the counters (they are per endpoint)
         await self._service.add_endpoint(EndpointConfig(
@@ -458,14 +459,6 @@ class Supervisor(Component):
                 msg_id=f"{workflow_id}:notice:{step}:{attempt}")
 
     # timers from the bus ----------------------------------------------------------------------
-
-    async def _scan_loop(self, every: float) -> None:
-        while True:
-            await asyncio.sleep(every)  # a periodic scan: there is no event to wait on
-            try:
-                await self.rearm_timers()
-            except Exception:
-                log.exception("supervisor.timer_scan_failed")
 
     async def rearm_timers(self) -> int:
         """Set a timer for every task in the work queue and every waiting run's snapshot: after

@@ -25,7 +25,7 @@ from nats.js.errors import NotFoundError
 
 from switchyard.protocol import codec
 from switchyard.protocol.bus.provision import unserved_subjects
-from switchyard.protocol.bus.tasks import cancel_and_wait
+from switchyard.protocol.bus.tasks import cancel_and_wait, periodically
 from switchyard.protocol.errors import ConfigError, ErrorCode, ProtocolError
 from switchyard.protocol.headers import DLQ_HISTORY
 from switchyard.protocol.messages import Task
@@ -45,7 +45,8 @@ class StuckTasks:
         self._task: asyncio.Task[None] | None = None
 
     def start(self, every: float) -> None:
-        self._task = asyncio.create_task(self._loop(every))
+        self._task = asyncio.create_task(periodically(every, self.sweep,
+                                                      "supervisor.stuck_sweep_failed"))
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
@@ -61,14 +62,6 @@ class StuckTasks:
                   "acknowledged")
         await self._give_up(seq, ErrorCode.RETRIES_EXHAUSTED, reason, deliveries)
         await msg.ack()
-
-    async def _loop(self, every: float) -> None:
-        while True:
-            await asyncio.sleep(every)  # a periodic check: there is no event to wait on
-            try:
-                await self.sweep()
-            except Exception:
-                log.exception("supervisor.stuck_sweep_failed")
 
     async def sweep(self) -> int:
         """Dead-letter the tasks on unserved subjects that no workflow awaits; returns how many."""

@@ -107,14 +107,3 @@ class AuditLog:
         self._tails.move_to_end(subject)
         while len(self._tails) > self.cache_size:
             self._tails.popitem(last=False)
-
-    def assume_new(self, workflow_id: str) -> None:
-        """A workflow that has just begun has no records yet: its first append names sequence 0
-        without reading the tail first (if it is wrong, the conflict makes it read)."""
-        subject = self.s.event(workflow_id)
-        if subject not in self._tails:
-            self._remember(subject, 0, "")
-
-    def forget(self, workflow_id: str) -> None:
-        """Drop what this writer knows of a workflow's chain (it has finished)."""
-        self._tails.pop(self.s.event(workflow_id), None)

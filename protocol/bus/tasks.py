@@ -1,4 +1,4 @@
-"""Cancelling a task of our own without losing a cancellation aimed at us.
+"""Tasks of our own: cancelling one without losing a cancellation aimed at us, and periodic jobs.
 
 ``task.cancel(); with suppress(CancelledError): await task`` is the common idiom, and it has a
 flaw: if the task doing the waiting is itself cancelled meanwhile (a second Ctrl-C, the event
@@ -9,6 +9,11 @@ happened; at loop shutdown that hangs the process for ever.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+log = structlog.get_logger("switchyard")
 
 
 async def cancel_and_wait(task: asyncio.Future[object] | asyncio.Task[None] | None) -> None:
@@ -24,3 +29,13 @@ async def cancel_and_wait(task: asyncio.Future[object] | asyncio.Task[None] | No
             raise
     except Exception:  # it failed while stopping: it is stopped, which is what was asked
         pass
+
+
+async def periodically(every: float, work: Callable[[], Awaitable[object]], name: str) -> None:
+    """Run ``work`` every ``every`` seconds until cancelled; a failure is logged, not fatal."""
+    while True:
+        await asyncio.sleep(every)  # a periodic job: there is no event to wait on
+        try:
+            await work()
+        except Exception:
+            log.exception(name)
