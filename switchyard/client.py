@@ -286,15 +286,17 @@ class SwitchyardClient:
         if esc is None:
             raise LookupError(f"no open escalation {escalation_id!r}")
         now = time.time()
-        _, stored = await self.journal.append(
+        appended = await self.journal.append(
             esc.workflow_id, JournalKind.DECISION,
             lambda after, prev: Decision(
                 escalation_id=esc.id, workflow_id=esc.workflow_id, action=action,
                 reviewer=reviewer, output=output, note=note, decided_at=now, after=after,
                 prev=prev),
             after=esc.after, prev=esc.prev, msg_id=f"{esc.id}:decision")
-        assert isinstance(stored, Decision)
-        return stored
+        if appended.duplicate:  # another decision on it reached the journal first
+            raise LookupError(f"escalation {esc.id} was decided already, by another decision")
+        assert isinstance(appended.message, Decision)
+        return appended.message
 
     async def claim(self, timeout: float = 1.0, *, queue: str = "") -> tuple[Escalation, Msg] | None:
         """Pull the next open escalation off a human queue (acking stale ones on the way)."""
@@ -379,12 +381,12 @@ class SwitchyardClient:
             return await self.journal.submit(msgspec.structs.replace(
                 message, id=replayed_id(message.id, seq), submitted_at=time.time()))
         last = await self.journal.last(workflow_id)
-        stored, _ = await self.journal.append(
+        appended = await self.journal.append(
             workflow_id, JournalKind(kind),
             lambda after, prev: msgspec.structs.replace(message, after=after, prev=prev),
             after=last.seq if last else 0, prev=last.digest if last else "", role=role,
             msg_id=f"replay:{seq}")
-        return stored
+        return appended.seq
 
     # discovery ----------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ dropped at the door. Reads go straight to the stream (direct get), with no consu
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import msgspec
 from nats.aio.msg import Msg
@@ -34,6 +35,13 @@ from switchyard.protocol.subjects import JournalKind, Stream, Subjects
 WRONG_LAST_SEQUENCE = 10071
 MAX_ATTEMPTS = 25
 _ACK_TOKENS_V1 = 9  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending>
+
+
+@dataclass(frozen=True)
+class Appended:
+    seq: int
+    message: msgspec.Struct
+    duplicate: bool = False
 
 
 class AlreadyExists(Exception):
@@ -77,18 +85,26 @@ class Journal:
         self.conflicts = 0
 
     async def _publish(self, subject: str, data: bytes, headers: dict[str, str]) -> int:
+        return (await self._publish_ack(subject, data, headers))[0]
+
+    async def _publish_ack(
+        self, subject: str, data: bytes, headers: dict[str, str],
+    ) -> tuple[int, bool]:
+        """(stream sequence, whether the stream already had this message id)."""
         if self._publisher is not None:
-            return (await self._publisher.publish(subject, data, headers)).seq
-        return (await self.js.publish(subject, data, timeout=self.timeout, headers=headers)).seq
+            ack = await self._publisher.publish(subject, data, headers)
+            return ack.seq, ack.duplicate
+        sent = await self.js.publish(subject, data, timeout=self.timeout, headers=headers)
+        return sent.seq, bool(sent.duplicate)
 
     async def append(
         self, workflow_id: str, kind: JournalKind, make: Callable[[int, str], msgspec.Struct],
         *, after: int, prev: str, role: str = "", msg_id: str = "",
         headers: dict[str, str] | None = None,
-    ) -> tuple[int, msgspec.Struct]:
+    ) -> Appended:
         """Append ``make(after, prev)`` after the record at ``after``; if another record came
-        first, after the journal's last record instead. Returns (stream sequence, the message
-        as stored)."""
+        first, after the journal's last record instead. A message id the stream already holds
+        is not stored again (``duplicate``: the record at ``seq`` is the earlier one)."""
         subject = self.s.journal_record(workflow_id, kind, role)
         base = {PROTOCOL: PROTOCOL_VERSION, EXPECTED_LAST_SUBJECT_SEQ_SUBJECT:
                 self.s.journal(workflow_id), **(headers or {})}
@@ -97,8 +113,8 @@ class Journal:
         for _ in range(MAX_ATTEMPTS):
             message = make(after, prev)
             try:
-                seq = await self._publish(subject, codec.encode(message),
-                                          {**base, EXPECTED_LAST_SUBJECT_SEQ: str(after)})
+                seq, duplicate = await self._publish_ack(
+                    subject, codec.encode(message), {**base, EXPECTED_LAST_SUBJECT_SEQ: str(after)})
             except BadRequestError as exc:
                 if exc.err_code != WRONG_LAST_SEQUENCE:
                     raise
@@ -108,7 +124,7 @@ class Journal:
                     raise
                 after, prev = last.seq, last.digest
                 continue
-            return seq, message
+            return Appended(seq, message, duplicate)
         raise RuntimeError(f"journal {workflow_id}: {MAX_ATTEMPTS} appends overtaken in a row")
 
     async def append_exactly(

@@ -141,8 +141,8 @@ async def test_hardening_ignored_inputs_leave_a_trace_on_their_workflow(
 
     async def append(workflow_id: str, kind: JournalKind, make: Any, role: str = "") -> None:
         last = (await client.journal_records(workflow_id))[-1]
-        seq, _ = await client.journal.append(workflow_id, kind, make, after=last.seq,
-                                             prev=last.digest, role=role)
+        seq = (await client.journal.append(workflow_id, kind, make, after=last.seq,
+                                           prev=last.digest, role=role)).seq
         async with asyncio.timeout(10):
             await sup.folded(workflow_id, seq)
 

@@ -587,3 +587,22 @@ async def test_a_run_keeps_its_definition_when_a_new_version_is_put(
     audit = await client.audit(wid, fresh)
     assert audit.ok, audit.as_dict()
     assert audit.replay.state is not None and audit.replay.state.outputs["a"]["value"] == 6
+
+
+async def test_two_reviewers_deciding_at_once_one_decision_counts_and_the_other_is_told(
+    stack: Any, nc: Client, subjects: Subjects,
+) -> None:
+    await stack()
+    client = SwitchyardClient(nc, subjects)
+    wid = await client.submit("pair", {"n": 1, "route": "person"})
+    held = await client.wait(wid, timeout=10)
+    results = await asyncio.gather(
+        client.decide(held.escalation_id, "approve", reviewer="ann"),
+        client.decide(held.escalation_id, "reject", reviewer="bob"), return_exceptions=True)
+    refused = [r for r in results if isinstance(r, LookupError)]
+    assert len(refused) == 1, results  # "decided already" or "no open escalation"
+    [kept] = [r for r in results if not isinstance(r, BaseException)]
+    done = await client.wait(wid, timeout=10, stop_at_escalation=False)
+    assert done.status == ("completed" if kept.action == "approve" else "rejected")
+    decisions = [r for r in await client.journal_records(wid) if r.subject == subjects.decision(wid)]
+    assert len(decisions) == 1
