@@ -430,7 +430,11 @@ class Supervisor(Component):
         async with self.folds.lock(workflow_id):
             folded = await self.folds.now(workflow_id)
             s = folded.state
-            if s is None or s.status in TERMINAL or not s.timer_kind:
+            if s is not None and s.status in TERMINAL:
+                # a waiting snapshot a slow replica wrote after the run ended: end it too
+                await self._keep(s)
+                return
+            if s is None or not s.timer_kind:
                 return
             if s.timer_at > time.time():
                 self._timers.schedule(s.timer_at, workflow_id)

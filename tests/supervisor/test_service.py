@@ -606,3 +606,27 @@ async def test_two_reviewers_deciding_at_once_one_decision_counts_and_the_other_
     assert done.status == ("completed" if kept.action == "approve" else "rejected")
     decisions = [r for r in await client.journal_records(wid) if r.subject == subjects.decision(wid)]
     assert len(decisions) == 1
+
+
+async def test_a_stale_waiting_snapshot_of_a_finished_run_is_ended_when_its_timer_comes_due(
+    stack: Any, nc: Client, subjects: Subjects,
+) -> None:
+    import msgspec
+
+    sup = await stack()
+    client = SwitchyardClient(nc, subjects)
+    wid = await client.submit("pair", {"n": 1, "route": "person"})
+    held = await client.wait(wid, timeout=10)
+    waiting = await sup.snapshots.get(wid)
+    assert waiting is not None and waiting.status == "waiting_human"
+    await client.decide(held.escalation_id, "approve", reviewer="ann")
+    assert (await client.wait(wid, timeout=10, stop_at_escalation=False)).status == "completed"
+    # a slow replica writes its waiting snapshot after the end, its deadline already past
+    watcher = await sup.snapshots.kv.watch(wid)
+    await sup.snapshots.put(msgspec.structs.replace(waiting, timer_at=1.0))
+    await sup.rearm_timers()
+    async with asyncio.timeout(10):
+        async for entry in watcher:
+            if entry is not None and entry.value and b'"status":"completed"' in entry.value:
+                break
+    await watcher.stop()
