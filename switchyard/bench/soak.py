@@ -121,9 +121,11 @@ async def run_soak(
                     while waiting:  # noqa: ASYNC110 - outcomes arrive on the subscription above
                         await asyncio.sleep(0.1)
             await sample(time.monotonic() - started, submitted)  # after the last ones ended
-            held = {e.workflow_id for e in await client.escalations()}
-            report.outcomes["escalated"] = len(waiting & held)
-            report.lost = len(waiting - held)
+            held = {e.workflow_id: e for e in await client.escalations()}
+            for wid in waiting & set(held):
+                why = f"escalated: {held[wid].kind}: {held[wid].reason[:80]}"
+                report.outcomes[why] = report.outcomes.get(why, 0) + 1
+            report.lost = len(waiting - set(held))
             # at the plateau the journal holds the runs of the last ``trail_max_age`` seconds
             live = min(submitted, int(rate * min(duration, trail_max_age))) or 1
             peak = max(x.journal_mb for x in report.samples) * 2**20
