@@ -20,6 +20,7 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import BadRequestError, NotFoundError
 
 from switchyard.protocol import codec
+from switchyard.protocol.bus.provision import WRONG_LAST_SEQUENCE
 from switchyard.protocol.bus.publisher import Publisher
 from switchyard.protocol.headers import (
     EXPECTED_LAST_SUBJECT_SEQ,
@@ -32,7 +33,6 @@ from switchyard.protocol.journal import Record, parse_stamp
 from switchyard.protocol.messages import PROTOCOL_VERSION, WorkflowRequest
 from switchyard.protocol.subjects import JournalKind, Stream, Subjects
 
-WRONG_LAST_SEQUENCE = 10071
 MAX_ATTEMPTS = 25
 _ACK_TOKENS_V1 = 9  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending>
 
@@ -116,7 +116,7 @@ class Journal:
                 seq, duplicate = await self._publish_ack(
                     subject, codec.encode(message), {**base, EXPECTED_LAST_SUBJECT_SEQ: str(after)})
             except BadRequestError as exc:
-                if exc.err_code != WRONG_LAST_SEQUENCE:
+                if exc.err_code not in WRONG_LAST_SEQUENCE:
                     raise
                 self.conflicts += 1
                 last = await self.last(workflow_id)
@@ -141,7 +141,7 @@ class Journal:
             return await self._publish(self.s.journal_record(workflow_id, kind),
                                        codec.encode(message), headers)
         except BadRequestError as exc:
-            if exc.err_code != WRONG_LAST_SEQUENCE:
+            if exc.err_code not in WRONG_LAST_SEQUENCE:
                 raise
             self.conflicts += 1
             return None
@@ -157,7 +157,7 @@ class Journal:
                 EXPECTED_LAST_SUBJECT_SEQ: "0",
                 EXPECTED_LAST_SUBJECT_SEQ_SUBJECT: self.s.journal(request.id)})
         except BadRequestError as exc:
-            if exc.err_code != WRONG_LAST_SEQUENCE:
+            if exc.err_code not in WRONG_LAST_SEQUENCE:
                 raise
         first = await self.first(request.id)
         if first is not None and first.subject == subject and first.data == data:
