@@ -80,8 +80,18 @@ async def run_demo(
     timeout: float = 120.0,
     on_progress: Any = None,
     secure: bool = False,
+    connect: bool = False,
 ) -> DemoReport:
+    """The demo on a stack of its own, or with ``connect`` on one already running at
+    ``NATS_URL`` (a compose deployment, say), as the identity ``SWITCHYARD_NKEY_FILE`` names."""
     t0 = time.perf_counter()
+    if connect:
+        nc = await nats.connect(settings.nats_url.split(","), connect_timeout=5,
+                                max_reconnect_attempts=10, **settings.connect_options())
+        try:
+            return await _drive(nc, settings, tickets, timeout, on_progress, 0.0)
+        finally:
+            await nc.drain()
     async with LocalStack(settings, secure=secure) as stack:
         startup = time.perf_counter() - t0
         nc = await nats.connect(stack.url, **stack.connect_options(CONSOLE))

@@ -25,6 +25,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -115,10 +116,19 @@ class Settings(BaseSettings):
         if not create:
             raise ConfigError(f"no supervisor key at {path}")
         path.parent.mkdir(parents=True, exist_ok=True)
-        seed = grants.new_seed()
-        path.touch(mode=0o600)
-        path.write_bytes(seed)
-        return seed
+        # written whole under another name, then linked into place, which fails if it exists:
+        # replicas starting at once on a shared volume end up with one key, not one each
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(grants.new_seed())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+        return path.read_bytes().strip()
 
     def load_workflows(self) -> dict[str, Workflow]:
         files = [f.strip() for f in self.workflows.split(",") if f.strip()]

@@ -173,6 +173,9 @@ def demo(
     tickets: Annotated[Path | None, typer.Option(help="YAML file of tickets")] = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the batch")] = 120.0,
     secure: SecureOpt = False,
+    connect: Annotated[bool, typer.Option(
+        "--connect", help="use the stack running at NATS_URL (compose, say) instead of starting one",
+    )] = False,
 ) -> None:
     """Start the stack, work a batch of sample tickets, print a summary, stop."""
     from switchyard.demo import report_json, run_demo, sample_tickets
@@ -180,7 +183,8 @@ def demo(
     settings = load_settings()
     batch = sample_tickets(tickets)
     if json_out:
-        report = once(run_demo(settings, batch, timeout=timeout, secure=secure))
+        report = once(run_demo(settings, batch, timeout=timeout, secure=secure,
+                                    connect=connect))
         sys.stdout.write(report_json(report).decode() + "\n")
         raise typer.Exit(0 if report.ok else 1)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -194,10 +198,11 @@ def demo(
                         description=f"completed {c['completed']} · escalated {c['escalated']} · "
                                     f"failed {c['failed']}")
 
-    err.print("starting NATS, the supervisor, the tool host and five agents…")
+    err.print(f"submitting to the stack at {settings.nats_url}…" if connect else
+              "starting NATS, the supervisor, the tool host and five agents…")
     with progress:
         report = once(run_demo(settings, batch, timeout=timeout, on_progress=on_progress,
-                                secure=secure))
+                                secure=secure, connect=connect))
     table = Table(title=f"{report.tickets} tickets in {report.elapsed_s:.1f} s "
                         f"(stack start {report.startup_s:.1f} s)")
     for col in ("ticket", "expected", "outcome", "why"):

