@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from switchyard.protocol.errors import ConfigError
 from switchyard.protocol.subjects import (
     OLD_STREAMS,
     Bucket,
@@ -101,10 +102,11 @@ class _Rules:
 
     def journal_append(self, kind: str) -> list[str]:
         """Append records of one kind to any workflow's journal (``kind`` may end in a role),
-        and read a journal's last record when another append came first."""
+        and read a journal's last record when another append came first (a direct get, or the
+        stream leader's get on a replicated journal)."""
         journal = self.stream(Stream.JOURNAL)
         return [f"{self.p}.journal.*.{kind}", f"$JS.API.DIRECT.GET.{journal}",
-                f"$JS.API.DIRECT.GET.{journal}.>"]
+                f"$JS.API.DIRECT.GET.{journal}.>", f"$JS.API.STREAM.MSG.GET.{journal}"]
 
     def kv_read(self, bucket: str) -> list[str]:
         kv = self.kv(bucket)
@@ -218,3 +220,44 @@ def server_config(auth: str, *, store_dir: Path, port: int = 4222, host: str = "
     sync = "  sync_interval: always\n" if sync_always else ""
     return (f"listen: {host}:{port}\n"
             f"jetstream {{\n  store_dir: \"{store_dir}\"\n{sync}}}\n" + auth)
+
+
+CLUSTER_NAME = "switchyard"
+
+
+def cluster_configs(
+    auth: str, *, nodes: int, store_dir: Path, port: int = 4222, cluster_port: int = 6222,
+    host: str = "127.0.0.1", sync_always: bool = True, route_user: str = "",
+    route_password: str = "",
+) -> dict[str, str]:
+    """The configs of a JetStream cluster of ``nodes`` servers, by file name (``node-1.conf``
+    …): node ``i`` is ``server_name: node-i``, serves clients on ``port + i - 1`` and routes on
+    ``cluster_port + i - 1``, at ``host`` (a template: ``{i}`` becomes the node's number, as in
+    ``nats-{i}.nats`` for one container or pod per node), keeps its store in
+    ``store_dir/node-i`` and carries the same ``auth`` (the ``authorization`` block), so every
+    node refuses what one would. Routes are open unless ``route_user``/``route_password`` are
+    given (then a node accepts routes only with them, and dials the others with them).
+
+    A cluster of two loses its JetStream quorum when either node stops, and one is no cluster:
+    both are refused (``ConfigError``)."""
+    if nodes < 3:
+        raise ConfigError(f"a JetStream cluster of {nodes} node(s) has no fault tolerance (its "
+                         "quorum needs every node of two, and one is no cluster): use 3 or more")
+    def at(i: int) -> str:
+        return host.replace("{i}", str(i))
+
+    login = f"{route_user}:{route_password}@" if route_user else ""
+    routes = ", ".join(f'"nats-route://{login}{at(i)}:{cluster_port + i - 1}"'
+                       for i in range(1, nodes + 1))
+    route_auth = (f'  authorization {{ user: "{route_user}", password: "{route_password}" }}\n'
+                  if route_user else "")
+    sync = "  sync_interval: always\n" if sync_always else ""
+    return {
+        f"node-{i}.conf": (
+            f"server_name: node-{i}\n"
+            f"listen: {at(i)}:{port + i - 1}\n"
+            f"jetstream {{\n  store_dir: \"{store_dir / f'node-{i}'}\"\n{sync}}}\n"
+            f"cluster {{\n  name: {CLUSTER_NAME}\n  listen: {at(i)}:{cluster_port + i - 1}\n"
+            f"{route_auth}  routes: [{routes}]\n}}\n" + auth)
+        for i in range(1, nodes + 1)
+    }

@@ -4,14 +4,16 @@ and provisioning as the admin (the others may only use what it creates)."""
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
 import nkeys
 from nats.js.client import JetStreamContext
 
-from switchyard.protocol.bus.provision import TRAIL_MAX_AGE_S, ensure_streams, open_bucket
-from switchyard.protocol.subjects import Bucket, Subjects
+from switchyard.protocol.bus.provision import TRAIL_MAX_AGE_S
+from switchyard.protocol.bus.provision import provision as provision_layout
+from switchyard.protocol.subjects import Subjects
 from switchyard.supervisor.authz import inbox_prefix
 
 
@@ -23,12 +25,10 @@ def connect_options(seed_file: Path) -> dict[str, Any]:
 
 
 async def provision(
-    js: JetStreamContext, s: Subjects, *, trail_max_age: float = TRAIL_MAX_AGE_S,
+    js: JetStreamContext, s: Subjects, *, replicas: int = 1, trail_max_age: float = TRAIL_MAX_AGE_S,
 ) -> None:
     """As the admin: the streams and buckets the other identities may only use."""
-    await ensure_streams(js, s, trail_max_age=trail_max_age)
-    for bucket in Bucket:
-        await open_bucket(js, s.bucket(bucket), history=5 if bucket is Bucket.WORKFLOW_DEFS else 1)
+    await provision_layout(js, s, replicas=replicas, trail_max_age=trail_max_age)
 
 
 # keys -------------------------------------------------------------------------------------------
@@ -53,6 +53,16 @@ class Credentials:
 
     def connect_options(self, identity: str) -> dict[str, Any]:
         return connect_options(self.seed_file(identity))
+
+    def route_password(self) -> str:
+        """The password a cluster's nodes route with (``route.secret``), created once."""
+        path = self.dir / "route.secret"
+        if not path.exists():
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(24))
+        return path.read_text().strip()
 
     def public_key(self, identity: str) -> str:
         seed = bytearray(self.seed_file(identity).read_bytes().strip())

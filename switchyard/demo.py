@@ -17,6 +17,7 @@ import yaml
 from nats.aio.client import Client
 
 from switchyard.client import SwitchyardClient
+from switchyard.protocol.bus.component import servers
 from switchyard.protocol.bus.provision import open_bucket
 from switchyard.protocol.subjects import Bucket
 from switchyard.settings import Settings
@@ -94,7 +95,7 @@ async def run_demo(
             await nc.drain()
     async with LocalStack(settings, secure=secure) as stack:
         startup = time.perf_counter() - t0
-        nc = await nats.connect(stack.url, **stack.connect_options(CONSOLE))
+        nc = await nats.connect(servers(stack.url), **stack.connect_options(CONSOLE))
         try:
             report = await _drive(nc, settings, tickets, timeout, on_progress, startup)
         finally:

@@ -2,7 +2,8 @@
 
 Used by ``switchyard up``/``demo`` when nothing answers at ``NATS_URL``, by the benchmark, and by
 the test fixtures. JetStream runs on file storage with ``sync_interval: always`` unless told
-otherwise: every acknowledged write is on disk before the ack.
+otherwise: every acknowledged write is on disk before the ack. ``NatsCluster`` runs the nodes of a
+local JetStream cluster from their config files (``authz.cluster_configs`` writes them).
 """
 
 from __future__ import annotations
@@ -15,10 +16,16 @@ import os
 import re
 import shutil
 import signal
+import socket
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
+
+import nats
+from nats.aio.client import Client
 
 _LISTEN_RE = re.compile(rb"Listening for client connections on [^\s]*:(\d+)")
 
@@ -40,6 +47,29 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def free_ports(count: int, host: str = "127.0.0.1") -> int:
+    """The first of ``count`` consecutive ports free on ``host`` (a cluster's nodes are numbered
+    from a base port). Free when looked at: another process may still take one before use."""
+    for _ in range(100):
+        with socket.socket() as probe:
+            probe.bind((host, 0))
+            base: int = probe.getsockname()[1]
+        if base + count > 65536:
+            continue
+        socks: list[socket.socket] = []
+        try:
+            for port in range(base, base + count):
+                socks.append(socket.socket())
+                socks[-1].bind((host, port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise OSError(f"no {count} consecutive free ports on {host}")
+
+
 def find_binary() -> str:
     """The ``nats-server`` next to this interpreter (a venv's scripts dir), else on ``PATH``."""
     here = Path(sys.executable).parent / "nats-server"
@@ -59,6 +89,9 @@ class NatsServer:
 
     ``port=0`` picks a free port. ``sync_always=False`` keeps the server's default fsync interval
     (two minutes), which is faster and can lose acknowledged writes on power failure.
+    ``config_file`` runs that config as it is (a cluster node's): the listen address, the store
+    and the rest are the file's, and ``port`` is read from the server's log (``host`` must be the
+    one the file listens on).
     """
 
     def __init__(
@@ -70,6 +103,7 @@ class NatsServer:
         sync_always: bool = True,
         config_extra: str = "",
         binary: str | None = None,
+        config_file: str | os.PathLike[str] | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -77,6 +111,7 @@ class NatsServer:
         self._store_dir = Path(store_dir) if store_dir else None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._config_extra = config_extra
+        self._config_file = Path(config_file) if config_file else None
         self._binary = binary
         self._proc: asyncio.subprocess.Process | None = None
         self._stderr_task: asyncio.Task[None] | None = None
@@ -109,7 +144,7 @@ class NatsServer:
     async def start(self, timeout: float = 10.0) -> NatsServer:
         if self._state is not _State.NEW:
             raise RuntimeError(f"nats-server already {self._state.value}")
-        conf = self._write_config()
+        conf = self._config_file or self._write_config()
         self._proc = await asyncio.create_subprocess_exec(
             self._binary or find_binary(), "-c", str(conf),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
@@ -187,3 +222,79 @@ class NatsServer:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+class NatsCluster:
+    """The nodes of a local JetStream cluster, one ``NatsServer`` per config file, each on its own
+    store (the file's): started together, ready when JetStream has a meta leader. A node can be
+    killed (SIGKILL) and started again on the same config and store. ``connect_options``: how to
+    connect to ask whether JetStream is ready (an admin's credentials, under an authorization)."""
+
+    def __init__(self, configs: Sequence[str | os.PathLike[str]], *, host: str = "127.0.0.1",
+                 binary: str | None = None, connect_options: dict[str, Any] | None = None) -> None:
+        self.configs = [Path(c) for c in configs]
+        self.connect_options = connect_options or {}
+        self.host = host
+        self._binary = binary
+        self.nodes = [self._node(i) for i in range(len(self.configs))]
+
+    def _node(self, index: int) -> NatsServer:
+        return NatsServer(host=self.host, config_file=self.configs[index], binary=self._binary)
+
+    @property
+    def urls(self) -> str:
+        """Every node's client URL, comma-separated (a ``NATS_URL``)."""
+        return ",".join(node.url for node in self.nodes)
+
+    async def start(self, timeout: float = 30.0) -> NatsCluster:
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for node in self.nodes:
+                    tg.create_task(node.start(timeout))
+            await jetstream_ready(self.urls, timeout, **self.connect_options)
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def kill(self, index: int) -> None:
+        """SIGKILL node ``index`` (from 0), as a crash would."""
+        await self.nodes[index].kill()
+
+    async def restart(self, index: int, timeout: float = 30.0) -> None:
+        """Start node ``index`` again, on its config and store."""
+        self.nodes[index] = self._node(index)
+        await self.nodes[index].start(timeout)
+
+    async def stop(self) -> None:
+        for node in self.nodes:
+            await node.stop()
+
+    async def __aenter__(self) -> NatsCluster:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+async def jetstream_ready(url: str, timeout: float = 30.0, **connect: Any) -> None:
+    """Return once JetStream answers at ``url`` (comma-separated for a cluster: its meta leader
+    is elected). ``connect`` adds ``nats.connect`` options (credentials)."""
+    async with asyncio.timeout(timeout):
+        nc: Client = await nats.connect([u.strip() for u in url.split(",")],
+                                        max_reconnect_attempts=-1, **connect)
+        try:
+            js = nc.jetstream(timeout=1.0)
+            while True:  # polled, bounded: there is no "meta leader elected" event to wait on
+                try:
+                    await js.account_info()
+                    return
+                except Exception:  # no meta leader yet: JetStream answers 503 or not at all
+                    await asyncio.sleep(0.2)
+        finally:
+            await nc.close()

@@ -25,6 +25,7 @@ from nats.aio.client import Client
 from switchyard import credentials
 from switchyard.client import SwitchyardClient
 from switchyard.natsd import NatsServer
+from switchyard.protocol.bus.component import servers
 from switchyard.protocol.bus.provision import check_layout
 from switchyard.protocol.errors import ConfigError
 from switchyard.settings import Settings
@@ -34,7 +35,15 @@ ROLES = ("triage", "retrieval", "action", "compliance", "reviewer")
 
 
 async def nats_answers(url: str, timeout: float = 1.0) -> bool:
-    """True if a NATS server greets us (``INFO {…}``) at ``url``'s host and port."""
+    """True if a NATS server greets us (``INFO {…}``) at ``url``'s host and port (at one of
+    them, for a list of a cluster's nodes)."""
+    for one in servers(url):
+        if await _answers(one, timeout):
+            return True
+    return False
+
+
+async def _answers(url: str, timeout: float) -> bool:
     parsed = urlparse(url)
     try:
         async with asyncio.timeout(timeout):
@@ -118,6 +127,11 @@ class LocalStack:
             raise ConfigError(
                 f"a NATS server already answers at {self.url}; --secure runs its own under the "
                 "generated authorization (run `switchyard nats-config` to secure an existing one)")
+        if not answering and self.settings.replicas > 1:
+            raise ConfigError(
+                f"SWITCHYARD_REPLICAS={self.settings.replicas} needs a NATS cluster of at least "
+                f"that many nodes, and nothing answers at {self.url}; the embedded server is one "
+                "node (start a cluster: `switchyard nats-config --cluster 3`)")
         if not answering:
             port = urlparse(self.url).port or 4222
             auth = ""
@@ -134,7 +148,7 @@ class LocalStack:
             self.url = self.nats.url
         if self.secure:
             await self._provision()
-        nc = await nats.connect(self.url, **self.connect_options(authz.CONSOLE))
+        nc = await nats.connect(servers(self.url), **self.connect_options(authz.CONSOLE))
         try:
             await check_layout(nc.jetstream(), self.settings.subjects)  # before anything starts
             self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -153,9 +167,10 @@ class LocalStack:
         return self
 
     async def _provision(self) -> None:
-        nc = await nats.connect(self.url, **self.connect_options(authz.ADMIN))
+        nc = await nats.connect(servers(self.url), **self.connect_options(authz.ADMIN))
         try:
             await credentials.provision(nc.jetstream(), self.settings.subjects,
+                                        replicas=self.settings.replicas,
                                         trail_max_age=self.settings.trail_max_age_s)
         finally:
             await nc.close()
@@ -185,6 +200,7 @@ class LocalStack:
                "SWITCHYARD_CONCURRENCY": str(self.settings.concurrency),
                "SWITCHYARD_RETENTION_S": str(self.settings.retention_s),
                "SWITCHYARD_TRAIL_MAX_AGE_S": str(self.settings.trail_max_age_s),
+               "SWITCHYARD_REPLICAS": str(self.settings.replicas),
                "SWITCHYARD_FAULT_NAME": name, "SWITCHYARD_FAULT_RUN": str(run), **self.env}
         if self.secure:
             env["SWITCHYARD_NKEY_FILE"] = str(self.creds.seed_file(self._identity.get(name, name)))

@@ -2,7 +2,7 @@
 
 Built as nats micro's ``add_service(nc, config)`` is: a config object plus an optional connection
 (adopted, or opened from the config and then owned), an async context manager, and an idempotent
-``stop()``. Starting connects (or adopts), provisions the streams, starts the publisher, the audit
+``stop()``. Starting connects (or adopts), provisions the streams and buckets, starts the publisher, the audit
 writer and the dead letters, lets the component set itself up, registers its micro service and
 then starts taking work. Stopping is one order for all::
 
@@ -39,7 +39,7 @@ from switchyard.protocol.bus.consumer import PullConsumer
 from switchyard.protocol.bus.dead_letters import DeadLetters
 from switchyard.protocol.bus.faults import Faults
 from switchyard.protocol.bus.journal import Journal
-from switchyard.protocol.bus.provision import TRAIL_MAX_AGE_S, ensure_streams
+from switchyard.protocol.bus.provision import TRAIL_MAX_AGE_S, provision
 from switchyard.protocol.bus.publisher import Publisher
 from switchyard.protocol.bus.tasks import cancel_and_wait
 from switchyard.protocol.faults import FaultPlan
@@ -47,6 +47,12 @@ from switchyard.protocol.subjects import Subjects
 
 log = structlog.get_logger("switchyard.component")
 BUS_STEP_S = 3.0  # how long one stop step may wait on the bus
+
+
+def servers(url: str) -> list[str]:
+    """The server list of ``NATS_URL``, which may name several (``nats://a:4222,nats://b:4222``,
+    the nodes of a cluster): ``nats.connect`` takes a string as one URL, so give it this list."""
+    return [u.strip() for u in url.split(",") if u.strip()]
 
 
 class ComponentState(enum.Enum):
@@ -71,6 +77,8 @@ class ComponentConfig:
     faults: FaultPlan = field(default_factory=FaultPlan)  # inert unless the chaos suite sets one
     # how long journals, tool-call chains and dead letters are kept, for streams this creates
     trail_max_age_s: float = TRAIL_MAX_AGE_S
+    # the replication factor of the streams and buckets this creates (3 on a three-node cluster)
+    replicas: int = 1
 
 
 class Component:
@@ -198,11 +206,13 @@ class Component:
         cfg = self._config
         try:
             if self._nc is None:
-                self._nc = await nats.connect(cfg.nats_url, name=f"{cfg.subjects.prefix}-{self._name}",
+                self._nc = await nats.connect(servers(cfg.nats_url),
+                                              name=f"{cfg.subjects.prefix}-{self._name}",
                                               **dict(cfg.connect_options))
                 self._own_nc = True
             self._js = self._nc.jetstream()
-            await ensure_streams(self._js, cfg.subjects, trail_max_age=cfg.trail_max_age_s)
+            await provision(self._js, cfg.subjects, replicas=cfg.replicas,
+                            trail_max_age=cfg.trail_max_age_s)
             self._publisher = await Publisher(self._nc, timeout=cfg.publish_timeout).start()
             self._audit = AuditLog(self._js, cfg.subjects, self._name, publisher=self._publisher,
                                    timeout=cfg.publish_timeout)

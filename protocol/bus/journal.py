@@ -5,13 +5,21 @@ agent, the point its task gave it), publishes with ``Nats-Expected-Last-Subject-
 the workflow's journal subjects, and when the server answers that something else came first,
 reads the journal's last record and tries again after it. The engine decides what a record that
 came late means (a result for an attempt no longer awaited changes nothing), so nothing is
-dropped at the door. Reads go straight to the stream (direct get), with no consumer.
+dropped at the door. Reads go straight to the stream, with no consumer: a direct get on a
+single-replica stream; on a replicated one, a get the stream leader answers
+(``$JS.API.STREAM.MSG.GET``), since a direct get may be served by a follower that has not yet
+applied what the leader acknowledged. A fold catching up must see every record before the one it
+was given, and an append that lost a race must see the record that won, so a lagging read is not
+an option there: it would fold a journal with holes or retry after a stale last record.
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from email.parser import BytesParser
+from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
@@ -70,19 +78,59 @@ def record_of_raw(raw: RawStreamMsg) -> Record:
                   expected_subject=headers.get(EXPECTED_LAST_SUBJECT_SEQ_SUBJECT, ""))
 
 
+def record_of_stored(message: dict[str, Any]) -> Record:
+    """A journal record as the stream leader's ``STREAM.MSG.GET`` returned it (nats.py's own
+    parsing rounds the stored time to microseconds; the fold's clock is in nanoseconds)."""
+    headers: dict[str, str] = {}
+    if message.get("hdrs"):
+        raw = base64.b64decode(message["hdrs"])
+        headers = dict(BytesParser().parsebytes(raw[raw.index(b"\r\n") + 2:]).items())
+    return Record(seq=int(message["seq"]), subject=message["subject"],
+                  data=base64.b64decode(message.get("data") or ""),
+                  stamp_ns=parse_stamp(message["time"]),
+                  expected=headers.get(EXPECTED_LAST_SUBJECT_SEQ, ""),
+                  expected_subject=headers.get(EXPECTED_LAST_SUBJECT_SEQ_SUBJECT, ""))
+
+
 class Journal:
     """Appends to and reads workflows' journals through a JetStream context (and, for appends,
-    the component's pipelined publisher when it has one)."""
+    the component's pipelined publisher when it has one). ``direct``: read by direct get; by
+    default decided from the stream at the first read (only a single-replica stream that allows
+    it is read directly, see the module's docstring)."""
 
     def __init__(
         self, js: JetStreamContext, subjects: Subjects, *, publisher: Publisher | None = None,
-        timeout: float = 10.0,
+        timeout: float = 10.0, direct: bool | None = None,
     ) -> None:
         self.js, self.s = js, subjects
         self._publisher = publisher
         self._stream = subjects.stream(Stream.JOURNAL)
         self.timeout = timeout
         self.conflicts = 0
+        self.direct = direct
+
+    async def _reads_direct(self) -> bool:
+        if self.direct is None:
+            config = (await self.js.stream_info(self._stream)).config
+            self.direct = bool(config.allow_direct) and (config.num_replicas or 1) == 1
+        return self.direct
+
+    async def _get(self, subject: str, seq: int | None = None) -> Record | None:
+        """The last record on ``subject``, or with ``seq`` the first at or after it."""
+        try:
+            if await self._reads_direct():
+                raw = await self.js.get_msg(self._stream, seq=seq, subject=subject,
+                                            next=seq is not None, direct=True)
+                return record_of_raw(raw)
+            request = ({"last_by_subj": subject} if seq is None
+                       else {"seq": seq, "next_by_subj": subject})
+            # nats.py's request to the JetStream API, with its mapping of errors (404: NotFound)
+            answer = await self.js._api_request(
+                f"{self.js._prefix}.STREAM.MSG.GET.{self._stream}", msgspec.json.encode(request),
+                timeout=self.js._timeout)
+        except NotFoundError:
+            return None
+        return record_of_stored(answer["message"])
 
     async def _publish(self, subject: str, data: bytes, headers: dict[str, str]) -> int:
         return (await self._publish_ack(subject, data, headers))[0]
@@ -165,23 +213,13 @@ class Journal:
         raise AlreadyExists(f"workflow {request.id} already exists")
 
     async def last(self, workflow_id: str) -> Record | None:
-        try:
-            raw = await self.js.get_msg(self._stream, subject=self.s.journal(workflow_id),
-                                        direct=True)
-        except NotFoundError:
-            return None
-        return record_of_raw(raw)
+        return await self._get(self.s.journal(workflow_id))
 
     async def first(self, workflow_id: str) -> Record | None:
         return await self._next(workflow_id, 1)
 
     async def _next(self, workflow_id: str, seq: int) -> Record | None:
-        try:
-            raw = await self.js.get_msg(self._stream, seq=seq, subject=self.s.journal(workflow_id),
-                                        next=True, direct=True)
-        except NotFoundError:
-            return None
-        return record_of_raw(raw)
+        return await self._get(self.s.journal(workflow_id), seq)
 
     async def records(
         self, workflow_id: str, *, after: int = 0, before: int | None = None,

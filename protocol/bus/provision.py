@@ -1,8 +1,16 @@
 """Provisioning: the JetStream streams and buckets of one deployment, created if missing.
 
 Everything acts through a JetStream context it is given (no connection of its own), so every
-component can provision what it needs at start. Names come from ``switchyard.protocol.subjects``
-(``Stream``, ``Bucket``); the generated NATS authorization uses the same names.
+component provisions the whole layout at start (``provision``), at the replication factor it is
+configured with (``replicas``: 3 on a three-node cluster). Names come from
+``switchyard.protocol.subjects`` (``Stream``, ``Bucket``); the generated NATS authorization uses
+the same names.
+
+Reads after writes on a replicated stream: a direct get (``allow_direct``) may be answered by any
+replica, and a follower may not yet have applied a write the leader has acknowledged. So direct
+gets are allowed only on single-replica streams; at R3 the journal is read through the stream
+leader (``$JS.API.STREAM.MSG.GET``, see ``Journal``), and the buckets are made without direct get
+(nats.py then reads them through the leader too).
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from nats.js.kv import KeyValue
 from switchyard.protocol.bus.publisher import Publisher
 from switchyard.protocol.errors import ConfigError
 from switchyard.protocol.headers import EXPECTED_LAST_SUBJECT_SEQ
-from switchyard.protocol.subjects import OLD_STREAMS, Stream, Subjects
+from switchyard.protocol.subjects import OLD_STREAMS, Bucket, Stream, Subjects
 
 DAY = 24 * 3600.0
 MARKER_TTL_S = 60.0
@@ -49,9 +57,10 @@ def stream_configs(
 
     return [
         # every input of every workflow: kept as the audit trail, so never deleted nor purged;
-        # direct gets read a workflow's records without a consumer
+        # direct gets read a workflow's records without a consumer, on one replica only (a
+        # follower's answer may lag what the leader acknowledged: see the module's docstring)
         cfg(Stream.JOURNAL, [s.all("journal")], max_age=trail_max_age, deny_delete=True,
-            deny_purge=True, discard=DiscardPolicy.OLD, allow_direct=True,
+            deny_purge=True, discard=DiscardPolicy.OLD, allow_direct=replicas == 1,
             duplicate_window=min(120.0, trail_max_age)),
         cfg(Stream.OUTCOMES, [s.all("workflow.outcome")], max_msgs_per_subject=1,
             max_age=min(7 * DAY, trail_max_age)),
@@ -111,18 +120,35 @@ async def ensure_streams(
             await js.update_stream(info.config)
 
 
+def bucket_history(bucket: Bucket) -> int:
+    """Revisions kept per key: workflow definitions keep a few, the rest only the latest."""
+    return 5 if bucket is Bucket.WORKFLOW_DEFS else 1
+
+
+async def provision(
+    js: JetStreamContext, s: Subjects, *, replicas: int = 1,
+    trail_max_age: float = TRAIL_MAX_AGE_S,
+) -> None:
+    """The whole layout, every stream and bucket, created at ``replicas`` where missing; what
+    exists is left as its operator set it (its replicas too)."""
+    await ensure_streams(js, s, replicas=replicas, trail_max_age=trail_max_age)
+    for bucket in Bucket:
+        await open_bucket(js, s.bucket(bucket), replicas=replicas, history=bucket_history(bucket))
+
+
 async def open_bucket(
     js: JetStreamContext, bucket: str, *, replicas: int = 1, history: int = 1,
 ) -> KeyValue:
     """The bucket, created if missing. Entries written with a TTL (``kv_write``) leave a delete
-    marker when they expire, so watchers see them go."""
+    marker when they expire, so watchers see them go. Made without direct get, so every read is
+    the leader's (the tool ledger's claim-then-read must see the claim it lost to)."""
     try:
         return await js.key_value(bucket)
     except Exception:
         return await js.create_key_value(
             KeyValueConfig(
                 bucket=bucket, history=history, storage=StorageType.FILE, replicas=replicas,
-                limit_marker_ttl=MARKER_TTL_S,
+                limit_marker_ttl=MARKER_TTL_S, direct=False,
             )
         )
 

@@ -19,6 +19,8 @@ the scenario: a chaos run that broke nothing proves nothing.
 - ``poison``: malformed, oversized, wrong-version, wrong-schema and forged inputs on every subject
   family, then good workflows: all bad ones dead-lettered with a reason, no process restarted,
   all good ones completed.
+- ``cluster`` (``chaos/cluster.py``): one-step workflows on a three-node cluster at R3, the journal
+  stream's leader SIGKILLed midway, then restarted on its store until every replica is current.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from nats.aio.client import Client
 from switchyard.client import SwitchyardClient
 from switchyard.natsd import NatsServer
 from switchyard.protocol import Subjects, Task, WorkflowRequest, codec, grants
+from switchyard.protocol.bus.component import servers
 from switchyard.protocol.bus.journal import Journal
 from switchyard.protocol.bus.provision import open_bucket
 from switchyard.protocol.headers import MSG_ID, PROTOCOL
@@ -50,12 +53,12 @@ from switchyard.stack import LocalStack
 from switchyard.supervisor.catalog import WorkflowCatalog, definitions_of
 from switchyard.supervisor.store import Snapshots
 
-SCENARIOS = ("agents", "supervisor", "nats", "poison")
+SCENARIOS = ("agents", "supervisor", "nats", "poison", "cluster")
 SIZES: dict[str, dict[str, int]] = {
     "ci": {"agents": 150, "supervisor": 40, "supervisor_kills": 3, "nats": 300, "poison": 50,
-           "good": 100},
+           "good": 100, "cluster": 2000},
     "full": {"agents": 1000, "supervisor": 200, "supervisor_kills": 5, "nats": 5000,
-             "poison": 50, "good": 100},
+             "poison": 50, "good": 100, "cluster": 5000},
 }
 TIME_BOUND_S = {"ci": 120.0, "full": 900.0}
 POLICY = """
@@ -91,6 +94,9 @@ class ChaosReport:
     processes_restarted: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
     time_bound_s: float = 0.0
+    killed: str = ""  # which server was killed, and what it led (cluster)
+    recovered_s: float = 0.0  # from the kill to the first outcome after it (cluster)
+    caught_up_s: float = 0.0  # from the restart to every replica current (cluster)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -143,9 +149,16 @@ class _Run:
         self._replicas = replicas
         self.keep_alive = True
 
-    async def start(self) -> None:
+    async def _start_bus(self) -> None:
         self.nats = await NatsServer(store_dir=self.tmp / "nats", sync_always=True).start()
         self.settings.nats_url = self.nats.url
+
+    async def _stop_bus(self) -> None:
+        if self.nats is not None:
+            await self.nats.stop()
+
+    async def start(self) -> None:
+        await self._start_bus()
         self.stack = LocalStack(
             self.settings, agents={"worker": "switchyard.chaos.workers:worker"},
             env=self._env, replicas=self._replicas,
@@ -182,18 +195,16 @@ class _Run:
                 await keeper
         if self.stack is not None:
             await self.stack.stop()
-        if self.nats is not None:
-            await self.nats.stop()
+        await self._stop_bus()
 
     # the books ---------------------------------------------------------------------------------
 
     async def connect(self) -> Client:
-        assert self.nats is not None
         async def quiet(exc: Exception) -> None:  # outages are the point here, not news
             pass
 
-        return await nats.connect(self.nats.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2,
-                                  error_cb=quiet)
+        return await nats.connect(servers(self.settings.nats_url), max_reconnect_attempts=-1,
+                                  reconnect_time_wait=0.2, error_cb=quiet)
 
     async def submit_all(self, nc: Client, ids: list[str], inflight: int = 64,
                          midway: Any = None) -> list[str]:
@@ -425,6 +436,10 @@ async def _poison(run: _Run, n: dict[str, int], deadline: float) -> None:
 
 
 async def run_scenario(name: str, *, scale: str = "ci", seed: int = 1) -> ChaosReport:
+    if name == "cluster":  # a bus of three servers: its own module (which builds on this one)
+        from switchyard.chaos.cluster import run_cluster
+
+        return await run_cluster(scale=scale, seed=seed)
     n = SIZES[scale]
     report = ChaosReport(scenario=name, seed=seed, scale=scale, time_bound_s=TIME_BOUND_S[scale])
     faults: dict[str, float] = {}

@@ -172,7 +172,9 @@ async def connect(settings: Settings) -> Client:
     from switchyard.stack import nats_answers
 
     if await nats_answers(settings.nats_url):
-        return await nats.connect(settings.nats_url, **settings.connect_options())
+        from switchyard.protocol.bus.component import servers
+
+        return await nats.connect(servers(settings.nats_url), **settings.connect_options())
     else:
         err.print(f"[red]no NATS server answers at {settings.nats_url}[/] "
                   "(start the stack with `switchyard up`)")

@@ -29,15 +29,29 @@ def nats_config(
     role: Annotated[list[str] | None, typer.Option(
         help="an agent role beyond the policy's and the workflows' (repeatable)")] = None,
     port: Annotated[int, typer.Option(help="the server's client port")] = 4222,
+    cluster: Annotated[int, typer.Option(
+        help="also write node-1.conf … node-N.conf, a JetStream cluster of N >= 3 nodes")] = 0,
+    cluster_port: Annotated[int, typer.Option(
+        help="node 1's route port; node i's is this + i - 1 (its client port: --port + i - 1)")] = 6222,
+    cluster_host: Annotated[str, typer.Option(
+        help="where node i listens and is dialled; {i} is its number (nats-{i}.nats in k8s)")] =
+        "127.0.0.1",
 ) -> None:
     """Generate a nats-server config from the policy: one nkey user per identity (admin,
-    supervisor, toolhost, console, one per agent role), allow-lists only, per-identity inboxes."""
+    supervisor, toolhost, console, one per agent role), allow-lists only, per-identity inboxes.
+    With ``--cluster N``, also the configs of an N-node cluster under the same authorization
+    (its routes under a generated password); then set SWITCHYARD_REPLICAS=3 and NATS_URL to the
+    nodes, comma-separated."""
     from switchyard import credentials
     from switchyard.protocol.errors import ConfigError
     from switchyard.supervisor import authz
     from switchyard.supervisor.policy import load_policy
 
     settings = load_settings()
+    if cluster and cluster < 3:
+        err.print(f"[red]--cluster {cluster}: a JetStream cluster needs 3 or more nodes[/] (two "
+                  "stop when either does, and one is no cluster; leave --cluster out for one)")
+        raise typer.Exit(2)
     try:
         pol = load_policy(policy or settings.policy)
         workflows = settings.load_workflows()
@@ -51,6 +65,14 @@ def nats_config(
     (out_dir / "auth.conf").write_text(auth)
     (out_dir / "nats.conf").write_text(
         authz.server_config(auth, store_dir=(out_dir / "jetstream").resolve(), port=port))
+    nodes = authz.cluster_configs(
+        auth, nodes=cluster, store_dir=(out_dir / "jetstream").resolve(), port=port,
+        cluster_port=cluster_port, host=cluster_host, route_user="route",
+        route_password=creds.route_password()) if cluster else {}
+    for name, text in nodes.items():  # they hold the routes' password
+        path = out_dir / name
+        path.touch(mode=0o600)
+        path.write_text(text)
     table = Table(title=f"identities ({out_dir / 'nats.conf'})")
     for col in ("identity", "nkey", "publish", "subscribe", "credentials"):
         table.add_column(col)
@@ -61,6 +83,11 @@ def nats_config(
     out.print(table)
     out.print(f"Run it: nats-server -c {out_dir / 'nats.conf'}; give each process its key with "
               "SWITCHYARD_NKEY_FILE. Provision streams and buckets as the admin.")
+    if nodes:
+        urls = ",".join(f"nats://{cluster_host.replace('{i}', str(i))}:{port + i - 1}"
+                        for i in range(1, cluster + 1))
+        out.print(f"Or the cluster: nats-server -c {out_dir}/node-<i>.conf for i in 1..{cluster}; "
+                  f"then NATS_URL={urls} SWITCHYARD_REPLICAS=3.", markup=False)
 
 
 @policy_app.command("check")

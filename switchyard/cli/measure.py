@@ -17,7 +17,7 @@ from switchyard.loop import run as run_on_loop
 @app.command()
 def chaos(
     scenario: Annotated[list[str] | None, typer.Option(
-        help="agents, supervisor, nats, poison (repeatable; default all)")] = None,
+        help="agents, supervisor, nats, poison, cluster (repeatable; default all)")] = None,
     scale: Annotated[str, typer.Option(help="ci (minutes) or full (the issue's sizes)")] = "ci",
     seed: Annotated[int, typer.Option(help="seeds the fault points and the kills")] = 1,
     json_file: Annotated[Path | None, typer.Option("--json", help="also write JSON here")] = None,
@@ -53,6 +53,10 @@ def chaos(
         if r.scenario == "poison":
             out.print(f"poison: {r.dead_lettered}/{r.bad_inputs} bad inputs dead-lettered with a "
                       f"reason; processes restarted: {len(r.processes_restarted)}")
+        if r.scenario == "cluster":
+            out.print(f"cluster: killed {r.killed}; first outcome {r.recovered_s:g} s after the "
+                      f"kill; every replica current {r.caught_up_s:g} s after the restart",
+                      markup=False)
         for problem in r.problems:
             out.print(f"[red]{r.scenario}: {problem}[/]")
     if json_file is not None:

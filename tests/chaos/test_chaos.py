@@ -1,6 +1,6 @@
 """The fault-injection suite, CI-sized: the real stack as processes under named, seeded faults.
 Run it alone with ``pytest -m chaos``; ``switchyard chaos --scale full`` runs the issue's sizes
-(1000 tasks, 200 workflows, 5000 tasks, 50 + 100 inputs)."""
+(1000 tasks, 200 workflows, 5000 tasks, 50 + 100 inputs, 5000 workflows on a cluster)."""
 
 from __future__ import annotations
 
@@ -46,3 +46,16 @@ async def test_poison_is_dead_lettered_and_nothing_dies() -> None:
     assert r.dead_lettered == r.bad_inputs == SIZES["ci"]["poison"]
     assert r.processes_restarted == []
     assert r.completed == SIZES["ci"]["good"]
+
+
+@pytest.mark.timeout(400)
+async def test_a_cluster_losing_its_journal_leader_loses_nothing_and_catches_up() -> None:
+    r = await run_scenario("cluster", scale="ci", seed=1)
+    print(f"\ncluster: submitted {r.submitted}, acknowledged {r.acknowledged}, completed "
+          f"{r.completed}, lost {r.lost}, duplicated {r.duplicated_effects}; killed {r.killed}; "
+          f"recovered in {r.recovered_s} s, caught up in {r.caught_up_s} s; {r.elapsed_s} s in all")
+    assert r.ok, r.problems
+    assert (r.kills, r.restarts) == (1, 1) and "SY_JOURNAL leader" in r.killed
+    assert r.completed == r.acknowledged == SIZES["ci"]["cluster"]
+    assert (r.lost, r.duplicated_effects) == (0, 0) and r.effects == r.completed
+    assert 0 < r.recovered_s and 0 < r.caught_up_s

@@ -16,6 +16,7 @@ from nats.js.errors import BadRequestError, NoStreamResponseError
 from switchyard.protocol.bus.audit import WRONG_LAST_SEQUENCE
 from switchyard.protocol.bus.consumer import PullConsumer
 from switchyard.protocol.bus.publisher import Publisher
+from switchyard.protocol.subjects import Subjects
 
 
 async def _work_queue(js: JetStreamContext) -> tuple[str, str]:
@@ -110,3 +111,22 @@ async def test_pull_consumer_hands_over_a_lone_message_at_once(
             assert msg.data == b"%d" % i
     finally:
         await consumer.stop()
+
+
+async def test_journal_leader_reads_equal_direct_reads(js: JetStreamContext, subjects: Subjects) -> None:
+    """On a replicated journal the records are read through the stream leader (STREAM.MSG.GET),
+    not by direct get: the same records, to the nanosecond and the expected-sequence headers."""
+    from switchyard.protocol import WorkflowRequest
+    from switchyard.protocol.bus.journal import Journal
+    from switchyard.protocol.subjects import JournalKind
+
+    direct, leader = Journal(js, subjects), Journal(js, subjects, direct=False)
+    await direct.submit(WorkflowRequest(id="w1", workflow="wf", input={}, submitted_at=1.0))
+    first = await direct.first("w1")
+    assert first is not None and direct.direct is True  # decided from the stream: R1, direct
+    await direct.append("w1", JournalKind.NOTICE, lambda after, prev: WorkflowRequest(
+        id="w1", workflow="wf", input={"after": after}, submitted_at=2.0), after=first.seq,
+        prev=first.digest)
+    assert [r async for r in leader.records("w1")] == [r async for r in direct.records("w1")]
+    assert await leader.last("w1") == await direct.last("w1") is not None
+    assert await leader.first("nobody") is None and await leader.last("nobody") is None
