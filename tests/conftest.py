@@ -32,6 +32,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      help="run against this NATS server instead of starting one")
 
 
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """How long each deployment and fault-injection test took, set-up (image builds) included:
+    the numbers CI is asked to show."""
+    took: dict[str, float] = {}
+    outcome: dict[str, str] = {}
+    for status in ("passed", "failed", "error", "skipped"):
+        for rep in terminalreporter.stats.get(status, []):
+            keywords = getattr(rep, "keywords", {})
+            if "deploy" in keywords or "chaos" in keywords:
+                took[rep.nodeid] = took.get(rep.nodeid, 0.0) + rep.duration
+                if rep.when == "call" or status != "passed":
+                    outcome[rep.nodeid] = status
+    if took:
+        terminalreporter.section("deployment and chaos tests: time taken (set-up included)")
+        for nodeid, seconds in took.items():
+            terminalreporter.write_line(f"{seconds:7.1f} s  {outcome.get(nodeid, '?'):7}  {nodeid}")
+
+
 @pytest.fixture(autouse=True)
 def _no_remote_model_calls(monkeypatch: pytest.MonkeyPatch) -> None:
     """Model calls may only go to loopback (pydantic-ai's ALLOW_MODEL_REQUESTS idea)."""

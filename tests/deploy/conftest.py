@@ -155,3 +155,23 @@ async def compose(podman: str) -> AsyncIterator[Compose]:
         yield project
     finally:  # torn down whatever happened, so a failed run leaves nothing behind
         await project.compose("down", "-v", "-t", "5", "--remove-orphans", timeout=300)
+
+
+@pytest.fixture(scope="session")
+async def docker_socket(podman: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    """podman's Docker-compatible API on a socket of this session's own, for testcontainers
+    (its reaper off: the fixtures tear down what they start)."""
+    sock = tmp_path_factory.mktemp("podman") / "docker.sock"
+    proc = await asyncio.create_subprocess_exec(
+        podman, "system", "service", "--time=0", f"unix://{sock}",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        async with asyncio.timeout(30):
+            while not sock.exists():  # noqa: ASYNC110 - the service tells nobody it is listening
+                if proc.returncode is not None:
+                    raise RuntimeError(f"podman system service exited {proc.returncode}")
+                await asyncio.sleep(0.05)
+        yield f"unix://{sock}"
+    finally:
+        proc.terminate()
+        await proc.wait()

@@ -27,8 +27,8 @@ async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float 
     """Poll ``check`` until it holds: container and consumer state have no event to wait on."""
     try:
         async with asyncio.timeout(timeout):
-            while not await check():
-                await asyncio.sleep(0.2)  # noqa: ASYNC110 -- podman and $JS.API have no push for this
+            while not await check():  # noqa: ASYNC110 - podman and $JS.API push no such event
+                await asyncio.sleep(0.2)
     except TimeoutError:
         raise AssertionError(f"not within {timeout:.0f} s: {what}") from None
 
