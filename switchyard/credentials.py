@@ -3,16 +3,21 @@ and provisioning as the admin (the others may only use what it creates)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import secrets
 from pathlib import Path
 from typing import Any
 
+import nats
 import nkeys
+from nats.aio.client import Client
 from nats.js.client import JetStreamContext
 
 from switchyard.protocol.bus.provision import TRAIL_MAX_AGE_S
 from switchyard.protocol.bus.provision import provision as provision_layout
+from switchyard.protocol.errors import ConfigError
 from switchyard.protocol.subjects import Subjects
 from switchyard.supervisor.authz import inbox_prefix
 
@@ -22,6 +27,34 @@ def connect_options(seed_file: Path) -> dict[str, Any]:
     ``<identity>.nk``): its key, and replies under its own inbox prefix, the only one the bus lets
     it subscribe to."""
     return {"nkeys_seed": str(seed_file), "inbox_prefix": inbox_prefix(seed_file.stem)}
+
+
+async def connect_or_refuse(servers: list[str], options: dict[str, Any], *,
+                            timeout: float = 30.0) -> Client:
+    """A connection for a command a person runs; a server that refuses who we are (no key, a
+    key it does not know) ends it at once with what to do, instead of nats.py's reconnect loop
+    printing the refusal for a minute or two."""
+    refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def on_error(exc: Exception) -> None:
+        if "uthorization" in str(exc) and not refused.done():
+            refused.set_result(str(exc))
+
+    connecting = asyncio.ensure_future(nats.connect(servers, error_cb=on_error, **options))
+    done, _ = await asyncio.wait({connecting, refused}, timeout=timeout,
+                                 return_when=asyncio.FIRST_COMPLETED)
+    if connecting in done:
+        refused.cancel()
+        return connecting.result()
+    connecting.cancel()
+    with contextlib.suppress(BaseException):
+        await connecting
+    who = options.get("inbox_prefix", "").removeprefix("_INBOX.") or "no key"
+    reason = refused.result() if refused in done else f"no connection within {timeout:.0f} s"
+    raise ConfigError(
+        f"the NATS server at {', '.join(servers)} refused this connection ({who}): {reason}. "
+        "On a secured bus give this process its key: SWITCHYARD_NKEY_FILE=…/console.nk "
+        "(admin.nk for `workflow put` and `provision`)")
 
 
 async def provision(

@@ -17,6 +17,7 @@ import yaml
 from nats.aio.client import Client
 
 from switchyard.client import SwitchyardClient
+from switchyard.credentials import connect_or_refuse
 from switchyard.protocol.bus.component import servers
 from switchyard.protocol.bus.provision import open_bucket
 from switchyard.protocol.subjects import Bucket
@@ -87,8 +88,7 @@ async def run_demo(
     ``NATS_URL`` (a compose deployment, say), as the identity ``SWITCHYARD_NKEY_FILE`` names."""
     t0 = time.perf_counter()
     if connect:
-        nc = await nats.connect(settings.nats_url.split(","), connect_timeout=5,
-                                max_reconnect_attempts=10, **settings.connect_options())
+        nc = await connect_or_refuse(servers(settings.nats_url), settings.connect_options())
         try:
             return await _drive(nc, settings, tickets, timeout, on_progress, 0.0)
         finally:

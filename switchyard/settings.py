@@ -40,6 +40,7 @@ from switchyard.protocol import Subjects, grants
 from switchyard.protocol.errors import ConfigError
 from switchyard.protocol.faults import FaultPlan
 from switchyard.supervisor import SupervisorConfig, Workflow, builtin_workflow, load_workflow
+from switchyard.supervisor.authz import ADMIN
 from switchyard.supervisor.policy import Policy, load_policy
 from switchyard.tools import ToolHostConfig
 
@@ -110,6 +111,12 @@ class Settings(BaseSettings):
 
         return connect_options(self.nkey_file)
 
+    @property
+    def provisions(self) -> bool:
+        """Whether this process creates missing streams and buckets: on a secured bus only the
+        admin may, and the others wait for them."""
+        return self.nkey_file is None or self.nkey_file.stem == ADMIN
+
     def trusted(self) -> frozenset[str]:
         return frozenset(k.strip() for k in self.trusted_keys.split(",") if k.strip())
 
@@ -148,6 +155,7 @@ class Settings(BaseSettings):
             ack_wait=self.ack_wait, max_deliver=self.max_deliver, trusted_keys=self.trusted(),
             connect_options=self.connect_options(), faults=self.fault_plan(),
             trail_max_age_s=self.trail_max_age_s, replicas=self.replicas,
+            provisions=self.provisions,
         )
 
     def load_policy(self) -> Policy | None:
@@ -159,7 +167,7 @@ class Settings(BaseSettings):
             subjects=self.subjects, policy=self.load_policy(), ack_wait=self.ack_wait,
             retention_s=self.retention_s, connect_options=self.connect_options(),
             faults=self.fault_plan(), trail_max_age_s=self.trail_max_age_s,
-            replicas=self.replicas,
+            replicas=self.replicas, provisions=self.provisions,
         )
 
     def toolhost_config(self) -> ToolHostConfig:
@@ -167,4 +175,4 @@ class Settings(BaseSettings):
             nats_url=self.nats_url, subjects=self.subjects, trusted_keys=self.trusted(),
             retention_s=self.retention_s, connect_options=self.connect_options(),
             faults=self.fault_plan(), trail_max_age_s=self.trail_max_age_s,
-            replicas=self.replicas)
+            replicas=self.replicas, provisions=self.provisions)

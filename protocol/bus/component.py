@@ -39,7 +39,7 @@ from switchyard.protocol.bus.consumer import PullConsumer
 from switchyard.protocol.bus.dead_letters import DeadLetters
 from switchyard.protocol.bus.faults import Faults
 from switchyard.protocol.bus.journal import Journal
-from switchyard.protocol.bus.provision import TRAIL_MAX_AGE_S, provision
+from switchyard.protocol.bus.provision import TRAIL_MAX_AGE_S, await_layout, provision
 from switchyard.protocol.bus.publisher import Publisher
 from switchyard.protocol.bus.tasks import cancel_and_wait
 from switchyard.protocol.faults import FaultPlan
@@ -79,6 +79,9 @@ class ComponentConfig:
     trail_max_age_s: float = TRAIL_MAX_AGE_S
     # the replication factor of the streams and buckets this creates (3 on a three-node cluster)
     replicas: int = 1
+    # create missing streams and buckets at start; else wait for them (on a secured bus only
+    # the admin may create them)
+    provisions: bool = True
 
 
 class Component:
@@ -211,8 +214,12 @@ class Component:
                                               **dict(cfg.connect_options))
                 self._own_nc = True
             self._js = self._nc.jetstream()
-            await provision(self._js, cfg.subjects, replicas=cfg.replicas,
-                            trail_max_age=cfg.trail_max_age_s)
+            if cfg.provisions:
+                await provision(self._js, cfg.subjects, replicas=cfg.replicas,
+                                trail_max_age=cfg.trail_max_age_s)
+            else:
+                await await_layout(self._js, cfg.subjects, waiting=lambda missing: log.info(
+                    f"{self._kind}.waiting_for_layout", name=self._name, missing=missing))
             self._publisher = await Publisher(self._nc, timeout=cfg.publish_timeout).start()
             self._audit = AuditLog(self._js, cfg.subjects, self._name, publisher=self._publisher,
                                    timeout=cfg.publish_timeout)

@@ -15,6 +15,10 @@ leader (``$JS.API.STREAM.MSG.GET``, see ``Journal``), and the buckets are made w
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
+
 from nats.js.api import (
     DiscardPolicy,
     KeyValueConfig,
@@ -134,6 +138,40 @@ async def provision(
     await ensure_streams(js, s, replicas=replicas, trail_max_age=trail_max_age)
     for bucket in Bucket:
         await open_bucket(js, s.bucket(bucket), replicas=replicas, history=bucket_history(bucket))
+
+
+def layout_names(s: Subjects) -> list[str]:
+    """Every stream of the layout, the buckets' own streams (``KV_…``) included."""
+    return [s.stream(x) for x in Stream] + [f"KV_{s.bucket(b)}" for b in Bucket]
+
+
+async def await_layout(
+    js: JetStreamContext, s: Subjects, *, timeout: float = 300.0, poll: float = 1.0,
+    waiting: Callable[[list[str]], None] | None = None,
+) -> None:
+    """For an identity that may not create them (on a secured bus only the admin may): wait until
+    the streams and buckets exist, telling ``waiting`` what is still missing (every few polls),
+    and after ``timeout`` give up saying who must create them. Processes may so start in any
+    order, the admin's ``switchyard provision`` among them."""
+    await check_layout(js, s)
+    deadline = time.monotonic() + timeout
+    for attempt in range(1_000_000):
+        missing = []
+        for name in layout_names(s):
+            try:
+                await js.stream_info(name)
+            except NotFoundError:
+                missing.append(name)
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise ConfigError(
+                f"the streams and buckets {', '.join(missing)} do not exist and this identity may "
+                "not create them: run `switchyard provision` as the admin "
+                "(SWITCHYARD_NKEY_FILE=…/admin.nk)")
+        if waiting is not None and attempt % 10 == 0:
+            waiting(missing)
+        await asyncio.sleep(poll)  # nothing announces a stream's creation to a client
 
 
 async def open_bucket(

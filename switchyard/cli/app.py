@@ -152,6 +152,12 @@ def once(coro: Coroutine[Any, Any, T]) -> T:
     except ConfigError as exc:
         err.print(f"[red]{escape(exc.message)}[/]")
         raise typer.Exit(2) from None
+    except nats.errors.TimeoutError:  # on a secured bus, what this identity may not do
+        err.print("[red]the bus did not answer a request in time[/]. On a secured bus that is how "
+                  "the server treats what this identity may not do, and what does not exist yet: "
+                  "are the streams and buckets provisioned (`switchyard provision` as the admin), "
+                  "and is SWITCHYARD_NKEY_FILE the identity this command needs?")
+        raise typer.Exit(2) from None
 
 
 @contextlib.asynccontextmanager
@@ -172,9 +178,10 @@ async def connect(settings: Settings) -> Client:
     from switchyard.stack import nats_answers
 
     if await nats_answers(settings.nats_url):
+        from switchyard.credentials import connect_or_refuse
         from switchyard.protocol.bus.component import servers
 
-        return await nats.connect(servers(settings.nats_url), **settings.connect_options())
+        return await connect_or_refuse(servers(settings.nats_url), settings.connect_options())
     else:
         err.print(f"[red]no NATS server answers at {settings.nats_url}[/] "
                   "(start the stack with `switchyard up`)")

@@ -1,5 +1,5 @@
-"""Configuration: ``nats-config`` (the policy compiled into the bus's authorization), ``policy
-check``, ``workflow put|list`` and ``protocol schema``."""
+"""Configuration: ``nats-config`` (the policy compiled into the bus's authorization),
+``provision``, ``policy check``, ``workflow put|list`` and ``protocol schema``."""
 
 from __future__ import annotations
 
@@ -88,6 +88,49 @@ def nats_config(
                         for i in range(1, cluster + 1))
         out.print(f"Or the cluster: nats-server -c {out_dir}/node-<i>.conf for i in 1..{cluster}; "
                   f"then NATS_URL={urls} SWITCHYARD_REPLICAS=3.", markup=False)
+
+
+@app.command("provision")
+def provision_cmd(json_out: JsonOpt = False) -> None:
+    """Create the streams and buckets where missing, at SWITCHYARD_REPLICAS, and list them. On a
+    secured bus, run it as the admin (SWITCHYARD_NKEY_FILE=.../admin.nk) before the others start;
+    on an open one every component does this at start."""
+    from switchyard.protocol.bus.provision import provision
+    from switchyard.protocol.subjects import Bucket, Stream
+
+    settings = load_settings()
+    if not settings.provisions:
+        assert settings.nkey_file is not None
+        err.print(f"[red]{escape(settings.nkey_file.stem)} may not create streams: on a secured bus "
+                  "only the admin may (SWITCHYARD_NKEY_FILE=…/admin.nk)[/]")
+        raise typer.Exit(2)
+
+    async def main() -> list[dict[str, object]]:
+        async with client(settings) as bus:
+            await provision(bus.js, settings.subjects, replicas=settings.replicas,
+                            trail_max_age=settings.trail_max_age_s)
+            names = [settings.subjects.stream(s) for s in Stream]
+            names += [f"KV_{settings.subjects.bucket(b)}" for b in Bucket]
+            found = []
+            for name in names:
+                info = await bus.js.stream_info(name)
+                found.append({"stream": name, "replicas": info.config.num_replicas,
+                              "messages": info.state.messages,
+                              "max_age_s": info.config.max_age or 0})
+            return found
+
+    found = once(main())
+    if json_out:
+        dump(found)
+        return
+    table = Table(title=f"streams and buckets at {settings.nats_url}")
+    for col in ("stream", "replicas", "messages", "max age"):
+        table.add_column(col)
+    for row in found:
+        age = float(row["max_age_s"] or 0)  # type: ignore[arg-type]
+        table.add_row(str(row["stream"]), str(row["replicas"]), str(row["messages"]),
+                      f"{age / 86400:g} d" if age else "-")
+    out.print(table)
 
 
 @policy_app.command("check")

@@ -109,6 +109,7 @@ class Compose:
     project: str = field(default_factory=lambda: f"sytest{uuid.uuid4().hex[:8]}")
     port: int = field(default_factory=free_port)
     settings: dict[str, str] = field(default_factory=dict)
+    files: list[str] = field(default_factory=lambda: ["compose.yaml"])
 
     @property
     def url(self) -> str:
@@ -119,8 +120,9 @@ class Compose:
         return {**keep, "SWITCHYARD_NATS_PORT": str(self.port), **self.settings}
 
     async def compose(self, *args: str, timeout: float = 600) -> Ran:
-        return await run(PODMAN_COMPOSE, "-f", str(COMPOSE_FILE), "-p", self.project, *args,
-                         env=self.env(), timeout=timeout)
+        files = [arg for name in self.files for arg in ("-f", str(ROOT / name))]
+        return await run(PODMAN_COMPOSE, *files, "-p", self.project, *args, env=self.env(),
+                         timeout=timeout)
 
     async def containers(self, service: str = "", *, all_states: bool = True) -> list[dict[str, object]]:
         args = [self.podman, "ps", "--format", "json",
@@ -167,7 +169,7 @@ async def docker_socket(podman: str, tmp_path_factory: pytest.TempPathFactory) -
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     try:
         async with asyncio.timeout(30):
-            while not sock.exists():  # noqa: ASYNC110 - the service tells nobody it is listening
+            while not sock.exists():
                 if proc.returncode is not None:
                     raise RuntimeError(f"podman system service exited {proc.returncode}")
                 await asyncio.sleep(0.05)

@@ -10,6 +10,7 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import nats
@@ -126,3 +127,35 @@ async def test_compose_stack_works_loses_nothing_and_scales(compose: Compose) ->
           f"({report['counts']}); triage killed holding {holding} tasks, "
           f"{redelivered} redelivered; action replicas served {sorted(served.values())}; "
           + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
+
+
+async def test_compose_secure_bus(compose: Compose, tmp_path: Path) -> None:
+    """compose.secure.yaml over compose.yaml: the generated authorization, one key per service
+    mounted as a secret, the admin provisioning; the demo as the console identity; the server
+    logs no permission violation."""
+    secure = tmp_path / "nats-secure"
+    made = await run(CLI, "nats-config", "--policy", "support", "--out", str(secure),
+                     env={**os.environ}, timeout=60)
+    made.check()
+    # the image's user (10001) reads its key; rootless podman maps that id through its namespace
+    chown = ["chown", "-R", "10001:10001", str(secure / "creds")]
+    (await run(*(chown if os.geteuid() == 0 else [compose.podman, "unshare", *chown]))).check()
+    compose.files = ["compose.yaml", "compose.secure.yaml"]
+    compose.settings = {"SWITCHYARD_SECURE_DIR": str(secure), "SWITCHYARD_LOG_LEVEL": "warning"}
+    (await compose.compose("up", "-d", "--build")).check()
+    ran = await compose.compose("--profile", "demo", "run", "--rm", "demo", "demo", "--connect",
+                                "--json", "--timeout", "240")
+    ran.check()
+    report = json.loads(ran.stdout[ran.stdout.index("{"):])
+    assert report["matched"] == 30 and report["ok"], report["counts"]
+    [nats_box] = await compose.containers("nats")
+    logs = await run(compose.podman, "logs", str(nats_box["Names"][0]), timeout=60)  # type: ignore[index]
+    violations = [line for line in (logs.stdout + logs.stderr).splitlines()
+                  if "Permissions Violation" in line]
+    assert violations == [], violations[:10]
+    # an unknown key is refused by the server itself
+    denied = await run(CLI, "status", env={**os.environ, "NATS_URL": compose.url}, timeout=60)
+    assert denied.code != 0 and "uthorization" in denied.stdout + denied.stderr, denied
+    (await compose.compose("down", "-v", "-t", "5", "--remove-orphans")).check()
+    assert await compose.leftovers() == []
+    print(f"\ncompose secure: {report['matched']}/30 as labelled, 0 permission violations")

@@ -225,3 +225,27 @@ async def test_bad_grants_are_refused_and_audited_under_the_generated_config(
     finally:
         await client_nc.close()
     assert stack.violations()[before:] == []  # all of it allowed by the bus; refused by the host
+
+
+async def test_the_cli_without_a_key_is_refused_at_once_with_what_to_do(secured: Deployment) -> None:
+    env = {k: v for k, v in secured.env.items() if k != "SWITCHYARD_NKEY_FILE"}
+    res = await run_cli("status", env=env, timeout=30)  # not nats.py's minute of reconnects
+    assert res.code == 2, res
+    assert "refused this connection (no key)" in res.stderr and "Authorization Violation" in res.stderr
+    assert "SWITCHYARD_NKEY_FILE" in res.stderr and "Traceback" not in res.stderr
+    forged = secured.settings.data_dir / "stranger.nk"
+    forged.write_bytes(grants.new_seed())  # a well-formed key the server does not know
+    res = await run_cli("demo", "--connect", "--json", env={**env, "SWITCHYARD_NKEY_FILE": str(forged)},
+                        timeout=30)
+    assert res.code == 2 and "refused this connection (stranger)" in res.stderr, res
+
+
+async def test_only_the_admin_provisions(secured: Deployment) -> None:
+    res = await secured.cli("provision")  # as the console
+    assert res.code == 2 and "console may not create streams" in res.stderr, res
+    admin = {**secured.env, "SWITCHYARD_NKEY_FILE": str(secured.stack.creds.seed_file(authz.ADMIN))}
+    res = await run_cli("provision", "--json", env=admin, timeout=60)
+    assert res.code == 0, res.stderr[-2000:]
+    found = {row["stream"]: row["replicas"] for row in json.loads(res.stdout)}
+    assert {"SY_JOURNAL", "SY_TASKS", "KV_sy_workflows", "KV_sy_tool_ledger"} <= set(found)
+    assert set(found.values()) == {1}
