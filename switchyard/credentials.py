@@ -41,8 +41,8 @@ async def connect_or_refuse(servers: list[str], options: dict[str, Any], *,
             refused.set_result(str(exc))
 
     connecting = asyncio.ensure_future(nats.connect(servers, error_cb=on_error, **options))
-    done, _ = await asyncio.wait({connecting, refused}, timeout=timeout,
-                                 return_when=asyncio.FIRST_COMPLETED)
+    either: set[asyncio.Future[Any]] = {connecting, refused}
+    done, _ = await asyncio.wait(either, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     if connecting in done:
         refused.cancel()
         return connecting.result()

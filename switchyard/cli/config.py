@@ -95,8 +95,7 @@ def provision_cmd(json_out: JsonOpt = False) -> None:
     """Create the streams and buckets where missing, at SWITCHYARD_REPLICAS, and list them. On a
     secured bus, run it as the admin (SWITCHYARD_NKEY_FILE=.../admin.nk) before the others start;
     on an open one every component does this at start."""
-    from switchyard.protocol.bus.provision import provision
-    from switchyard.protocol.subjects import Bucket, Stream
+    from switchyard.protocol.bus.provision import layout_names, provision
 
     settings = load_settings()
     if not settings.provisions:
@@ -109,9 +108,8 @@ def provision_cmd(json_out: JsonOpt = False) -> None:
         async with client(settings) as bus:
             await provision(bus.js, settings.subjects, replicas=settings.replicas,
                             trail_max_age=settings.trail_max_age_s)
-            names = [settings.subjects.stream(s) for s in Stream]
-            names += [f"KV_{settings.subjects.bucket(b)}" for b in Bucket]
-            found = []
+            names = layout_names(settings.subjects)
+            found: list[dict[str, object]] = []
             for name in names:
                 info = await bus.js.stream_info(name)
                 found.append({"stream": name, "replicas": info.config.num_replicas,
