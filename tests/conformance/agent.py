@@ -184,7 +184,7 @@ class EchoAgent:
             while not self.stop.is_set():
                 try:
                     msgs = await sub.fetch(CONCURRENCY, timeout=1.0)
-                except nats.errors.TimeoutError:
+                except (nats.errors.TimeoutError, TimeoutError):  # nats.py raises either
                     continue
                 for failed in await asyncio.gather(*(self.handle(m) for m in msgs), return_exceptions=True):
                     if failed:  # e.g. an ack lost with the connection: the task will come back

@@ -119,8 +119,7 @@ async def test_compose_stack_works_loses_nothing_and_scales(compose: Compose) ->
     assert sum(served.values()) >= 22 and all(n >= 1 for n in served.values()), served
 
     t1 = time.monotonic()
-    # --remove-orphans: podman-compose 1.6 stops only the first replica of a scaled service
-    (await compose.compose("down", "-v", "-t", "5", "--remove-orphans")).check()
+    await compose.down()
     timings["down"] = time.monotonic() - t1
     assert await compose.leftovers() == []
     print(f"\ncompose: 30 tickets, {report['matched']}/30 as labelled "
@@ -156,6 +155,6 @@ async def test_compose_secure_bus(compose: Compose, tmp_path: Path) -> None:
     # an unknown key is refused by the server itself
     denied = await run(CLI, "status", env={**os.environ, "NATS_URL": compose.url}, timeout=60)
     assert denied.code != 0 and "uthorization" in denied.stdout + denied.stderr, denied
-    (await compose.compose("down", "-v", "-t", "5", "--remove-orphans")).check()
+    await compose.down()
     assert await compose.leftovers() == []
     print(f"\ncompose secure: {report['matched']}/30 as labelled, 0 permission violations")
