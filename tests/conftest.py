@@ -37,6 +37,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     the numbers CI is asked to show."""
     took: dict[str, float] = {}
     outcome: dict[str, str] = {}
+    told: dict[str, list[str]] = {}  # what a test recorded as its report (record_property)
     for status in ("passed", "failed", "error", "skipped"):
         for rep in terminalreporter.stats.get(status, []):
             keywords = getattr(rep, "keywords", {})
@@ -44,10 +45,14 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
                 took[rep.nodeid] = took.get(rep.nodeid, 0.0) + rep.duration
                 if rep.when == "call" or status != "passed":
                     outcome[rep.nodeid] = status
+                told.setdefault(rep.nodeid, []).extend(
+                    str(v) for k, v in getattr(rep, "user_properties", []) if k == "report")
     if took:
         terminalreporter.section("deployment and chaos tests: time taken (set-up included)")
         for nodeid, seconds in took.items():
             terminalreporter.write_line(f"{seconds:7.1f} s  {outcome.get(nodeid, '?'):7}  {nodeid}")
+            for line in dict.fromkeys(told.get(nodeid, [])):
+                terminalreporter.write_line(f"           {line}")
 
 
 @pytest.fixture(autouse=True)

@@ -28,7 +28,8 @@ from nats.js.client import JetStreamContext
 
 from switchyard.chaos.suite import SIZES, TIME_BOUND_S, ChaosReport, _ids, _Run
 from switchyard.natsd import NatsCluster, free_ports
-from switchyard.protocol.subjects import Bucket, Stream
+from switchyard.protocol.bus.provision import layout_names
+from switchyard.protocol.subjects import Stream
 from switchyard.supervisor import authz
 
 NODES = 3
@@ -62,11 +63,6 @@ class _ClusterRun(_Run):
 
     def node_index(self, server_name: str) -> int:
         return int(server_name.rsplit("-", 1)[1]) - 1  # node-2 is the second
-
-
-def stream_names(run: _Run) -> list[str]:
-    s = run.settings.subjects
-    return [s.stream(x) for x in Stream] + [f"KV_{s.bucket(b)}" for b in Bucket]
 
 
 async def _lagging(js: JetStreamContext, names: list[str]) -> list[str]:
@@ -136,7 +132,7 @@ async def _cluster(run: _ClusterRun, count: int, deadline: float) -> None:
         restarted_at = time.monotonic()
         await run.cluster.restart(victim)
         r.restarts += 1
-        names = stream_names(run)
+        names = layout_names(run.settings.subjects)
         behind = await _wait_caught_up(js, names, CATCH_UP_BOUND_S)
         r.caught_up_s = round(time.monotonic() - restarted_at, 2)
         if behind:

@@ -4,6 +4,8 @@ Run it alone with ``pytest -m chaos``; ``switchyard chaos --scale full`` runs th
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from switchyard.chaos import SIZES, run_scenario
@@ -49,9 +51,11 @@ async def test_poison_is_dead_lettered_and_nothing_dies() -> None:
 
 
 @pytest.mark.timeout(400)
-async def test_a_cluster_losing_its_journal_leader_loses_nothing_and_catches_up() -> None:
+async def test_a_cluster_losing_its_journal_leader_loses_nothing_and_catches_up(
+    record_property: Callable[[str, object], None],
+) -> None:
     r = await run_scenario("cluster", scale="ci", seed=1)
-    print(f"\ncluster: submitted {r.submitted}, acknowledged {r.acknowledged}, completed "
+    record_property("report", f"submitted {r.submitted}, acknowledged {r.acknowledged}, completed "
           f"{r.completed}, lost {r.lost}, duplicated {r.duplicated_effects}; killed {r.killed}; "
           f"recovered in {r.recovered_s} s, caught up in {r.caught_up_s} s; {r.elapsed_s} s in all")
     assert r.ok, r.problems

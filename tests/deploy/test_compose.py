@@ -41,7 +41,9 @@ async def consumer(js: JetStreamContext, role: str) -> Any:
         return None
 
 
-async def test_compose_stack_works_loses_nothing_and_scales(compose: Compose) -> None:
+async def test_compose_stack_works_loses_nothing_and_scales(
+    compose: Compose, record_property: Callable[[str, object], None],
+) -> None:
     compose.settings = {"SWITCHYARD_ACK_WAIT": "5", "SWITCHYARD_LOG_LEVEL": "warning"}
     timings: dict[str, float] = {}
     t0 = time.monotonic()
@@ -122,13 +124,15 @@ async def test_compose_stack_works_loses_nothing_and_scales(compose: Compose) ->
     await compose.down()
     timings["down"] = time.monotonic() - t1
     assert await compose.leftovers() == []
-    print(f"\ncompose: 30 tickets, {report['matched']}/30 as labelled "
+    record_property("report", f"30 tickets, {report['matched']}/30 as labelled "
           f"({report['counts']}); triage killed holding {holding} tasks, "
           f"{redelivered} redelivered; action replicas served {sorted(served.values())}; "
           + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
 
 
-async def test_compose_secure_bus(compose: Compose, tmp_path: Path) -> None:
+async def test_compose_secure_bus(
+    compose: Compose, tmp_path: Path, record_property: Callable[[str, object], None],
+) -> None:
     """compose.secure.yaml over compose.yaml: the generated authorization, one key per service
     mounted as a secret, the admin provisioning; the demo as the console identity; the server
     logs no permission violation."""
@@ -157,4 +161,5 @@ async def test_compose_secure_bus(compose: Compose, tmp_path: Path) -> None:
     assert denied.code != 0 and "uthorization" in denied.stdout + denied.stderr, denied
     await compose.down()
     assert await compose.leftovers() == []
-    print(f"\ncompose secure: {report['matched']}/30 as labelled, 0 permission violations")
+    record_property("report", f"{report['matched']}/30 as labelled, 0 permission violations, "
+                              "the CLI without a key refused")
