@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -77,7 +78,15 @@ def _docker_nats() -> Any:
         warnings.simplefilter("ignore", DeprecationWarning)
         from testcontainers.nats import NatsContainer  # type: ignore[import-not-found]
 
-    return NatsContainer("nats:2.11").with_command("-js")
+    return NatsContainer(nats_image()).with_command("-js")
+
+
+def nats_image() -> str:
+    """The NATS image ``compose.yaml`` pins: the container tests use that one, not a copy."""
+    pinned = re.search(r"image: (docker\.io/library/nats:\S+)",
+                       (Path(__file__).parents[1] / "compose.yaml").read_text())
+    assert pinned, "compose.yaml pins no official NATS image"
+    return pinned.group(1)
 
 
 @pytest.fixture(scope="session")

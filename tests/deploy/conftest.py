@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import shutil
 import socket
 import sys
@@ -20,17 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from ..conftest import nats_image
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "compose.yaml"
 PODMAN_COMPOSE = str(Path(sys.executable).parent / "podman-compose")
 CLI = str(Path(sys.executable).parent / "switchyard")
-
-
-def nats_image() -> str:
-    """The NATS image ``compose.yaml`` pins: the container tests use that one, not a copy."""
-    found = re.search(r"image: (docker\.io/library/nats:\S+)", COMPOSE_FILE.read_text())
-    assert found, "compose.yaml pins no official NATS image"
-    return found.group(1)
 
 
 def require(part: str, missing: str) -> None:
