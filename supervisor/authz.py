@@ -228,7 +228,7 @@ CLUSTER_NAME = "switchyard"
 def cluster_configs(
     auth: str, *, nodes: int, store_dir: Path, port: int = 4222, cluster_port: int = 6222,
     host: str = "127.0.0.1", sync_always: bool = True, route_user: str = "",
-    route_password: str = "",
+    route_password: str = "", monitor_port: int = 0,
 ) -> dict[str, str]:
     """The configs of a JetStream cluster of ``nodes`` servers, by file name (``node-1.conf``
     …): node ``i`` is ``server_name: node-i``, serves clients on ``port + i - 1`` and routes on
@@ -236,7 +236,8 @@ def cluster_configs(
     ``nats-{i}.nats`` for one container or pod per node), keeps its store in
     ``store_dir/node-i`` and carries the same ``auth`` (the ``authorization`` block), so every
     node refuses what one would. Routes are open unless ``route_user``/``route_password`` are
-    given (then a node accepts routes only with them, and dials the others with them).
+    given (then a node accepts routes only with them, and dials the others with them). With
+    ``monitor_port``, node ``i`` serves monitoring (``/healthz``, ``/jsz``) on ``monitor_port + i - 1``.
 
     A cluster of two loses its JetStream quorum when either node stops, and one is no cluster:
     both are refused (``ConfigError``)."""
@@ -256,7 +257,8 @@ def cluster_configs(
         f"node-{i}.conf": (
             f"server_name: node-{i}\n"
             f"listen: {at(i)}:{port + i - 1}\n"
-            f"jetstream {{\n  store_dir: \"{store_dir / f'node-{i}'}\"\n{sync}}}\n"
+            + (f"http: {at(i)}:{monitor_port + i - 1}\n" if monitor_port else "")
+            + f"jetstream {{\n  store_dir: \"{store_dir / f'node-{i}'}\"\n{sync}}}\n"
             f"cluster {{\n  name: {CLUSTER_NAME}\n  listen: {at(i)}:{cluster_port + i - 1}\n"
             f"{route_auth}  routes: [{routes}]\n}}\n" + auth)
         for i in range(1, nodes + 1)

@@ -49,12 +49,13 @@ async def connect_or_refuse(servers: list[str], options: dict[str, Any], *,
     connecting.cancel()
     with contextlib.suppress(BaseException):
         await connecting
+    if refused not in done:
+        raise ConfigError(f"no connection to {', '.join(servers)} within {timeout:.0f} s")
     who = options.get("inbox_prefix", "").removeprefix("_INBOX.") or "no key"
-    reason = refused.result() if refused in done else f"no connection within {timeout:.0f} s"
     raise ConfigError(
-        f"the NATS server at {', '.join(servers)} refused this connection ({who}): {reason}. "
-        "On a secured bus give this process its key: SWITCHYARD_NKEY_FILE=…/console.nk "
-        "(admin.nk for `workflow put` and `provision`)")
+        f"the NATS server at {', '.join(servers)} refused this connection ({who}): "
+        f"{refused.result()}. On a secured bus give this process its key: "
+        "SWITCHYARD_NKEY_FILE=…/console.nk (admin.nk for `workflow put` and `provision`)")
 
 
 async def provision(

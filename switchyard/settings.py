@@ -79,6 +79,25 @@ class Settings(BaseSettings):
     def fault_plan(self) -> FaultPlan:
         return FaultPlan.parse(self.faults, name=self.fault_name, run=self.fault_run)
 
+    @field_validator("nkey_file")
+    @classmethod
+    def _nkey_file_is_a_seed(cls, value: Path | None) -> Path | None:
+        """The key must be there and be an nkey seed now, not a traceback at connect."""
+        if value is None:
+            return None
+        import nkeys
+
+        try:
+            seed = bytearray(value.read_bytes().strip())
+        except OSError as exc:
+            raise ValueError(f"cannot read the key file {str(value)!r}: {exc.strerror}") from None
+        try:
+            nkeys.from_seed(seed)
+        except Exception:
+            raise ValueError(f"{str(value)!r} holds no nkey seed (`switchyard nats-config` "
+                             "writes them)") from None
+        return value
+
     @field_validator("nats_url")
     @classmethod
     def _url_is_a_nats_url(cls, value: str) -> str:

@@ -50,3 +50,39 @@ def test_cli_workflow_put_checks_the_workflow_against_the_policy(tmp_path: Path)
                          timeout=60, env=env)
     assert res.returncode == 1, res.stderr
     assert "asks for more than the policy allows" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_cli_a_key_file_that_is_missing_or_no_seed_is_named_not_a_traceback(tmp_path: Path) -> None:
+    garbage = tmp_path / "console.nk"
+    garbage.write_text("garbage\n")
+    for path, said in ((tmp_path / "absent.nk", "No such file or directory"),
+                       (garbage, "holds no nkey seed")):
+        env = {**os.environ, "SWITCHYARD_NKEY_FILE": str(path), "NATS_URL": "nats://127.0.0.1:1"}
+        res = subprocess.run([CLI, "status"], capture_output=True, text=True, timeout=60, env=env)
+        assert res.returncode == 2, res.stderr
+        assert "SWITCHYARD_NKEY_FILE" in res.stderr and said in res.stderr
+        assert "Traceback" not in res.stderr and str(path) in res.stderr
+
+
+def test_cli_a_bad_setting_names_the_value_given_on_one_line() -> None:
+    env = {**os.environ, "SWITCHYARD_ACK_WAIT": "abc", "NATS_URL": "nats://127.0.0.1:1"}
+    res = subprocess.run([CLI, "status"], capture_output=True, text=True, timeout=60, env=env)
+    assert res.returncode == 2
+    [line] = res.stderr.splitlines()  # a container's log gets it whole, not wrapped at 80
+    assert line.startswith("SWITCHYARD_ACK_WAIT:") and "(given: 'abc')" in line
+
+
+def test_cli_demo_connect_with_nothing_there_says_so_at_once() -> None:
+    env = {**os.environ, "NATS_URL": "nats://127.0.0.1:1"}
+    res = subprocess.run([CLI, "demo", "--connect", "--json"], capture_output=True, text=True,
+                         timeout=30, env=env)
+    assert res.returncode == 2
+    assert "no NATS server answers at nats://127.0.0.1:1" in res.stderr, res.stderr
+
+
+def test_cli_nats_config_refuses_a_directory_where_its_config_goes(tmp_path: Path) -> None:
+    (tmp_path / "auth.conf").mkdir()  # what a bind mount of a missing file leaves
+    res = subprocess.run([CLI, "nats-config", "--out", str(tmp_path)], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 1 and "is a directory, not a config file" in res.stderr
+    assert not (tmp_path / "creds").exists() and not (tmp_path / "nats.conf").exists()

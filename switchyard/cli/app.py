@@ -34,7 +34,8 @@ T = TypeVar("T")
 app = typer.Typer(help="Switchyard: a governed team of AI agents on a NATS bus.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 out = Console(emoji=False)  # ":smile:" in an id stays ":smile:"
-err = Console(stderr=True, emoji=False)
+# not a terminal (a container's log, a pipe): one line per message, not wrapped at 80 columns
+err = Console(stderr=True, emoji=False, soft_wrap=not sys.stderr.isatty())
 SHUTDOWN_LIMIT_S = 15.0  # after a stop signal: time to drain before in-flight work is cancelled
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
 
@@ -48,7 +49,9 @@ def load_settings() -> Settings:
         for problem in exc.errors():
             where = ".".join(str(p) for p in problem["loc"]) or "settings"
             name = where if where.isupper() else f"SWITCHYARD_{where.upper()}"
-            err.print(f"[red]{name}: {escape(str(problem['msg']))}[/]")
+            given = problem.get("input")
+            shown = f" (given: {given!r})" if isinstance(given, str | int | float) else ""
+            err.print(f"[red]{name}: {escape(str(problem['msg']))}{escape(shown)}[/]")
         raise typer.Exit(2) from None
     level = getattr(logging, settings.log_level.upper(), logging.INFO)
     tail: list[Any] = (

@@ -33,8 +33,10 @@ def nats_config(
         help="also write node-1.conf … node-N.conf, a JetStream cluster of N >= 3 nodes")] = 0,
     cluster_port: Annotated[int, typer.Option(
         help="node 1's route port; node i's is this + i - 1 (its client port: --port + i - 1)")] = 6222,
+    monitor_port: Annotated[int, typer.Option(
+        help="node 1's monitoring port (/healthz); node i's is this + i - 1; 0: none")] = 8222,
     cluster_host: Annotated[str, typer.Option(
-        help="where node i listens and is dialled; {i} is its number (nats-{i}.nats in k8s)")] =
+        help="where node i listens and is dialled; {i} is its number (nats-{i}, say)")] =
         "127.0.0.1",
 ) -> None:
     """Generate a nats-server config from the policy: one nkey user per identity (admin,
@@ -58,6 +60,13 @@ def nats_config(
     except ConfigError as exc:
         err.print(f"[red]{escape(str(exc))}[/]")
         raise typer.Exit(1) from None
+    for name in ("auth.conf", "nats.conf", *(f"node-{i}.conf" for i in range(1, cluster + 1))):
+        if (out_dir / name).is_dir():  # a bind mount made it before the file existed
+            err.print(f"[red]{escape(str(out_dir / name))} is a directory, not a config file[/]: "
+                      "a container engine creates one when it mounts a file that is not there "
+                      "yet (`compose up` before `nats-config`). Remove it (nothing was written) "
+                      "and run this again.")
+            raise typer.Exit(1)
     used, queues = authz.deployment_of(workflows.values())
     ids = authz.identities(pol, {*pol.roles, *used, *(role or [])}, settings.subjects, queues)
     creds = credentials.Credentials(out_dir / "creds")
@@ -68,7 +77,7 @@ def nats_config(
     nodes = authz.cluster_configs(
         auth, nodes=cluster, store_dir=(out_dir / "jetstream").resolve(), port=port,
         cluster_port=cluster_port, host=cluster_host, route_user="route",
-        route_password=creds.route_password()) if cluster else {}
+        route_password=creds.route_password(), monitor_port=monitor_port) if cluster else {}
     for name, text in nodes.items():  # they hold the routes' password
         path = out_dir / name
         path.touch(mode=0o600)
@@ -100,8 +109,9 @@ def provision_cmd(json_out: JsonOpt = False) -> None:
     settings = load_settings()
     if not settings.provisions:
         assert settings.nkey_file is not None
-        err.print(f"[red]{escape(settings.nkey_file.stem)} may not create streams: on a secured bus "
-                  "only the admin may (SWITCHYARD_NKEY_FILE=…/admin.nk)[/]")
+        err.print(f"[red]{escape(settings.nkey_file.stem)} may not create streams (the key file's "
+                  "name is the identity): on a secured bus only the admin may "
+                  "(SWITCHYARD_NKEY_FILE=…/admin.nk)[/]")
         raise typer.Exit(2)
 
     async def main() -> list[dict[str, object]]:

@@ -203,8 +203,8 @@ def demo(
     with progress:
         report = once(run_demo(settings, batch, timeout=timeout, on_progress=on_progress,
                                 secure=secure, connect=connect))
-    table = Table(title=f"{report.tickets} tickets in {report.elapsed_s:.1f} s "
-                        f"(stack start {report.startup_s:.1f} s)")
+    started = "" if connect else f" (stack start {report.startup_s:.1f} s)"
+    table = Table(title=f"{report.tickets} tickets in {report.elapsed_s:.1f} s{started}")
     for col in ("ticket", "expected", "outcome", "why"):
         table.add_column(col)
     for run in report.runs:

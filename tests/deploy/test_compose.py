@@ -140,9 +140,13 @@ async def test_compose_secure_bus(
     made = await run(CLI, "nats-config", "--policy", "support", "--out", str(secure),
                      env={**os.environ}, timeout=60)
     made.check()
-    # the image's user (10001) reads its key; rootless podman maps that id through its namespace
-    chown = ["chown", "-R", "10001:10001", str(secure / "creds")]
-    (await run(*(chown if os.geteuid() == 0 else [compose.podman, "unshare", *chown]))).check()
+    # as docs/deploy.md says: the image's user (10001) reads the keys as their group
+    creds = secure / "creds"
+    chgrp = ["chgrp", "-R", "10001", str(creds)]
+    (await run(*(chgrp if os.geteuid() == 0 else [compose.podman, "unshare", *chgrp]))).check()
+    creds.chmod(0o750)
+    for key in creds.glob("*.nk"):
+        key.chmod(0o640)
     compose.files = ["compose.yaml", "compose.secure.yaml"]
     compose.settings = {"SWITCHYARD_SECURE_DIR": str(secure), "SWITCHYARD_LOG_LEVEL": "warning"}
     (await compose.compose("up", "-d", "--build")).check()
