@@ -18,6 +18,7 @@
 | ``SWITCHYARD_RETENTION_S`` | ``604800`` | seconds a finished workflow and a recorded tool call are kept |
 | ``SWITCHYARD_TRAIL_MAX_AGE_S`` | ``2592000`` | seconds journals, tool calls, dead letters are kept |
 | ``SWITCHYARD_REPLICAS`` | ``1`` | replicas (1..5) of the streams and buckets created (3 on 3 nodes) |
+| ``SWITCHYARD_PUBLISH_TIMEOUT_S`` | ``10`` | seconds to wait for a publish's ack before retrying it |
 | ``SWITCHYARD_NKEY_FILE`` | (none) | this process's nkey seed on a secured bus; its name is who |
 | ``SWITCHYARD_UVLOOP`` | ``1`` | run on uvloop when it is installed; ``0`` for asyncio's loop |
 | ``SWITCHYARD_USER`` (or ``USER``) | ``operator`` | who decides and replays, in audit records |
@@ -66,6 +67,9 @@ class Settings(BaseSettings):
     retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
     # how long journals, tool-call chains and dead letters are kept (for streams created here)
     trail_max_age_s: float = Field(default=30 * 24 * 3600.0, gt=0)
+    # how long a process waits for the server's ack of a publish before it counts it failed (and
+    # retries): on a cluster, how soon writes caught by a dead leader go to the new one
+    publish_timeout_s: float = Field(default=10.0, gt=0, le=300)
     # the replication factor of the streams and buckets created here (existing ones keep theirs)
     replicas: int = Field(default=1, ge=1, le=5)
     uvloop: bool = True
@@ -173,7 +177,8 @@ class Settings(BaseSettings):
             nats_url=self.nats_url, subjects=self.subjects, concurrency=self.concurrency,
             ack_wait=self.ack_wait, max_deliver=self.max_deliver, trusted_keys=self.trusted(),
             connect_options=self.connect_options(), faults=self.fault_plan(),
-            trail_max_age_s=self.trail_max_age_s, replicas=self.replicas,
+            trail_max_age_s=self.trail_max_age_s,
+            publish_timeout=self.publish_timeout_s, replicas=self.replicas,
             provisions=self.provisions,
         )
 
@@ -186,6 +191,7 @@ class Settings(BaseSettings):
             subjects=self.subjects, policy=self.load_policy(), ack_wait=self.ack_wait,
             retention_s=self.retention_s, connect_options=self.connect_options(),
             faults=self.fault_plan(), trail_max_age_s=self.trail_max_age_s,
+            publish_timeout=self.publish_timeout_s,
             replicas=self.replicas, provisions=self.provisions,
         )
 
@@ -194,4 +200,5 @@ class Settings(BaseSettings):
             nats_url=self.nats_url, subjects=self.subjects, trusted_keys=self.trusted(),
             retention_s=self.retention_s, connect_options=self.connect_options(),
             faults=self.fault_plan(), trail_max_age_s=self.trail_max_age_s,
+            publish_timeout=self.publish_timeout_s,
             replicas=self.replicas, provisions=self.provisions)

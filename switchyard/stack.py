@@ -201,6 +201,7 @@ class LocalStack:
                "SWITCHYARD_RETENTION_S": str(self.settings.retention_s),
                "SWITCHYARD_TRAIL_MAX_AGE_S": str(self.settings.trail_max_age_s),
                "SWITCHYARD_REPLICAS": str(self.settings.replicas),
+               "SWITCHYARD_PUBLISH_TIMEOUT_S": str(self.settings.publish_timeout_s),
                "SWITCHYARD_FAULT_NAME": name, "SWITCHYARD_FAULT_RUN": str(run), **self.env}
         if self.secure:
             env["SWITCHYARD_NKEY_FILE"] = str(self.creds.seed_file(self._identity.get(name, name)))

@@ -138,6 +138,31 @@ async def provision(
     await ensure_streams(js, s, replicas=replicas, trail_max_age=trail_max_age)
     for bucket in Bucket:
         await open_bucket(js, s.bucket(bucket), replicas=replicas, history=bucket_history(bucket))
+    if replicas > 1:
+        await await_leaders(js, layout_names(s))
+
+
+async def await_leaders(js: JetStreamContext, names: list[str], *, timeout: float = 30.0) -> None:
+    """Until every stream in ``names`` has a leader: a replicated stream just created elects
+    one first, and until then a publish to it finds no one to answer ("no response from
+    stream"), which a component's first write at start would die of."""
+    deadline = time.monotonic() + timeout
+    waiting = list(names)
+    while waiting:
+        name = waiting[0]
+        try:
+            info = await js.stream_info(name)
+            if info.cluster is None or info.cluster.leader:
+                waiting.pop(0)
+                continue
+        except NotFoundError:
+            raise
+        except Exception:  # no leader yet to answer the request
+            pass
+        if time.monotonic() > deadline:
+            raise ConfigError(f"streams {', '.join(waiting)} have no leader after {timeout:.0f} s: "
+                              "is a quorum of the cluster's nodes up?")
+        await asyncio.sleep(0.1)  # nothing announces an election's result to a client
 
 
 def layout_names(s: Subjects) -> list[str]:
