@@ -4,14 +4,13 @@ and provisioning as the admin (the others may only use what it creates)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import secrets
 from pathlib import Path
 from typing import Any
 
-import nats
 import nkeys
+import structlog
 from nats.aio.client import Client
 from nats.js.client import JetStreamContext
 
@@ -20,6 +19,8 @@ from switchyard.protocol.bus.provision import provision as provision_layout
 from switchyard.protocol.errors import ConfigError
 from switchyard.protocol.subjects import Subjects
 from switchyard.supervisor.authz import inbox_prefix
+
+log = structlog.get_logger("switchyard.credentials")
 
 
 def connect_options(seed_file: Path) -> dict[str, Any]:
@@ -35,20 +36,29 @@ async def connect_or_refuse(servers: list[str], options: dict[str, Any], *,
     key it does not know) ends it at once with what to do, instead of nats.py's reconnect loop
     printing the refusal for a minute or two."""
     refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    nc = Client()
 
     async def on_error(exc: Exception) -> None:
         if "uthorization" in str(exc) and not refused.done():
             refused.set_result(str(exc))
+        elif nc.is_connected:  # once connected, what nats.py reports goes to the log
+            log.warning("nats.error", error=str(exc))
 
-    connecting = asyncio.ensure_future(nats.connect(servers, error_cb=on_error, **options))
+    connecting = asyncio.ensure_future(nc.connect(servers, error_cb=on_error, **options))
     either: set[asyncio.Future[Any]] = {connecting, refused}
-    done, _ = await asyncio.wait(either, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    try:
+        done, _ = await asyncio.wait(either, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        connecting.cancel()
+        await nc.close()
+        raise
     if connecting in done:
         refused.cancel()
-        return connecting.result()
+        connecting.result()
+        return nc
     connecting.cancel()
-    with contextlib.suppress(BaseException):
-        await connecting
+    await asyncio.wait({connecting})  # until it has stopped; a cancellation of ours still raises
+    await nc.close()  # the socket nats.py keeps open after a refused connect
     if refused not in done:
         raise ConfigError(f"no connection to {', '.join(servers)} within {timeout:.0f} s")
     who = options.get("inbox_prefix", "").removeprefix("_INBOX.") or "no key"

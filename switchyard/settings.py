@@ -28,7 +28,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -150,16 +152,24 @@ class Settings(BaseSettings):
         if not create:
             raise ConfigError(f"no supervisor key at {path}")
         path.parent.mkdir(parents=True, exist_ok=True)
-        # written whole under another name, then linked into place, which fails if it exists:
-        # replicas starting at once on a shared volume end up with one key, not one each
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # written whole under a name of its own (every container's process is pid 1), then
+        # linked into place, which fails if it exists: replicas starting at once on a shared
+        # volume end up with one key, not one each
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(grants.new_seed())
+            f.flush()
+            os.fsync(f.fileno())
         try:
             os.link(tmp, path)
         except FileExistsError:
             pass
+        except PermissionError:  # a file system without hard links: exclusive create instead
+            with contextlib.suppress(FileExistsError):
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(tmp.read_bytes())
         finally:
             tmp.unlink()
         return path.read_bytes().strip()

@@ -64,8 +64,8 @@ async def test_cluster_configs_form_a_jetstream_cluster_under_the_authorization(
     ids = authz.identities(load_policy("support"), ["triage"], s)
     auth = authz.authorization(ids, creds.public_key)
     configs = authz.cluster_configs(
-        auth, nodes=3, store_dir=tmp_path / "js", port=free_ports(3),
-        cluster_port=free_ports(3), route_user="route",
+        auth, nodes=3, store_dir=tmp_path / "js", port=(base := free_ports(6)),
+        cluster_port=base + 3, route_user="route",
         route_password=creds.route_password())
     for name, text in configs.items():
         (tmp_path / name).write_text(text)

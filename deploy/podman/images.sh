@@ -19,8 +19,13 @@ mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 work=${SWITCHYARD_IMAGE_WORK:-/var/tmp/switchyard-images}
 nats_image=$(grep -o 'docker.io/library/nats:[0-9.]*-alpine' compose.yaml | head -1)
 have() { podman image exists "$1"; }
+# the wheels must suit the image's Python (3.11, Debian bookworm's and the Dockerfile's base)
+"$python" -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' 2>/dev/null || {
+  echo "images.sh: $python is not Python 3.11, the image's: its wheels would not install there" >&2
+  exit 2; }
 
 if ! have docker.io/library/python:3.11-slim-bookworm; then
+  [ "$(id -u)" = 0 ] || { echo "images.sh: debootstrap needs root (or pull the base image)" >&2; exit 2; }
   rm -rf "$work/rootfs" && mkdir -p "$work"
   debootstrap --variant=minbase --include=python3,python3-venv,wget bookworm "$work/rootfs" "$mirror"
   rm -rf "$work/rootfs"/var/cache/apt/archives/*.deb "$work/rootfs"/var/lib/apt/lists/*
@@ -47,6 +52,7 @@ SH
   printf 'port: 4222\nhttp_port: 8222\n' > "$ctx/nats-server.conf"
   cat > "$ctx/Dockerfile" <<'DF'
 FROM localhost/debian-base:bookworm
+LABEL org.switchyard.stand-in="the official NATS image's layout, built by deploy/podman/images.sh"
 COPY nats-server docker-entrypoint.sh /usr/local/bin/
 COPY nats-server.conf /etc/nats/nats-server.conf
 EXPOSE 4222 6222 8222
@@ -58,7 +64,8 @@ DF
 fi
 
 # the dependencies and the build backend; the Dockerfile builds the project itself from source
-"$python" -m pip wheel -q --disable-pip-version-check . 'setuptools>=77' -w .wheels 2>&1 \
-  | grep -v -e WARNING -e '^ ' || true
-rm -f .wheels/switchyard-*.whl
+rm -rf .wheels
+"$python" -m pip wheel -q --disable-pip-version-check . 'setuptools>=77' -w .wheels 2> .wheels.log \
+  || { cat .wheels.log >&2; exit 1; }
+rm -f .wheels.log .wheels/switchyard-*.whl
 ls .wheels/setuptools-*.whl >/dev/null

@@ -127,7 +127,7 @@ class Journal:
             # nats.py's request to the JetStream API, with its mapping of errors (404: NotFound)
             answer = await self.js._api_request(
                 f"{self.js._prefix}.STREAM.MSG.GET.{self._stream}", msgspec.json.encode(request),
-                timeout=self.js._timeout)
+                timeout=self.timeout)
         except NotFoundError:
             return None
         return record_of_stored(answer["message"])

@@ -27,7 +27,7 @@ from nats.js.api import (
     StreamConfig,
 )
 from nats.js.client import JetStreamContext
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, NotFoundError
 from nats.js.kv import KeyValue
 
 from switchyard.protocol.bus.publisher import Publisher
@@ -113,9 +113,15 @@ async def ensure_streams(
         except Exception:  # NotFoundError, or a server that lost it
             try:
                 await js.add_stream(config)
-            except BadRequestError as exc:
-                if exc.err_code != STREAM_NAME_IN_USE:  # a racing peer made it first
-                    raise
+            except APIError as exc:
+                if exc.err_code == STREAM_NAME_IN_USE:  # a racing peer made it first
+                    continue
+                if replicas > 1:
+                    raise ConfigError(
+                        f"cannot create {config.name} at {replicas} replicas: {exc.description}. "
+                        "SWITCHYARD_REPLICAS may not exceed the nodes of the NATS cluster (1 on a "
+                        "single server)") from None
+                raise
             continue
         have = list(info.config.subjects or [])
         missing = [x for x in config.subjects or [] if x not in have]
@@ -186,6 +192,8 @@ async def await_layout(
             try:
                 await js.stream_info(name)
             except NotFoundError:
+                missing.append(name)
+            except Exception:  # a server still starting, a leader being elected: not there yet
                 missing.append(name)
         if not missing:
             return

@@ -46,9 +46,10 @@ class _ClusterRun(_Run):
     cluster: NatsCluster | None = None
 
     async def _start_bus(self) -> None:
+        base = free_ports(2 * NODES)  # one range for both, so client and route ports cannot meet
         configs = authz.cluster_configs(
-            "", nodes=NODES, store_dir=self.tmp / "nats", port=free_ports(NODES),
-            cluster_port=free_ports(NODES), sync_always=True)
+            "", nodes=NODES, store_dir=self.tmp / "nats", port=base, cluster_port=base + NODES,
+            sync_always=True)
         paths = []
         for name, text in configs.items():
             (self.tmp / name).write_text(text)
@@ -98,6 +99,7 @@ async def _cluster(run: _ClusterRun, count: int, deadline: float) -> None:
     r = run.report
     nc: Client = await run.connect()
     js = nc.jetstream(timeout=5.0)
+    patient = nc.jetstream(timeout=15.0)
     journal = run.settings.subjects.stream(Stream.JOURNAL)
     arrivals: list[float] = []  # when each outcome was seen (live, on the core subject)
 
@@ -110,7 +112,13 @@ async def _cluster(run: _ClusterRun, count: int, deadline: float) -> None:
 
     async def kill_journal_leader() -> None:
         nonlocal killed_at, victim
-        info = await js.stream_info(journal)
+        for attempt in range(3):  # a cluster fsyncing under full load can be slow to answer
+            try:
+                info = await patient.stream_info(journal)
+                break
+            except TimeoutError:
+                if attempt == 2:
+                    raise
         leader = info.cluster.leader if info.cluster else None
         assert leader, f"{journal} has no leader to kill"
         victim = run.node_index(leader)

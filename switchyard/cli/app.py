@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -50,6 +51,8 @@ def load_settings() -> Settings:
             where = ".".join(str(p) for p in problem["loc"]) or "settings"
             name = where if where.isupper() else f"SWITCHYARD_{where.upper()}"
             given = problem.get("input")
+            if isinstance(given, str):  # never a URL's password into a log
+                given = re.sub(r"//[^/@\s]*@", "//***@", given)
             shown = f" (given: {given!r})" if isinstance(given, str | int | float) else ""
             err.print(f"[red]{name}: {escape(str(problem['msg']))}{escape(shown)}[/]")
         raise typer.Exit(2) from None
@@ -155,11 +158,14 @@ def once(coro: Coroutine[Any, Any, T]) -> T:
     except ConfigError as exc:
         err.print(f"[red]{escape(exc.message)}[/]")
         raise typer.Exit(2) from None
-    except nats.errors.TimeoutError:  # on a secured bus, what this identity may not do
-        err.print("[red]the bus did not answer a request in time[/]. On a secured bus that is how "
-                  "the server treats what this identity may not do, and what does not exist yet: "
-                  "are the streams and buckets provisioned (`switchyard provision` as the admin), "
-                  "and is SWITCHYARD_NKEY_FILE the identity this command needs?")
+    except nats.errors.TimeoutError:
+        secured = bool(os.environ.get("SWITCHYARD_NKEY_FILE"))
+        err.print("[red]the bus did not answer a request in time[/]" + (
+            ". On a secured bus that is how the server treats what this identity may not do, and "
+            "what does not exist yet: are the streams and buckets provisioned (`switchyard "
+            "provision` as the admin), and is SWITCHYARD_NKEY_FILE the identity this command "
+            "needs?" if secured else " (a server under load, or a cluster electing a leader: "
+            "try again)"))
         raise typer.Exit(2) from None
 
 

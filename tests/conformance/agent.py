@@ -284,7 +284,8 @@ class EchoAgent:
                 except APIError as e:
                     if e.err_code != WRONG_LAST_SEQUENCE:
                         raise
-                last = await self.js.get_msg(self.journal_stream, subject=f"{journal}.>", direct=True)
+                # from the stream's leader, as docs/protocol.md says (a direct get may lag at R3)
+                last = await self.js.get_msg(self.journal_stream, subject=f"{journal}.>")
                 after, prev = last.seq, hashlib.sha256(last.data or b"").hexdigest()
             else:
                 raise RuntimeError("25 appends overtaken in a row")
