@@ -27,6 +27,8 @@ from typing import Any
 import nats
 from nats.aio.client import Client
 
+from switchyard.protocol.bus.component import servers
+
 _LISTEN_RE = re.compile(rb"Listening for client connections on [^\s]*:(\d+)")
 
 
@@ -286,8 +288,7 @@ async def jetstream_ready(url: str, timeout: float = 30.0, **connect: Any) -> No
     """Return once JetStream answers at ``url`` (comma-separated for a cluster: its meta leader
     is elected). ``connect`` adds ``nats.connect`` options (credentials)."""
     async with asyncio.timeout(timeout):
-        nc: Client = await nats.connect([u.strip() for u in url.split(",")],
-                                        max_reconnect_attempts=-1, **connect)
+        nc: Client = await nats.connect(servers(url), max_reconnect_attempts=-1, **connect)
         try:
             js = nc.jetstream(timeout=1.0)
             while True:  # polled, bounded: there is no "meta leader elected" event to wait on
