@@ -1,5 +1,5 @@
 """Credentials for a secured bus: one nkey seed per identity, the connect options that use one,
-and provisioning as the admin (the others may only use what it creates)."""
+and a connection that says at once when the server refuses who it is."""
 
 from __future__ import annotations
 
@@ -12,12 +12,8 @@ from typing import Any
 import nkeys
 import structlog
 from nats.aio.client import Client
-from nats.js.client import JetStreamContext
 
-from switchyard.protocol.bus.provision import TRAIL_MAX_AGE_S
-from switchyard.protocol.bus.provision import provision as provision_layout
 from switchyard.protocol.errors import ConfigError
-from switchyard.protocol.subjects import Subjects
 from switchyard.supervisor.authz import inbox_prefix
 
 log = structlog.get_logger("switchyard.credentials")
@@ -66,13 +62,6 @@ async def connect_or_refuse(servers: list[str], options: dict[str, Any], *,
         f"the NATS server at {', '.join(servers)} refused this connection ({who}): "
         f"{refused.result()}. On a secured bus give this process its key: "
         "SWITCHYARD_NKEY_FILE=…/console.nk (admin.nk for `workflow put` and `provision`)")
-
-
-async def provision(
-    js: JetStreamContext, s: Subjects, *, replicas: int = 1, trail_max_age: float = TRAIL_MAX_AGE_S,
-) -> None:
-    """As the admin: the streams and buckets the other identities may only use."""
-    await provision_layout(js, s, replicas=replicas, trail_max_age=trail_max_age)
 
 
 # keys -------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from switchyard import credentials
 from switchyard.client import SwitchyardClient
 from switchyard.natsd import NatsServer
 from switchyard.protocol.bus.component import servers
-from switchyard.protocol.bus.provision import check_layout
+from switchyard.protocol.bus.provision import check_layout, provision
 from switchyard.protocol.errors import ConfigError
 from switchyard.settings import Settings
 from switchyard.supervisor import authz
@@ -169,7 +169,7 @@ class LocalStack:
     async def _provision(self) -> None:
         nc = await nats.connect(servers(self.url), **self.connect_options(authz.ADMIN))
         try:
-            await credentials.provision(nc.jetstream(), self.settings.subjects,
+            await provision(nc.jetstream(), self.settings.subjects,
                                         replicas=self.settings.replicas,
                                         trail_max_age=self.settings.trail_max_age_s)
         finally:

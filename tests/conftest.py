@@ -23,7 +23,7 @@ from nats.js.client import JetStreamContext
 from switchyard import credentials
 from switchyard.natsd import NatsServer, find_binary
 from switchyard.protocol import Subjects, grants
-from switchyard.protocol.bus.provision import ensure_streams
+from switchyard.protocol.bus.provision import ensure_streams, provision
 from switchyard.supervisor import authz
 from switchyard.supervisor.policy import Policy
 
@@ -199,7 +199,7 @@ async def secured_bus(tmp: Path, subjects: Subjects, policy: Policy | None,
     async with NatsServer(store_dir=tmp / "nats", sync_always=False, config_extra=auth) as server:
         bus = SecuredBus(server, creds)
         admin = await bus.connect(authz.ADMIN)  # provisions what the others may only use
-        await credentials.provision(admin.jetstream(), subjects)
+        await provision(admin.jetstream(), subjects)
         try:
             yield bus
         finally:

@@ -18,6 +18,7 @@ from switchyard import credentials
 from switchyard.natsd import NatsCluster, free_ports
 from switchyard.protocol import Subjects
 from switchyard.protocol.bus.component import servers
+from switchyard.protocol.bus.provision import provision
 from switchyard.protocol.errors import ConfigError
 from switchyard.protocol.subjects import Bucket, Stream
 from switchyard.supervisor import authz
@@ -74,7 +75,7 @@ async def test_cluster_configs_form_a_jetstream_cluster_under_the_authorization(
         admin = await nats.connect(servers(cluster.urls), **creds.connect_options(authz.ADMIN))
         try:
             js = admin.jetstream(timeout=10.0)
-            await credentials.provision(js, s, replicas=3)  # the admin may provision, at R3
+            await provision(js, s, replicas=3)  # the admin may provision, at R3
             info = await js.stream_info(s.stream(Stream.JOURNAL))
             assert info.config.num_replicas == 3 and not info.config.allow_direct
             assert info.cluster is not None and info.cluster.name == authz.CLUSTER_NAME

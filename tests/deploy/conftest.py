@@ -10,7 +10,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -18,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from switchyard.natsd import free_ports
 
 from ..conftest import nats_image
 
@@ -64,13 +65,6 @@ async def run(*args: str, env: dict[str, str] | None = None, timeout: float = 30
     return Ran(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="session")
 async def podman() -> str:
     """podman that runs containers here, and the images compose.yaml names."""
@@ -101,7 +95,7 @@ class Compose:
 
     podman: str
     project: str = field(default_factory=lambda: f"sytest{uuid.uuid4().hex[:8]}")
-    port: int = field(default_factory=free_port)
+    port: int = field(default_factory=lambda: free_ports(1))
     settings: dict[str, str] = field(default_factory=dict)
     files: list[str] = field(default_factory=lambda: ["compose.yaml"])
 
