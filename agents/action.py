@@ -68,6 +68,7 @@ agent = Agent("action", version="1.0.0", description="drafts replies and acts th
 
 @agent.task
 async def act(req: Request, ctx: TaskContext) -> Draft:
+    ctx.local_model = "rule-drafter"  # its entry in the model catalogue
     actions: list[str] = []
     customer: Customer | None = None
     if req.customer_email:

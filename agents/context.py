@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast, overload
 
+import msgspec
 import structlog
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
@@ -15,12 +17,20 @@ from pydantic import BaseModel, ValidationError
 from structlog.typing import FilteringBoundLogger
 
 from switchyard.agents.model import ModelClient
+from switchyard.agents.router import ModelRouter, TaskModels
 from switchyard.protocol import codec
 from switchyard.protocol.bus.faults import Faults
 from switchyard.protocol.errors import ErrorCode, ToolError
 from switchyard.protocol.grants import call_digest
 from switchyard.protocol.headers import TRACEPARENT
-from switchyard.protocol.messages import Task, ToolCall, ToolResult, Usage
+from switchyard.protocol.messages import (
+    ModelUse,
+    Partial,
+    Task,
+    ToolCall,
+    ToolResult,
+    Usage,
+)
 from switchyard.protocol.subjects import Subjects
 
 _KNOWN_CODES = frozenset(code.value for code in ErrorCode)
@@ -48,12 +58,19 @@ class TaskContext:
         subjects: Subjects,
         traceparent: str = "",
         model: ModelClient | None = None,
+        models: ModelRouter | None = None,
         tool_timeout: float = 10.0,
         faults: Faults | None = None,
     ) -> None:
         self.task = task
         self.model = model
         self.usage = Usage()
+        # the task's model calls, through the step's models, ceilings and cache (None: this
+        # process has no model catalogue)
+        self.models: TaskModels | None = (
+            models.for_task(task.model, on_delta=self.emit) if models is not None else None)
+        self.local_model = ""  # a reference agent's in-process model, by its catalogue name
+        self._partials = 0
         self._nc = nc
         self._subjects = subjects
         self._traceparent = traceparent
@@ -89,18 +106,46 @@ class TaskContext:
         """The workflow's input, when the step's ``context`` asks for it."""
         return cast(JSONObject, self.task.context.get("input", {}))
 
-    @overload
-    async def call_tool(self, name: str, args: BaseModel | JSONObject) -> JSONObject: ...
+    async def emit(self, text: str, *, done: bool = False) -> None:
+        """Send partial output (model tokens, progress) to whoever watches this workflow live
+        (``switchyard submit --stream``): core NATS, at most once, never stored. The result the
+        handler returns is what counts."""
+        self._partials += 1
+        t = self.task
+        partial = Partial(workflow_id=t.workflow_id, task_id=t.id, step=t.step,
+                          seq=self._partials, text=text, done=done)
+        with contextlib.suppress(Exception):  # nobody may be listening; nothing depends on it
+            await self._nc.publish(self._subjects.partial(t.workflow_id), codec.encode(partial))
+
+    def model_use(self) -> tuple[Usage, ModelUse | None]:
+        """What the task used of models, for its result."""
+        if self.models is not None and self.models.calls:
+            return self.usage.plus(self.models.usage), self.models.use()
+        if self.local_model:
+            return (msgspec.structs.replace(self.usage, model=self.local_model),
+                    ModelUse(model=self.local_model, reason="the reference agent's local model"))
+        return self.usage, None
 
     @overload
-    async def call_tool(self, name: str, args: BaseModel | JSONObject, result: type[R]) -> R: ...
+    async def call_tool(self, name: str, args: BaseModel | JSONObject, *,
+                        key: str = "") -> JSONObject: ...
+
+    @overload
+    async def call_tool(self, name: str, args: BaseModel | JSONObject, result: type[R], *,
+                        key: str = "") -> R: ...
 
     async def call_tool(
-        self, name: str, args: BaseModel | JSONObject, result: type[R] | None = None,
+        self, name: str, args: BaseModel | JSONObject, result: type[R] | None = None, *,
+        key: str = "",
     ) -> JSONObject | R:
         """Call tool ``name`` over the bus under this task's grant; raise ``ToolError`` if refused.
         With ``result`` (a pydantic model), the reply is validated into it (``invalid_output``
-        if it does not fit); without, it is the JSON object the tool returned."""
+        if it does not fit); without, it is the JSON object the tool returned.
+
+        The call's idempotency key is the workflow, the step and, by default, the call's
+        position in the task (the same calls in the same order on a retry); give ``key`` when
+        the order may differ between attempts (a model choosing the calls), for instance the
+        call's digest."""
         payload: dict[str, Any] = (
             args.model_dump(mode="json") if isinstance(args, BaseModel) else dict(args))
         self._calls += 1
@@ -112,7 +157,7 @@ class TaskContext:
             workflow_id=self.task.workflow_id,
             # workflow, step and call index, not the attempt: a retried or redelivered task makes
             # the same calls under the same keys, and the tool host runs each effect once
-            idempotency_key=f"{self.task.workflow_id}:{self.task.step}:{self._calls}",
+            idempotency_key=f"{self.task.workflow_id}:{self.task.step}:{key or self._calls}",
         )
         timeout = self._tool_timeout
         if self.task.deadline:

@@ -1,41 +1,67 @@
-"""The seam for language models.
+"""The seam for language models: an OpenAI Chat Completions client over httpx.
 
-Reference agents work without any model API. An agent that wants one gets a ``ModelClient`` in
-``ctx.model``: ``OpenAICompatibleModel`` speaks the OpenAI chat-completions protocol over httpx
-(any compatible server: vLLM, Ollama, llama.cpp, a hosted API), with the transport injectable for
-tests.
+``OpenAICompatibleModel`` speaks ``POST {base_url}/chat/completions`` to any compatible server
+(vLLM, Ollama, the llama.cpp server, a LiteLLM proxy, a hosted API): messages, structured output
+(``response_format`` with a JSON schema), tool calling (``tools`` in, ``tool_calls`` out, tool
+results back as ``role: tool`` messages), and streaming (server-sent events, read with httpx-sse).
+
+A failed attempt (connection error, timeout, 429 or 5xx) is tried again up to ``attempts`` times,
+waiting what ``Retry-After`` says when the server says it (capped), else exponential backoff with
+full jitter (tenacity). Every attempt passes the endpoint's circuit breaker. What cannot succeed
+raises ``ModelError``: a 4xx, a body that is not a chat completion, or the attempts used up.
+Every reply carries its usage and latency. The API key goes into the ``Authorization`` header and
+nowhere else: no message, log line or ``repr`` of this module contains it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any, Protocol
 
 import httpx
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from httpx_sse import SSEError, aconnect_sse
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity.wait import wait_exponential_jitter
 
+from switchyard.protocol.errors import ErrorCode, ModelError, ToolError
 from switchyard.protocol.messages import Usage
 from switchyard.tools.breaker import Breakers
+
+Message = dict[str, Any]
+OnDelta = Callable[[str], Awaitable[None]]
+MAX_RETRY_AFTER_S = 60.0  # a longer wait than this is not waited for: the next model is tried
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallRequest:
+    """A tool call the model asks for: ``arguments`` is the JSON text it wrote (unparsed: it
+    may not be JSON, and what to do then is the caller's decision)."""
+
+    id: str
+    name: str
+    arguments: str
 
 
 @dataclass(frozen=True, slots=True)
 class ModelReply:
     text: str
     usage: Usage
+    tool_calls: tuple[ToolCallRequest, ...] = ()
+    finish_reason: str = ""
+    latency_ms: float = 0.0
+    message: Message = field(default_factory=dict)  # the assistant message, for the history
 
 
 class ModelClient(Protocol):
-    async def chat(self, messages: list[dict[str, str]], **options: object) -> ModelReply: ...
+    async def chat(self, messages: list[Message], **options: Any) -> ModelReply: ...
 
 
 class OpenAICompatibleModel:
-    """Chat completions against ``{base_url}/chat/completions``.
-
-    A failed call (connection error, timeout, 429 or 5xx) is retried up to ``attempts`` times with
-    exponential backoff and full jitter (tenacity); every attempt goes through the endpoint's
-    circuit breaker, which after ``breakers.fail_max`` failures in a row answers at once with
-    ``circuit_open`` (retryable) until a trial call succeeds.
-    """
+    """Chat completions of one model at one endpoint."""
 
     def __init__(
         self,
@@ -48,43 +74,198 @@ class OpenAICompatibleModel:
         attempts: int = 3,
         backoff_s: float = 0.5,
         breakers: Breakers | None = None,
+        max_retry_after_s: float = MAX_RETRY_AFTER_S,
     ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.model = model
         self.endpoint = base_url.rstrip("/")
         self.breakers = breakers or Breakers()
-        self._retrying = dict(
-            stop=stop_after_attempt(attempts), reraise=True,
-            wait=wait_exponential_jitter(multiplier=backoff_s, max=30.0, jitter=backoff_s),
-            retry=retry_if_exception(_transient),
-        )
+        self.attempts = attempts
+        self._backoff = wait_exponential_jitter(multiplier=backoff_s, max=30.0, jitter=backoff_s)
+        self._max_retry_after = max_retry_after_s
         self._http = httpx.AsyncClient(
-            base_url=self.endpoint, headers=headers, timeout=timeout, transport=transport
-        )
+            base_url=self.endpoint, headers=headers, timeout=timeout, transport=transport)
 
-    async def chat(self, messages: list[dict[str, str]], **options: object) -> ModelReply:
-        body = {"model": self.model, "messages": messages, **options}
-        async for attempt in AsyncRetrying(**self._retrying):  # type: ignore[arg-type]
-            with attempt, self.breakers.guard(self.endpoint, f"model endpoint {self.endpoint}"):
-                response = await self._http.post("/chat/completions", json=body)
-                response.raise_for_status()
-        data = response.json()
-        usage = data.get("usage") or {}
-        return ModelReply(
-            text=data["choices"][0]["message"]["content"] or "",
-            usage=Usage(
-                input_tokens=int(usage.get("prompt_tokens", 0)),
-                output_tokens=int(usage.get("completion_tokens", 0)),
-                model=str(data.get("model", self.model)),
-            ),
-        )
+    def __repr__(self) -> str:
+        return f"OpenAICompatibleModel({self.endpoint!r}, {self.model!r})"
+
+    @property
+    def breaker_name(self) -> str:
+        return f"{self.endpoint}#{self.model}"
+
+    async def chat(
+        self,
+        messages: list[Message],
+        *,
+        response_format: dict[str, Any] | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: str | dict[str, Any] | None = None,
+        on_delta: OnDelta | None = None,
+        **options: Any,
+    ) -> ModelReply:
+        """One completion. With ``on_delta`` the reply is streamed and each piece of text is
+        handed to it as it arrives; the reply returned is the whole of it either way."""
+        body: dict[str, Any] = {"model": self.model, "messages": messages, **options}
+        if response_format is not None:
+            body["response_format"] = response_format
+        if tools:
+            body["tools"] = tools
+            if tool_choice is not None:
+                body["tool_choice"] = tool_choice
+        if on_delta is not None:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        started = time.perf_counter()
+        retrying = AsyncRetrying(stop=stop_after_attempt(self.attempts), wait=self._wait,
+                                 retry=retry_if_exception(_transient), reraise=True)
+        try:
+            async for attempt in retrying:
+                with attempt, self.breakers.guard(self.breaker_name,
+                                                  f"model {self.model} at {self.endpoint}"):
+                    if on_delta is None:
+                        data = await self._complete(body)
+                    else:
+                        data = await self._stream(body, on_delta)
+        except httpx.HTTPStatusError as exc:
+            raise _status_error(exc, self.model, self.attempts) from None
+        except httpx.TransportError as exc:
+            code = ErrorCode.TIMEOUT if isinstance(exc, httpx.TimeoutException) else \
+                ErrorCode.MODEL_FAILED
+            raise ModelError(f"model {self.model} at {self.endpoint}: "
+                             f"{type(exc).__name__} after {self.attempts} attempt(s)",
+                             code=code, retryable=True) from None
+        except ToolError as exc:  # the breaker is open
+            raise ModelError(exc.message, code=exc.code, retryable=True) from None
+        return _reply(data, self.model, (time.perf_counter() - started) * 1000)
+
+    async def _complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        response = await self._http.post("/chat/completions", json=body)
+        response.raise_for_status()
+        try:
+            data = response.json()
+        except ValueError:
+            raise ModelError(f"model {self.model}: the reply is not JSON "
+                             f"({response.text[:80]!r})") from None
+        if not isinstance(data, dict):
+            raise ModelError(f"model {self.model}: the reply is not a JSON object")
+        return data
+
+    async def _stream(self, body: dict[str, Any], on_delta: OnDelta) -> dict[str, Any]:
+        """Read the event stream into what a non-streamed reply would have been."""
+        text: list[str] = []
+        calls: dict[int, dict[str, Any]] = {}
+        data: dict[str, Any] = {"choices": [{}]}
+        finish = ""
+        async with aconnect_sse(self._http, "POST", "/chat/completions", json=body) as source:
+            if source.response.is_error:
+                await source.response.aread()  # what the server said, for the error
+                source.response.raise_for_status()
+            try:
+                async for event in source.aiter_sse():
+                    if event.data.strip() == "[DONE]":
+                        break
+                    try:
+                        chunk = json.loads(event.data)
+                    except ValueError:
+                        raise ModelError(f"model {self.model}: a streamed event is not JSON "
+                                         f"({event.data[:80]!r})") from None
+                    if chunk.get("usage"):
+                        data["usage"] = chunk["usage"]
+                    data["model"] = chunk.get("model", data.get("model"))
+                    for choice in chunk.get("choices") or []:
+                        delta = choice.get("delta") or {}
+                        finish = choice.get("finish_reason") or finish
+                        if delta.get("content"):
+                            text.append(delta["content"])
+                            await on_delta(delta["content"])
+                        for call in delta.get("tool_calls") or []:
+                            slot = calls.setdefault(int(call.get("index", 0)), {
+                                "id": "", "type": "function",
+                                "function": {"name": "", "arguments": ""}})
+                            slot["id"] = call.get("id") or slot["id"]
+                            fn = call.get("function") or {}
+                            slot["function"]["name"] += fn.get("name") or ""
+                            slot["function"]["arguments"] += fn.get("arguments") or ""
+            except SSEError as exc:
+                raise ModelError(f"model {self.model}: not an event stream ({exc})") from None
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(text)}
+        if calls:
+            message["tool_calls"] = [calls[i] for i in sorted(calls)]
+        data["choices"] = [{"message": message, "finish_reason": finish}]
+        return data
+
+    def _wait(self, state: RetryCallState) -> float:
+        """What the server asked for in ``Retry-After`` (seconds or a date), else backoff."""
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, httpx.HTTPStatusError):
+            after = retry_after(exc.response.headers.get("retry-after"))
+            if after is not None:
+                return min(after, self._max_retry_after)
+        return float(self._backoff(state))
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
 
+def retry_after(value: str | None) -> float | None:
+    """``Retry-After`` as seconds from now: delta-seconds or an HTTP date; None if absent or
+    not understood."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
 def _transient(exc: BaseException) -> bool:
     """Worth another try: the endpoint was unreachable, slow, overloaded or failing."""
     if isinstance(exc, httpx.HTTPStatusError):
-        return exc.response.status_code == 429 or exc.response.status_code >= 500
+        status = exc.response.status_code
+        if status == 429:
+            after = retry_after(exc.response.headers.get("retry-after"))
+            return after is None or after <= MAX_RETRY_AFTER_S
+        return status >= 500
     return isinstance(exc, httpx.TransportError)
+
+
+def _status_error(exc: httpx.HTTPStatusError, model: str, attempts: int) -> ModelError:
+    status = exc.response.status_code
+    try:
+        detail = exc.response.json().get("error", {})
+        detail = detail.get("message", "") if isinstance(detail, dict) else str(detail)
+    except (ValueError, AttributeError, httpx.ResponseNotRead):
+        detail = ""
+    transient = status == 429 or status >= 500
+    return ModelError(
+        f"model {model} answered {status}"
+        + (f" after {attempts} attempt(s)" if transient else "") + (f": {detail}" if detail else ""),
+        retryable=transient, status=status)
+
+
+def _reply(data: dict[str, Any], model: str, latency_ms: float) -> ModelReply:
+    try:
+        choice = data["choices"][0]
+        message = choice["message"]
+        calls = tuple(
+            ToolCallRequest(id=str(c.get("id") or f"call_{i}"), name=str(c["function"]["name"]),
+                            arguments=str(c["function"].get("arguments") or ""))
+            for i, c in enumerate(message.get("tool_calls") or []))
+        usage = data.get("usage") or {}
+        return ModelReply(
+            text=str(message.get("content") or ""),
+            usage=Usage(input_tokens=int(usage.get("prompt_tokens") or 0),
+                        output_tokens=int(usage.get("completion_tokens") or 0),
+                        model=str(data.get("model") or model), calls=1,
+                        latency_ms=round(latency_ms, 3)),
+            tool_calls=calls, finish_reason=str(choice.get("finish_reason") or ""),
+            latency_ms=round(latency_ms, 3),
+            message={k: v for k, v in message.items() if k in ("role", "content", "tool_calls")},
+        )
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise ModelError(f"model {model}: the reply is not a chat completion "
+                         f"({type(exc).__name__}: {exc})") from None

@@ -31,6 +31,7 @@ agent = Agent("retrieval", version="1.0.0", description="cited passages from the
 
 @agent.task
 async def retrieve(query: Query, ctx: TaskContext) -> Scored[Passages]:
+    ctx.local_model = "retrieval-scorer"  # its entry in the model catalogue
     found = await ctx.call_tool("kb_search", {"query": query.text, "category": query.intent},
                                 KbHits)
     hits = found.hits

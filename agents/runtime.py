@@ -41,9 +41,12 @@ from nats.micro.service import EndpointConfig, ServiceConfig
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import BaseModel, ValidationError
 
+from switchyard.agents.catalogue import Catalogue
 from switchyard.agents.context import TaskContext
 from switchyard.agents.heartbeat import Heartbeat
 from switchyard.agents.model import ModelClient
+from switchyard.agents.results import as_dict, check_grant_fits, make_result, unwrap
+from switchyard.agents.router import ModelRouter
 from switchyard.agents.signals import NeedsHuman, Reject, Retry, Scored, retry_delay
 from switchyard.protocol import codec, grants
 from switchyard.protocol.bus.component import Component, ComponentConfig
@@ -52,13 +55,13 @@ from switchyard.protocol.errors import (
     ConfigError,
     ErrorCode,
     GrantError,
-    GrantScopeError,
+    ModelError,
     ProtocolError,
     ToolError,
 )
 from switchyard.protocol.headers import TRACEPARENT
-from switchyard.protocol.messages import ErrorInfo, Result, Task
-from switchyard.protocol.subjects import DeadLetterKind, JournalKind, Stream, check_token
+from switchyard.protocol.messages import ErrorInfo, Task
+from switchyard.protocol.subjects import Bucket, DeadLetterKind, JournalKind, Stream, check_token
 from switchyard.tools.breaker import Breakers
 from switchyard.tools.contract import validation_message
 from switchyard.tools.trust import resolve_trusted_keys
@@ -78,6 +81,11 @@ class AgentConfig(ComponentConfig):
     trusted_keys: frozenset[str] = frozenset()
     trust_wait: float = 30.0
     tool_timeout: float = 10.0
+    # the models this process may call (None: none), the default for a step with no policy,
+    # and how long a deterministic call's reply is cached (0: not cached)
+    catalogue: Catalogue | None = None
+    model: str = ""
+    model_cache_ttl_s: float = 0.0
     instance: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
 
     def __post_init__(self) -> None:
@@ -131,6 +139,7 @@ class Agent(Component):
         self.version = version
         self.description = description or f"Switchyard agent for role {role}"
         self.model = model
+        self.models: ModelRouter | None = None  # from the config's catalogue, at start
         self.input_model: type[BaseModel] | None = None
         self.output_model: type[BaseModel] | None = None
         self._handler: _Handler | None = None
@@ -209,6 +218,12 @@ class Agent(Component):
             "switchyard_agent_task_seconds", "Handler time", ["role"], registry=reg)
         self._trusted = await resolve_trusted_keys(
             self.js, cfg.subjects, cfg.trusted_keys, wait=cfg.trust_wait)
+        if cfg.catalogue is not None:
+            self.models = ModelRouter(cfg.catalogue, default=cfg.model,
+                                      cache_ttl_s=cfg.model_cache_ttl_s, metrics=reg)
+            if cfg.model_cache_ttl_s > 0:
+                bucket = cfg.subjects.bucket(Bucket.MODEL_CACHE)
+                self.models.bind_cache(self.js, bucket, await self.js.key_value(bucket))
         for hook in self._startup:
             await hook()
         await self.js.add_consumer(cfg.subjects.stream(Stream.TASKS),
@@ -254,8 +269,14 @@ class Agent(Component):
             "dead_lettered": c.dead_lettered,
             # circuit breakers of the agent's model endpoints, when its model has some
             "breakers": breakers.snapshot() if isinstance(
-                breakers := getattr(self.model, "breakers", None), Breakers) else {},
+                breakers := getattr(self.models or self.model, "breakers", None), Breakers) else {},
+            "model_cache": {"hits": self.models.cache_counts.hits,
+                            "misses": self.models.cache_counts.misses} if self.models else {},
         }
+
+    async def _close(self) -> None:
+        if self.models is not None:
+            await self.models.aclose()
 
     async def _answer_schema(self, req: Request) -> None:
         await req.respond(json.dumps({"role": self.role, **self.schemas()}).encode())
@@ -290,7 +311,7 @@ class Agent(Component):
             return
         try:
             grant = grants.verify(task.grant, self._trusted, time.time())
-            _check_grant_fits(grant, task, self.role)
+            check_grant_fits(grant, task, self.role)
         except GrantError as exc:  # the task's claim to a workflow is not vouched for
             await self._dead_letter(msg, exc.code, exc.message, None, claimed=task.workflow_id)
             return
@@ -320,7 +341,8 @@ class Agent(Component):
         headers = msg.headers or {}
         ctx = TaskContext(
             task, nc=self.nc, subjects=cfg.subjects, traceparent=headers.get(TRACEPARENT, ""),
-            model=self.model, tool_timeout=cfg.tool_timeout, faults=self.faults,
+            model=self.model, models=self.models, tool_timeout=cfg.tool_timeout,
+            faults=self.faults,
         )
         heartbeat = Heartbeat(msg, self._config.ack_wait / 3)
         started = time.perf_counter()
@@ -328,13 +350,13 @@ class Agent(Component):
         try:
             async with asyncio.timeout(max(timeout, 0.01) if timeout is not None else None):
                 value = await self._handler(inp, ctx)
-            output, confidence = _unwrap(value, self.output_model)
+            output, confidence = unwrap(value, self.output_model)
             await self._publish_result(
                 msg, task, "ok", output=output, confidence=confidence, ctx=ctx, started=started
             )
         except NeedsHuman as exc:
             await self._publish_result(
-                msg, task, "needs_human", output=_as_dict(exc.output), confidence=exc.confidence,
+                msg, task, "needs_human", output=as_dict(exc.output), confidence=exc.confidence,
                 reason=exc.reason, ctx=ctx, started=started,
             )
         except Retry as exc:
@@ -361,6 +383,11 @@ class Agent(Component):
                     reason=exc.message, ctx=ctx, started=started,
                 )
                 return
+            await self._publish_result(
+                msg, task, "error", ctx=ctx, started=started,
+                error=ErrorInfo(code=exc.code, message=exc.message, retryable=exc.retryable),
+            )
+        except ModelError as exc:  # no model of the step answered, or a ceiling refused the call
             await self._publish_result(
                 msg, task, "error", ctx=ctx, started=started,
                 error=ErrorInfo(code=exc.code, message=exc.message, retryable=exc.retryable),
@@ -403,7 +430,7 @@ class Agent(Component):
     ) -> None:
         """Publish the Result and wait for the stream's ack; only then ack the task."""
         assert self._tasks_total is not None
-        result = _make_result(
+        result = make_result(
             task, self.role, status, output, confidence, reason, error,
             self._config.instance, ctx, started,
         )
@@ -450,51 +477,3 @@ class Agent(Component):
             await msg.nak(delay=1.0)  # keep it: nothing may be lost
             return
         await msg.term()
-
-
-def _make_result(
-    task: Task,
-    role: str,
-    status: str,
-    output: dict[str, Any] | None,
-    confidence: float,
-    reason: str,
-    error: ErrorInfo | None,
-    instance: str,
-    ctx: TaskContext | None,
-    started: float | None,
-) -> Result:
-    result = Result(
-        task_id=task.id, workflow_id=task.workflow_id, step=task.step, role=role,
-        attempt=task.attempt, status=status,  # type: ignore[arg-type]
-        output=output, confidence=confidence, reason=reason or (error.message if error else ""),
-        error=error, agent=instance,
-        duration_ms=(time.perf_counter() - started) * 1000 if started else 0.0,
-    )
-    if ctx is not None:
-        result.usage = ctx.usage
-    return result
-
-
-def _check_grant_fits(grant: grants.Grant, task: Task, role: str) -> None:
-    if grant.task_id != task.id:
-        raise GrantScopeError("task", grant.task_id, task.id)
-    if grant.workflow_id != task.workflow_id:
-        raise GrantScopeError("workflow", grant.workflow_id, task.workflow_id)
-    if grant.role != role:
-        raise GrantScopeError("role", grant.role, role)
-
-
-def _as_dict(value: BaseModel | dict[str, object] | None) -> dict[str, Any] | None:
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    return value
-
-
-def _unwrap(value: Any, model: type[BaseModel] | None) -> tuple[dict[str, Any], float]:
-    confidence = 1.0
-    if isinstance(value, Scored):
-        value, confidence = value.value, value.confidence
-    if model is not None and not isinstance(value, model):
-        value = model.model_validate(value)
-    return value.model_dump(mode="json"), confidence

@@ -87,6 +87,7 @@ async def train() -> None:
 
 @agent.task
 async def triage(ticket: Ticket, ctx: TaskContext) -> Scored[Triage]:
+    ctx.local_model = "triage-classifier"  # its entry in the model catalogue
     result, confidence = classify(ticket.text)
     ctx.log.info("triage.classified", intent=result.intent, confidence=round(confidence, 3))
     return Scored(result, confidence=confidence)

@@ -16,6 +16,8 @@ The tree::
     │   ├── LimitExceededError
     │   └── BudgetExhaustedError
     ├── ToolError
+    ├── ModelError
+    │   └── ModelBudgetError
     └── ConfigError (also ValueError)
 
 Every exception keeps its facts as attributes and says one lowercase sentence naming the value and
@@ -44,6 +46,8 @@ class ErrorCode(StrEnum):
     INVALID_OUTPUT = "invalid_output"
     LIMIT_EXCEEDED = "limit_exceeded"
     MESSAGE_TOO_LARGE = "message_too_large"
+    MODEL_FAILED = "model_failed"
+    MODEL_BUDGET = "model_budget"
     OUTCOME_UNKNOWN = "outcome_unknown"
     REJECTED = "rejected"
     RETRIES_EXHAUSTED = "retries_exhausted"
@@ -193,3 +197,25 @@ class ToolError(SwitchyardError):
         self.code = code
         self.retryable = retryable
         self.details = details or {}
+
+
+class ModelError(SwitchyardError):
+    """A model call that failed: the endpoint refused or broke, timed out, or answered with
+    something that is not a chat completion. ``retryable`` says whether the same request may
+    succeed later (the runtime tries the step's next model either way)."""
+
+    def __init__(self, message: str, *, code: ErrorCode = ErrorCode.MODEL_FAILED,
+                 retryable: bool = False, status: int = 0) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retryable = retryable
+        self.status = status
+
+
+class ModelBudgetError(ModelError):
+    """A model call refused before it was made: it would pass a ceiling on tokens or cost."""
+
+    def __init__(self, what: str, needed: float, left: float, unit: str) -> None:
+        self.what, self.needed, self.left = what, needed, left
+        super().__init__(f"the call needs up to {needed:g} {unit} but {what} has {left:g} left",
+                         code=ErrorCode.MODEL_BUDGET)

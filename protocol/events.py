@@ -24,6 +24,8 @@ class EventType(StrEnum):
     STEP_FALLBACK = "step.fallback"
     STEP_TIMED_OUT = "step.timed_out"
     STEP_DEAD_LETTERED = "step.dead_lettered"
+    STEP_MODEL_ESCALATED = "step.model_escalated"
+    WORKFLOW_OVER_BUDGET = "workflow.over_budget"
     ESCALATED = "escalated"
     ESCALATION_EXPIRED = "escalation.expired"
     DECISION = "decision"

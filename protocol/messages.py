@@ -57,13 +57,72 @@ class Task(_Message, kw_only=True):
     # where the result goes on the journal: the point it extends (copy both into the Result)
     after: int = 0
     prev: str = ""
+    model: ModelPlan | None = None  # for a step with a model policy or under a budget
 
 
 class Usage(msgspec.Struct, kw_only=True):
+    """Model use: of one call, one step attempt (summed over its calls), or a whole workflow."""
+
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
+    model: str = ""  # the model that answered (the last one, for a sum)
+    calls: int = 0
+    latency_ms: float = 0.0
+    cache_hits: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def plus(self, other: Usage) -> Usage:
+        return Usage(input_tokens=self.input_tokens + other.input_tokens,
+                     output_tokens=self.output_tokens + other.output_tokens,
+                     cost_usd=round(self.cost_usd + other.cost_usd, 9),
+                     model=other.model or self.model, calls=self.calls + other.calls,
+                     latency_ms=round(self.latency_ms + other.latency_ms, 3),
+                     cache_hits=self.cache_hits + other.cache_hits)
+
+
+class Budget(msgspec.Struct, kw_only=True):
+    """Ceilings on model use; 0 is none."""
+
+    tokens: int = 0
+    cost_usd: float = 0.0
+
+
+class ModelPlan(msgspec.Struct, kw_only=True):
+    """What the supervisor decided about a task's model calls: the models to try, in order (the
+    first, then its fallbacks), why the first, and the ceilings the agent enforces before each
+    call: ``call`` per call, ``left`` what the step and the workflow have left (the lesser)."""
+
+    models: list[str]
+    reason: str = ""
+    call: Budget = msgspec.field(default_factory=Budget)
+    left: Budget = msgspec.field(default_factory=Budget)
+
+
+class ModelCall(msgspec.Struct, kw_only=True):
+    """One call to a model (or a refusal to make one): ``error`` is why it did not answer."""
+
+    model: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_ms: float = 0.0
+    cached: bool = False
+    error: str = ""
+
+
+class ModelUse(msgspec.Struct, kw_only=True):
+    """How a result used models: the one that answered, why it was chosen, the ones tried before
+    it and why each was passed over, the prompt (``name@version:sha256-prefix``), every call."""
+
     model: str = ""
+    reason: str = ""
+    tried: list[str] = []
+    prompt: str = ""
+    calls: list[ModelCall] = []
 
 
 class ErrorInfo(msgspec.Struct, kw_only=True):
@@ -91,6 +150,20 @@ class Result(_Linked, kw_only=True):
     error: ErrorInfo | None = None
     agent: str = ""
     duration_ms: float = 0.0
+    model: ModelUse | None = None
+
+
+class Partial(_Message, kw_only=True):
+    """Partial output of a task as it is produced (model tokens), on core NATS at
+    ``<prefix>.partial.<workflow_id>``: for a submitter watching live, never stored, never in the
+    journal (only the final ``Result`` is). ``seq`` counts from 1 per task attempt."""
+
+    workflow_id: str
+    task_id: str
+    step: str
+    seq: int
+    text: str = ""
+    done: bool = False
 
 
 class ToolCall(_Message, kw_only=True):
@@ -110,7 +183,8 @@ class ToolResult(_Message, kw_only=True):
 
 
 EscalationKind = Literal[
-    "low_confidence", "routed", "needs_human", "retries_exhausted", "failed", "approval"
+    "low_confidence", "routed", "needs_human", "retries_exhausted", "failed", "approval",
+    "over_budget",
 ]
 
 
@@ -212,6 +286,7 @@ class StepTiming(msgspec.Struct, kw_only=True):
     status: str
     duration_ms: float
     confidence: float | None = None
+    usage: Usage | None = None
 
 
 class Outcome(_Message, kw_only=True):
@@ -230,6 +305,7 @@ class Outcome(_Message, kw_only=True):
     journal_seq: int = 0
     journal_head: str = ""
     definition: str = ""
+    usage: Usage = msgspec.field(default_factory=Usage)  # model use of every step, summed
 
 
 MESSAGE_TYPES: tuple[type[msgspec.Struct], ...] = (
@@ -244,4 +320,5 @@ MESSAGE_TYPES: tuple[type[msgspec.Struct], ...] = (
     Notice,
     Event,
     Outcome,
+    Partial,
 )

@@ -28,6 +28,7 @@ from switchyard.protocol.messages import (
     Event,
     Notice,
     Outcome,
+    Partial,
     Result,
     Task,
     TimerFired,
@@ -87,6 +88,13 @@ def asyncapi(subjects: Subjects | None = None) -> dict[str, Any]:
             f"{p}.workflow.outcome.{{workflow_id}}", Outcome.__name__,
             f"JetStream {s.stream('outcomes')}, last message per subject kept.",
             workflow_id="workflow id (the request id)",
+        ),
+        "partial": _channel(
+            f"{p}.partial.{{workflow_id}}", Partial.__name__,
+            "Core NATS, never stored: partial output of a workflow's tasks as an agent produces "
+            "it (model tokens), for a submitter watching live. At most once; the Result on the "
+            "journal is what counts.",
+            workflow_id="workflow id",
         ),
         "task": _channel(
             f"{p}.task.{{role}}", Task.__name__,
@@ -173,6 +181,8 @@ def asyncapi(subjects: Subjects | None = None) -> dict[str, Any]:
         "appendNotice": op("send", "notice", "the supervisor records a task the bus gave up on"),
         "receiveJournal": op("receive", "submit", "the supervisor folds every journal record"),
         "receiveOutcome": op("receive", "outcome", "a submitter reads the outcome"),
+        "sendPartial": op("send", "partial", "an agent streams partial output of its task"),
+        "receivePartial": op("receive", "partial", "a submitter watches partial output live"),
         "receiveEvent": op("receive", "event", "an auditor reads state changes"),
         "appendEvent": op("send", "event", "tool hosts and agents append records "
                           "(Nats-Expected-Last-Subject-Sequence: the subject's last sequence)"),

@@ -43,6 +43,7 @@ class Bucket(StrEnum):
     WORKFLOW_DEFS = "workflow_defs"  # workflow definitions put on the bus
     TRUST = "trust"  # the supervisor's public key
     TOOL_LEDGER = "tool_ledger"  # recorded side-effecting calls and spent budgets
+    MODEL_CACHE = "model_cache"  # replies of deterministic model calls, each with a TTL
 
 
 class Durable(StrEnum):
@@ -132,6 +133,10 @@ class Subjects:
         if len(parts) == 3:
             return parts[0], parts[1], parts[2]
         return None
+
+    def partial(self, workflow_id: str) -> str:
+        """Partial output of a workflow's tasks, live (core NATS, never stored)."""
+        return f"{self.prefix}.partial.{check_token('workflow id', workflow_id)}"
 
     def outcome(self, workflow_id: str) -> str:
         return f"{self.prefix}.workflow.outcome.{workflow_id}"

@@ -176,6 +176,7 @@ def identities(policy: Policy | None, roles: Iterable[str], s: Subjects,
             *r.read_stream(r.stream(Stream.OUTCOMES)), *r.read_stream(r.stream(Stream.DLQ))]
     for bucket in (Bucket.WORKFLOWS, Bucket.ESCALATIONS, Bucket.WORKFLOW_DEFS):
         pub += [*r.kv_read(bucket), *r.kv_list(bucket)]
+    sub += [s.all("partial")]  # `submit --stream`: the agents' partial output, live
     out.append(Identity(CONSOLE, tuple(pub), tuple(sub), responses=False))
 
     for role in sorted(set(roles)):
@@ -184,7 +185,9 @@ def identities(policy: Policy | None, roles: Iterable[str], s: Subjects,
         tools = policy.allowed(role) if policy is not None else []
         pub += [*r.journal_append(f"{JournalKind.RESULT}.{role}"), s.dlq(DeadLetterKind.TASK),
                 *r.durable(r.stream(Stream.TASKS), role),
-                *r.kv_read(Bucket.TRUST), *(s.tool(t, role) for t in tools)]
+                *r.kv_read(Bucket.TRUST), *(s.tool(t, role) for t in tools),
+                # partial output for live watchers, and the cache of deterministic model calls
+                s.all("partial"), *r.kv_write(Bucket.MODEL_CACHE)]
         sub += [s.agent_schema(role)]  # its micro service's schema endpoint
         out.append(Identity(name, tuple(pub), tuple(sub)))
     return out

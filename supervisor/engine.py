@@ -18,10 +18,12 @@ import msgspec
 
 from switchyard.protocol.events import EventType
 from switchyard.protocol.messages import (
+    Budget,
     Decision,
     Entry,
     Escalation,
     EscalationKind,
+    ModelPlan,
     Outcome,
     Result,
     StepTiming,
@@ -29,7 +31,7 @@ from switchyard.protocol.messages import (
     WorkflowRequest,
 )
 from switchyard.supervisor.routing import build_input, evaluate, holds
-from switchyard.supervisor.workflow import END, HUMAN, Step, Workflow
+from switchyard.supervisor.workflow import END, HUMAN, ModelPolicy, Step, Workflow
 
 Status = Literal["running", "waiting_human", "completed", "rejected", "failed"]
 TERMINAL: frozenset[str] = frozenset({"completed", "rejected", "failed"})
@@ -47,6 +49,7 @@ class StepRun(msgspec.Struct, kw_only=True):
     error: str = ""
     agent: str = ""
     usage: Usage | None = None
+    model: str = ""  # the model that answered, when one did
 
 
 class Pending(msgspec.Struct, kw_only=True):
@@ -88,6 +91,9 @@ class WorkflowState(msgspec.Struct, kw_only=True):
     head: str = ""
     inputs: int = 0
     snapshot: bool = False  # a snapshot of this run was written (so its end is written too)
+    spend: Usage = msgspec.field(default_factory=Usage)  # model use of every result, summed
+    model: str = ""  # the current step's model after an escalation to a stronger one
+    budget_waived: bool = False  # a person let the run go on past its budget
 
 
 # events in ------------------------------------------------------------------------------------
@@ -142,6 +148,7 @@ class SendTask:
     deadline: float
     approved: dict[str, str] = field(default_factory=dict)
     declined: list[str] = field(default_factory=list)
+    model: ModelPlan | None = None
 
 
 @dataclass(frozen=True)
@@ -233,6 +240,7 @@ class _Run:
                 name = self.wf.after(name)
                 continue
             self.s.current, self.s.role, self.s.attempt = name, step.role, 0
+            self.s.model = ""
             self.dispatch(step)
             return
         self.finish("completed", self.final_output(), "")
@@ -244,10 +252,83 @@ class _Run:
             task_id=task_id(s.id, step.name, s.attempt), step=step.name, role=s.role,
             attempt=s.attempt, input=build_input(step.input, self.document()),
             tools=list(step.tools), tool_budget=step.tool_budget, deadline=deadline,
-            approved=dict(s.approved), declined=list(s.declined),
+            approved=dict(s.approved), declined=list(s.declined), model=self.plan(step),
         )
 
+    # models and budgets
+    def plan(self, step: Step) -> ModelPlan | None:
+        """The task's model plan: the models to try and the ceilings it runs under (None for
+        a step with no model policy in a run with no budget)."""
+        policy = step.model
+        if policy is None and not self.wf.budget:
+            return None
+        models, reason, call = [], "", Budget()
+        if policy is not None:
+            if self.s.model:
+                chosen, reason = self.s.model, (f"escalated to {self.s.model}: the result before "
+                                                f"was under the threshold {step.threshold:g}")
+            else:
+                chosen, reason = self.choose(policy)
+            models = [chosen, *(f for f in policy.fallbacks if f != chosen)]
+            call = Budget(tokens=policy.call.tokens, cost_usd=policy.call.cost_usd)
+        return ModelPlan(models=models, reason=reason, call=call, left=self.left(step))
+
+    def choose(self, policy: ModelPolicy) -> tuple[str, str]:
+        if policy.rules:
+            scores = {r.step: r.confidence for r in self.s.history if r.status == "ok"}
+            doc = {**self.document(), "scores": scores}
+            for rule in policy.rules:
+                if holds(rule.when, doc):
+                    return rule.use, rule.reason or f"rule: {rule.when}"
+        return policy.use, "the step's model"
+
+    def step_spend(self, name: str) -> Usage:
+        spent = Usage()
+        for run in self.s.history:
+            if run.step == name and run.usage is not None:
+                spent = spent.plus(run.usage)
+        return spent
+
+    def ceilings(self, step: Step) -> list[tuple[str, int, float, Usage]]:
+        """(what, tokens, USD, spent) for the run's budget and the step's."""
+        out = []
+        if self.wf.budget:
+            out.append(("the workflow", self.wf.budget.tokens, self.wf.budget.cost_usd,
+                        self.s.spend))
+        if step.model is not None and step.model.budget:
+            b = step.model.budget
+            out.append((f"step {step.name}", b.tokens, b.cost_usd, self.step_spend(step.name)))
+        return [] if self.s.budget_waived else out
+
+    def left(self, step: Step) -> Budget:
+        """What the step and the run have left, the lesser of each (0: no ceiling)."""
+        tokens = [t - spent.tokens for _, t, _, spent in self.ceilings(step) if t]
+        usd = [c - spent.cost_usd for _, _, c, spent in self.ceilings(step) if c]
+        return Budget(tokens=min(tokens, default=0), cost_usd=round(min(usd, default=0.0), 9))
+
+    def over_budget(self, step: Step) -> str:
+        """Why the run may not start another attempt of ``step`` ("" if it may)."""
+        for what, tokens, usd, spent in self.ceilings(step):
+            if tokens and spent.tokens >= tokens:
+                return f"{what} has used {spent.tokens} of its {tokens} tokens"
+            if usd and spent.cost_usd >= usd:
+                return f"{what} has used {spent.cost_usd:.6f} of its {usd:g} USD"
+        return ""
+
+    def over(self, step: Step, why: str) -> None:
+        """The budget's path: a person decides whether the run goes on, or it fails."""
+        self.event(EventType.WORKFLOW_OVER_BUDGET, step.name, reason=why,
+                   on=self.wf.on_over_budget)
+        if self.wf.on_over_budget == "stop":
+            self.finish("failed", None, f"over budget: {why}")
+        else:
+            self.escalate(step.name, "over_budget", f"over budget: {why}", resume=step.name)
+
     def dispatch(self, step: Step) -> None:
+        why = self.over_budget(step)
+        if why:
+            self.over(step, why)
+            return
         self.s.attempt += 1
         tid = task_id(self.s.id, step.name, self.s.attempt)
         deadline = self.now + step.timeout_s
@@ -257,12 +338,24 @@ class _Run:
                     status="dispatched", dispatched_at=self.now)
         )
         self.set_timer("timeout", deadline)
-        self.effects.append(self.task(step, deadline))
+        task = self.task(step, deadline)
+        self.effects.append(task)
+        plan = task.model.models[0] if task.model and task.model.models else ""
         self.event(EventType.STEP_DISPATCHED, step.name, role=self.s.role, attempt=self.s.attempt,
-                   task_id=tid, grant=tid, tools=list(step.tools))
+                   task_id=tid, grant=tid, tools=list(step.tools),
+                   **({"model": plan, "model_reason": task.model.reason} if task.model and plan
+                      else {}))
 
-    def proceed(self, step: Step, output: Any, confidence: float) -> None:
-        """After an accepted output: threshold, then routes, then the next step."""
+    def proceed(self, step: Step, output: Any, confidence: float, answered: str = "") -> None:
+        """After an accepted output: threshold (a stronger model first, if the step names one),
+        then routes, then the next step."""
+        stronger = step.model.escalate_to if step.model else None
+        if confidence < step.threshold and stronger and stronger not in (answered, self.s.model):
+            self.event(EventType.STEP_MODEL_ESCALATED, step.name, model=stronger,
+                       answered=answered, confidence=confidence, threshold=step.threshold)
+            self.s.model = stronger
+            self.dispatch(step)
+            return
         if confidence < step.threshold:
             self.escalate(
                 step.name, "low_confidence",
@@ -358,7 +451,11 @@ class _Run:
         self.clear_timer()
         # the outcome first: whoever sees the final event can read the outcome
         self.effects.append(SendOutcome(outcome_of(self.s, self.now)))
-        self.event(EventType(f"workflow.{status}"), "", reason=reason)
+        spend = self.s.spend
+        self.event(EventType(f"workflow.{status}"), "", reason=reason,
+                   **({"model_calls": spend.calls, "input_tokens": spend.input_tokens,
+                       "output_tokens": spend.output_tokens, "cost_usd": spend.cost_usd}
+                      if spend.calls else {}))
 
 
 def outcome_of(s: WorkflowState, now: float) -> Outcome:
@@ -366,7 +463,7 @@ def outcome_of(s: WorkflowState, now: float) -> Outcome:
         StepTiming(
             step=r.step, role=r.role, attempt=r.attempt, status=r.status,
             duration_ms=round(max(0.0, (r.finished_at or now) - r.dispatched_at) * 1000, 3),
-            confidence=r.confidence,
+            confidence=r.confidence, usage=r.usage if r.usage and r.usage.calls else None,
         )
         for r in s.history
     ]
@@ -374,7 +471,7 @@ def outcome_of(s: WorkflowState, now: float) -> Outcome:
         workflow_id=s.id, workflow=s.workflow, status=s.status,  # type: ignore[arg-type]
         output=s.output, reason=s.reason, steps=steps, escalations=s.escalations,
         started_at=s.created_at, finished_at=now, journal_seq=s.seq, journal_head=s.head,
-        definition=s.definition,
+        definition=s.definition, usage=s.spend,
     )
 
 
@@ -449,13 +546,21 @@ def _on_result(run: _Run, r: Result) -> str | None:
     record.agent = r.agent
     record.usage = r.usage
     record.status = r.status
+    record.model = r.model.model if r.model else ""
+    s.spend = s.spend.plus(r.usage)
     run.clear_timer()
+    u = r.usage
     run.event(EventType.step(r.status), step.name, attempt=r.attempt, confidence=r.confidence,
               agent=r.agent, duration_ms=r.duration_ms,
-              **({"error": r.error.code} if r.error else {}))
+              **({"error": r.error.code} if r.error else {}),
+              **({"model": record.model, "model_reason": r.model.reason if r.model else "",
+                  "tried": r.model.tried if r.model else [], "input_tokens": u.input_tokens,
+                  "output_tokens": u.output_tokens, "cost_usd": u.cost_usd, "calls": u.calls,
+                  "latency_ms": u.latency_ms, "cache_hits": u.cache_hits}
+                 if record.model else {}))
     if r.status == "ok":
         s.outputs[step.name] = r.output or {}
-        run.proceed(step, r.output or {}, r.confidence)
+        run.proceed(step, r.output or {}, r.confidence, record.model)
     elif r.status == "needs_human" and isinstance((r.output or {}).get("approval"), dict):
         call = (r.output or {})["approval"]  # a tool call the policy holds for a person
         run.escalate(
@@ -473,6 +578,9 @@ def _on_result(run: _Run, r: Result) -> str | None:
     else:
         err = r.error
         record.error = err.code if err else "error"
+        if err is not None and err.code == "model_budget":  # refused before the call was made
+            run.over(step, err.message)
+            return None
         run.retry_or_give_up(
             step, err.code if err else "error", err.message if err else r.reason,
             bool(err and err.retryable),
@@ -501,6 +609,8 @@ def _on_decision(run: _Run, d: Decision) -> str | None:
             s.approved = {**s.approved, pending.call_digest: d.reviewer}
         run.dispatch(run.wf.step(pending.step))
         return None
+    if pending.kind == "over_budget" and d.action != "reject":
+        s.budget_waived = True  # a person let it go on: no ceiling stops it again
     if d.action == "reject":
         run.finish("rejected", s.outputs.get(pending.step), f"rejected by {d.reviewer}"
                    + (f": {d.note}" if d.note else ""))

@@ -9,6 +9,11 @@ steps:
     timeout_s: 20
     retries: 2               # extra attempts after the first
     tools: [kb_search]
+    model:                   # which model the agent calls (see ModelPolicy)
+      use: small
+      rules: [{when: "length(input.text) > `4000`", use: large}]
+      fallbacks: [small-b]
+      escalate_to: large     # under the threshold: once on this model, then a person
     routes:
       - when: "output.intent == 'legal'"
         to: "@human"         # or "@end", or a step name
@@ -44,6 +49,46 @@ class Route(BaseModel):
     resume: str | None = None  # after a person approves a @human route; default: the next step
 
 
+class Limits(BaseModel):
+    """Ceilings on model use: tokens (input and output together) and USD; 0 is none."""
+
+    model_config = ConfigDict(extra="forbid")
+    tokens: int = Field(default=0, ge=0)
+    cost_usd: float = Field(default=0.0, ge=0)
+
+    def __bool__(self) -> bool:
+        return bool(self.tokens or self.cost_usd)
+
+
+class ModelRule(BaseModel):
+    """``use`` this model when ``when`` holds (over the same document as routes, plus
+    ``scores``: each earlier step's confidence)."""
+
+    model_config = ConfigDict(extra="forbid")
+    when: str
+    use: str
+    reason: str = ""
+
+
+class ModelPolicy(BaseModel):
+    """Which model a step's agent calls. ``use`` unless a rule holds (the first that does);
+    on errors, timeouts or an open breaker the ``fallbacks`` in order; a result under the step's
+    threshold is tried once on ``escalate_to`` before it goes to a person. ``call`` and
+    ``budget`` cap each call and the step (all its attempts)."""
+
+    model_config = ConfigDict(extra="forbid")
+    use: str
+    rules: list[ModelRule] = []
+    fallbacks: list[str] = []
+    escalate_to: str | None = None
+    call: Limits = Limits()
+    budget: Limits = Limits()
+
+    def names(self) -> set[str]:
+        return {self.use, *(r.use for r in self.rules), *self.fallbacks,
+                *([self.escalate_to] if self.escalate_to else [])}
+
+
 class Step(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
@@ -62,6 +107,7 @@ class Step(BaseModel):
     fallback_role: str | None = None
     tools: list[str] = []
     tool_budget: int = Field(default=20, ge=0)
+    model: ModelPolicy | None = None
     routes: list[Route] = []
 
     def context_of(self, workflow_input: dict[str, Any], outputs: dict[str, Any]) -> dict[str, Any]:
@@ -98,6 +144,14 @@ class Workflow(BaseModel):
     # for tool calls held for approval; unset, the policy's defaults apply (then 1 h, reject)
     approval_deadline_s: float | None = Field(default=None, gt=0)
     on_approval_timeout: Literal["reject", "re_escalate"] | None = None
+    # ceilings on the whole run's model use, and what happens when it reaches one: a person
+    # decides whether it goes on ("escalate"), or it fails ("stop")
+    budget: Limits = Limits()
+    on_over_budget: Literal["escalate", "stop"] = "escalate"
+
+    def model_names(self) -> set[str]:
+        """Every model the definition's steps name."""
+        return {n for s in self.steps if s.model for n in s.model.names()}
 
     @model_validator(mode="after")
     def _check(self) -> Workflow:
@@ -115,7 +169,10 @@ class Workflow(BaseModel):
             unknown = set(step.context) - {*names, "input", "*"}
             if unknown:
                 raise ValueError(f"step {step.name}: context names no step {sorted(unknown)}")
-            exprs = [*(step.input or {}).values(), *([step.when] if step.when else [])]
+            exprs = [*(step.input or {}).values(), *([step.when] if step.when else []),
+                     *(r.when for r in (step.model.rules if step.model else []))]
+            for model in step.model.names() if step.model else ():
+                check_token("model name", model)
             for route in step.routes:
                 if route.to not in targets:
                     raise ValueError(f"step {step.name}: route target {route.to!r} is unknown")

@@ -11,12 +11,14 @@ import json
 import time
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import InvalidKeyError, NotFoundError
 
@@ -45,6 +47,7 @@ from switchyard.protocol.messages import (
     Escalation,
     Event,
     Outcome,
+    Partial,
     WorkflowRequest,
 )
 from switchyard.protocol.subjects import Bucket, JournalKind, Stream, Subjects, check_token
@@ -135,6 +138,21 @@ class SwitchyardClient:
         except NotFoundError:
             return None
         return codec.decode(msg.data or b"", Outcome)
+
+    async def partials(
+        self, workflow_id: str, on_partial: Callable[[Partial], Awaitable[None]],
+    ) -> Subscription:
+        """Watch a run's partial output live (model tokens as its agents stream them): core
+        NATS, so only what is sent while subscribed arrives, and nothing of it is stored.
+        Unsubscribe when done."""
+        async def received(msg: Msg) -> None:
+            try:
+                partial = codec.decode(msg.data, Partial)
+            except ProtocolError:
+                return  # not ours to judge: the journal holds what counts
+            await on_partial(partial)
+
+        return await self.nc.subscribe(self.s.partial(workflow_id), cb=received)
 
     async def wait(
         self, workflow_id: str, *, timeout: float = 60.0, stop_at_escalation: bool = True

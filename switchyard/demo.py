@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import statistics
 import time
 import uuid
@@ -21,6 +22,7 @@ from switchyard.credentials import connect_or_refuse
 from switchyard.protocol.bus.component import servers
 from switchyard.protocol.bus.provision import open_bucket
 from switchyard.protocol.errors import ConfigError
+from switchyard.protocol.messages import Usage
 from switchyard.protocol.subjects import Bucket
 from switchyard.settings import Settings
 from switchyard.stack import LocalStack, nats_answers
@@ -47,6 +49,7 @@ class Run:
     reason: str = ""
     kind: str = ""
     steps: dict[str, float] = field(default_factory=dict)
+    usage: Usage = field(default_factory=Usage)
 
     @property
     def matched(self) -> bool:
@@ -64,6 +67,7 @@ class DemoReport:
     startup_s: float
     secure: bool = False
     violations: list[str] = field(default_factory=list)  # the bus's permission violations
+    usage: Usage = field(default_factory=Usage)  # model use of every run, summed
 
     @property
     def ok(self) -> bool:
@@ -73,6 +77,7 @@ class DemoReport:
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["ok"] = self.ok
+        d["usage"] = msgspec.to_builtins(self.usage)
         return d
 
 
@@ -135,6 +140,7 @@ async def _drive(
         if result.outcome is not None:
             run.steps = {t.step: round(t.duration_ms, 1) for t in result.outcome.steps
                          if t.status != "skipped"}
+            run.usage = result.outcome.usage
         if on_progress is not None:
             on_progress(list(runs.values()))
 
@@ -156,6 +162,7 @@ async def _drive(
         tickets=len(tickets), elapsed_s=round(elapsed, 3), counts=counts,
         matched=sum(r.matched for r in runs.values()), runs=list(runs.values()),
         step_ms=step_ms, startup_s=round(startup, 3),
+        usage=functools.reduce(Usage.plus, (r.usage for r in runs.values()), Usage()),
     )
 
 
@@ -167,6 +174,7 @@ async def _collect_timings(client: SwitchyardClient, runs: list[Run]) -> None:
         state = await snapshots.get(run.workflow_id)
         if state is None:
             continue
+        run.usage = state.spend
         for r in state.history:
             if r.finished_at:
                 run.steps[r.step] = round((r.finished_at - r.dispatched_at) * 1000, 1)

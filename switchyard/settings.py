@@ -19,6 +19,13 @@
 | ``SWITCHYARD_TRAIL_MAX_AGE_S`` | ``2592000`` | seconds journals, tool calls, dead letters are kept |
 | ``SWITCHYARD_REPLICAS`` | ``1`` | replicas (1..5) of the streams and buckets created (3 on 3 nodes) |
 | ``SWITCHYARD_PUBLISH_TIMEOUT_S`` | ``10`` | seconds to wait for a publish's ack before retrying it |
+| ``SWITCHYARD_AGENTS`` | ``reference`` | which built-in agents run: ``reference`` (local models) or ``llm`` |
+| ``SWITCHYARD_MODEL_CATALOGUE`` | (built-in) | YAML file of named models, over the built-in catalogue |
+| ``SWITCHYARD_MODEL`` | ``llm`` | the model an LLM agent calls when its step names none |
+| ``SWITCHYARD_MODEL_BASE_URL`` | (none) | an OpenAI-compatible endpoint, as catalogue model ``llm`` |
+| ``SWITCHYARD_MODEL_NAME`` | ``default`` | the provider's model id at that endpoint |
+| ``SWITCHYARD_MODEL_API_KEY`` | (none) | its API key (never logged) |
+| ``SWITCHYARD_MODEL_CACHE_TTL_S`` | ``0`` (off) | cache temperature-0 model replies this long (KV) |
 | ``SWITCHYARD_NKEY_FILE`` | (none) | this process's nkey seed on a secured bus; its name is who |
 | ``SWITCHYARD_UVLOOP`` | ``1`` | run on uvloop when it is installed; ``0`` for asyncio's loop |
 | ``SWITCHYARD_USER`` (or ``USER``) | ``operator`` | who decides and replays, in audit records |
@@ -35,10 +42,11 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from switchyard.agents import AgentConfig
+from switchyard.agents.catalogue import Catalogue, load_catalogue
 from switchyard.protocol import Subjects, grants
 from switchyard.protocol.errors import ConfigError
 from switchyard.protocol.faults import FaultPlan
@@ -74,6 +82,13 @@ class Settings(BaseSettings):
     publish_timeout_s: float = Field(default=10.0, gt=0, le=300)
     # the replication factor of the streams and buckets created here (existing ones keep theirs)
     replicas: int = Field(default=1, ge=1, le=5)
+    agents: Literal["reference", "llm"] = "reference"
+    model_catalogue: Path | None = None
+    model: str = "llm"
+    model_base_url: str = ""
+    model_name: str = "default"
+    model_api_key: SecretStr = SecretStr("")
+    model_cache_ttl_s: float = Field(default=0.0, ge=0)
     uvloop: bool = True
     user: str = Field(default="operator",
                       validation_alias=AliasChoices("SWITCHYARD_USER", "USER"))
@@ -175,12 +190,28 @@ class Settings(BaseSettings):
         return path.read_bytes().strip()
 
     def load_workflows(self) -> dict[str, Workflow]:
+        """The configured workflows; one naming a model the catalogue lacks is refused."""
         files = [f.strip() for f in self.workflows.split(",") if f.strip()]
         loaded = [
             load_workflow(f) if f.endswith((".yaml", ".yml")) else builtin_workflow(f)
             for f in files
         ] or [builtin_workflow("support")]
+        models = {n for wf in loaded for n in wf.model_names()}
+        if models:
+            known = set(self.catalogue().names())
+            for wf in loaded:
+                if unknown := sorted(wf.model_names() - known):
+                    raise ConfigError(
+                        f"workflow {wf.name} names models the catalogue lacks: {unknown} (it "
+                        f"has {sorted(known)}; see SWITCHYARD_MODEL_CATALOGUE)")
         return {wf.name: wf for wf in loaded}
+
+    def catalogue(self) -> Catalogue:
+        """The built-in models, ``llm`` at ``SWITCHYARD_MODEL_BASE_URL`` if set, and the
+        catalogue file's."""
+        return load_catalogue(self.model_catalogue, base_url=self.model_base_url,
+                              model=self.model_name,
+                              api_key=self.model_api_key.get_secret_value(), env=os.environ)
 
     def agent_config(self) -> AgentConfig:
         return AgentConfig(
@@ -189,7 +220,8 @@ class Settings(BaseSettings):
             connect_options=self.connect_options(), faults=self.fault_plan(),
             trail_max_age_s=self.trail_max_age_s,
             publish_timeout=self.publish_timeout_s, replicas=self.replicas,
-            provisions=self.provisions,
+            provisions=self.provisions, catalogue=self.catalogue(), model=self.model,
+            model_cache_ttl_s=self.model_cache_ttl_s,
         )
 
     def load_policy(self) -> Policy | None:

@@ -81,6 +81,22 @@ def trace(workflow_id: str, json_out: JsonOpt = False) -> None:
     out.print(trace_tree(workflow_id, events))
 
 
+def model_line(d: dict[str, Any]) -> str:
+    """A result's model use, as the trace shows it."""
+    if not d.get("model"):
+        return ""
+    line = f"  model {d['model']}"
+    if d.get("calls"):
+        line += (f": {d['calls']} call(s), {d.get('input_tokens', 0)}+{d.get('output_tokens', 0)} "
+                 f"tokens, {float(d.get('cost_usd', 0)):.6f} USD, "
+                 f"{float(d.get('latency_ms', 0)):.0f} ms")
+        if d.get("cache_hits"):
+            line += f", {d['cache_hits']} cached"
+    if d.get("tried"):
+        line += f"; passed over: {'; '.join(map(str, d['tried']))}"
+    return line
+
+
 def trace_tree(workflow_id: str, events: list[Event]) -> Tree:
     """The tree ``trace`` prints. A tool call is shown under the step attempt whose task made it,
     whatever order the records were stored in: the tool host's record can reach the chain before
@@ -97,7 +113,9 @@ def trace_tree(workflow_id: str, events: list[Event]) -> Tree:
             task = str(d.get("task_id"))
             node = attempts[task] = root.add(
                 f"{at}  [bold]{escape(e.step)}[/] #{d.get('attempt')} -> {escape(str(d.get('role')))}"
-                + (f"  tools {escape(str(d.get('tools')))}" if d.get("tools") else ""))
+                + (f"  tools {escape(str(d.get('tools')))}" if d.get("tools") else "")
+                + (f"  model {escape(str(d['model']))} ({escape(str(d.get('model_reason')))})"
+                   if d.get("model") else ""))
             for line in early.pop(task, []):
                 node.add(line)
         elif e.type.startswith("tool."):
@@ -115,9 +133,14 @@ def trace_tree(workflow_id: str, events: list[Event]) -> Tree:
             node.add(escape(f"{at}  {e.type.split('.', 1)[1]}"
                      + (f"  confidence {conf:.2f}" if isinstance(conf, float) else "")
                      + (f"  {d['duration_ms']:.1f} ms in {d.get('agent')}" if d.get("duration_ms") else "")
-                     + (f"  {d['error']}" if d.get("error") else "")))
+                     + (f"  {d['error']}" if d.get("error") else "")
+                     + model_line(d)))
         else:
             detail = d.get("reason") or d.get("reviewer") or d.get("to") or ""
+            if d.get("model_calls"):
+                detail += (f" (models: {d['model_calls']} calls, {d.get('input_tokens', 0)}+"
+                           f"{d.get('output_tokens', 0)} tokens, "
+                           f"{float(d.get('cost_usd', 0)):.6f} USD)")
             root.add(f"{at}  [bold]{escape(e.type)}[/] {escape(f'{e.step} {detail}'.rstrip())}")
     for lines in early.values():  # calls under a task that was never dispatched here
         for line in lines:

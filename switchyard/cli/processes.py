@@ -38,6 +38,7 @@ app.add_typer(tools_app, name="tools")
 app.add_typer(supervisor_app, name="supervisor")
 BUILTIN_AGENTS = {r: f"switchyard.agents.{r}:agent"
                   for r in ("triage", "retrieval", "action", "compliance", "reviewer")}
+LLM_AGENTS = {r: f"switchyard.agents.llm.{r}:agent" for r in ("triage", "action", "reviewer")}
 
 
 def run_agent(agent: Agent) -> None:
@@ -58,8 +59,9 @@ def agent_run(target: Annotated[str, typer.Argument(
     from switchyard.agents import Agent
     from switchyard.protocol.errors import ConfigError
 
-    load_settings()
-    spec = BUILTIN_AGENTS.get(target, target)
+    settings = load_settings()
+    builtin = {**BUILTIN_AGENTS, **(LLM_AGENTS if settings.agents == "llm" else {})}
+    spec = builtin.get(target, target)
     module_name, _, attr = spec.partition(":")
     if not attr:
         err.print(f"[red]{escape(repr(target))} is neither a built-in role nor module:attr[/]")
@@ -176,10 +178,17 @@ def demo(
     connect: Annotated[bool, typer.Option(
         "--connect", help="use the stack running at NATS_URL (compose, say) instead of starting one",
     )] = False,
+    models: Annotated[str, typer.Option(
+        help="which agents: 'reference' (local models) or 'llm' (triage, action and reviewer "
+             "call a language model)")] = "",
+    base_url: Annotated[str, typer.Option(
+        help="with --models llm: an OpenAI-compatible endpoint (…/v1)")] = "",
+    model: Annotated[str, typer.Option(help="with --models llm: the model's id there")] = "",
 ) -> None:
     """Start the stack, work a batch of sample tickets, print a summary, stop."""
     from switchyard.demo import report_json, run_demo, sample_tickets
 
+    use_models(models, base_url, model, connect)
     settings = load_settings()
     batch = sample_tickets(tickets)
     if json_out:
@@ -219,6 +228,10 @@ def demo(
     for step, v in report.step_ms.items():
         steps.add_row(step, f"{v['p50']:.1f}", f"{v['max']:.1f}", str(int(v["n"])))
     out.print(steps)
+    if report.usage.calls:
+        u = report.usage
+        out.print(f"models: {u.calls} calls, {u.input_tokens} tokens in, {u.output_tokens} out, "
+                  f"{u.cost_usd:.6f} USD, {u.latency_ms / 1000:.1f} s waiting on them")
     counts = ", ".join(f"{k} {v}" for k, v in sorted(report.counts.items()))
     out.print(f"{counts}; {report.matched}/{report.tickets} as the sample set expects.")
     if secure:
@@ -228,3 +241,29 @@ def demo(
     raise typer.Exit(0 if report.ok else 1)
 
 
+
+
+def use_models(models: str, base_url: str, model: str, connect: bool) -> None:
+    """``demo --models llm --base-url URL --model NAME``: the settings the stack's processes
+    inherit (``SWITCHYARD_AGENTS``, ``SWITCHYARD_MODEL_BASE_URL``, ``SWITCHYARD_MODEL_NAME``)."""
+    if models not in ("", "reference", "llm"):
+        err.print(f"[red]--models is 'reference' or 'llm', not {escape(repr(models))}[/]")
+        raise typer.Exit(2)
+    if (base_url or model) and models != "llm":
+        err.print("[red]--base-url and --model go with --models llm[/]")
+        raise typer.Exit(2)
+    if models and connect:
+        err.print("[red]--models chooses the agents of the stack the demo starts; with --connect "
+                  "the running stack's agents are what they are[/]")
+        raise typer.Exit(2)
+    if models:
+        os.environ["SWITCHYARD_AGENTS"] = models
+    if base_url:
+        os.environ["SWITCHYARD_MODEL_BASE_URL"] = base_url
+    if model:
+        os.environ["SWITCHYARD_MODEL_NAME"] = model
+    if models == "llm" and not os.environ.get("SWITCHYARD_MODEL_BASE_URL") \
+            and not os.environ.get("SWITCHYARD_MODEL_CATALOGUE"):
+        err.print("[red]--models llm needs an endpoint: --base-url http://HOST:PORT/v1 (an "
+                  "OpenAI-compatible server: Ollama, vLLM, llama.cpp, a LiteLLM proxy)[/]")
+        raise typer.Exit(2)

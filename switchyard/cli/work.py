@@ -4,16 +4,20 @@ next)."""
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
 import typer
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from switchyard.cli.app import JsonOpt, app, client, dump, err, load_settings, once, out
+from switchyard.protocol.messages import Partial
 
+live = Console(stderr=True, soft_wrap=True)  # partial output: beside stdout's outcome
 review_app = typer.Typer(help="Escalations waiting for a person.", invoke_without_command=True)
 app.add_typer(review_app, name="review")
 
@@ -25,6 +29,8 @@ def submit(
     email: Annotated[str | None, typer.Option(help="customer email")] = None,
     workflow: str = "support",
     timeout: float = 60.0,
+    stream: Annotated[bool, typer.Option(
+        "--stream", help="print the agents' partial output (model tokens) live, on stderr")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Submit a ticket, wait, print the outcome. Exit 0 completed, 1 failed or rejected,
@@ -40,8 +46,25 @@ def submit(
 
     async def main() -> Any:
         async with client(settings) as bus:
-            wid = await bus.submit(workflow, payload)
-            return await bus.wait(wid, timeout=timeout)
+            if not stream:
+                return await bus.wait(await bus.submit(workflow, payload), timeout=timeout)
+            wid = uuid.uuid4().hex
+            step = ""
+
+            async def show(p: Partial) -> None:
+                nonlocal step
+                if p.step != step:
+                    step = p.step
+                    live.print(f"\n[bold]{escape(p.step)}[/] ", end="")
+                live.print(escape(p.text), end="", soft_wrap=True, highlight=False)
+
+            watching = await bus.partials(wid, show)  # before the run can start
+            try:
+                await bus.submit(workflow, payload, workflow_id=wid)
+                return await bus.wait(wid, timeout=timeout)
+            finally:
+                await watching.unsubscribe()
+                live.print()
 
     res = once(main())
     code = {"completed": 0, "escalated": 3, "timeout": 4}.get(res.status, 1)

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from nats.aio.client import Client
 from nats.js.client import JetStreamContext
 
 from switchyard.agents import (
-    OpenAICompatibleModel,
     TaskContext,
     action,
     compliance,
@@ -163,115 +158,6 @@ async def test_reviewer_scores_what_is_missing(
                                 ctx)
     assert not bad.value.approved and bad.confidence < 0.6
     assert "no personal data left" in bad.value.failed_checks
-
-
-class _ChatHandler(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        reply = {"model": body["model"], "choices": [{"message": {
-            "content": f"echo: {body['messages'][-1]['content']}"}}],
-            "usage": {"prompt_tokens": 7, "completion_tokens": 3}}
-        data = json.dumps(reply).encode()
-        self.send_response(200 if self.path == "/v1/chat/completions" else 404)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def chat_server() -> Iterator[str]:
-    server = HTTPServer(("127.0.0.1", 0), _ChatHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
-
-
-async def test_model_client_speaks_openai_chat_completions(chat_server: str) -> None:
-    model = OpenAICompatibleModel(chat_server, "tiny", api_key="k")
-    reply = await model.chat([{"role": "user", "content": "hi"}])
-    await model.aclose()
-    assert reply.text == "echo: hi"
-    assert (reply.usage.input_tokens, reply.usage.output_tokens, reply.usage.model) == (7, 3, "tiny")
-
-
-class _FlakyHandler(_ChatHandler):
-    """Answers 503 while ``failing`` says so, counting every request."""
-
-    failing = 0
-    requests = 0
-
-    def do_POST(self) -> None:
-        type(self).requests += 1
-        if type(self).failing:
-            type(self).failing -= 1
-            self.rfile.read(int(self.headers["Content-Length"]))
-            self.send_response(503)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        super().do_POST()
-
-
-@pytest.fixture
-def flaky_server() -> Iterator[type[_FlakyHandler]]:
-    handler = type("Flaky", (_FlakyHandler,), {"failing": 0, "requests": 0})
-    server = HTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    handler.url = f"http://127.0.0.1:{server.server_address[1]}/v1"  # type: ignore[attr-defined]
-    yield handler
-    server.shutdown()
-    server.server_close()
-
-
-async def test_model_calls_retry_with_backoff_then_the_circuit_opens(
-    flaky_server: type[_FlakyHandler],
-) -> None:
-    from switchyard.protocol.errors import ToolError
-    from switchyard.tools.breaker import Breakers
-
-    url = flaky_server.url  # type: ignore[attr-defined]
-    flaky_server.failing = 2  # a passing overload: the third attempt gets through
-    model = OpenAICompatibleModel(url, "tiny", attempts=3, backoff_s=0.01,
-                                  breakers=Breakers(fail_max=3, reset_timeout=60))
-    assert (await model.chat([{"role": "user", "content": "hi"}])).text == "echo: hi"
-    assert flaky_server.requests == 3
-    flaky_server.failing, flaky_server.requests = 100, 0  # now it is down
-    with pytest.raises(httpx.HTTPStatusError):
-        await model.chat([{"role": "user", "content": "hi"}])  # two attempts, two failures
-    with pytest.raises(ToolError) as opened:
-        await model.chat([{"role": "user", "content": "hi"}])  # the third failure opens it
-    assert opened.value.code == "circuit_open" and opened.value.retryable
-    with pytest.raises(ToolError):
-        await model.chat([{"role": "user", "content": "hi"}])  # refused without a request
-    assert flaky_server.requests == 3
-    assert model.breakers.snapshot() == {url.rstrip("/"): {"state": "open", "failures": 3}}
-    await model.aclose()
-
-
-async def test_a_half_open_circuit_closes_when_the_trial_call_succeeds(
-    flaky_server: type[_FlakyHandler],
-) -> None:
-    from switchyard.tools.breaker import Breakers
-
-    url = flaky_server.url  # type: ignore[attr-defined]
-    flaky_server.failing = 2
-    model = OpenAICompatibleModel(url, "tiny", attempts=1,
-                                  breakers=Breakers(fail_max=2, reset_timeout=0))
-    for _ in range(2):
-        with pytest.raises(httpx.HTTPStatusError):
-            await model.chat([{"role": "user", "content": "hi"}])
-    assert model.breakers.state(url.rstrip("/")) == "open"
-    # reset_timeout 0: the next call is the trial; the endpoint is back, so it closes
-    assert (await model.chat([{"role": "user", "content": "hi"}])).text == "echo: hi"
-    assert model.breakers.state(url.rstrip("/")) == "closed"
-    await model.aclose()
 
 
 def test_pii_finds_phone_numbers_in_any_format_and_region() -> None:

@@ -14,6 +14,7 @@ from switchyard.protocol import (
     Event,
     MessageTooLargeError,
     Outcome,
+    Partial,
     Result,
     Subjects,
     Task,
@@ -49,6 +50,7 @@ SAMPLES: list[msgspec.Struct] = [
     TimerFired(workflow_id="w1", kind="timeout", step="triage", attempt=1, after=3, prev="ab"),
     Notice(workflow_id="w1", kind="task_dead_lettered", reason="delivered 5 times",
            step="triage", attempt=1, after=4, prev="cd"),
+    Partial(workflow_id="w1", task_id="w1:triage:1", step="triage", seq=1, text="{\"int"),
 ]
 
 

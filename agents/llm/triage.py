@@ -1,0 +1,43 @@
+"""Triage by a language model: intent, severity, sensitivity and the model's own confidence.
+
+The personal-data scan and the sensitive intents still apply after the model: it can mark a
+ticket sensitive, never make one that is not so.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from switchyard.agents import Agent, Scored, TaskContext
+from switchyard.agents.llm import models_of, prompt
+from switchyard.agents.pii import find_pii
+from switchyard.agents.triage import SENSITIVE_INTENTS, Ticket, Triage
+
+
+class Classified(BaseModel):
+    """What the model must answer."""
+
+    intent: Literal["billing", "technical", "account", "legal", "other"]
+    severity: Literal["low", "normal", "high"]
+    sensitivity: Literal["normal", "high"]
+    confidence: float = Field(ge=0.0, le=1.0)
+
+
+agent = Agent("triage", version="1.0.0", description="intent, severity and sensitivity (LLM)")
+PROMPT = prompt("triage")
+
+
+@agent.task
+async def triage(ticket: Ticket, ctx: TaskContext) -> Scored[Triage]:
+    models = models_of(ctx, PROMPT)
+    got = await models.structured(
+        [{"role": "system", "content": PROMPT.text}, {"role": "user", "content": ticket.text}],
+        Classified, max_tokens=120, stream=True)
+    sensitive = (got.sensitivity == "high" or got.intent in SENSITIVE_INTENTS
+                 or bool(find_pii(ticket.text)))
+    result = Triage(intent=got.intent, severity=got.severity,
+                    sensitivity="high" if sensitive else "normal",
+                    scores={got.intent: got.confidence})
+    return Scored(result, confidence=got.confidence)
