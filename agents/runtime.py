@@ -211,8 +211,8 @@ class Agent(Component):
             self.js, cfg.subjects, cfg.trusted_keys, wait=cfg.trust_wait)
         for hook in self._startup:
             await hook()
-        await self.js.add_consumer(cfg.subjects.stream(Stream.TASKS),
-                                   consumer_config(self.role, cfg))
+        await self._ride_out(lambda: self.js.add_consumer(
+            cfg.subjects.stream(Stream.TASKS), consumer_config(self.role, cfg)), "tasks consumer")
 
     def _service_config(self) -> ServiceConfig:
         cfg = self._config
