@@ -226,8 +226,8 @@ class Agent(Component):
                 self.models.bind_cache(self.js, bucket, await self.js.key_value(bucket))
         for hook in self._startup:
             await hook()
-        await self.js.add_consumer(cfg.subjects.stream(Stream.TASKS),
-                                   consumer_config(self.role, cfg))
+        await self._ride_out(lambda: self.js.add_consumer(
+            cfg.subjects.stream(Stream.TASKS), consumer_config(self.role, cfg)), "tasks consumer")
 
     def _service_config(self) -> ServiceConfig:
         cfg = self._config

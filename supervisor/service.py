@@ -27,6 +27,7 @@ chain. Tasks stuck in the work queue are handled in ``supervisor.stuck``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import Awaitable
@@ -38,6 +39,7 @@ import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.kv import KeyValue
 from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, ServiceConfig
 from prometheus_client import CollectorRegistry, Counter
@@ -178,16 +180,21 @@ class Supervisor(Component):
     async def _setup(self) -> None:
         cfg, s, js = self.config, self.config.subjects, self.js
         bucket = s.bucket(Bucket.WORKFLOWS)
-        self._snapshots = Snapshots(await open_bucket(js, bucket), bucket, self.publisher)
-        self._index = EscalationIndex(await open_bucket(js, s.bucket(Bucket.ESCALATIONS)))
+
+        def opened(name: str, history: int = 1) -> Awaitable[KeyValue]:
+            return self._ride_out(lambda: open_bucket(js, name, history=history), name)
+
+        self._snapshots = Snapshots(await opened(bucket), bucket, self.publisher)
+        self._index = EscalationIndex(await opened(s.bucket(Bucket.ESCALATIONS)))
         self._catalog = WorkflowCatalog(
-            cfg.workflows, await open_bucket(js, s.bucket(Bucket.WORKFLOW_DEFS), history=5),
+            cfg.workflows, await opened(s.bucket(Bucket.WORKFLOW_DEFS), history=5),
             policy=cfg.policy,
         )
         self._folds = Folds(self.journal, self.snapshots, s, self.definitions,
                             max_bytes=cfg.max_bytes, size=cfg.cache_size)
-        trust = await open_bucket(js, s.bucket(Bucket.TRUST))
-        await trust.put(TRUST_KEY, self.signer.public_key.encode())
+        trust = await opened(s.bucket(Bucket.TRUST))
+        await self._ride_out(lambda: trust.put(TRUST_KEY, self.signer.public_key.encode()),
+                             "trust key")
 
     def _service_config(self) -> ServiceConfig:
         cfg = self.config
@@ -207,12 +214,14 @@ class Supervisor(Component):
             (Stream.JOURNAL, s.all("journal"), Durable.JOURNAL, -1),
             (Stream.ADVISORIES, s.max_deliveries, Durable.ADVISORIES, cfg.max_deliver),
         ):
-            await js.add_consumer(s.stream(stream), ConsumerConfig(
+            config = ConsumerConfig(
                 durable_name=durable, filter_subject=subject, ack_policy=AckPolicy.EXPLICIT,
                 ack_wait=cfg.ack_wait, max_deliver=deliveries,
                 max_ack_pending=cfg.concurrency * 4,
-            ))
-        await self.rearm_timers()
+            )
+            await self._ride_out(functools.partial(js.add_consumer, s.stream(stream), config),
+                                 durable)
+        await self._ride_out(self.rearm_timers, "timers")
         for stream, durable, handler in (
             (Stream.JOURNAL, Durable.JOURNAL, self._on_record),
             (Stream.ADVISORIES, Durable.ADVISORIES, self._stuck.on_max_deliveries),

@@ -16,6 +16,7 @@ import contextlib
 import os
 import signal
 import sys
+from collections import Counter
 from types import TracebackType
 from urllib.parse import urlparse
 
@@ -111,6 +112,11 @@ class LocalStack:
         s = self.settings.subjects
         names = {s.service("supervisor"), *(s.service(f"agent-{r}") for r in self.roles)}
         return names | ({s.service("toolhost")} if self.toolhost else set())
+
+    def _expected_instances(self) -> Counter[str]:
+        """How many instances of each service the processes started should answer as."""
+        s = self.settings.subjects
+        return Counter(s.service(self._identity.get(name, name)) for name in self.procs)
 
     def connect_options(self, identity: str) -> dict[str, object]:
         """How ``identity`` connects to this stack's bus (nothing special unless secure)."""
@@ -226,8 +232,10 @@ class LocalStack:
                                 f"{name} exited with code {proc.returncode} at start; "
                                 f"see {self.log_dir / (name + '.log')}:\n{self.tail(name)}"
                             )
-                    seen = {s["name"] for s in await client.services(window=0.3)}
-                    if self.expected_services <= seen:
+                    # every replica: they share their part's name, and one answering says
+                    # nothing of another still starting (which could yet die of its start)
+                    seen = Counter(s["name"] for s in await client.services(window=0.3))
+                    if all(seen[name] >= n for name, n in self._expected_instances().items()):
                         return
         except TimeoutError:
             raise RuntimeError(

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ValidationError
 from switchyard.protocol import codec, grants
 from switchyard.protocol.bus.component import Component, ComponentConfig
 from switchyard.protocol.bus.provision import open_bucket
+from switchyard.protocol.bus.transient import transient
 from switchyard.protocol.errors import (
     BudgetExhaustedError,
     ErrorCode,
@@ -56,6 +57,9 @@ class ToolHostConfig(ComponentConfig):
     trust_wait: float = 30.0
     call_timeout: float = 10.0
     concurrency: int = 64  # calls served at once
+    # how long a ledger read or write rides out its bucket having no leader (a cluster node was
+    # lost) before the call is answered "unavailable, retry"; below callers' tool timeout (10 s)
+    ledger_wait_s: float = 8.0
 
 
 class ToolHost(Component):
@@ -98,8 +102,9 @@ class ToolHost(Component):
         self._trusted = await resolve_trusted_keys(
             self.js, self.config.subjects, self.config.trusted_keys, wait=self.config.trust_wait)
         bucket = self.config.subjects.bucket(Bucket.TOOL_LEDGER)
-        self._ledger = ToolLedger(await open_bucket(self.js, bucket), self.js, bucket,
-                                  retention_s=self.config.retention_s)
+        kv = await self._ride_out(lambda: open_bucket(self.js, bucket), bucket)
+        self._ledger = ToolLedger(kv, self.js, bucket, retention_s=self.config.retention_s,
+                                  wait=self.config.ledger_wait_s)
 
     def _service_config(self) -> ServiceConfig:
         s = self.config.subjects
@@ -143,11 +148,12 @@ class ToolHost(Component):
     async def _serve_in_slot(self, t: Tool, req: Request) -> None:
         try:
             await self._serve(t, req)
-        except Exception:  # a bug: logged with its traceback, answered with a stable code
+        except Exception as exc:  # a bug: logged with its traceback, answered with a stable code
             log.exception("toolhost.call_failed", tool=t.name)
-            with contextlib.suppress(Exception):
-                await req.respond(codec.encode(_failure(ErrorCode.INTERNAL,
-                                                        f"tool host failed serving {t.name}")))
+            with contextlib.suppress(Exception):  # the bus failing is worth a retry, a bug not
+                await req.respond(codec.encode(_failure(
+                    ErrorCode.INTERNAL, f"tool host failed serving {t.name}",
+                    retryable=transient(exc))))
         finally:
             self._slots.release()
 
@@ -210,8 +216,13 @@ class ToolHost(Component):
         key = call.idempotency_key if t.side_effects else ""
         claimed_at = time.time()
         assert self._ledger is not None
+        try:
+            entry = await self._ledger.begin(t.name, key) if key else None
+        except Exception as failed:  # nothing ran: the caller may safely try again
+            if not transient(failed):
+                raise
+            return _unavailable(t.name, failed), "unavailable"
         if key:
-            entry = await self._ledger.begin(t.name, key)
             if entry is not None and entry.state == "done" and entry.result is not None:
                 return entry.result, "replayed"
             if entry is not None and not t.idempotent:
@@ -222,7 +233,18 @@ class ToolHost(Component):
                 ), "refused"
             if entry is not None:
                 claimed_at = entry.started_at  # idempotent: safe to run again under the same key
-        if not await self._ledger.spend(grant.id, grant.budget):
+        try:
+            spent = await self._ledger.spend(grant.id, grant.budget)
+        except Exception as failed:
+            if not transient(failed):
+                raise
+            if key:
+                try:
+                    await self._release(t.name, key)
+                except Exception:  # the claim stays: a repeat is refused as outcome_unknown
+                    log.exception("toolhost.claim_not_released", tool=t.name)
+            return _unavailable(t.name, failed), "unavailable"
+        if not spent:
             exc = BudgetExhaustedError(grant.id, grant.budget)
             if key:
                 await self._release(t.name, key)
@@ -248,7 +270,13 @@ class ToolHost(Component):
             log.exception("toolhost.tool_crashed", tool=t.name)
             return _failure(ErrorCode.INTERNAL, f"tool {t.name} failed"), "crashed"
         if key:
-            await self._ledger.finish(t.name, key, reply, claimed_at)
+            try:
+                await self._ledger.finish(t.name, key, reply, claimed_at)
+            except Exception as failed:  # it ran: the caller gets its result; a repeat of the
+                if not transient(failed):  # key finds it begun, unrecorded (outcome_unknown)
+                    raise
+                log.error("toolhost.call_not_recorded", tool=t.name,
+                          error=type(failed).__name__)
         return reply, outcome
 
     async def _release(self, tool: str, key: str) -> None:
@@ -285,6 +313,12 @@ class ToolHost(Component):
         self, workflow_id: str | None, kind: EventType, tool: str, data: dict[str, str],
     ) -> None:
         await self.audit.append(workflow_id, [Entry(type=kind, data={"tool": tool, **data})])
+
+
+def _unavailable(tool: str, exc: Exception) -> ToolResult:
+    return _failure(ErrorCode.INTERNAL, f"the tool ledger did not answer ({type(exc).__name__}: "
+                    f"a cluster electing a leader?); {tool} did not run, try again",
+                    retryable=True)
 
 
 def _failure(code: str, message: str, *, retryable: bool = False) -> ToolResult:

@@ -12,6 +12,7 @@ import asyncio
 from nats.js.client import JetStreamContext
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 
+from switchyard.protocol.bus.transient import transient
 from switchyard.protocol.errors import ConfigError
 from switchyard.protocol.subjects import TRUST_KEY, Subjects
 
@@ -36,6 +37,9 @@ async def resolve_trusted_keys(
                         return frozenset(entry.value.decode().split(","))
                 except (BucketNotFoundError, KeyNotFoundError, NotFoundError):
                     pass
+                except Exception as exc:  # a cluster electing the bucket's leader: not yet
+                    if not transient(exc):
+                        raise
                 await asyncio.sleep(0.2)  # polling the bucket until a supervisor has started
     except TimeoutError:
         raise ConfigError(

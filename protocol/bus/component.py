@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import nats
 import structlog
@@ -42,10 +42,12 @@ from switchyard.protocol.bus.journal import Journal
 from switchyard.protocol.bus.provision import TRAIL_MAX_AGE_S, await_layout, provision
 from switchyard.protocol.bus.publisher import Publisher
 from switchyard.protocol.bus.tasks import cancel_and_wait
+from switchyard.protocol.bus.transient import START_WAIT_S, ride_out
 from switchyard.protocol.faults import FaultPlan
 from switchyard.protocol.subjects import Subjects
 
 log = structlog.get_logger("switchyard.component")
+T = TypeVar("T")
 BUS_STEP_S = 3.0  # how long one stop step may wait on the bus
 
 
@@ -190,6 +192,12 @@ class Component:
         self._consumers.append(consumer)
         return consumer
 
+    async def _ride_out(self, op: Callable[[], Awaitable[T]], what: str) -> T:
+        """A step of starting that is safe to repeat, retried while the bus says "not yet" (a
+        cluster electing a leader, a node slow to answer) for up to ``START_WAIT_S``: a process
+        started during a failover waits it out instead of dying of its first timeout."""
+        return await ride_out(op, within=START_WAIT_S, what=f"{self._name}: {what}")
+
     def _spawn(self, work: Coroutine[Any, Any, None], msg: Msg | None = None) -> None:
         """Run work the lifecycle waits for on stop (and naks ``msg`` of, if cancelled)."""
         task = asyncio.ensure_future(work)
@@ -214,9 +222,10 @@ class Component:
                                               **dict(cfg.connect_options))
                 self._own_nc = True
             self._js = self._nc.jetstream()
-            if cfg.provisions:
-                await provision(self._js, cfg.subjects, replicas=cfg.replicas,
-                                trail_max_age=cfg.trail_max_age_s)
+            if cfg.provisions:  # idempotent: after a timeout (a cluster electing) all again
+                await self._ride_out(lambda: provision(
+                    self.js, cfg.subjects, replicas=cfg.replicas,
+                    trail_max_age=cfg.trail_max_age_s), "provision")
             else:
                 await await_layout(self._js, cfg.subjects, waiting=lambda missing: log.info(
                     f"{self._kind}.waiting_for_layout", name=self._name, missing=missing))

@@ -31,6 +31,7 @@ from nats.js.errors import APIError, NotFoundError
 from nats.js.kv import KeyValue
 
 from switchyard.protocol.bus.publisher import Publisher
+from switchyard.protocol.bus.transient import transient
 from switchyard.protocol.errors import ConfigError
 from switchyard.protocol.headers import EXPECTED_LAST_SUBJECT_SEQ
 from switchyard.protocol.subjects import OLD_STREAMS, Bucket, Stream, Subjects
@@ -116,6 +117,8 @@ async def ensure_streams(
             except APIError as exc:
                 if exc.err_code == STREAM_NAME_IN_USE:  # a racing peer made it first
                     continue
+                if transient(exc):  # no meta leader at the moment: the caller may ride it out
+                    raise
                 if replicas > 1:
                     raise ConfigError(
                         f"cannot create {config.name} at {replicas} replicas: {exc.description}. "

@@ -8,6 +8,10 @@ one sweeper fails whatever has waited past its deadline. A refusal comes back as
 exception ``js.publish`` raises (``BadRequestError`` with the JetStream ``err_code``), so callers
 handle both alike. (nats-py's ``publish_async`` has the shape, but a refusal leaves its future
 unresolved.)
+
+A publish answered "no responders" (503: the stream has no leader, a cluster is electing one)
+was stored nowhere, so it is sent again, with a short backoff, until it is acknowledged or its
+deadline passes: a node's loss costs the writers a wait, not a failure each.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from switchyard.protocol.bus.tasks import cancel_and_wait
 from switchyard.protocol.headers import MSG_TTL
 
 NO_RESPONDERS = "503"
-
+RESEND_MAX_S = 1.0  # the longest pause between two sends of a publish no one answered
 
 
 class _Error(msgspec.Struct):
@@ -47,6 +51,19 @@ class PubAck(msgspec.Struct):
 _decode_ack = msgspec.json.Decoder(PubAck).decode
 
 
+class _Waiting:
+    """A publish waiting for its ack, with what it takes to send it again."""
+
+    __slots__ = ("data", "deadline", "fut", "headers", "pause", "refused", "subject")
+
+    def __init__(self, fut: asyncio.Future[PubAck], deadline: float, subject: str, data: bytes,
+                 headers: dict[str, str] | None) -> None:
+        self.fut, self.deadline = fut, deadline
+        self.subject, self.data, self.headers = subject, data, headers
+        self.pause = 0.05
+        self.refused = False  # answered "no responders": nothing was stored
+
+
 def _refusal(error: _Error) -> js_errors.APIError:
     kind = {400: js_errors.BadRequestError, 404: js_errors.NotFoundError,
             503: js_errors.ServiceUnavailableError}.get(error.code, js_errors.APIError)
@@ -59,9 +76,11 @@ class Publisher:
         self.timeout = timeout
         self._prefix = ""
         self._tokens = itertools.count(1)
-        self._waiting: dict[str, tuple[asyncio.Future[PubAck], float]] = {}
+        self._waiting: dict[str, _Waiting] = {}
         self._sub: Subscription | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._resends: set[asyncio.Task[None]] = set()
+        self.resent = 0  # publishes sent again after "no responders"
 
     async def start(self) -> Publisher:
         self._prefix = self._nc.new_inbox() + "."
@@ -71,12 +90,14 @@ class Publisher:
 
     async def stop(self) -> None:
         await cancel_and_wait(self._sweeper)
+        for task in list(self._resends):
+            await cancel_and_wait(task)
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
-        for fut, _ in self._waiting.values():
-            if not fut.done():
-                fut.set_exception(js_errors.Error("publisher stopped"))
+        for waiting in self._waiting.values():
+            if not waiting.fut.done():
+                waiting.fut.set_exception(js_errors.Error("publisher stopped"))
         self._waiting.clear()
 
     async def send(
@@ -88,12 +109,12 @@ class Publisher:
             await self.start()
         token = str(next(self._tokens))
         fut: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
-        self._waiting[token] = (fut, time.monotonic() + self.timeout)
         if ttl:
             headers = {**(headers or {}), MSG_TTL: str(int(ttl))}
+        sent = dict(headers) if headers else None
+        self._waiting[token] = _Waiting(fut, time.monotonic() + self.timeout, subject, data, sent)
         try:
-            await self._nc.publish(subject, data, reply=self._prefix + token,
-                                   headers=dict(headers) if headers else None)
+            await self._nc.publish(subject, data, reply=self._prefix + token, headers=sent)
         except Exception:
             self._waiting.pop(token, None)
             raise
@@ -106,12 +127,20 @@ class Publisher:
         return await (await self.send(subject, data, headers, ttl=ttl))
 
     async def _on_ack(self, msg: Msg) -> None:
-        entry = self._waiting.pop(msg.subject[len(self._prefix):], None)
-        if entry is None or entry[0].done():
+        token = msg.subject[len(self._prefix):]
+        entry = self._waiting.pop(token, None)
+        if entry is None or entry.fut.done():
             return
-        fut = entry[0]
+        fut = entry.fut
         if msg.headers and msg.headers.get("Status") == NO_RESPONDERS:
-            fut.set_exception(js_errors.NoStreamResponseError())
+            entry.refused = True
+            if time.monotonic() + entry.pause < entry.deadline:  # not stored: send it again
+                self._waiting[token] = entry
+                task = asyncio.create_task(self._resend(token, entry))
+                self._resends.add(task)
+                task.add_done_callback(self._resends.discard)
+            else:
+                fut.set_exception(js_errors.NoStreamResponseError())
             return
         try:
             ack = _decode_ack(msg.data)
@@ -123,12 +152,31 @@ class Publisher:
         else:
             fut.set_result(ack)
 
+    async def _resend(self, token: str, entry: _Waiting) -> None:
+        await asyncio.sleep(entry.pause)  # backoff: no client is told when an election ends
+        entry.pause = min(2 * entry.pause, RESEND_MAX_S)
+        if self._waiting.get(token) is not entry or entry.fut.done():
+            return  # timed out meanwhile
+        self.resent += 1
+        try:
+            await self._nc.publish(entry.subject, entry.data, reply=self._prefix + token,
+                                   headers=entry.headers)
+        except Exception as exc:  # the connection is gone: the caller hears it now
+            self._waiting.pop(token, None)
+            if not entry.fut.done():
+                entry.fut.set_exception(exc)
+
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(min(1.0, self.timeout / 4))
             now = time.monotonic()
-            late = [t for t, (_, deadline) in self._waiting.items() if deadline < now]
+            late = [t for t, w in self._waiting.items() if w.deadline < now]
             for token in late:
-                fut, _ = self._waiting.pop(token)
-                if not fut.done():
-                    fut.set_exception(TimeoutError(f"no publish ack within {self.timeout:g} s"))
+                entry = self._waiting.pop(token)
+                if entry.fut.done():
+                    continue
+                if entry.refused:  # the stream never answered: nothing was stored, say so
+                    entry.fut.set_exception(js_errors.NoStreamResponseError())
+                else:
+                    entry.fut.set_exception(
+                        TimeoutError(f"no publish ack within {self.timeout:g} s"))

@@ -146,6 +146,10 @@ async def _cluster(run: _ClusterRun, count: int, deadline: float) -> None:
         if behind:
             r.problems.append(f"replicas of {behind} not current {CATCH_UP_BOUND_S:.0f} s after "
                               "the node restarted")
+        if r.escalated:  # a node's loss is no reason to ask a person (the toolhost's INTERNAL)
+            r.problems.append(f"{r.escalated} workflows escalated to a person")
+        if r.processes_restarted:  # clients fail over to the other nodes: none should die
+            r.problems.append(f"processes died and were restarted: {r.exits}")
     finally:
         with contextlib.suppress(Exception):
             await live.unsubscribe()

@@ -92,6 +92,7 @@ class ChaosReport:
     dead_lettered: int = 0
     bad_inputs: int = 0
     processes_restarted: list[str] = field(default_factory=list)
+    exits: list[str] = field(default_factory=list)  # how each of those ended: code, last log line
     elapsed_s: float = 0.0
     time_bound_s: float = 0.0
     killed: str = ""  # which server was killed, and what it led (cluster)
@@ -172,11 +173,13 @@ class _Run:
         assert self.stack is not None
         proc = self.stack.procs[name]
         while True:
-            await proc.wait()
+            code = await proc.wait()
             if not self.keep_alive:
                 return
             self.report.restarts += 1
             self.report.processes_restarted.append(name)
+            last = self.stack.tail(name, 1)[-300:]
+            self.report.exits.append(f"{name} exited {code}: {last}")
             proc = await self.stack.respawn(name)
 
     async def kill(self, name: str) -> None:

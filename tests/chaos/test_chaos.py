@@ -59,7 +59,8 @@ async def test_a_cluster_losing_its_journal_leader_loses_nothing_and_catches_up(
           f"{r.completed}, lost {r.lost}, duplicated {r.duplicated_effects}; killed {r.killed}; "
           f"recovered in {r.recovered_s} s, caught up in {r.caught_up_s} s; {r.elapsed_s} s in all")
     assert r.ok, r.problems
-    assert (r.kills, r.restarts) == (1, 1) and "SY_JOURNAL leader" in r.killed
+    assert (r.kills, r.restarts) == (1, 1), f"restarted: {r.processes_restarted}: {r.exits}"
+    assert "SY_JOURNAL leader" in r.killed
     assert r.completed == r.acknowledged == SIZES["ci"]["cluster"]
     assert (r.lost, r.duplicated_effects) == (0, 0) and r.effects == r.completed
     assert 0 < r.recovered_s and 0 < r.caught_up_s

@@ -44,8 +44,36 @@ async def test_publisher_resolves_acks_and_refusals(nc: Client, js: JetStreamCon
             await asyncio.wait_for(
                 pub.publish(subject, b"late", {"Nats-Expected-Last-Subject-Sequence": "1"}), 5)
         assert refused.value.err_code == WRONG_LAST_SEQUENCE
+    finally:
+        await pub.stop()
+    brief = await Publisher(nc, timeout=0.5).start()
+    try:  # no stream at all: sent again until the timeout, then said so (nothing was stored)
         with pytest.raises(NoStreamResponseError):
-            await asyncio.wait_for(pub.publish("no.stream.here", b"x"), 5)
+            await asyncio.wait_for(brief.publish("no.stream.here", b"x"), 5)
+        assert brief.resent > 0
+    finally:
+        await brief.stop()
+
+
+async def test_publisher_rides_out_a_stream_without_a_leader(
+    nc: Client, js: JetStreamContext,
+) -> None:
+    """A stream electing its leader (a cluster node died) answers a publish with "no responders"
+    until it has one. That was an error at once, and the supervisor's handler, the agent's result
+    and the tool host's ledger failed with it: now the publish is sent again until it lands."""
+    name = f"L{uuid.uuid4().hex[:8]}".upper()
+    subject = f"{name.lower()}.x"
+    pub = await Publisher(nc, timeout=30).start()
+    try:
+        pending = asyncio.ensure_future(pub.publish(subject, b"held", {"Nats-Msg-Id": "h1"}))
+        async with asyncio.timeout(10):
+            while pub.resent == 0:  # noqa: ASYNC110 - no event for "answered 503 and resent"
+                await asyncio.sleep(0.02)
+        assert not pending.done()
+        await js.add_stream(StreamConfig(name=name, subjects=[subject]))  # the leader is back
+        ack = await asyncio.wait_for(pending, 10)
+        assert (ack.stream, ack.seq, ack.duplicate) == (name, 1, False)
+        assert (await js.stream_info(name)).state.messages == 1
     finally:
         await pub.stop()
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from nats.aio.client import Client
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.client import JetStreamContext
 from pydantic import BaseModel
 
@@ -158,3 +159,55 @@ async def test_budget_is_shared_by_host_replicas_and_survives_a_restart(
         again = await call(nc, subjects, "kb_search", {"query": "refund"}, grant, "")
     assert again.error is not None and again.error.code == "budget_exhausted"
     store.close()
+
+
+async def test_a_ledger_without_a_leader_is_answered_retry_and_nothing_runs(
+    nc: Client, js: JetStreamContext, subjects: Subjects, signer: grants.Signer,
+) -> None:
+    """The ledger's bucket electing a leader (a cluster node died) answers "no response". The
+    host answered that call ``internal``, not retryable, and the supervisor sent the workflow to
+    a person (64 workflows of the cluster scenario). Now: ridden out, then "retry", nothing ran."""
+    runs: list[int] = []
+
+    @tool(side_effects=True)
+    async def effect(args: Ping) -> Ping:
+        runs.append(args.n)
+        return Ping(n=args.n)
+
+    config = ToolHostConfig(subjects=subjects, trusted_keys=frozenset({signer.public_key}),
+                            ledger_wait_s=0.3)
+    bucket = subjects.bucket("tool_ledger")
+    async with ToolHost(ToolRegistry([effect]), nc=nc, config=config):
+        await js.delete_stream(f"KV_{bucket}")  # no stream answers its subjects now
+        grant = grant_for(signer, ["effect"])
+        refused = await call(nc, subjects, "effect", {"n": 1}, grant, "k1")
+        assert refused.error is not None and refused.error.retryable
+        assert "did not run" in refused.error.message and runs == []
+        await open_bucket(js, bucket)  # the leader is back
+        done = await call(nc, subjects, "effect", {"n": 1}, grant, "k1")
+        again = await call(nc, subjects, "effect", {"n": 1}, grant, "k1")
+    assert done.ok and again == done and runs == [1]
+
+
+async def test_a_claim_whose_ack_was_lost_is_still_the_calls_own(
+    js: JetStreamContext, subjects: Subjects, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A claim stored while its ack was lost (a leader dying between the two) is tried again:
+    the key is then taken, by this very call, which must not be refused as ``outcome_unknown``."""
+    bucket = subjects.bucket("tool_ledger")
+    ledger = ToolLedger(await open_bucket(js, bucket), js, bucket, wait=5)
+    create = ledger.kv.create
+    lost: list[str] = []
+
+    async def stored_but_unacknowledged(key: str, value: bytes, **kw: Any) -> int:
+        revision = await create(key, value, **kw)
+        if not lost:
+            lost.append(key)
+            raise NatsTimeoutError
+        return revision
+
+    monkeypatch.setattr(ledger.kv, "create", stored_but_unacknowledged)
+    assert await ledger.begin("effect", "k1") is None  # ours
+    assert lost and (await ledger.get("effect", "k1")).state == "started"  # type: ignore[union-attr]
+    other = await ledger.begin("effect", "k1")  # another call's claim of the same key
+    assert other is not None and other.state == "started"
