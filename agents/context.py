@@ -68,7 +68,8 @@ class TaskContext:
         # the task's model calls, through the step's models, ceilings and cache (None: this
         # process has no model catalogue)
         self.models: TaskModels | None = (
-            models.for_task(task.model, on_delta=self.emit) if models is not None else None)
+            models.for_task(task.model, on_delta=self.emit if task.stream else None)
+            if models is not None else None)
         self.local_model = ""  # a reference agent's in-process model, by its catalogue name
         self._partials = 0
         self._nc = nc

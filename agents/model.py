@@ -140,7 +140,7 @@ class OpenAICompatibleModel:
 
     async def _complete(self, body: dict[str, Any]) -> dict[str, Any]:
         response = await self._http.post("/chat/completions", json=body)
-        response.raise_for_status()
+        _raise_for_status(response, self.model, self.attempts)
         try:
             data = response.json()
         except ValueError:
@@ -159,7 +159,7 @@ class OpenAICompatibleModel:
         async with aconnect_sse(self._http, "POST", "/chat/completions", json=body) as source:
             if source.response.is_error:
                 await source.response.aread()  # what the server said, for the error
-                source.response.raise_for_status()
+                _raise_for_status(source.response, self.model, self.attempts)
             try:
                 async for event in source.aiter_sse():
                     if event.data.strip() == "[DONE]":
@@ -226,6 +226,8 @@ def _transient(exc: BaseException) -> bool:
     """Worth another try: the endpoint was unreachable, slow, overloaded or failing."""
     if isinstance(exc, httpx.HTTPStatusError):
         status = exc.response.status_code
+        if _names_response_format(exc.response):
+            return False  # the request's form is refused (some servers say so with a 500)
         if status == 429:
             after = retry_after(exc.response.headers.get("retry-after"))
             return after is None or after <= MAX_RETRY_AFTER_S
@@ -233,14 +235,35 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, httpx.TransportError)
 
 
-def _status_error(exc: httpx.HTTPStatusError, model: str, attempts: int) -> ModelError:
+def _raise_for_status(response: httpx.Response, model: str, attempts: int) -> None:
+    """An answer that says the request itself is wrong (a 4xx but 429, or a refused
+    ``response_format``) is ``ModelError`` at once: not retried, and no fault of the endpoint's
+    for its breaker. The rest raise ``HTTPStatusError`` for the retries to judge."""
+    try:
+        response.raise_for_status()
+    except httpx.HTTPStatusError as exc:
+        status = response.status_code
+        if (400 <= status < 500 and status != 429) or _names_response_format(response):
+            raise _status_error(exc, model, attempts, transient=False) from None
+        raise
+
+
+def _names_response_format(response: httpx.Response) -> bool:
+    try:
+        return "response_format" in response.text
+    except httpx.ResponseNotRead:
+        return False
+
+
+def _status_error(exc: httpx.HTTPStatusError, model: str, attempts: int, *,
+                  transient: bool = True) -> ModelError:
     status = exc.response.status_code
     try:
         detail = exc.response.json().get("error", {})
         detail = detail.get("message", "") if isinstance(detail, dict) else str(detail)
     except (ValueError, AttributeError, httpx.ResponseNotRead):
         detail = ""
-    transient = status == 429 or status >= 500
+    transient = transient and (status == 429 or status >= 500)
     return ModelError(
         f"model {model} answered {status}"
         + (f" after {attempts} attempt(s)" if transient else "") + (f": {detail}" if detail else ""),

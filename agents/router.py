@@ -63,6 +63,8 @@ class ModelRouter:
         self.cache_bucket = ""
         self.cache_counts = CacheCounts()
         self._clients: dict[str, OpenAICompatibleModel] = {}
+        # how each model takes a JSON schema, once a server refused the other way
+        self.formats: dict[str, str] = {}
         self._cache_total = Counter("switchyard_model_cache", "Model cache lookups", ["result"],
                                     registry=metrics) if metrics is not None else None
 
@@ -144,10 +146,22 @@ class TaskModels:
             if spec.kind != "openai":
                 failures.append(self._passed_over(name, "a local model, not callable here"))
                 continue
-            request = _request(messages, spec, schema, schema_name, tools, tool_choice,
-                               temperature, self._fit(spec, messages, tools, schema, max_tokens))
+            fit = self._fit(spec, messages, tools, schema, max_tokens)
+            fmt = self.router.formats.get(name, spec.response_format)
             try:
-                reply = await self._call(spec, request, stream and "stream" in spec.capabilities)
+                try:
+                    reply = await self._call(spec, _request(
+                        messages, fmt, schema, schema_name, tools, tool_choice, temperature, fit),
+                        stream and "stream" in spec.capabilities)
+                except ModelError as exc:
+                    if schema is None or fmt != "json_schema" or not _refused_format(exc):
+                        raise
+                    # a server that knows only the older form (llama-cpp-python's): ask that way,
+                    # from now on
+                    self.router.formats[name] = "json_object"
+                    reply = await self._call(spec, _request(
+                        messages, "json_object", schema, schema_name, tools, tool_choice,
+                        temperature, fit), stream and "stream" in spec.capabilities)
             except ModelBudgetError:
                 raise
             except ModelError as exc:
@@ -176,7 +190,7 @@ class TaskModels:
         reply = await self.chat(history, schema=schema, schema_name=model.__name__,
                                 max_tokens=max_tokens, stream=stream, **options)
         try:
-            return model.model_validate_json(reply.text)
+            return _validated(model, reply.text)
         except ValidationError as exc:
             history += [{"role": "assistant", "content": reply.text},
                         {"role": "user", "content": (
@@ -184,7 +198,7 @@ class TaskModels:
                             f"{_brief(exc)}. Answer again with only a JSON object that does.")}]
         reply = await self.chat(history, schema=schema, schema_name=model.__name__,
                                 max_tokens=max_tokens, stream=stream, **options)
-        return model.model_validate_json(reply.text)
+        return _validated(model, reply.text)
 
     # the parts -------------------------------------------------------------------------------
 
@@ -196,7 +210,7 @@ class TaskModels:
     def _fit(self, spec: ModelSpec, messages: list[Message], tools: list[dict[str, Any]] | None,
              schema: dict[str, Any] | None, max_tokens: int) -> int:
         """``max_tokens`` lowered to fit every ceiling; ``ModelBudgetError`` if it cannot."""
-        prompt = math.ceil(len(json.dumps([messages, tools, schema])) / CHARS_PER_TOKEN)
+        prompt = _prompt_tokens(messages, tools, schema)
         out = min(max_tokens, spec.context - prompt)
         ceilings = [] if self.plan is None else [
             ("the call", self.plan.call, Usage()),
@@ -241,7 +255,8 @@ class TaskModels:
             router.counted(hit=False)
         client = router.client(spec)
         reply = await client.chat(**request, on_delta=self.on_delta if stream else None)
-        self._account(spec, reply, cached=False)
+        self._account(spec, reply, cached=False, prompt_estimate=_prompt_tokens(
+            request["messages"], request.get("tools"), request.get("response_format")))
         if cache_key and router.cache is not None and router.cache_js is not None:
             try:
                 await kv_write(router.cache_js, router.cache_bucket, cache_key, _to_cache(reply),
@@ -250,26 +265,46 @@ class TaskModels:
                 pass
         return reply
 
-    def _account(self, spec: ModelSpec, reply: ModelReply, *, cached: bool) -> None:
+    def _account(self, spec: ModelSpec, reply: ModelReply, *, cached: bool,
+                 prompt_estimate: int = 0) -> None:
         u = reply.usage
+        if not cached and not (u.input_tokens or u.output_tokens):
+            # a server that reports no usage (llama.cpp's, when streaming): estimated, so that
+            # ceilings still hold
+            u = msgspec.structs.replace(
+                u, input_tokens=prompt_estimate,
+                output_tokens=math.ceil(len(reply.text + json.dumps(
+                    [c.arguments for c in reply.tool_calls])) / CHARS_PER_TOKEN))
         cost = 0.0 if cached else round(spec.cost(u.input_tokens, u.output_tokens), 9)
         call = ModelCall(model=spec.name, input_tokens=0 if cached else u.input_tokens,
                          output_tokens=0 if cached else u.output_tokens, cost_usd=cost,
-                         latency_ms=u.latency_ms, cached=cached)
+                         latency_ms=u.latency_ms, cached=cached,
+                         estimated=u is not reply.usage)
         self.calls.append(call)
         self.usage = self.usage.plus(Usage(
             input_tokens=call.input_tokens, output_tokens=call.output_tokens, cost_usd=cost,
             model=spec.name, calls=1, latency_ms=call.latency_ms, cache_hits=int(cached)))
 
 
-def _request(messages: list[Message], spec: ModelSpec, schema: dict[str, Any] | None,
+def _refused_format(exc: ModelError) -> bool:
+    """The server refused the request's ``response_format`` (llama-cpp-python answers 500 to a
+    type it does not know, others 400 or 422)."""
+    return exc.status in (400, 422, 500) and "response_format" in exc.message
+
+
+def _prompt_tokens(messages: list[Message], tools: Any, schema: Any) -> int:
+    """A cautious estimate of a prompt's tokens, before it is sent."""
+    return math.ceil(len(json.dumps([messages, tools, schema])) / CHARS_PER_TOKEN)
+
+
+def _request(messages: list[Message], fmt: str, schema: dict[str, Any] | None,
              schema_name: str, tools: list[dict[str, Any]] | None,
              tool_choice: str | dict[str, Any] | None, temperature: float,
              max_tokens: int) -> dict[str, Any]:
     request: dict[str, Any] = {"messages": messages, "temperature": temperature,
                                "max_tokens": max_tokens}
     if schema is not None:
-        if spec.response_format == "json_object":  # llama.cpp's server: a grammar from the schema
+        if fmt == "json_object":  # llama-cpp-python's server: a grammar from the schema
             request["response_format"] = {"type": "json_object", "schema": schema}
         else:
             request["response_format"] = {"type": "json_schema", "json_schema": {
@@ -304,6 +339,16 @@ def _from_cache(data: bytes, model: str) -> ModelReply:
     return ModelReply(text=c.text, usage=Usage(model=model, calls=1, cache_hits=1),
                       tool_calls=tuple(ToolCallRequest(*t) for t in c.tool_calls),
                       finish_reason=c.finish_reason, message=c.message)
+
+
+def _validated(model: type[M], text: str) -> M:
+    """``text`` as ``model``. Control characters inside strings are let through (models write
+    raw newlines in JSON strings, and strict JSON forbids them); nothing else is forgiven."""
+    try:
+        value = json.loads(text, strict=False)
+    except ValueError:
+        return model.model_validate_json(text)  # not JSON at all: pydantic's error says so
+    return model.model_validate(value)
 
 
 def _brief(exc: ValidationError) -> str:

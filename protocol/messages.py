@@ -58,6 +58,7 @@ class Task(_Message, kw_only=True):
     after: int = 0
     prev: str = ""
     model: ModelPlan | None = None  # for a step with a model policy or under a budget
+    stream: bool = False  # the submitter watches partial output (``metadata: {"stream": "1"}``)
 
 
 class Usage(msgspec.Struct, kw_only=True):
@@ -112,6 +113,7 @@ class ModelCall(msgspec.Struct, kw_only=True):
     latency_ms: float = 0.0
     cached: bool = False
     error: str = ""
+    estimated: bool = False  # the server reported no usage: tokens estimated from the text
 
 
 class ModelUse(msgspec.Struct, kw_only=True):

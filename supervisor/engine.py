@@ -94,6 +94,7 @@ class WorkflowState(msgspec.Struct, kw_only=True):
     spend: Usage = msgspec.field(default_factory=Usage)  # model use of every result, summed
     model: str = ""  # the current step's model after an escalation to a stronger one
     budget_waived: bool = False  # a person let the run go on past its budget
+    stream: bool = False  # the submitter watches partial output live
 
 
 # events in ------------------------------------------------------------------------------------
@@ -149,6 +150,7 @@ class SendTask:
     approved: dict[str, str] = field(default_factory=dict)
     declined: list[str] = field(default_factory=list)
     model: ModelPlan | None = None
+    stream: bool = False
 
 
 @dataclass(frozen=True)
@@ -253,6 +255,7 @@ class _Run:
             attempt=s.attempt, input=build_input(step.input, self.document()),
             tools=list(step.tools), tool_budget=step.tool_budget, deadline=deadline,
             approved=dict(s.approved), declined=list(s.declined), model=self.plan(step),
+            stream=s.stream,
         )
 
     # models and budgets
@@ -495,6 +498,7 @@ def transition(
         fresh = WorkflowState(
             id=req.id, workflow=wf.name, status="running", input=req.input,
             created_at=now, updated_at=now, definition=wf.digest(),
+            stream=req.metadata.get("stream") == "1",
         )
         run = _Run(wf, fresh, now)
         run.event(EventType.WORKFLOW_SUBMITTED, "", workflow=wf.name, version=wf.version)

@@ -417,7 +417,7 @@ class Supervisor(Component):
             role=effect.role, attempt=effect.attempt, input=effect.input,
             context=step.context_of(state.input, state.outputs),
             grant=self.signer.mint(grant), deadline=effect.deadline,
-            after=state.seq, prev=state.head, model=effect.model,
+            after=state.seq, prev=state.head, model=effect.model, stream=effect.stream,
         )
         return await self.publisher.send(
             self.config.subjects.task(effect.role), codec.encode(task),

@@ -144,7 +144,8 @@ class SwitchyardClient:
     ) -> Subscription:
         """Watch a run's partial output live (model tokens as its agents stream them): core
         NATS, so only what is sent while subscribed arrives, and nothing of it is stored.
-        Unsubscribe when done."""
+        Agents stream only for a run submitted with ``metadata={"stream": "1"}``; subscribe
+        before submitting it. Unsubscribe when done."""
         async def received(msg: Msg) -> None:
             try:
                 partial = codec.decode(msg.data, Partial)

@@ -8,13 +8,14 @@ are in each process's ``$SRV.STATS``, so ``switchyard status`` shows them.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterator
 from typing import Any
 
 import pybreaker
 
-from switchyard.protocol.errors import ErrorCode, ToolError
+from switchyard.protocol.errors import ErrorCode, ModelError, ToolError
 
 
 class Breakers:
@@ -41,8 +42,8 @@ class Breakers:
                 yield
         except pybreaker.CircuitBreakerError:
             raise ToolError(
-                f"{what} is failing ({breaker.fail_counter} failures in a row); its circuit is "
-                f"open, next trial within {self.reset_timeout:g} s", code=ErrorCode.CIRCUIT_OPEN,
+                f"{what} is failing (its circuit opened after {self.fail_max} failures in a "
+                f"row); next trial within {self.reset_timeout:g} s", code=ErrorCode.CIRCUIT_OPEN,
                 retryable=True) from None
 
     def state(self, name: str) -> str:
@@ -55,4 +56,8 @@ class Breakers:
 
 
 def _not_a_fault(exc: BaseException) -> bool:
-    return isinstance(exc, ToolError) and not exc.retryable
+    """A refusal on the merits, or the caller giving up (a deadline cancelled the call): no
+    sign that the endpoint is unwell."""
+    if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+        return True
+    return isinstance(exc, (ToolError, ModelError)) and not exc.retryable

@@ -34,7 +34,9 @@ TOOLS: dict[str, tuple[str, type[BaseModel]]] = {
 
 
 class Reply(BaseModel):
-    reply: str = Field(min_length=1, max_length=1500)
+    # no maxLength: a grammar-constrained server (llama.cpp) expands it into one rule per
+    # character, and sampling under it crawls; the reviewer checks the length
+    reply: str = Field(min_length=1)
 
 
 def tool_specs() -> list[dict[str, Any]]:
@@ -77,7 +79,7 @@ async def act(req: Request, ctx: TaskContext) -> Draft:
         found["open_ticket"] = dict(ticket)
         actions.append("open_ticket")
     messages.append({"role": "user", "content": "Now write the reply to the customer."})
-    text = await models.structured(messages, Reply, max_tokens=400, stream=True)
+    text = await models.structured(messages, Reply, max_tokens=800, stream=True)
     proposal = found.get("propose_refund")
     refund = None
     if proposal:

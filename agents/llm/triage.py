@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from switchyard.agents import Agent, Scored, TaskContext
 from switchyard.agents.llm import models_of, prompt
@@ -17,12 +17,18 @@ from switchyard.agents.triage import SENSITIVE_INTENTS, Ticket, Triage
 
 
 class Classified(BaseModel):
-    """What the model must answer."""
+    """What the model must answer. Its confidence is a word, not a number: models state a
+    level more reliably than a probability, and a grammar-constrained server (llama.cpp's) can
+    enforce an enum where it cannot enforce a number's range."""
 
     intent: Literal["billing", "technical", "account", "legal", "other"]
     severity: Literal["low", "normal", "high"]
     sensitivity: Literal["normal", "high"]
-    confidence: float = Field(ge=0.0, le=1.0)
+    confidence: Literal["low", "medium", "high"]
+
+
+# what each stated level counts as against the step's threshold (0.5 in the support workflow)
+CONFIDENCE = {"low": 0.3, "medium": 0.6, "high": 0.9}
 
 
 agent = Agent("triage", version="1.0.0", description="intent, severity and sensitivity (LLM)")
@@ -39,5 +45,5 @@ async def triage(ticket: Ticket, ctx: TaskContext) -> Scored[Triage]:
                  or bool(find_pii(ticket.text)))
     result = Triage(intent=got.intent, severity=got.severity,
                     sensitivity="high" if sensitive else "normal",
-                    scores={got.intent: got.confidence})
-    return Scored(result, confidence=got.confidence)
+                    scores={got.intent: CONFIDENCE[got.confidence]})
+    return Scored(result, confidence=CONFIDENCE[got.confidence])

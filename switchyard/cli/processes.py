@@ -75,6 +75,11 @@ def agent_run(target: Annotated[str, typer.Argument(
     if not isinstance(agent, Agent):
         err.print(f"[red]{escape(spec)} is a {type(agent).__name__}, not a switchyard.agents.Agent[/]")
         raise typer.Exit(2)
+    if spec in LLM_AGENTS.values() and settings.model not in settings.catalogue().names():
+        err.print(f"[red]the LLM agent {escape(target)} calls model {escape(repr(settings.model))}, "
+                  "which the catalogue lacks: set SWITCHYARD_MODEL_BASE_URL (and "
+                  "SWITCHYARD_MODEL_NAME) or a SWITCHYARD_MODEL_CATALOGUE naming it[/]")
+        raise typer.Exit(2)
     run_agent(agent)
 
 
@@ -258,6 +263,8 @@ def use_models(models: str, base_url: str, model: str, connect: bool) -> None:
         raise typer.Exit(2)
     if models:
         os.environ["SWITCHYARD_AGENTS"] = models
+    if models == "llm" and not os.environ.get("SWITCHYARD_WORKFLOWS"):
+        os.environ["SWITCHYARD_WORKFLOWS"] = "support-llm"  # the same steps, a model's timeouts
     if base_url:
         os.environ["SWITCHYARD_MODEL_BASE_URL"] = base_url
     if model:

@@ -60,7 +60,7 @@ def submit(
 
             watching = await bus.partials(wid, show)  # before the run can start
             try:
-                await bus.submit(workflow, payload, workflow_id=wid)
+                await bus.submit(workflow, payload, workflow_id=wid, metadata={"stream": "1"})
                 return await bus.wait(wid, timeout=timeout)
             finally:
                 await watching.unsubscribe()

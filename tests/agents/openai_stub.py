@@ -38,6 +38,9 @@ class Stub:
         self.scripts: dict[str, deque[dict[str, Any]]] = defaultdict(deque)
         self.answers: dict[str, dict[str, Any]] = {}
         self.requests: list[dict[str, Any]] = []
+        # models that refuse OpenAI's json_schema form with a 500 naming response_format, as
+        # llama-cpp-python's server does
+        self.refuse_json_schema: set[str] = set()
         self.lock = threading.Lock()
         self.url = ""
 
@@ -60,6 +63,7 @@ class Stub:
         with self.lock:
             self.scripts.clear()
             self.answers.clear()
+            self.refuse_json_schema.clear()
             self.requests.clear()
 
     # the server ----------------------------------------------------------------------------
@@ -71,6 +75,11 @@ class Stub:
             self.requests.append({"model": model, "body": body, "at": time.time(),
                                   "authorization": request.headers.get("authorization", "")})
             behaviour = self.scripts[model].popleft() if self.scripts[model] else None
+        if model in self.refuse_json_schema and \
+                (body.get("response_format") or {}).get("type") == "json_schema":
+            return JSONResponse({"error": {"message": "1 validation error: ('body', "
+                                           "'response_format', 'type') Input should be 'text' "
+                                           "or 'json_object'"}}, status_code=500)
         if behaviour is not None:
             if behaviour.get("delay_s"):
                 await asyncio.sleep(behaviour["delay_s"])  # the stub is slow on purpose

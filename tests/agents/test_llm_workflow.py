@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from importlib import resources
 from pathlib import Path
@@ -33,9 +34,9 @@ from tests.agents.openai_stub import Stub, StubServer
 
 ADA = "ada@example.com"
 CLASSIFIED = {"intent": "billing", "severity": "normal", "sensitivity": "normal",
-              "confidence": 0.92}
+              "confidence": "high"}
 REPLY = {"reply": "Hello Ada,\nWe are looking into the double charge [KB-101].\nYour ticket is open."}
-JUDGED = {"approved": True, "score": 0.95, "failed_checks": []}
+JUDGED: dict[str, list[str]] = {"failed_checks": []}
 LOOKUP = [{"name": "lookup_customer", "arguments": {"email": ADA}}]
 
 
@@ -143,13 +144,14 @@ async def test_the_llm_support_workflow_completes_and_its_cost_is_the_sum_of_its
     assert triage.model is not None and triage.model.model == "small"
     assert triage.model.prompt == prompt("triage").ref and triage.model.reason == "the step's model"
     assert triage.output is not None and triage.output["intent"] == "billing"
-    assert triage.confidence == pytest.approx(0.92)
+    assert triage.confidence == pytest.approx(0.9)
     action = by_step["action"]
     assert action.output is not None and action.output["actions"][0] == "lookup_customer"
     assert action.output["customer_id"] and action.output["ticket_id"]  # from the tools
     assert store.ticket(action.output["ticket_id"]) is not None
     assert by_step["retrieval"].model is not None
     assert by_step["retrieval"].model.model == "retrieval-scorer"  # a local catalogue entry
+    assert not any(c["body"].get("stream") for c in stub.calls())  # nobody watched this run
     timed = {t.step: t.usage for t in done.outcome.steps}
     assert timed["triage"] is not None and timed["triage"].model == "small"
     assert timed["retrieval"] is None  # a local model makes no calls
@@ -176,16 +178,16 @@ async def test_a_fallback_chain_finishes_on_the_second_model_and_the_breaker_ski
     assert second.status == "completed"
     for r in await results(client, second.workflow_id):
         if r.model and r.model.calls:
-            assert r.model.model == "backup" and "circuit is open" in r.model.tried[0]
+            assert r.model.model == "backup" and "circuit opened" in r.model.tried[0]
     assert triage_calls() == 3  # skipped while its breaker is open
 
 
 async def test_a_low_confidence_triage_is_tried_on_the_stronger_model_then_escalated(
     llm_stack: Stack, stub: Stub,
 ) -> None:
-    stub.answer("small", by_schema={"Classified": {**CLASSIFIED, "confidence": 0.2},
+    stub.answer("small", by_schema={"Classified": {**CLASSIFIED, "confidence": "low"},
                                     "Reply": REPLY, "Judged": JUDGED}, tool_calls=LOOKUP)
-    stub.answer("large", by_schema={"Classified": {**CLASSIFIED, "confidence": 0.3}})
+    stub.answer("large", by_schema={"Classified": {**CLASSIFIED, "confidence": "low"}})
     client, _ = await llm_stack(support(escalate_to="large"))
     waiting = await run(client, "hmm, something about my thing")
     assert (waiting.status, waiting.kind) == ("escalated", "low_confidence")
@@ -272,7 +274,7 @@ async def test_partial_output_streams_live_and_never_reaches_the_journal(
     wid = "streamed-1"
     watching = await client.partials(wid, on_partial)
     await client.submit("support", {"text": "I was charged twice", "customer_email": ADA},
-                        workflow_id=wid)
+                        workflow_id=wid, metadata={"stream": "1"})
     done = await client.wait(wid, timeout=30)
     await asyncio.wait_for(finished.wait(), 10)
     await watching.unsubscribe()
@@ -287,3 +289,32 @@ async def test_partial_output_streams_live_and_never_reaches_the_journal(
         [wid, "submit"], *[["result", role] for role in
                            ("triage", "retrieval", "action", "compliance", "reviewer")]]
     assert all(b'"seq":' not in r.data for r in records)
+
+
+async def test_submit_stream_prints_tokens_live_and_trace_shows_model_cost_and_latency(
+    llm_stack: Stack, nats_url: str, subjects: Subjects, tmp_path: Path, stub: Stub,
+) -> None:
+    """The CLI as a user runs it, against this stack: ``submit --stream`` and ``trace``."""
+    from tests.e2e.conftest import run_cli
+
+    wf = support()
+    await llm_stack(wf)
+    # the CLI configured as the supervisor is, so that its replay folds under the same definition
+    (tmp_path / "support.yaml").write_text(yaml.safe_dump(wf.model_dump(mode="json")))
+    (tmp_path / "models.yaml").write_text(yaml.safe_dump(
+        catalogue(stub).model_dump(mode="json", exclude={"models": {"__all__": {"api_key"}}})))
+    env = {**os.environ, "NATS_URL": nats_url, "SWITCHYARD_PREFIX": subjects.prefix,
+           "SWITCHYARD_DATA_DIR": str(tmp_path), "COLUMNS": "200",
+           "SWITCHYARD_WORKFLOWS": str(tmp_path / "support.yaml"),
+           "SWITCHYARD_MODEL_CATALOGUE": str(tmp_path / "models.yaml")}
+    res = await run_cli("submit", "--stream", "--email", ADA, "I was charged twice", env=env,
+                        timeout=60)
+    assert res.code == 0, res.stderr
+    assert '"intent": "billing"' in res.stderr  # the triage model's tokens, as they came
+    assert "Hello Ada" in res.stdout  # the outcome's reply
+    wid = res.stdout.split()[1].rstrip(":")
+    traced = await run_cli("trace", wid, env=env, timeout=60)
+    assert traced.code == 0, traced.stderr
+    assert "model small (the step's model)" in traced.stdout, traced.stdout
+    assert "model small: 1 call(s)" in traced.stdout and " USD, " in traced.stdout
+    assert "models: " in traced.stdout  # the run's totals on its last line

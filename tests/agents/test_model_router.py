@@ -67,7 +67,7 @@ async def test_the_chain_falls_back_on_500s_and_the_open_breaker_skips_the_broke
     assert r.breakers.state(r.client(r.catalogue.get("small")).breaker_name) == "open"
     later = r.for_task(plan)
     await later.chat(HI)
-    assert later.answered == "backup" and "circuit is open" in later.tried[0]
+    assert later.answered == "backup" and "circuit opened" in later.tried[0]
     assert len(stub.calls("small")) == 2  # the later task never reached the broken model
     use = later.use()
     assert use is not None and use.model == "backup" and use.tried == later.tried
@@ -175,3 +175,18 @@ def test_the_catalogue_holds_the_local_models_and_reads_keys_from_the_environmen
         load_catalogue(path)
     with pytest.raises(ConfigError, match="no model named 'gpt'"):
         cat.get("gpt")
+
+
+async def test_a_server_that_refuses_json_schema_is_asked_with_json_object_from_then_on(
+    stub: Stub,
+) -> None:
+    stub.refuse_json_schema.add("small")
+    stub.answer("small", by_schema={"Verdict": {"ok": True, "score": 1.0}})
+    r = router(stub)
+    assert (await r.for_task(None).structured(HI, Verdict)).ok
+    assert (await r.for_task(None).structured(HI, Verdict)).ok
+    forms = [c["body"]["response_format"]["type"] for c in stub.calls("small")]
+    assert forms == ["json_schema", "json_object", "json_object"]  # learnt once
+    assert r.formats == {"small": "json_object"}
+    assert r.breakers.state(r.client(r.catalogue.get("small")).breaker_name) == "closed"
+    await r.aclose()

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from switchyard.natsd import free_ports
+from tests.parts import require
 
 from ..conftest import nats_image
 
@@ -26,15 +27,6 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "compose.yaml"
 PODMAN_COMPOSE = str(Path(sys.executable).parent / "podman-compose")
 CLI = str(Path(sys.executable).parent / "switchyard")
-
-
-def require(part: str, missing: str) -> None:
-    """Skip, saying what is missing, unless ``SWITCHYARD_TESTS_REQUIRE`` names ``part``: then a
-    machine that lacks it fails the run (CI installs every part)."""
-    required = {p.strip() for p in os.environ.get("SWITCHYARD_TESTS_REQUIRE", "").split(",")}
-    if part in required:
-        pytest.fail(f"{part} is required here (SWITCHYARD_TESTS_REQUIRE) but {missing}")
-    pytest.skip(f"needs {part}: {missing}")
 
 
 @dataclass
