@@ -119,6 +119,15 @@ class Settings(BaseSettings):
                              "writes them)") from None
         return value
 
+    @field_validator("model_catalogue")
+    @classmethod
+    def _catalogue_is_one(cls, value: Path | None) -> Path | None:
+        """A catalogue that cannot be read or is invalid stops every command, not only the
+        processes that call models (and not at their first call)."""
+        if value is not None:
+            load_catalogue(value)  # ConfigError, a ValueError: named with the variable
+        return value
+
     @field_validator("nats_url")
     @classmethod
     def _url_is_a_nats_url(cls, value: str) -> str:

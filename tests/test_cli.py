@@ -86,3 +86,33 @@ def test_cli_nats_config_refuses_a_directory_where_its_config_goes(tmp_path: Pat
                          text=True, timeout=60)
     assert res.returncode == 1 and "is a directory, not a config file" in res.stderr
     assert not (tmp_path / "creds").exists() and not (tmp_path / "nats.conf").exists()
+
+
+def test_cli_model_options_and_settings_that_cannot_work_are_refused_at_once(
+    tmp_path: Path,
+) -> None:
+    env = {**os.environ, "NATS_URL": "nats://127.0.0.1:1"}
+    env.pop("SWITCHYARD_MODEL_BASE_URL", None)
+    bad_catalogue = tmp_path / "models.yaml"
+    bad_catalogue.write_text("models:\n  - name: big\n    base_url: ftp://x\n")
+    wants_gpt = tmp_path / "wf.yaml"
+    wants_gpt.write_text("name: w\nsteps: [{name: s, role: r, model: {use: gpt}}]\n")
+    for args, extra, said in (
+        (["demo", "--models", "gpt"], {}, "--models is 'reference' or 'llm'"),
+        (["demo", "--base-url", "http://127.0.0.1:1/v1"], {}, "go with --models llm"),
+        (["demo", "--models", "llm"], {}, "--models llm needs an endpoint"),
+        (["demo", "--models", "llm", "--connect"], {}, "with --connect"),
+        (["agent", "run", "triage"], {"SWITCHYARD_AGENTS": "llm"}, "which the catalogue lacks"),
+        (["status"], {"SWITCHYARD_AGENTS": "robots"}, "SWITCHYARD_AGENTS"),
+        (["supervisor", "run"], {"SWITCHYARD_MODEL_CATALOGUE": str(bad_catalogue)},
+         "is not an http(s) URL"),
+        (["supervisor", "run"], {"SWITCHYARD_WORKFLOWS": str(wants_gpt)},
+         "names models the catalogue lacks: ['gpt']"),
+        (["supervisor", "run"], {"SWITCHYARD_MODEL_CATALOGUE": str(tmp_path / "none.yaml")},
+         "cannot read the model catalogue"),
+    ):
+        res = subprocess.run([CLI, *args], capture_output=True, text=True, timeout=60,
+                             env={**env, **extra})
+        assert res.returncode == 2, (args, res.returncode, res.stderr)
+        assert said in " ".join(res.stderr.split()) and "Traceback" not in res.stderr, (
+            args, res.stderr)

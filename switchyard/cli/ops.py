@@ -366,7 +366,10 @@ def status(json_out: JsonOpt = False) -> None:
         endpoints = svc["stats"].get("endpoints") or [{}]
         counters = dict(endpoints[0].get("data") or {})
         breakers = counters.pop("breakers", None) or {}
+        cache = counters.pop("model_cache", None) or {}
         shown = ", ".join(f"{k} {v}" for k, v in counters.items() if k != "role")
+        if cache:
+            shown += f", model cache {cache.get('hits', 0)} hits {cache.get('misses', 0)} misses"
         tripped = [f"[red]{n} {b['state']}[/] ({b['failures']} failures)"
                    for n, b in breakers.items() if b["state"] != "closed"]
         circuits = ", ".join(tripped) or (f"{len(breakers)} closed" if breakers else "-")
