@@ -68,7 +68,8 @@ class TaskContext:
         # the task's model calls, through the step's models, ceilings and cache (None: this
         # process has no model catalogue)
         self.models: TaskModels | None = (
-            models.for_task(task.model, on_delta=self.emit if task.stream else None)
+            models.for_task(task.model, on_delta=self.emit if task.stream else None,
+                            on_end=self._end_of_reply if task.stream else None)
             if models is not None else None)
         self.local_model = ""  # a reference agent's in-process model, by its catalogue name
         self._partials = 0
@@ -117,6 +118,9 @@ class TaskContext:
                           seq=self._partials, text=text, done=done)
         with contextlib.suppress(Exception):  # nobody may be listening; nothing depends on it
             await self._nc.publish(self._subjects.partial(t.workflow_id), codec.encode(partial))
+
+    async def _end_of_reply(self) -> None:
+        await self.emit("", done=True)
 
     def model_use(self) -> tuple[Usage, ModelUse | None]:
         """What the task used of models, for its result."""

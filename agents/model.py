@@ -116,8 +116,9 @@ class OpenAICompatibleModel:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
         started = time.perf_counter()
-        retrying = AsyncRetrying(stop=stop_after_attempt(self.attempts), wait=self._wait,
-                                 retry=retry_if_exception(_transient), reraise=True)
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.attempts), wait=self._wait, reraise=True,
+            retry=retry_if_exception(lambda e: _transient(e, self._max_retry_after)))
         try:
             async for attempt in retrying:
                 with attempt, self.breakers.guard(self.breaker_name,
@@ -222,15 +223,16 @@ def retry_after(value: str | None) -> float | None:
         return None
 
 
-def _transient(exc: BaseException) -> bool:
-    """Worth another try: the endpoint was unreachable, slow, overloaded or failing."""
+def _transient(exc: BaseException, max_retry_after: float = MAX_RETRY_AFTER_S) -> bool:
+    """Worth another try: the endpoint was unreachable, slow, overloaded or failing (and, for
+    a 429, asks for no longer a wait than ``max_retry_after``)."""
     if isinstance(exc, httpx.HTTPStatusError):
         status = exc.response.status_code
         if _names_response_format(exc.response):
             return False  # the request's form is refused (some servers say so with a 500)
         if status == 429:
             after = retry_after(exc.response.headers.get("retry-after"))
-            return after is None or after <= MAX_RETRY_AFTER_S
+            return after is None or after <= max_retry_after
         return status >= 500
     return isinstance(exc, httpx.TransportError)
 
@@ -258,6 +260,10 @@ def _names_response_format(response: httpx.Response) -> bool:
 def _status_error(exc: httpx.HTTPStatusError, model: str, attempts: int, *,
                   transient: bool = True) -> ModelError:
     status = exc.response.status_code
+    if status in (401, 403):  # what a server says then may echo (part of) the key: not kept
+        return ModelError(f"model {model} answered {status}: the API key was refused "
+                          "(SWITCHYARD_MODEL_API_KEY, or the catalogue entry's api_key_env)",
+                          status=status)
     try:
         detail = exc.response.json().get("error", {})
         detail = detail.get("message", "") if isinstance(detail, dict) else str(detail)

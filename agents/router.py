@@ -18,6 +18,7 @@ circuit breakers, the cache. ``TaskModels`` is one task's view of it, as ``ctx.m
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -53,8 +54,10 @@ class ModelRouter:
     """The models one agent process calls."""
 
     def __init__(self, catalogue: Catalogue, *, default: str = "", breakers: Breakers | None = None,
-                 cache_ttl_s: float = 0.0, metrics: CollectorRegistry | None = None) -> None:
+                 cache_ttl_s: float = 0.0, metrics: CollectorRegistry | None = None,
+                 role: str = "") -> None:
         self.catalogue = catalogue
+        self.role = role  # the cache's keys are the role's own (a role may write only those)
         self.default = default
         self.breakers = breakers or Breakers(fail_max=3, reset_timeout=30.0)
         self.cache_ttl_s = cache_ttl_s
@@ -77,8 +80,9 @@ class ModelRouter:
         return found
 
     def for_task(self, plan: ModelPlan | None, *,
-                 on_delta: Callable[[str], Awaitable[None]] | None = None) -> TaskModels:
-        return TaskModels(self, plan, on_delta=on_delta)
+                 on_delta: Callable[[str], Awaitable[None]] | None = None,
+                 on_end: Callable[[], Awaitable[None]] | None = None) -> TaskModels:
+        return TaskModels(self, plan, on_delta=on_delta, on_end=on_end)
 
     def bind_cache(self, js: JetStreamContext, bucket: str, kv: KeyValue) -> None:
         """Cache deterministic calls in ``bucket`` (entries live ``cache_ttl_s``)."""
@@ -102,10 +106,13 @@ class TaskModels:
     """One task's model calls (``ctx.models``)."""
 
     def __init__(self, router: ModelRouter, plan: ModelPlan | None, *,
-                 on_delta: Callable[[str], Awaitable[None]] | None = None) -> None:
+                 on_delta: Callable[[str], Awaitable[None]] | None = None,
+                 on_end: Callable[[], Awaitable[None]] | None = None) -> None:
         self.router = router
         self.plan = plan
-        self.on_delta = on_delta
+        self.on_delta = on_delta  # each piece of a streamed reply
+        self.on_end = on_end  # after each streamed reply: a watcher starts a new line
+        self.cache_key = ""  # the last reply's entry in the cache, if it came from or went there
         self.usage = Usage()
         self.calls: list[ModelCall] = []
         self.tried: list[str] = []
@@ -146,9 +153,9 @@ class TaskModels:
             if spec.kind != "openai":
                 failures.append(self._passed_over(name, "a local model, not callable here"))
                 continue
-            fit = self._fit(spec, messages, tools, schema, max_tokens)
             fmt = self.router.formats.get(name, spec.response_format)
             try:
+                fit = self._fit(spec, messages, tools, schema, max_tokens)
                 try:
                     reply = await self._call(spec, _request(
                         messages, fmt, schema, schema_name, tools, tool_choice, temperature, fit),
@@ -162,8 +169,11 @@ class TaskModels:
                     reply = await self._call(spec, _request(
                         messages, "json_object", schema, schema_name, tools, tool_choice,
                         temperature, fit), stream and "stream" in spec.capabilities)
-            except ModelBudgetError:
-                raise
+            except ModelBudgetError as exc:
+                if exc.scope == "left":  # the step and the run: their budget's path
+                    raise
+                failures.append(self._passed_over(name, exc.message))  # this model cannot
+                continue
             except ModelError as exc:
                 retryable = retryable or exc.retryable
                 failures.append(self._passed_over(name, exc.message))
@@ -192,13 +202,23 @@ class TaskModels:
         try:
             return _validated(model, reply.text)
         except ValidationError as exc:
+            await self._forget()  # a reply that does not validate is not kept for next time
             history += [{"role": "assistant", "content": reply.text},
                         {"role": "user", "content": (
                             "That reply does not match the schema: "
                             f"{_brief(exc)}. Answer again with only a JSON object that does.")}]
         reply = await self.chat(history, schema=schema, schema_name=model.__name__,
                                 max_tokens=max_tokens, stream=stream, **options)
-        return _validated(model, reply.text)
+        try:
+            return _validated(model, reply.text)
+        except ValidationError:
+            await self._forget()
+            raise
+
+    async def _forget(self) -> None:
+        if self.cache_key and self.router.cache is not None:
+            with contextlib.suppress(Exception):  # then it is only a bad hit until its TTL
+                await self.router.cache.purge(self.cache_key)
 
     # the parts -------------------------------------------------------------------------------
 
@@ -213,34 +233,34 @@ class TaskModels:
         prompt = _prompt_tokens(messages, tools, schema)
         out = min(max_tokens, spec.context - prompt)
         ceilings = [] if self.plan is None else [
-            ("the call", self.plan.call, Usage()),
-            ("the step and workflow", self.plan.left, self.usage)]
-        for what, budget, spent in ceilings:
+            ("the call", self.plan.call, Usage(), "call"),
+            ("the step and workflow", self.plan.left, self.usage, "left")]
+        for what, budget, spent, scope in ceilings:
             if budget.tokens:
                 left = budget.tokens - spent.tokens - prompt
                 if left < MIN_OUTPUT_TOKENS:
                     raise ModelBudgetError(what, prompt + MIN_OUTPUT_TOKENS,
-                                           max(0, budget.tokens - spent.tokens), "tokens")
+                                           max(0, budget.tokens - spent.tokens), "tokens", scope)
                 out = min(out, left)
             if budget.cost_usd:
                 left_usd = budget.cost_usd - spent.cost_usd
                 least = spec.cost(prompt, MIN_OUTPUT_TOKENS)
                 if least > left_usd:
                     raise ModelBudgetError(what, round(least, 6), round(max(0.0, left_usd), 6),
-                                           "USD")
+                                           "USD", scope)
                 if spec.price.output_per_mtok:
                     out = min(out, math.floor((left_usd - spec.cost(prompt, 0)) * 1e6
                                               / spec.price.output_per_mtok))
         if out < MIN_OUTPUT_TOKENS:
             raise ModelBudgetError(f"model {spec.name}'s context", prompt + MIN_OUTPUT_TOKENS,
-                                   spec.context, "tokens")
+                                   spec.context, "tokens", "context")
         return out
 
     async def _call(self, spec: ModelSpec, request: dict[str, Any], stream: bool) -> ModelReply:
         router = self.router
-        cache_key = ""
+        cache_key = self.cache_key = ""
         if router.cache is not None and request.get("temperature") == 0:
-            cache_key = _cache_key(spec, request)
+            cache_key = self.cache_key = _cache_key(spec, request, router.role)
             try:
                 entry = await router.cache.get(cache_key)
             except Exception:  # not there (or expired)
@@ -250,11 +270,15 @@ class TaskModels:
                 reply = _from_cache(entry.value, spec.name)
                 if stream and self.on_delta is not None and reply.text:
                     await self.on_delta(reply.text)
+                    if self.on_end is not None:
+                        await self.on_end()
                 self._account(spec, reply, cached=True)
                 return reply
             router.counted(hit=False)
         client = router.client(spec)
         reply = await client.chat(**request, on_delta=self.on_delta if stream else None)
+        if stream and self.on_delta is not None and self.on_end is not None:
+            await self.on_end()
         self._account(spec, reply, cached=False, prompt_estimate=_prompt_tokens(
             request["messages"], request.get("tools"), request.get("response_format")))
         if cache_key and router.cache is not None and router.cache_js is not None:
@@ -316,9 +340,10 @@ def _request(messages: list[Message], fmt: str, schema: dict[str, Any] | None,
     return request
 
 
-def _cache_key(spec: ModelSpec, request: dict[str, Any]) -> str:
+def _cache_key(spec: ModelSpec, request: dict[str, Any], role: str) -> str:
     body = json.dumps([spec.base_url, spec.provider_model, request], sort_keys=True)
-    return hashlib.sha256(body.encode()).hexdigest()
+    digest = hashlib.sha256(body.encode()).hexdigest()
+    return f"{role}.{digest}" if role else digest
 
 
 class _Cached(msgspec.Struct):

@@ -219,7 +219,7 @@ class Agent(Component):
         self._trusted = await resolve_trusted_keys(
             self.js, cfg.subjects, cfg.trusted_keys, wait=cfg.trust_wait)
         if cfg.catalogue is not None:
-            self.models = ModelRouter(cfg.catalogue, default=cfg.model,
+            self.models = ModelRouter(cfg.catalogue, default=cfg.model, role=self.role,
                                       cache_ttl_s=cfg.model_cache_ttl_s, metrics=reg)
             if cfg.model_cache_ttl_s > 0:
                 bucket = cfg.subjects.bucket(Bucket.MODEL_CACHE)

@@ -213,9 +213,13 @@ class ModelError(SwitchyardError):
 
 
 class ModelBudgetError(ModelError):
-    """A model call refused before it was made: it would pass a ceiling on tokens or cost."""
+    """A model call refused before it was made: it would pass a ceiling on tokens or cost.
+    ``scope`` is which: ``left`` (what the step and the run have left: the run's over-budget
+    path), ``call`` (the per-call ceiling) or ``context`` (the model's context size); the last
+    two only pass the model over for the step's next one."""
 
-    def __init__(self, what: str, needed: float, left: float, unit: str) -> None:
-        self.what, self.needed, self.left = what, needed, left
+    def __init__(self, what: str, needed: float, left: float, unit: str,
+                 scope: str = "left") -> None:
+        self.what, self.needed, self.left, self.scope = what, needed, left, scope
         super().__init__(f"the call needs up to {needed:g} {unit} but {what} has {left:g} left",
                          code=ErrorCode.MODEL_BUDGET)

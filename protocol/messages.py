@@ -7,7 +7,7 @@ does not know. Payloads written by users (a task's ``input``, a result's ``outpu
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -61,16 +61,21 @@ class Task(_Message, kw_only=True):
     stream: bool = False  # the submitter watches partial output (``metadata: {"stream": "1"}``)
 
 
-class Usage(msgspec.Struct, kw_only=True):
-    """Model use: of one call, one step attempt (summed over its calls), or a whole workflow."""
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
 
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float = 0.0
+
+class Usage(msgspec.Struct, kw_only=True):
+    """Model use: of one call, one step attempt (summed over its calls), or a whole workflow.
+    Never negative: a result that says otherwise does not decode (it could not lower a spend)."""
+
+    input_tokens: NonNegative = 0
+    output_tokens: NonNegative = 0
+    cost_usd: NonNegativeFloat = 0.0
     model: str = ""  # the model that answered (the last one, for a sum)
-    calls: int = 0
-    latency_ms: float = 0.0
-    cache_hits: int = 0
+    calls: NonNegative = 0
+    latency_ms: NonNegativeFloat = 0.0
+    cache_hits: NonNegative = 0
 
     @property
     def tokens(self) -> int:

@@ -187,7 +187,9 @@ def identities(policy: Policy | None, roles: Iterable[str], s: Subjects,
                 *r.durable(r.stream(Stream.TASKS), role),
                 *r.kv_read(Bucket.TRUST), *(s.tool(t, role) for t in tools),
                 # partial output for live watchers, and the cache of deterministic model calls
-                s.all("partial"), *r.kv_write(Bucket.MODEL_CACHE)]
+                # (reads of the bucket, writes of the role's own keys only)
+                s.all("partial"), *r.kv_read(Bucket.MODEL_CACHE),
+                f"$KV.{s.bucket(Bucket.MODEL_CACHE)}.{role}.>"]
         sub += [s.agent_schema(role)]  # its micro service's schema endpoint
         out.append(Identity(name, tuple(pub), tuple(sub)))
     return out

@@ -21,9 +21,10 @@ from switchyard.supervisor.workflow import Workflow, parse_workflow
 class WorkflowCatalog:
     def __init__(
         self, fixed: dict[str, Workflow], kv: KeyValue | None = None, *,
-        policy: Policy | None = None,
+        policy: Policy | None = None, models: frozenset[str] | None = None,
     ) -> None:
         self._policy = policy
+        self._models = models  # the catalogue's model names (None: not checked here)
         self._fixed = {name: self._admit(wf) for name, wf in fixed.items()}
         self._kv = kv
         self._seen: dict[str, Workflow] = {}
@@ -77,7 +78,10 @@ class WorkflowCatalog:
         return self._fixed.get(name) or self._seen.get(name) or await self.latest(name)
 
     def _admit(self, wf: Workflow) -> Workflow:
-        """Check a workflow against the policy and give it the policy's approval defaults."""
+        """Check a workflow against the policy (and the models it names against the model
+        catalogue's) and give it the policy's approval defaults."""
+        if self._models is not None and (unknown := sorted(wf.model_names() - self._models)):
+            raise ConfigError(f"workflow {wf.name} names models the catalogue lacks: {unknown}")
         if self._policy is None:
             return wf
         self._policy.check_workflow(wf)

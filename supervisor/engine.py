@@ -93,7 +93,7 @@ class WorkflowState(msgspec.Struct, kw_only=True):
     snapshot: bool = False  # a snapshot of this run was written (so its end is written too)
     spend: Usage = msgspec.field(default_factory=Usage)  # model use of every result, summed
     model: str = ""  # the current step's model after an escalation to a stronger one
-    budget_waived: bool = False  # a person let the run go on past its budget
+    waivers: int = 0  # times a person let the run go on past a ceiling: each grants it once more
     stream: bool = False  # the submitter watches partial output live
 
 
@@ -301,13 +301,17 @@ class _Run:
         if step.model is not None and step.model.budget:
             b = step.model.budget
             out.append((f"step {step.name}", b.tokens, b.cost_usd, self.step_spend(step.name)))
-        return [] if self.s.budget_waived else out
+        # each waiver gives the run (and each step) its ceilings once more: bounded, not lifted
+        factor = 1 + self.s.waivers
+        return [(what, tokens * factor, usd * factor, spent) for what, tokens, usd, spent in out]
 
     def left(self, step: Step) -> Budget:
         """What the step and the run have left, the lesser of each (0: no ceiling)."""
-        tokens = [t - spent.tokens for _, t, _, spent in self.ceilings(step) if t]
-        usd = [c - spent.cost_usd for _, _, c, spent in self.ceilings(step) if c]
-        return Budget(tokens=min(tokens, default=0), cost_usd=round(min(usd, default=0.0), 9))
+        tokens = [max(1, t - spent.tokens) for _, t, _, spent in self.ceilings(step) if t]
+        usd = [max(1e-9, c - spent.cost_usd) for _, _, c, spent in self.ceilings(step) if c]
+        # a ceiling reached stops the step at dispatch; what is left is never 0 ("none") here
+        return Budget(tokens=min(tokens, default=0),
+                      cost_usd=max(1e-9, round(min(usd), 9)) if usd else 0.0)
 
     def over_budget(self, step: Step) -> str:
         """Why the run may not start another attempt of ``step`` ("" if it may)."""
@@ -325,7 +329,8 @@ class _Run:
         if self.wf.on_over_budget == "stop":
             self.finish("failed", None, f"over budget: {why}")
         else:
-            self.escalate(step.name, "over_budget", f"over budget: {why}", resume=step.name)
+            self.escalate(step.name, "over_budget", f"over budget: {why}", resume=step.name,
+                          suffix=f"budget{self.s.waivers}")
 
     def dispatch(self, step: Step) -> None:
         why = self.over_budget(step)
@@ -392,10 +397,12 @@ class _Run:
     def escalate(
         self, step: str, kind: EscalationKind, reason: str, *, resume: str | None,
         output: Any = None, confidence: float | None = None, call_digest: str = "",
-        round: int = 0, queue: str | None = None,
+        round: int = 0, queue: str | None = None, suffix: str = "",
     ) -> None:
         queue = self.wf.human_queue if queue is None else queue
-        esc_id = f"{self.s.id}:{step}:{self.s.attempt}:esc" + (f":r{round}" if round else "")
+        # an id of its own: an over-budget escalation can follow another at the same attempt
+        esc_id = (f"{self.s.id}:{step}:{self.s.attempt}:esc" + (f":r{round}" if round else "")
+                  + (f":{suffix}" if suffix else ""))
         wait = self.wf.human_deadline_s
         if kind == "approval":
             wait = self.wf.approval_deadline_s or 3600.0
@@ -614,7 +621,11 @@ def _on_decision(run: _Run, d: Decision) -> str | None:
         run.dispatch(run.wf.step(pending.step))
         return None
     if pending.kind == "over_budget" and d.action != "reject":
-        s.budget_waived = True  # a person let it go on: no ceiling stops it again
+        # a person lets it go on: the ceilings once more, and the step where it stopped, at
+        # its next attempt and on the model it was to use (an edit is an approval here)
+        s.waivers += 1
+        run.dispatch(run.wf.step(pending.step))
+        return None
     if d.action == "reject":
         run.finish("rejected", s.outputs.get(pending.step), f"rejected by {d.reviewer}"
                    + (f": {d.note}" if d.note else ""))

@@ -110,6 +110,9 @@ class SupervisorConfig(ComponentConfig):
     max_deliver: int = 10
     cache_size: int = 50_000
     policy: Policy | None = None  # without one, steps get the tools they declare
+    # the model catalogue's names: a definition on the bus naming another is refused (None:
+    # not checked; settings passes the catalogue's)
+    models: frozenset[str] | None = None
     grant_slack_s: float = 30.0
     # a finished run's snapshot stays this long, then the server removes it (its outcome and
     # journal are kept by their streams' own limits)
@@ -141,7 +144,8 @@ class Supervisor(Component):
         self.signer = grants.Signer(config.seed)
         self._snapshots: Snapshots | None = None
         self._index: EscalationIndex | None = None
-        self._catalog = WorkflowCatalog(config.workflows, policy=config.policy)
+        self._catalog = WorkflowCatalog(config.workflows, policy=config.policy,
+                                        models=config.models)
         self._grantable: dict[tuple[str, str, str], Grantable] = {}  # by definition, step, role
         self._folds: Folds | None = None  # each running workflow's fold, as this replica has it
         self._timers = Timers(self._fire)
@@ -188,7 +192,7 @@ class Supervisor(Component):
         self._index = EscalationIndex(await opened(s.bucket(Bucket.ESCALATIONS)))
         self._catalog = WorkflowCatalog(
             cfg.workflows, await opened(s.bucket(Bucket.WORKFLOW_DEFS), history=5),
-            policy=cfg.policy,
+            policy=cfg.policy, models=cfg.models,
         )
         self._folds = Folds(self.journal, self.snapshots, s, self.definitions,
                             max_bytes=cfg.max_bytes, size=cfg.cache_size)
@@ -454,7 +458,8 @@ class Supervisor(Component):
                                prev=folded.head)
             await self.journal.append_exactly(
                 workflow_id, JournalKind.TIMER, timer, after=folded.seq,
-                msg_id=f"{workflow_id}:timer:{s.timer_kind}:{s.current}:{s.attempt}:{round_}")
+                msg_id=f"{workflow_id}:timer:{s.timer_kind}:{s.current}:{s.attempt}:{round_}"
+                + (f":{s.escalation.kind}" if s.escalation is not None else ""))
 
     async def notice(self, workflow_id: str, step: str, attempt: int, reason: str) -> None:
         """Record that the bus gave up on a task of ``workflow_id`` (the fold decides whether the

@@ -244,6 +244,7 @@ class Settings(BaseSettings):
             faults=self.fault_plan(), trail_max_age_s=self.trail_max_age_s,
             publish_timeout=self.publish_timeout_s,
             replicas=self.replicas, provisions=self.provisions,
+            models=frozenset(self.catalogue().names()),
         )
 
     def toolhost_config(self) -> ToolHostConfig:

@@ -110,9 +110,10 @@ def test_cli_model_options_and_settings_that_cannot_work_are_refused_at_once(
          "names models the catalogue lacks: ['gpt']"),
         (["supervisor", "run"], {"SWITCHYARD_MODEL_CATALOGUE": str(tmp_path / "none.yaml")},
          "cannot read the model catalogue"),
+        (["workflow", "put", str(wants_gpt)], {}, "names models the catalogue lacks: ['gpt']"),
     ):
         res = subprocess.run([CLI, *args], capture_output=True, text=True, timeout=60,
                              env={**env, **extra})
-        assert res.returncode == 2, (args, res.returncode, res.stderr)
+        assert res.returncode == (1 if args[0] == "workflow" else 2), (args, res.stderr)
         assert said in " ".join(res.stderr.split()) and "Traceback" not in res.stderr, (
             args, res.stderr)

@@ -194,6 +194,9 @@ def workflow_put(file: Path) -> None:
         policy = settings.load_policy()
         if policy is not None:  # the supervisor would refuse it: say so now, not at submit
             policy.check_workflow(wf)
+        if unknown := sorted(wf.model_names() - set(settings.catalogue().names())):
+            raise ConfigError(f"workflow {wf.name} names models the catalogue lacks: {unknown} "
+                              "(see SWITCHYARD_MODEL_CATALOGUE)")
     except (ConfigError, OSError, UnicodeDecodeError) as exc:
         err.print(f"[red]{escape(str(exc))}[/]")
         raise typer.Exit(1) from None

@@ -53,6 +53,9 @@ def submit(
 
             async def show(p: Partial) -> None:
                 nonlocal step
+                if p.done:  # one reply ended (a retry or the next call starts afresh)
+                    step = ""
+                    return
                 if p.step != step:
                     step = p.step
                     live.print(f"\n[bold]{escape(p.step)}[/] ", end="")

@@ -192,3 +192,14 @@ async def test_the_key_is_never_in_a_message_a_repr_or_a_log_line(
     out = capsys.readouterr()
     texts += [caplog.text, out.out, out.err]
     assert all(KEY not in t and KEY[-8:] not in t for t in texts), texts
+
+
+async def test_a_refused_key_is_said_without_what_the_server_echoed(stub: Stub) -> None:
+    stub.script("m", {"status": 401, "message": f"Incorrect API key provided: {KEY[:3]}***{KEY[-4:]}"})
+    model = client(stub)
+    with pytest.raises(ModelError) as refused:
+        await model.chat(HI)
+    await model.aclose()
+    assert refused.value.status == 401 and not refused.value.retryable
+    assert "the API key was refused" in refused.value.message
+    assert KEY[-4:] not in refused.value.message

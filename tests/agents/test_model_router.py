@@ -104,10 +104,17 @@ async def test_a_reply_that_does_not_validate_is_retried_once_with_the_error(stu
 
 async def test_ceilings_are_enforced_before_the_call(stub: Stub) -> None:
     r = router(stub)
+    # a per-call ceiling a model cannot fit passes it over (for the next), never calls it
     tight = r.for_task(ModelPlan(models=["small"], call=Budget(tokens=10)))
-    with pytest.raises(ModelBudgetError) as refused:
+    with pytest.raises(ModelError) as passed:
         await tight.chat(HI)
-    assert refused.value.code == "model_budget" and "the call needs up to" in refused.value.message
+    assert not isinstance(passed.value, ModelBudgetError)
+    assert "small: the call needs up to" in passed.value.message
+    # what the step and the run have left is their budget's: refused, with its own code
+    spent = r.for_task(ModelPlan(models=["small", "backup"], left=Budget(tokens=10)))
+    with pytest.raises(ModelBudgetError) as refused:
+        await spent.chat(HI)
+    assert refused.value.code == "model_budget" and refused.value.scope == "left"
     assert stub.calls() == []  # refused without a request
     fitted = r.for_task(ModelPlan(models=["large"], left=Budget(cost_usd=0.001)))
     await fitted.chat(HI, max_tokens=1000)

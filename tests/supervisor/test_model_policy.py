@@ -175,7 +175,8 @@ def test_over_budget_escalates_and_an_approval_lets_it_go_on() -> None:
                  decided_at=T0 + 3)
     go = transition(wf, t.state, DecisionReceived(d), T0 + 3)
     sent = task(go)
-    assert sent.step == "answer" and sent.model is not None and sent.model.left.tokens == 0
+    # the ceiling once more (a waiver is bounded): 2 x 100 - 120
+    assert sent.step == "answer" and sent.model is not None and sent.model.left.tokens == 80
 
 
 def test_an_agents_refusal_on_a_ceiling_takes_the_budget_path_not_a_retry() -> None:
@@ -192,9 +193,36 @@ def test_the_step_budget_counts_every_attempt_of_the_step() -> None:
     wf = flow()
     s = submit(wf).state
     assert s is not None
-    t = answered(wf, s, "small", confidence=0.1, tokens=(1500, 600))
-    (esc,) = [e.escalation for e in t.effects if isinstance(e, SendEscalation)]
-    assert esc.kind == "over_budget" and "step triage has used 2100 of its 2000 tokens" in esc.reason
+    first = answered(wf, s, "small", confidence=0.1, tokens=(900, 300))  # 1200 of 2000
+    assert first.state is not None and task(first).model is not None
+    assert task(first).model.left.tokens == 800  # type: ignore[union-attr]
+    second = answered(wf, first.state, "large", confidence=0.2, tokens=(700, 200))  # 2100
+    (esc,) = [e.escalation for e in second.effects if isinstance(e, SendEscalation)]
+    assert esc.kind == "low_confidence"  # tried on the stronger model: now a person
+    assert second.state is not None and second.state.spend.tokens == 2100
+
+
+def test_a_waiver_resumes_the_step_at_its_next_attempt_with_its_model_and_a_new_ceiling() -> None:
+    from switchyard.protocol import Decision
+
+    wf = flow(budget="budget: {tokens: 1000}")
+    s = submit(wf).state
+    assert s is not None
+    low = answered(wf, s, "small", confidence=0.1, tokens=(900, 200))  # 1100 of 1000
+    assert low.state is not None
+    (esc,) = [e.escalation for e in low.effects if isinstance(e, SendEscalation)]
+    assert esc.kind == "over_budget" and esc.id == "w1:triage:1:esc:budget0"
+    d = Decision(escalation_id=esc.id, workflow_id="w1", action="approve", reviewer="ann",
+                 decided_at=T0 + 2)
+    go = transition(wf, low.state, DecisionReceived(d), T0 + 2)
+    sent = task(go)
+    assert sent.task_id == "w1:triage:2"  # a new attempt: never a task id already sent
+    assert sent.model is not None and sent.model.models[0] == "large"  # the escalation's model
+    assert sent.model.left.tokens == 900  # the run's ceiling once more: 2000 - 1100
+    assert go.state is not None and go.state.waivers == 1
+    again = answered(wf, go.state, "large", confidence=0.9, tokens=(800, 200))  # 2100 of 2000
+    (esc2,) = [e.escalation for e in again.effects if isinstance(e, SendEscalation)]
+    assert esc2.kind == "over_budget" and esc2.id == "w1:answer:0:esc:budget1" != esc.id
 
 
 def test_a_definition_with_a_bad_model_name_or_rule_is_refused() -> None:
@@ -204,3 +232,20 @@ def test_a_definition_with_a_bad_model_name_or_rule_is_refused() -> None:
         parse_workflow("name: x\nsteps:\n  - {name: a, role: r, model: {use: m, rules: "
                        "[{when: 'length(', use: m}]}}\n")
     assert flow().model_names() == {"small", "large", "backup"}
+
+
+def test_a_usage_that_would_lower_a_spend_does_not_decode() -> None:
+    from switchyard.protocol import DecodeError, decode
+
+    bad = (b'{"task_id": "w1:a:1", "workflow_id": "w1", "step": "a", "role": "r", "attempt": 1,'
+           b' "status": "ok", "usage": {"input_tokens": -5000, "cost_usd": -1.0}}')
+    with pytest.raises(DecodeError, match="input_tokens"):
+        decode(bad, Result)
+
+
+def test_a_definition_on_the_bus_naming_an_unknown_model_is_refused() -> None:
+    from switchyard.supervisor.catalog import WorkflowCatalog
+
+    with pytest.raises(ConfigError, match=r"names models the catalogue lacks: \['backup'"):
+        WorkflowCatalog({"llm": flow()}, models=frozenset({"small", "large"}))
+    assert WorkflowCatalog({"llm": flow()}, models=frozenset({"small", "large", "backup"}))
