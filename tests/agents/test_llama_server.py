@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from switchyard.agents.catalogue import Catalogue, ModelSpec
-from switchyard.agents.llm.action import tool_specs
+from switchyard.agents.llm.action import TOOLS
 from switchyard.agents.llm.triage import Classified
 from switchyard.agents.router import ModelRouter
 from switchyard.natsd import free_ports
@@ -93,12 +93,12 @@ async def test_structured_output_through_the_servers_json_schema_grammar(llama: 
 async def test_tool_calls(llama: str) -> None:
     r = router(llama)
     reply = await r.for_task(None).chat(
-        [{"role": "user", "content": "look up ada@example.com"}], tools=tool_specs(),
-        tool_choice={"type": "function", "function": {"name": "lookup_customer"}},
+        [{"role": "user", "content": "refund 40 EUR"}], tools=TOOLS,
+        tool_choice={"type": "function", "function": {"name": "propose_refund"}},
         max_tokens=100)
     (call,) = reply.tool_calls
-    assert call.name == "lookup_customer" and reply.finish_reason == "tool_calls"
-    assert "email" in json.loads(call.arguments, strict=False)
+    assert call.name == "propose_refund" and reply.finish_reason == "tool_calls"
+    assert "amount" in json.loads(call.arguments, strict=False)
     await r.aclose()
 
 
