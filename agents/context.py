@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 from structlog.typing import FilteringBoundLogger
 
 from switchyard.agents.model import ModelClient
-from switchyard.agents.router import ModelRouter, TaskModels
+from switchyard.agents.model.routing import ModelRouter, TaskModels
 from switchyard.protocol import codec
 from switchyard.protocol.bus.faults import Faults
 from switchyard.protocol.errors import ErrorCode, ToolError

@@ -41,12 +41,12 @@ from nats.micro.service import EndpointConfig, ServiceConfig
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import BaseModel, ValidationError
 
-from switchyard.agents.catalogue import Catalogue
 from switchyard.agents.context import TaskContext
 from switchyard.agents.heartbeat import Heartbeat
 from switchyard.agents.model import ModelClient
+from switchyard.agents.model.catalogue import Catalogue
+from switchyard.agents.model.routing import ModelRouter
 from switchyard.agents.results import as_dict, check_grant_fits, make_result, unwrap
-from switchyard.agents.router import ModelRouter
 from switchyard.agents.signals import NeedsHuman, Reject, Retry, Scored, retry_delay
 from switchyard.protocol import codec, grants
 from switchyard.protocol.bus.component import Component, ComponentConfig

@@ -46,7 +46,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from switchyard.agents import AgentConfig
-from switchyard.agents.catalogue import Catalogue, load_catalogue
+from switchyard.agents.model.catalogue import Catalogue, load_catalogue
 from switchyard.protocol import Subjects, grants
 from switchyard.protocol.errors import ConfigError
 from switchyard.protocol.faults import FaultPlan

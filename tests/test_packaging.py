@@ -47,5 +47,8 @@ def test_packaging_wheel_has_one_namespace_and_its_data(tmp_path: Path) -> None:
     for path in ("switchyard/protocol/codec.py", "switchyard/tools/builtin/kb.py",
                  "switchyard/supervisor/workflows/support.yaml",
                  "switchyard/tools/builtin/data/kb.yaml", "switchyard/agents/data/tickets.csv",
-                 "switchyard/data/sample_tickets.yaml", "switchyard/agents/py.typed"):
+                 "switchyard/data/sample_tickets.yaml", "switchyard/agents/py.typed",
+                 "switchyard/agents/data/models.yaml", "switchyard/agents/prompts/triage.md",
+                 "switchyard/agents/llm/action.py", "switchyard/agents/model/routing.py",
+                 "switchyard/supervisor/workflows/support-llm.yaml"):
         assert path in names, path

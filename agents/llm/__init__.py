@@ -17,7 +17,7 @@ from importlib import resources
 import yaml
 
 from switchyard.agents.context import TaskContext
-from switchyard.agents.router import TaskModels
+from switchyard.agents.model.routing import TaskModels
 from switchyard.protocol.errors import ConfigError
 
 

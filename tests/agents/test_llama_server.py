@@ -18,10 +18,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from switchyard.agents.catalogue import Catalogue, ModelSpec
 from switchyard.agents.llm.action import TOOLS
 from switchyard.agents.llm.triage import Classified
-from switchyard.agents.router import ModelRouter
+from switchyard.agents.model.catalogue import Catalogue, ModelSpec
+from switchyard.agents.model.routing import ModelRouter
 from switchyard.natsd import free_ports
 from tests.parts import require
 

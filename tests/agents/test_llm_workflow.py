@@ -17,11 +17,11 @@ import yaml
 from nats.aio.client import Client
 
 from switchyard.agents import Agent, AgentConfig, compliance, retrieval
-from switchyard.agents.catalogue import Catalogue, ModelSpec, Price
 from switchyard.agents.llm import action as llm_action
 from switchyard.agents.llm import prompt
 from switchyard.agents.llm import reviewer as llm_reviewer
 from switchyard.agents.llm import triage as llm_triage
+from switchyard.agents.model.catalogue import Catalogue, ModelSpec, Price
 from switchyard.client import SwitchyardClient, WaitResult
 from switchyard.protocol import Result, Subjects, codec, grants
 from switchyard.protocol.messages import Partial

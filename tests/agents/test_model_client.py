@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from switchyard.agents.model import OpenAICompatibleModel, retry_after
+from switchyard.agents.model.client import OpenAICompatibleModel, retry_after
 from switchyard.protocol.errors import ModelError
 from switchyard.tools.breaker import Breakers
 from tests.agents.openai_stub import Stub, StubServer

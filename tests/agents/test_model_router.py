@@ -9,8 +9,8 @@ import pytest
 from nats.js.client import JetStreamContext
 from pydantic import BaseModel, ValidationError
 
-from switchyard.agents.catalogue import Catalogue, ModelSpec, Price, load_catalogue
-from switchyard.agents.router import ModelRouter
+from switchyard.agents.model.catalogue import Catalogue, ModelSpec, Price, load_catalogue
+from switchyard.agents.model.routing import ModelRouter
 from switchyard.protocol.bus.provision import open_bucket
 from switchyard.protocol.errors import ConfigError, ModelBudgetError, ModelError
 from switchyard.protocol.messages import Budget, ModelPlan

@@ -32,8 +32,8 @@ from nats.js.kv import KeyValue
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import BaseModel, ValidationError
 
-from switchyard.agents.catalogue import Catalogue, ModelSpec
-from switchyard.agents.model import Message, ModelReply, OpenAICompatibleModel, ToolCallRequest
+from switchyard.agents.model.catalogue import Catalogue, ModelSpec
+from switchyard.agents.model.client import Message, ModelReply, OpenAICompatibleModel, ToolCallRequest
 from switchyard.protocol.bus.provision import kv_write
 from switchyard.protocol.errors import ConfigError, ModelBudgetError, ModelError
 from switchyard.protocol.messages import ModelCall, ModelPlan, ModelUse, Usage
@@ -68,8 +68,9 @@ class ModelRouter:
         self._clients: dict[str, OpenAICompatibleModel] = {}
         # how each model takes a JSON schema, once a server refused the other way
         self.formats: dict[str, str] = {}
-        self._cache_total = Counter("switchyard_model_cache", "Model cache lookups", ["result"],
-                                    registry=metrics) if metrics is not None else None
+        self._cache_total = Counter(
+            "switchyard_agent_model_cache_lookups", "Model cache lookups", ["result"],
+            registry=metrics) if metrics is not None else None
 
     def client(self, spec: ModelSpec) -> OpenAICompatibleModel:
         found = self._clients.get(spec.name)
