@@ -69,7 +69,8 @@ class TaskContext:
         # process has no model catalogue)
         self.models: TaskModels | None = (
             models.for_task(task.model, on_delta=self.emit if task.stream else None,
-                            on_end=self._end_of_reply if task.stream else None)
+                            on_end=self._end_of_reply if task.stream else None,
+                            deadline=task.deadline)
             if models is not None else None)
         self.local_model = ""  # a reference agent's in-process model, by its catalogue name
         self._partials = 0

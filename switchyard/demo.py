@@ -124,9 +124,10 @@ async def _drive(
                                            t.get("kind", ""))
             for t in tickets}
     started = time.perf_counter()
+    workflow = "support-llm" if "support-llm" in settings.load_workflows() else "support"
     for t in tickets:
         await client.submit(
-            "support", {"text": t["text"], "customer_email": t.get("customer_email")},
+            workflow, {"text": t["text"], "customer_email": t.get("customer_email")},
             workflow_id=f"demo-{batch}-{t['id']}",
         )
 

@@ -24,6 +24,7 @@
 | ``SWITCHYARD_MODEL`` | ``llm`` | the model an LLM agent calls when its step names none |
 | ``SWITCHYARD_MODEL_BASE_URL`` | (none) | an OpenAI-compatible endpoint, as catalogue model ``llm`` |
 | ``SWITCHYARD_MODEL_NAME`` | ``default`` | the provider's model id at that endpoint |
+| ``SWITCHYARD_MODEL_CONTEXT`` | ``8192`` | that model's context size in tokens (the server's) |
 | ``SWITCHYARD_MODEL_API_KEY`` | (none) | its API key (never logged) |
 | ``SWITCHYARD_MODEL_CACHE_TTL_S`` | ``0`` (off) | cache temperature-0 model replies this long (KV) |
 | ``SWITCHYARD_NKEY_FILE`` | (none) | this process's nkey seed on a secured bus; its name is who |
@@ -87,6 +88,7 @@ class Settings(BaseSettings):
     model: str = "llm"
     model_base_url: str = ""
     model_name: str = "default"
+    model_context: int = Field(default=8192, gt=0)
     model_api_key: SecretStr = SecretStr("")
     model_cache_ttl_s: float = Field(default=0.0, ge=0)
     uvloop: bool = True
@@ -126,6 +128,14 @@ class Settings(BaseSettings):
         processes that call models (and not at their first call)."""
         if value is not None:
             load_catalogue(value)  # ConfigError, a ValueError: named with the variable
+        return value
+
+    @field_validator("model_base_url")
+    @classmethod
+    def _base_url_is_http(cls, value: str) -> str:
+        if value and (urlparse(value).scheme not in ("http", "https") or
+                      not urlparse(value).hostname):
+            raise ValueError(f"{value!r} is not an http(s) URL (http://host:port/v1)")
         return value
 
     @field_validator("nats_url")
@@ -219,7 +229,7 @@ class Settings(BaseSettings):
         """The built-in models, ``llm`` at ``SWITCHYARD_MODEL_BASE_URL`` if set, and the
         catalogue file's."""
         return load_catalogue(self.model_catalogue, base_url=self.model_base_url,
-                              model=self.model_name,
+                              model=self.model_name, context=self.model_context,
                               api_key=self.model_api_key.get_secret_value(), env=os.environ)
 
     def agent_config(self) -> AgentConfig:

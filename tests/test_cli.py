@@ -111,6 +111,10 @@ def test_cli_model_options_and_settings_that_cannot_work_are_refused_at_once(
         (["supervisor", "run"], {"SWITCHYARD_MODEL_CATALOGUE": str(tmp_path / "none.yaml")},
          "cannot read the model catalogue"),
         (["workflow", "put", str(wants_gpt)], {}, "names models the catalogue lacks: ['gpt']"),
+        (["demo", "--models", "llm", "--base-url", "notaurl"], {}, "is not an http(s) URL"),
+        (["demo", "--models", "llm", "--base-url", "http://127.0.0.1:1/v1"], {},
+         "nothing answers at http://127.0.0.1:1/v1"),
+        (["status"], {"SWITCHYARD_MODEL_BASE_URL": "notaurl"}, "SWITCHYARD_MODEL_BASE_URL"),
     ):
         res = subprocess.run([CLI, *args], capture_output=True, text=True, timeout=60,
                              env={**env, **extra})

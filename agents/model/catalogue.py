@@ -127,14 +127,15 @@ def builtin_catalogue() -> Catalogue:
 
 
 def load_catalogue(path: str | Path | None = None, *, base_url: str = "", model: str = "",
-                   api_key: str = "", env: Mapping[str, str] | None = None) -> Catalogue:
+                   api_key: str = "", context: int = 8192,
+                   env: Mapping[str, str] | None = None) -> Catalogue:
     """The built-in catalogue, the ``llm`` entry when ``base_url`` is given, then the file's
     entries over both; API keys filled in from the variables the entries name, looked up in
     ``env`` (settings passes the process's environment)."""
     catalogue = builtin_catalogue()
     if base_url:
         catalogue = catalogue.merged(Catalogue(models=[ModelSpec(
-            name="llm", base_url=base_url, model=model or "default", tier=1,
+            name="llm", base_url=base_url, model=model or "default", tier=1, context=context,
             description="the model at SWITCHYARD_MODEL_BASE_URL")]))
     if path:
         p = Path(path)

@@ -24,7 +24,14 @@ from typing import Any, Protocol
 
 import httpx
 from httpx_sse import SSEError, aconnect_sse
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+)
+from tenacity.stop import StopBaseT
 from tenacity.wait import wait_exponential_jitter
 
 from switchyard.protocol.errors import ErrorCode, ModelError, ToolError
@@ -77,6 +84,7 @@ class OpenAICompatibleModel:
         max_retry_after_s: float = MAX_RETRY_AFTER_S,
     ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._key = api_key  # only to take it out of what a server says back
         self.model = model
         self.endpoint = base_url.rstrip("/")
         self.breakers = breakers or Breakers()
@@ -101,10 +109,12 @@ class OpenAICompatibleModel:
         tools: list[dict[str, Any]] | None = None,
         tool_choice: str | dict[str, Any] | None = None,
         on_delta: OnDelta | None = None,
+        timeout: float | None = None,
         **options: Any,
     ) -> ModelReply:
         """One completion. With ``on_delta`` the reply is streamed and each piece of text is
-        handed to it as it arrives; the reply returned is the whole of it either way."""
+        handed to it as it arrives; the reply returned is the whole of it either way.
+        ``timeout`` bounds this call, all its attempts (default: the client's per attempt)."""
         body: dict[str, Any] = {"model": self.model, "messages": messages, **options}
         if response_format is not None:
             body["response_format"] = response_format
@@ -116,19 +126,25 @@ class OpenAICompatibleModel:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
         started = time.perf_counter()
+        stop: StopBaseT = stop_after_attempt(self.attempts)
+        if timeout is not None:
+            stop = stop_after_attempt(self.attempts) | stop_after_delay(timeout)
+        per_attempt = httpx.Timeout(timeout) if timeout is not None else None
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.attempts), wait=self._wait, reraise=True,
+            stop=stop, wait=self._wait, reraise=True,
             retry=retry_if_exception(lambda e: _transient(e, self._max_retry_after)))
         try:
             async for attempt in retrying:
                 with attempt, self.breakers.guard(self.breaker_name,
                                                   f"model {self.model} at {self.endpoint}"):
                     if on_delta is None:
-                        data = await self._complete(body)
+                        data = await self._complete(body, per_attempt)
                     else:
-                        data = await self._stream(body, on_delta)
+                        data = await self._stream(body, on_delta, per_attempt)
         except httpx.HTTPStatusError as exc:
-            raise _status_error(exc, self.model, self.attempts) from None
+            raise self._redacted(_status_error(exc, self.model, self.attempts)) from None
+        except ModelError as exc:
+            raise self._redacted(exc) from None
         except httpx.TransportError as exc:
             code = ErrorCode.TIMEOUT if isinstance(exc, httpx.TimeoutException) else \
                 ErrorCode.MODEL_FAILED
@@ -139,8 +155,17 @@ class OpenAICompatibleModel:
             raise ModelError(exc.message, code=exc.code, retryable=True) from None
         return _reply(data, self.model, (time.perf_counter() - started) * 1000)
 
-    async def _complete(self, body: dict[str, Any]) -> dict[str, Any]:
-        response = await self._http.post("/chat/completions", json=body)
+    def _redacted(self, exc: ModelError) -> ModelError:
+        """``exc`` without the key, should the server have echoed it (some quote the header)."""
+        if self._key and self._key in exc.message:
+            exc.message = exc.message.replace(self._key, "[redacted]")
+            exc.args = (exc.message,)
+        return exc
+
+    async def _complete(self, body: dict[str, Any],
+                        timeout: httpx.Timeout | None = None) -> dict[str, Any]:
+        response = await self._http.post("/chat/completions", json=body,
+                                         timeout=timeout or httpx.USE_CLIENT_DEFAULT)
         _raise_for_status(response, self.model, self.attempts)
         try:
             data = response.json()
@@ -151,13 +176,15 @@ class OpenAICompatibleModel:
             raise ModelError(f"model {self.model}: the reply is not a JSON object")
         return data
 
-    async def _stream(self, body: dict[str, Any], on_delta: OnDelta) -> dict[str, Any]:
+    async def _stream(self, body: dict[str, Any], on_delta: OnDelta,
+                      timeout: httpx.Timeout | None = None) -> dict[str, Any]:
         """Read the event stream into what a non-streamed reply would have been."""
         text: list[str] = []
         calls: dict[int, dict[str, Any]] = {}
         data: dict[str, Any] = {"choices": [{}]}
         finish = ""
-        async with aconnect_sse(self._http, "POST", "/chat/completions", json=body) as source:
+        async with aconnect_sse(self._http, "POST", "/chat/completions", json=body,
+                                timeout=timeout or httpx.USE_CLIENT_DEFAULT) as source:
             if source.response.is_error:
                 await source.response.aread()  # what the server said, for the error
                 _raise_for_status(source.response, self.model, self.attempts)

@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import json
 import math
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -82,8 +83,9 @@ class ModelRouter:
 
     def for_task(self, plan: ModelPlan | None, *,
                  on_delta: Callable[[str], Awaitable[None]] | None = None,
-                 on_end: Callable[[], Awaitable[None]] | None = None) -> TaskModels:
-        return TaskModels(self, plan, on_delta=on_delta, on_end=on_end)
+                 on_end: Callable[[], Awaitable[None]] | None = None,
+                 deadline: float = 0.0) -> TaskModels:
+        return TaskModels(self, plan, on_delta=on_delta, on_end=on_end, deadline=deadline)
 
     def bind_cache(self, js: JetStreamContext, bucket: str, kv: KeyValue) -> None:
         """Cache deterministic calls in ``bucket`` (entries live ``cache_ttl_s``)."""
@@ -108,9 +110,13 @@ class TaskModels:
 
     def __init__(self, router: ModelRouter, plan: ModelPlan | None, *,
                  on_delta: Callable[[str], Awaitable[None]] | None = None,
-                 on_end: Callable[[], Awaitable[None]] | None = None) -> None:
+                 on_end: Callable[[], Awaitable[None]] | None = None,
+                 deadline: float = 0.0) -> None:
         self.router = router
         self.plan = plan
+        # the task's deadline (epoch s, 0: none): each model tried gets its share of the time
+        # left, so a slow one is given up in time for the next
+        self.deadline = deadline
         self.on_delta = on_delta  # each piece of a streamed reply
         self.on_end = on_end  # after each streamed reply: a watcher starts a new line
         self.cache_key = ""  # the last reply's entry in the cache, if it came from or went there
@@ -145,7 +151,8 @@ class TaskModels:
         """One completion from the first of the step's models that answers."""
         failures: list[str] = []
         retryable = False
-        for position, name in enumerate(self.candidates):
+        names = self.candidates
+        for position, name in enumerate(names):
             try:
                 spec = self.router.catalogue.get(name)
             except ConfigError as exc:
@@ -155,12 +162,19 @@ class TaskModels:
                 failures.append(self._passed_over(name, "a local model, not callable here"))
                 continue
             fmt = self.router.formats.get(name, spec.response_format)
+            timeout = spec.timeout_s
+            if self.deadline:
+                left = self.deadline - time.time()
+                if left <= 0.05:
+                    failures.append(self._passed_over(name, "no time left before the deadline"))
+                    break
+                timeout = min(timeout, left / (len(names) - position))
             try:
                 fit = self._fit(spec, messages, tools, schema, max_tokens)
                 try:
                     reply = await self._call(spec, _request(
                         messages, fmt, schema, schema_name, tools, tool_choice, temperature, fit),
-                        stream and "stream" in spec.capabilities)
+                        stream and "stream" in spec.capabilities, timeout)
                 except ModelError as exc:
                     if schema is None or fmt != "json_schema" or not _refused_format(exc):
                         raise
@@ -169,7 +183,7 @@ class TaskModels:
                     self.router.formats[name] = "json_object"
                     reply = await self._call(spec, _request(
                         messages, "json_object", schema, schema_name, tools, tool_choice,
-                        temperature, fit), stream and "stream" in spec.capabilities)
+                        temperature, fit), stream and "stream" in spec.capabilities, timeout)
             except ModelBudgetError as exc:
                 if exc.scope == "left":  # the step and the run: their budget's path
                     raise
@@ -257,7 +271,8 @@ class TaskModels:
                                    spec.context, "tokens", "context")
         return out
 
-    async def _call(self, spec: ModelSpec, request: dict[str, Any], stream: bool) -> ModelReply:
+    async def _call(self, spec: ModelSpec, request: dict[str, Any], stream: bool,
+                    timeout: float | None = None) -> ModelReply:
         router = self.router
         cache_key = self.cache_key = ""
         if router.cache is not None and request.get("temperature") == 0:
@@ -277,7 +292,8 @@ class TaskModels:
                 return reply
             router.counted(hit=False)
         client = router.client(spec)
-        reply = await client.chat(**request, on_delta=self.on_delta if stream else None)
+        reply = await client.chat(**request, on_delta=self.on_delta if stream else None,
+                                  timeout=timeout)
         if stream and self.on_delta is not None and self.on_end is not None:
             await self.on_end()
         self._account(spec, reply, cached=False, prompt_estimate=_prompt_tokens(

@@ -136,7 +136,8 @@ def trace_tree(workflow_id: str, events: list[Event]) -> Tree:
                      + (f"  {d['error']}" if d.get("error") else "")
                      + model_line(d)))
         else:
-            detail = d.get("reason") or d.get("reviewer") or d.get("to") or ""
+            detail = d.get("reason") or (f"{d.get('action')} by {d['reviewer']}"
+                                         if d.get("reviewer") else "") or d.get("to") or ""
             if d.get("model_calls"):
                 detail += (f" (models: {d['model_calls']} calls, {d.get('input_tokens', 0)}+"
                            f"{d.get('output_tokens', 0)} tokens, "

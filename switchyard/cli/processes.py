@@ -274,3 +274,24 @@ def use_models(models: str, base_url: str, model: str, connect: bool) -> None:
         err.print("[red]--models llm needs an endpoint: --base-url http://HOST:PORT/v1 (an "
                   "OpenAI-compatible server: Ollama, vLLM, llama.cpp, a LiteLLM proxy)[/]")
         raise typer.Exit(2)
+    if base_url:
+        _answers(base_url)
+
+
+def _answers(base_url: str) -> None:
+    """Something answers at ``base_url`` (its ``/models``, which OpenAI-compatible servers
+    serve): else say so now, not after 30 tickets escalated."""
+    from urllib.parse import urlparse
+
+    import httpx
+
+    if urlparse(base_url).scheme not in ("http", "https") or not urlparse(base_url).hostname:
+        err.print(f"[red]--base-url {escape(repr(base_url))} is not an http(s) URL "
+                  "(http://host:port/v1)[/]")
+        raise typer.Exit(2)
+    try:
+        httpx.get(f"{base_url.rstrip('/')}/models", timeout=10.0)
+    except httpx.HTTPError as exc:
+        err.print(f"[red]nothing answers at {escape(base_url)} ({escape(type(exc).__name__)}): "
+                  "start the model server first[/]")
+        raise typer.Exit(2) from None

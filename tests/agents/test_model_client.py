@@ -203,3 +203,13 @@ async def test_a_refused_key_is_said_without_what_the_server_echoed(stub: Stub) 
     assert refused.value.status == 401 and not refused.value.retryable
     assert "the API key was refused" in refused.value.message
     assert KEY[-4:] not in refused.value.message
+
+
+async def test_a_server_that_echoes_the_key_has_it_taken_out(stub: Stub) -> None:
+    stub.script("m", {"status": 400, "message": f"invalid key Bearer {KEY}"})
+    model = client(stub)
+    with pytest.raises(ModelError) as refused:
+        await model.chat(HI)
+    await model.aclose()
+    assert "invalid key Bearer [redacted]" in refused.value.message
+    assert KEY not in str(refused.value)

@@ -197,3 +197,17 @@ async def test_a_server_that_refuses_json_schema_is_asked_with_json_object_from_
     assert r.formats == {"small": "json_object"}
     assert r.breakers.state(r.client(r.catalogue.get("small")).breaker_name) == "closed"
     await r.aclose()
+
+
+async def test_a_model_slower_than_its_share_of_the_deadline_is_given_up_for_the_next(
+    stub: Stub,
+) -> None:
+    import time
+
+    stub.script("small", {"delay_s": 5.0})
+    r = router(stub)
+    models = r.for_task(ModelPlan(models=["small", "backup"]), deadline=time.time() + 2.0)
+    reply = await models.chat(HI)  # small gets half the time left, then backup the rest
+    assert reply.text == "echo: hi" and models.answered == "backup"
+    assert models.tried[0].startswith("small: model small at") and "Timeout" in models.tried[0]
+    await r.aclose()
