@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -40,21 +40,14 @@ JUDGED: dict[str, list[str]] = {"failed_checks": []}
 NO_TOOLS: list[dict[str, Any]] = []
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[StubServer]:
-    s = StubServer()
-    s.start()
-    yield s
-    s.stop()
-
-
 @pytest.fixture
-def stub(server: StubServer) -> Stub:
-    server.stub.reset()
+def stub(stub_server: StubServer) -> Stub:
+    """The stub, each model answering the support workflow's schemas."""
+    stub_server.stub.reset()
     for model in ("small", "backup", "large"):
-        server.stub.answer(model, by_schema={"Classified": CLASSIFIED, "Reply": REPLY,
-                                             "Judged": JUDGED}, tool_calls=NO_TOOLS)
-    return server.stub
+        stub_server.stub.answer(model, by_schema={"Classified": CLASSIFIED, "Reply": REPLY,
+                                                  "Judged": JUDGED}, tool_calls=NO_TOOLS)
+    return stub_server.stub
 
 
 def support(budget: dict[str, Any] | None = None, **policy: Any) -> Workflow:

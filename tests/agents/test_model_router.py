@@ -3,8 +3,6 @@ breakers, validation retried once, ceilings enforced before the call, the KV cac
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from nats.js.client import JetStreamContext
 from pydantic import BaseModel, ValidationError
@@ -16,7 +14,7 @@ from switchyard.protocol.errors import ConfigError, ModelBudgetError, ModelError
 from switchyard.protocol.messages import Budget, ModelPlan
 from switchyard.protocol.subjects import Bucket, Subjects
 from switchyard.tools.breaker import Breakers
-from tests.agents.openai_stub import Stub, StubServer
+from tests.agents.openai_stub import Stub
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -24,20 +22,6 @@ HI = [{"role": "user", "content": "hi"}]
 class Verdict(BaseModel):
     ok: bool
     score: float
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[StubServer]:
-    s = StubServer()
-    s.start()
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def stub(server: StubServer) -> Stub:
-    server.stub.reset()
-    return server.stub
 
 
 def catalogue(stub: Stub) -> Catalogue:
