@@ -167,6 +167,7 @@ class TaskModels:
                 left = self.deadline - time.time()
                 if left <= 0.05:
                     failures.append(self._passed_over(name, "no time left before the deadline"))
+                    retryable = True  # another attempt has a deadline of its own
                     break
                 timeout = min(timeout, left / (len(names) - position))
             try:
@@ -198,7 +199,8 @@ class TaskModels:
             if position:
                 self.reason = f"fallback after {'; '.join(failures)}"
             else:
-                self.reason = "the agent's default model" if self.plan is None else self.plan.reason
+                self.reason = (self.plan.reason if self.plan is not None and self.plan.models
+                               else "the agent's default model")
             return reply
         raise ModelError(f"no model of the step answered: {'; '.join(failures)}",
                          retryable=retryable)
