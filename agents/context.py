@@ -13,12 +13,14 @@ import structlog
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
+from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ValidationError
 from structlog.typing import FilteringBoundLogger
 
 from switchyard.agents.model import ModelClient
 from switchyard.agents.model.routing import ModelRouter, TaskModels
 from switchyard.protocol import codec
+from switchyard.protocol.bus import tracing
 from switchyard.protocol.bus.faults import Faults
 from switchyard.protocol.errors import ErrorCode, ToolError
 from switchyard.protocol.grants import call_digest
@@ -168,13 +170,19 @@ class TaskContext:
         timeout = self._tool_timeout
         if self.task.deadline:
             timeout = max(0.1, min(timeout, self.task.deadline - time.time()))
-        headers = {TRACEPARENT: self._traceparent} if self._traceparent else None
         self._faults.hit("agent.before_tool_call")
+        subject = self._subjects.tool(name, self.task.role)
         try:
-            reply = await self._nc.request(
-                self._subjects.tool(name, self.task.role), codec.encode(call), timeout=timeout,
-                headers=headers,
-            )
+            with tracing.TRACER.start_as_current_span(
+                    f"execute_tool {name}", kind=SpanKind.CLIENT, attributes={
+                        tracing.GEN_AI_OPERATION: "execute_tool", tracing.GEN_AI_TOOL_NAME: name,
+                        tracing.MESSAGING_SYSTEM: "nats", tracing.MESSAGING_DESTINATION: subject,
+                        tracing.MESSAGING_OPERATION_TYPE: "send",
+                        tracing.WORKFLOW_ID: self.task.workflow_id}):
+                parent = tracing.traceparent() or self._traceparent
+                reply = await self._nc.request(
+                    subject, codec.encode(call), timeout=timeout,
+                    headers={TRACEPARENT: parent} if parent else None)
         except NoRespondersError:
             raise ToolError(f"no tool host serves {name!r}", retryable=True) from None
         except NatsTimeoutError:

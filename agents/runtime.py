@@ -38,6 +38,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, ServiceConfig
+from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import BaseModel, ValidationError
 
@@ -49,6 +50,7 @@ from switchyard.agents.model.routing import ModelRouter
 from switchyard.agents.results import as_dict, check_grant_fits, make_result, unwrap
 from switchyard.agents.signals import NeedsHuman, Reject, Retry, Scored, retry_delay
 from switchyard.protocol import codec, grants
+from switchyard.protocol.bus import tracing
 from switchyard.protocol.bus.component import Component, ComponentConfig
 from switchyard.protocol.bus.faults import Faults
 from switchyard.protocol.errors import (
@@ -335,6 +337,20 @@ class Agent(Component):
         await self._run_handler(msg, task, inp, msg.metadata.num_delivered or 1)
 
     async def _run_handler(self, msg: Msg, task: Task, inp: BaseModel, delivered: int) -> None:
+        """The handler's run as the span ``invoke_agent <role>``, under the task's
+        ``traceparent`` (the supervisor's span that sent it)."""
+        with tracing.TRACER.start_as_current_span(
+                f"invoke_agent {self.role}", context=tracing.from_headers(msg.headers),
+                kind=SpanKind.CONSUMER, attributes={
+                    tracing.GEN_AI_OPERATION: "invoke_agent", tracing.GEN_AI_AGENT_NAME: self.role,
+                    tracing.MESSAGING_SYSTEM: "nats", tracing.MESSAGING_DESTINATION: msg.subject,
+                    tracing.MESSAGING_OPERATION_TYPE: "process",
+                    tracing.MESSAGING_CONSUMER_GROUP: self.role,
+                    tracing.MESSAGING_MESSAGE_ID: task.id,
+                    tracing.WORKFLOW_ID: task.workflow_id}):
+            await self._handle(msg, task, inp, delivered)
+
+    async def _handle(self, msg: Msg, task: Task, inp: BaseModel, delivered: int) -> None:
         cfg = self._config
         assert self._handler is not None and self._tasks_total is not None
         assert self._task_seconds is not None
@@ -435,8 +451,9 @@ class Agent(Component):
             self._config.instance, ctx, started,
         )
         headers: dict[str, str] = {}
-        if msg.headers and TRACEPARENT in msg.headers:
-            headers[TRACEPARENT] = msg.headers[TRACEPARENT]
+        parent = tracing.traceparent() or (msg.headers or {}).get(TRACEPARENT, "")
+        if parent:
+            headers[TRACEPARENT] = parent
         try:
             # on the workflow's journal, after the record the task came from (or after whatever
             # came since: the supervisor's fold decides what a late result means)

@@ -63,6 +63,7 @@ class Pending(msgspec.Struct, kw_only=True):
     round: int = 0  # how many times it was escalated again after its deadline passed
     output: dict[str, Any] | None = None  # for kind "approval": what the person is shown
     queue: str = ""  # which people it went to
+    created_at: float = 0.0  # when it was raised (a trace's human wait starts there)
 
 
 class WorkflowState(msgspec.Struct, kw_only=True):
@@ -413,7 +414,7 @@ class _Run:
             id=esc_id, step=step, kind=kind, reason=reason, deadline=deadline, resume=resume,
             call_digest=call_digest, round=round,
             output=output if kind == "approval" and isinstance(output, dict) else None,
-            queue=queue,
+            queue=queue, created_at=self.now,
         )
         self.set_timer("human", deadline)
         self.effects.append(

@@ -45,6 +45,7 @@ from nats.micro.service import EndpointConfig, ServiceConfig
 from prometheus_client import CollectorRegistry, Counter
 
 from switchyard.protocol import codec, grants, journal
+from switchyard.protocol.bus import tracing
 from switchyard.protocol.bus.component import Component, ComponentConfig
 from switchyard.protocol.bus.journal import record_of_msg
 from switchyard.protocol.bus.provision import open_bucket
@@ -87,6 +88,7 @@ from switchyard.supervisor.policy import Grantable, Policy
 from switchyard.supervisor.store import Snapshots
 from switchyard.supervisor.stuck import StuckTasks
 from switchyard.supervisor.timers import Timers, rearm
+from switchyard.supervisor.traces import decision_span, trace_waits_and_end
 from switchyard.supervisor.workflow import Workflow
 
 log = structlog.get_logger("switchyard.supervisor")
@@ -298,7 +300,9 @@ class Supervisor(Component):
                                    term=False)
         self.faults.hit("supervisor.after_fold")
         if after.state is not None and t.changed:
-            await self._execute(after.state, t.effects)
+            with decision_span(workflow_id, read, record, [e.type for e in t.entries]):
+                await self._execute(after.state, t.effects)
+            trace_waits_and_end(folded.state, after.state, read, record)
             await self._keep(after.state)
         self.folds.remember(workflow_id, after)
         self.faults.hit("supervisor.before_ack")
@@ -378,7 +382,7 @@ class Supervisor(Component):
                 acks.append(await pub.send(
                     s.human_queue_for(esc.queue), codec.encode(esc),
                     headers={MSG_ID: esc.id, PROTOCOL: PROTOCOL_VERSION,
-                             TRACEPARENT: traceparent_for(state.id)}))
+                             TRACEPARENT: tracing.traceparent() or traceparent_for(state.id)}))
             elif isinstance(effect, CloseEscalation):
                 await self._index.remove(effect.escalation_id)
         if acks:
@@ -426,7 +430,8 @@ class Supervisor(Component):
         return await self.publisher.send(
             self.config.subjects.task(effect.role), codec.encode(task),
             headers={MSG_ID: effect.task_id, PROTOCOL: PROTOCOL_VERSION,
-                     TRACEPARENT: traceparent_for(state.id, effect.task_id)},
+                     TRACEPARENT: tracing.traceparent()
+                     or traceparent_for(state.id, effect.task_id)},
         )
 
     async def _send_outcome(self, outcome: Outcome) -> asyncio.Future[Any]:
@@ -486,3 +491,4 @@ class Supervisor(Component):
         if armed:
             log.info("supervisor.timers_rearmed", timers=armed)
         return armed
+

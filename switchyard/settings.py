@@ -91,6 +91,11 @@ class Settings(BaseSettings):
     model_context: int = Field(default=8192, gt=0)
     model_api_key: SecretStr = SecretStr("")
     model_cache_ttl_s: float = Field(default=0.0, ge=0)
+    # the standard OpenTelemetry variables that say an exporter is wanted (the SDK reads them
+    # all itself; these only decide whether to install it)
+    otel_endpoint: str = Field(default="", validation_alias=AliasChoices(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"))
+    otel_traces_exporter: str = Field(default="", validation_alias="OTEL_TRACES_EXPORTER")
     uvloop: bool = True
     user: str = Field(default="operator",
                       validation_alias=AliasChoices("SWITCHYARD_USER", "USER"))
@@ -152,6 +157,12 @@ class Settings(BaseSettings):
     def _prefix_is_valid(cls, value: str) -> str:
         Subjects(value)  # raises ConfigError (a ValueError) with the rule in its sentence
         return value
+
+    @property
+    def tracing(self) -> bool:
+        """Whether an OpenTelemetry exporter is configured (``OTEL_*``)."""
+        return self.otel_traces_exporter != "none" and bool(
+            self.otel_endpoint or self.otel_traces_exporter == "otlp")
 
     @property
     def subjects(self) -> Subjects:

@@ -78,3 +78,22 @@ def test_cli_trace_puts_tool_calls_under_their_step_whatever_the_order() -> None
     console.print(tree)
     text = console.export_text()
     assert text.index("#1 -> r") < text.index("tool.called kb_search")
+
+
+def test_log_lines_lose_personal_data_and_gain_the_span_they_were_logged_in() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from switchyard.logs import redact_pii, trace_ids
+
+    line = redact_pii(None, "info", {
+        "event": "toolhost.refused", "reason": "input_value='bob@example.com' is not a customer",
+        "args": {"card": "4111 1111 1111 1111", "iban": ["GB82 WEST 1234 5698 7654 32"]},
+        "count": 3})
+    assert line == {"event": "toolhost.refused", "reason": "input_value='[email]' is not a customer",
+                    "args": {"card": "[card]", "iban": ["[iban]"]}, "count": 3}
+    assert "trace_id" not in trace_ids(None, "info", {})  # outside a span: nothing added
+    tracer = TracerProvider().get_tracer("t")  # a provider of its own: the global stays unset
+    with tracer.start_as_current_span("s") as span:
+        ids = trace_ids(None, "info", {})
+    ctx = span.get_span_context()
+    assert ids == {"trace_id": f"{ctx.trace_id:032x}", "span_id": f"{ctx.span_id:016x}"}

@@ -19,10 +19,12 @@ import structlog
 from nats.aio.client import Client
 from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, ServiceConfig
+from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import BaseModel, ValidationError
 
 from switchyard.protocol import codec, grants
+from switchyard.protocol.bus import tracing
 from switchyard.protocol.bus.component import Component, ComponentConfig
 from switchyard.protocol.bus.provision import open_bucket
 from switchyard.protocol.bus.transient import transient
@@ -147,7 +149,14 @@ class ToolHost(Component):
 
     async def _serve_in_slot(self, t: Tool, req: Request) -> None:
         try:
-            await self._serve(t, req)
+            with tracing.TRACER.start_as_current_span(
+                    f"execute_tool {t.name}", context=tracing.from_headers(req.headers),
+                    kind=SpanKind.SERVER, attributes={
+                        tracing.GEN_AI_OPERATION: "execute_tool",
+                        tracing.GEN_AI_TOOL_NAME: t.name, tracing.MESSAGING_SYSTEM: "nats",
+                        tracing.MESSAGING_DESTINATION: req.subject,
+                        tracing.MESSAGING_OPERATION_TYPE: "process"}):
+                await self._serve(t, req)
         except Exception as exc:  # a bug: logged with its traceback, answered with a stable code
             log.exception("toolhost.call_failed", tool=t.name)
             with contextlib.suppress(Exception):  # the bus failing is worth a retry, a bug not

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import httpx
 from httpx_sse import SSEError, aconnect_sse
+from opentelemetry.trace import SpanKind
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -34,6 +35,7 @@ from tenacity import (
 from tenacity.stop import StopBaseT
 from tenacity.wait import wait_exponential_jitter
 
+from switchyard.protocol.bus import tracing
 from switchyard.protocol.errors import ErrorCode, ModelError, ToolError
 from switchyard.protocol.messages import Usage
 from switchyard.tools.breaker import Breakers
@@ -101,7 +103,21 @@ class OpenAICompatibleModel:
     def breaker_name(self) -> str:
         return f"{self.endpoint}#{self.model}"
 
-    async def chat(
+    async def chat(self, messages: list[Message], **options: Any) -> ModelReply:
+        """One completion (see ``_chat``) as the span ``chat <model>``, with the GenAI
+        conventions' usage attributes; no prompt or reply text is recorded."""
+        with tracing.TRACER.start_as_current_span(
+                f"chat {self.model}", kind=SpanKind.CLIENT, attributes={
+                    tracing.GEN_AI_OPERATION: "chat", tracing.GEN_AI_PROVIDER: "openai",
+                    tracing.GEN_AI_REQUEST_MODEL: self.model,
+                    "server.address": self._http.base_url.host}) as span:
+            reply = await self._chat(messages, **options)
+            span.set_attributes({tracing.GEN_AI_RESPONSE_MODEL: reply.usage.model,
+                                 tracing.GEN_AI_INPUT_TOKENS: reply.usage.input_tokens,
+                                 tracing.GEN_AI_OUTPUT_TOKENS: reply.usage.output_tokens})
+            return reply
+
+    async def _chat(
         self,
         messages: list[Message],
         *,

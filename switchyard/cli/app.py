@@ -57,16 +57,21 @@ def load_settings() -> Settings:
             err.print(f"[red]{name}: {escape(str(problem['msg']))}{escape(shown)}[/]")
         raise typer.Exit(2) from None
     level = getattr(logging, settings.log_level.upper(), logging.INFO)
+    from switchyard.logs import redact_pii, trace_ids
+
     tail: list[Any] = (
-        [structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)]
+        [redact_pii,
+         structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)]
         if sys.stderr.isatty()
-        else [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+        else [structlog.processors.format_exc_info, redact_pii,
+              structlog.processors.JSONRenderer()]
     )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso"),
+            trace_ids,
             *tail,
         ],
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
@@ -83,8 +88,13 @@ def metrics_registry(settings: Settings) -> CollectorRegistry:
     return registry
 
 
-def serve(settings: Settings, main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
-    """Run until SIGINT/SIGTERM sets the stop event; a second signal cancels outright."""
+def serve(settings: Settings, main: Callable[[asyncio.Event], Coroutine[Any, Any, None]],
+          *, service: str = "") -> None:
+    """Run until SIGINT/SIGTERM sets the stop event; a second signal cancels outright.
+    ``service`` names the process in its traces, when an exporter is configured (``OTEL_*``)."""
+    from switchyard.telemetry import start_tracing
+
+    stop_tracing = start_tracing(service, exporter=settings.tracing) if service else None
 
     async def runner() -> None:
         stop = asyncio.Event()
@@ -122,6 +132,9 @@ def serve(settings: Settings, main: Callable[[asyncio.Event], Coroutine[Any, Any
     except ConfigError as exc:  # misuse found at start-up: a sentence, not a traceback
         err.print(f"[red]{escape(exc.message)}[/]")
         raise typer.Exit(2) from None
+    finally:
+        if stop_tracing is not None:
+            stop_tracing()  # the spans still batched go out
 
 
 async def _orphan_watch(stop: asyncio.Event, parent: int | None) -> None:

@@ -46,7 +46,8 @@ def run_agent(agent: Agent) -> None:
     (``NATS_URL`` and the rest), until SIGINT/SIGTERM."""
     settings = load_settings()
     registry = metrics_registry(settings)
-    serve(settings, lambda stop: agent.serve(stop, settings.agent_config(), metrics=registry))
+    serve(settings, lambda stop: agent.serve(stop, settings.agent_config(), metrics=registry),
+          service=f"switchyard-agent-{agent.role}")
 
 
 
@@ -119,7 +120,7 @@ def tools_run(
         finally:
             store.close()
 
-    serve(settings, main)
+    serve(settings, main, service="switchyard-toolhost")
 
 
 @supervisor_app.command("run")
@@ -129,7 +130,8 @@ def supervisor_run() -> None:
 
     settings = load_settings()
     registry = metrics_registry(settings)
-    serve(settings, lambda stop: Supervisor(settings.supervisor_config(), metrics=registry).serve(stop))
+    serve(settings, lambda stop: Supervisor(settings.supervisor_config(), metrics=registry).serve(stop),
+          service="switchyard-supervisor")
 
 
 SecureOpt = Annotated[bool, typer.Option(

@@ -1,0 +1,96 @@
+"""Traces: one per workflow run, across processes, through the OpenTelemetry API only.
+
+Without an SDK installed and configured (``switchyard.telemetry``) every call here is the API's
+no-op. With one, a run is one trace whose id is derived from the workflow id (as
+``headers.traceparent_for`` has always derived it), so every process, a restarted supervisor and
+a redelivered task all land in it:
+
+- the root, ``invoke_workflow <name>``, has a span id derived from the workflow id too; the
+  supervisor emits it when the run ends (from its start), and parents its own spans to it;
+- each input the supervisor folds is a span (``process <kind>``) under the root, and the tasks it
+  sends carry that span's ``traceparent`` (W3C, in the NATS headers);
+- an agent's work on a task is ``invoke_agent <role>`` under it; its tool calls
+  (``execute_tool <tool>``, and the tool host's own span under that) and model calls
+  (``chat <model>``) are under the agent's;
+- a wait for a person is ``human_wait <kind>``, from the escalation to the decision.
+
+Attribute names come from the semantic conventions (messaging, GenAI). Message contents (inputs,
+outputs, prompts) are never recorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import hashlib
+from collections.abc import Iterator, Mapping
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+TRACER = trace.get_tracer("switchyard")
+_PROPAGATOR = TraceContextTextMapPropagator()
+# the ids the next span must have (the deterministic root): read by the SDK's id generator
+FORCED_SPAN_ID: contextvars.ContextVar[int] = contextvars.ContextVar("switchyard_span_id",
+                                                                    default=0)
+FORCED_TRACE_ID: contextvars.ContextVar[int] = contextvars.ContextVar("switchyard_trace_id",
+                                                                     default=0)
+
+# attribute names (the semantic conventions' own, as strings: the API package does not ship
+# them, and the conventions package is the SDK extra's)
+MESSAGING_SYSTEM = "messaging.system"
+MESSAGING_DESTINATION = "messaging.destination.name"
+MESSAGING_OPERATION_TYPE = "messaging.operation.type"
+MESSAGING_MESSAGE_ID = "messaging.message.id"
+MESSAGING_CONSUMER_GROUP = "messaging.consumer.group.name"
+GEN_AI_OPERATION = "gen_ai.operation.name"
+GEN_AI_AGENT_NAME = "gen_ai.agent.name"
+GEN_AI_TOOL_NAME = "gen_ai.tool.name"
+GEN_AI_PROVIDER = "gen_ai.provider.name"
+GEN_AI_REQUEST_MODEL = "gen_ai.request.model"
+GEN_AI_RESPONSE_MODEL = "gen_ai.response.model"
+GEN_AI_INPUT_TOKENS = "gen_ai.usage.input_tokens"
+GEN_AI_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+WORKFLOW_ID = "switchyard.workflow.id"
+
+
+def trace_id(workflow_id: str) -> int:
+    return int(hashlib.blake2b(workflow_id.encode(), digest_size=16).hexdigest(), 16)
+
+
+def root_span_id(workflow_id: str) -> int:
+    return int(hashlib.blake2b(f"{workflow_id}:root".encode(), digest_size=8).hexdigest(), 16)
+
+
+def workflow_context(workflow_id: str) -> Context:
+    """The run's root as a parent: what the supervisor's spans hang from."""
+    root = SpanContext(trace_id(workflow_id), root_span_id(workflow_id), is_remote=True,
+                       trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    return trace.set_span_in_context(NonRecordingSpan(root))
+
+
+def from_headers(headers: Mapping[str, str] | None) -> Context:
+    """The parent a message's ``traceparent`` names (none: a fresh context)."""
+    return _PROPAGATOR.extract(dict(headers or {}))
+
+
+def traceparent() -> str:
+    """The current span's ``traceparent`` ("" outside any span)."""
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier)
+    return carrier.get("traceparent", "")
+
+
+@contextlib.contextmanager
+def as_root_of(workflow_id: str) -> Iterator[None]:
+    """A span started without a parent in the block is the run's root: the trace and span ids
+    derived from ``workflow_id`` (with the SDK's id generator, ``switchyard.telemetry``)."""
+    span = FORCED_SPAN_ID.set(root_span_id(workflow_id))
+    trace_ = FORCED_TRACE_ID.set(trace_id(workflow_id))
+    try:
+        yield
+    finally:
+        FORCED_SPAN_ID.reset(span)
+        FORCED_TRACE_ID.reset(trace_)

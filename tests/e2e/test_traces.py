@@ -1,0 +1,195 @@
+"""Traces across processes: the stack as separate processes exporting over OTLP/HTTP to a
+receiver this test runs on 127.0.0.1, decoded with opentelemetry-proto. A five-step run is one
+trace, every span parented within it, the names and attributes the conventions'."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
+from opentelemetry.semconv._incubating.attributes import messaging_attributes as messaging
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from switchyard.client import SwitchyardClient
+from switchyard.protocol.bus import tracing
+from switchyard.settings import Settings
+from switchyard.stack import LocalStack
+
+pytestmark = pytest.mark.e2e
+ROLES = ("triage", "retrieval", "action", "compliance", "reviewer")
+
+
+class Receiver:
+    """An OTLP/HTTP trace receiver: every span it is sent, with its service's name."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[str, Any]] = []
+        self.lock = threading.Lock()
+        app = Starlette(routes=[Route("/v1/traces", self.traces, methods=["POST"])])
+        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0,
+                                                     log_level="warning", lifespan="off"))
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self.url = ""
+
+    async def traces(self, request: Request) -> Response:
+        body = ExportTraceServiceRequest.FromString(await request.body())
+        with self.lock:
+            for resource in body.resource_spans:
+                service = next((a.value.string_value for a in resource.resource.attributes
+                                if a.key == "service.name"), "")
+                for scope in resource.scope_spans:
+                    self.spans += [(service, span) for span in scope.spans]
+        return Response(ExportTraceServiceResponse().SerializeToString(),
+                        media_type="application/x-protobuf")
+
+    def of_trace(self, trace_id: int) -> list[tuple[str, Any]]:
+        with self.lock:
+            return [(s, span) for s, span in self.spans
+                    if int.from_bytes(span.trace_id, "big") == trace_id]
+
+    def __enter__(self) -> Receiver:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:  # noqa: ASYNC110 - uvicorn sets it; no event to wait on
+            assert time.monotonic() < deadline and self._thread.is_alive()
+            time.sleep(0.01)
+        self.url = f"http://127.0.0.1:{self._server.servers[0].sockets[0].getsockname()[1]}"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    with Receiver() as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+async def traced(nats_url: str, receiver: Receiver, tmp_path_factory: pytest.TempPathFactory
+                 ) -> AsyncIterator[Settings]:
+    data: Path = tmp_path_factory.mktemp("traced")  # the processes' logs: data/logs
+    settings = Settings(nats_url=nats_url, prefix=f"t{uuid.uuid4().hex[:8]}", data_dir=data)
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    async with LocalStack(settings, env=env):
+        yield settings
+
+
+def attrs(span: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for a in span.attributes:
+        v = a.value
+        out[a.key] = (v.string_value if v.HasField("string_value") else v.int_value
+                      if v.HasField("int_value") else [x.string_value for x in v.array_value.values])
+    return out
+
+
+async def test_a_five_step_run_across_processes_is_one_trace_parented_throughout(
+    traced: Settings, receiver: Receiver, nc: Any,
+) -> None:
+    client = SwitchyardClient(nc, traced.subjects)
+    wid = await client.submit("support", {"text": "I was charged twice for my subscription",
+                                          "customer_email": "ada@example.com"})
+    done = await client.wait(wid, timeout=60)
+    assert done.status == "completed", done.reason
+    async with asyncio.timeout(30):  # the processes export in batches, every 100 ms here
+        while not any(span.name == "invoke_workflow support"  # noqa: ASYNC110 - no event
+                      for _, span in receiver.of_trace(tracing.trace_id(wid))):
+            await asyncio.sleep(0.1)
+        while sum(span.name.startswith("invoke_agent") for _, span in  # noqa: ASYNC110
+                  receiver.of_trace(tracing.trace_id(wid))) < len(ROLES):
+            await asyncio.sleep(0.1)
+    spans = receiver.of_trace(tracing.trace_id(wid))
+    by_id = {span.span_id: (service, span) for service, span in spans}
+    (root,) = [span for _, span in spans if not span.parent_span_id]
+    assert root.name == "invoke_workflow support"
+    assert int.from_bytes(root.span_id, "big") == tracing.root_span_id(wid)
+    orphans = [span.name for _, span in spans if span.parent_span_id
+               and span.parent_span_id not in by_id]
+    assert orphans == []  # every span's parent is in the trace
+    names = {span.name for _, span in spans}
+    assert {f"invoke_agent {role}" for role in ROLES} <= names
+    assert {"execute_tool kb_search", "execute_tool lookup_customer",
+            "execute_tool open_ticket", "process submit", "process result"} <= names
+    # each agent's span hangs from the supervisor span that sent its task, in another process
+    for service, span in spans:
+        if span.name.startswith("invoke_agent"):
+            parent_service, parent = by_id[span.parent_span_id]
+            assert parent.name == "process " + ("submit" if "triage" in span.name else "result")
+            assert (service, parent_service) == (
+                f"switchyard-agent-{span.name.split()[1]}", "switchyard-supervisor")
+            a = attrs(span)
+            assert a[gen_ai.GEN_AI_OPERATION_NAME] == "invoke_agent"
+            assert a[gen_ai.GEN_AI_AGENT_NAME] == span.name.split()[1]
+            assert a[messaging.MESSAGING_SYSTEM] == "nats"
+            assert a[messaging.MESSAGING_OPERATION_TYPE] == "process"
+        if span.name.startswith("execute_tool") and span.kind == span.SPAN_KIND_SERVER:
+            _, parent = by_id[span.parent_span_id]  # the tool host's, under the agent's call
+            assert parent.name == span.name and parent.kind == span.SPAN_KIND_CLIENT
+            assert attrs(span)[gen_ai.GEN_AI_TOOL_NAME] == span.name.split()[1]
+    # nothing a message holds is in a span: the ticket's text and email are nowhere
+    everything = " ".join(str(attrs(span)) + span.name for _, span in spans)
+    assert "ada@example.com" not in everything and "charged twice" not in everything
+
+
+async def test_a_persons_wait_is_a_span_from_the_escalation_to_the_decision(
+    traced: Settings, receiver: Receiver, nc: Any,
+) -> None:
+    client = SwitchyardClient(nc, traced.subjects)
+    wid = await client.submit("support", {"text": "Our lawyer will file a lawsuit about the outage",
+                                          "customer_email": "linus@example.org"})
+    waiting = await client.wait(wid, timeout=60)
+    assert waiting.status == "escalated" and waiting.escalation_id is not None
+    await client.decide(waiting.escalation_id, "reject", reviewer="ann", note="no")
+    assert (await client.wait(wid, timeout=60)).status == "rejected"
+    async with asyncio.timeout(30):
+        while not any(span.name == "invoke_workflow support"  # noqa: ASYNC110 - no event
+                      for _, span in receiver.of_trace(tracing.trace_id(wid))):
+            await asyncio.sleep(0.1)
+    spans = [span for _, span in receiver.of_trace(tracing.trace_id(wid))]
+    (wait,) = [span for span in spans if span.name.startswith("human_wait")]
+    assert wait.name == "human_wait routed"
+    assert int.from_bytes(wait.parent_span_id, "big") == tracing.root_span_id(wid)
+    a = attrs(wait)
+    assert (a["switchyard.escalation.id"], a["switchyard.decision.action"]) == (
+        waiting.escalation_id, "reject")
+    assert wait.end_time_unix_nano > wait.start_time_unix_nano
+
+
+async def test_personal_data_in_a_ticket_reaches_no_span_and_no_log_line(
+    traced: Settings, receiver: Receiver, nc: Any,
+) -> None:
+    card, iban, email = "4111 1111 1111 1111", "GB82 WEST 1234 5698 7654 32", "bob@example.com"
+    client = SwitchyardClient(nc, traced.subjects)
+    wid = await client.submit("support", {
+        "text": f"Refund my card {card}, or pay IBAN {iban}; write to {email}. Charged twice.",
+        "customer_email": "ada@example.com"})
+    await client.wait(wid, timeout=60)
+    async with asyncio.timeout(30):
+        while sum(span.name.startswith("invoke_agent") for _, span in  # noqa: ASYNC110
+                  receiver.of_trace(tracing.trace_id(wid))) < 2:
+            await asyncio.sleep(0.1)
+    spans = " ".join(str(attrs(span)) + span.name for _, span in
+                     receiver.of_trace(tracing.trace_id(wid)))
+    logs = "\n".join(p.read_text() for p in (traced.data_dir / "logs").glob("*.log"))
+    for secret in (card, card.replace(" ", ""), iban, iban.replace(" ", ""), email):
+        assert secret not in spans and secret not in logs, secret
+    # and a line logged inside a span names it: the triage agent's, in this run's trace
+    assert f'"trace_id": "{tracing.trace_id(wid):032x}"' in logs
