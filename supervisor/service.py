@@ -42,7 +42,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.kv import KeyValue
 from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, ServiceConfig
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 
 from switchyard.protocol import codec, grants, journal
 from switchyard.protocol.bus import tracing
@@ -84,6 +84,7 @@ from switchyard.supervisor.engine import (
 from switchyard.supervisor.escalation import EscalationIndex
 from switchyard.supervisor.folds import Folds
 from switchyard.supervisor.journal import definition_for, fold, snapshot_due
+from switchyard.supervisor.metrics import SupervisorMetrics
 from switchyard.supervisor.policy import Grantable, Policy
 from switchyard.supervisor.store import Snapshots
 from switchyard.supervisor.stuck import StuckTasks
@@ -154,12 +155,7 @@ class Supervisor(Component):
         self._stuck = StuckTasks(self)
         self._scan: asyncio.Task[None] | None = None
         reg = self._metrics_registry
-        self._inputs = Counter(
-            "switchyard_supervisor_inputs", "Journal records folded", ["kind"], registry=reg
-        )
-        self._dead = Counter(
-            "switchyard_supervisor_dead_letters", "Messages dead-lettered", ["kind"], registry=reg
-        )
+        self.metrics = SupervisorMetrics(reg)
         self.counts = {"submitted": 0, "results": 0, "decisions": 0, "timers": 0, "notices": 0,
                        "dead_lettered": 0, "ignored": 0}
 
@@ -303,6 +299,7 @@ class Supervisor(Component):
             with decision_span(workflow_id, read, record, [e.type for e in t.entries]):
                 await self._execute(after.state, t.effects)
             trace_waits_and_end(folded.state, after.state, read, record)
+            self.metrics.observe(folded.state, after.state, t, record)
             await self._keep(after.state)
         self.folds.remember(workflow_id, after)
         self.faults.hit("supervisor.before_ack")
@@ -312,7 +309,7 @@ class Supervisor(Component):
         name = _COUNTED.get(read.kind)
         if name:
             self.counts[name] += 1
-        self._inputs.labels(read.kind or "unknown").inc()
+        self.metrics.inputs.labels(read.kind or "unknown").inc()
         if ignored and read.ok:
             self.counts["ignored"] += 1
             log.info("supervisor.input_ignored", kind=read.kind, seq=read.record.seq,
@@ -351,7 +348,7 @@ class Supervisor(Component):
         unless it stays (a refused journal record is folded as changing nothing)."""
         meta = msg.metadata
         self.counts["dead_lettered"] += 1
-        self._dead.labels(kind).inc()
+        self.metrics.dead.labels(kind).inc()
         log.warning("supervisor.dead_letter", kind=kind, code=code, reason=reason)
         await self.dead_letters.send(
             kind, msg.data, subject=msg.subject, code=code, reason=reason,
@@ -379,12 +376,14 @@ class Supervisor(Component):
             elif isinstance(effect, SendEscalation):
                 esc = msgspec.structs.replace(effect.escalation, after=state.seq, prev=state.head)
                 await self._index.add(esc)
+                self.metrics.waiting.inc()
                 acks.append(await pub.send(
                     s.human_queue_for(esc.queue), codec.encode(esc),
                     headers={MSG_ID: esc.id, PROTOCOL: PROTOCOL_VERSION,
                              TRACEPARENT: tracing.traceparent() or traceparent_for(state.id)}))
             elif isinstance(effect, CloseEscalation):
                 await self._index.remove(effect.escalation_id)
+                self.metrics.waiting.dec()
         if acks:
             async with asyncio.timeout(self.config.publish_timeout):
                 await asyncio.gather(*acks)
@@ -488,6 +487,8 @@ class Supervisor(Component):
         a restart, or for what a replica that stopped had set. Returns how many."""
         armed = await rearm(self._timers, self.js, self.config.subjects, self.snapshots,
                             max_bytes=self.config.max_bytes)
+        if self._index is not None:  # between scans, this replica's adds and removes move it
+            self.metrics.waiting.set(len(await self._index.list()))
         if armed:
             log.info("supervisor.timers_rearmed", timers=armed)
         return armed

@@ -88,6 +88,7 @@ class LocalStack:
         """``agents`` maps role to ``module:attr`` (default: the built-in agents of ``roles``);
         ``env`` is added to every process's environment; ``replicas`` runs more than one of a
         part (``{"supervisor": 2, "agent-triage": 3}``; the others are named ``supervisor-2``…)."""
+        self.metrics_ports: dict[str, int] = {}  # where each process serves /metrics
         self.env = env or {}
         self.replicas = replicas or {}
         self.toolhost_args = toolhost_args
@@ -198,6 +199,8 @@ class LocalStack:
         port = self.settings.metrics_port
         index = list(self.procs).index(name) if name in self.procs else len(self.procs)
         metrics = str(port + index) if port else "0"  # one port per process, in order
+        if port:
+            self.metrics_ports[name] = port + index
         env = {**os.environ, "NATS_URL": self.url, "SWITCHYARD_METRICS_PORT": metrics,
                "SWITCHYARD_PARENT_PID": str(os.getpid()),
                "SWITCHYARD_DATA_DIR": str(self.settings.data_dir),

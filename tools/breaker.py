@@ -14,14 +14,32 @@ from collections.abc import Iterator
 from typing import Any
 
 import pybreaker
+from prometheus_client import CollectorRegistry, Gauge
 
 from switchyard.protocol.errors import ErrorCode, ModelError, ToolError
 
+STATES = {"closed": 0, "half-open": 1, "open": 2}
+
+
+class _Gauge(pybreaker.CircuitBreakerListener):
+    def __init__(self, gauge: Gauge) -> None:
+        self.gauge = gauge
+
+    def state_change(self, cb: pybreaker.CircuitBreaker, old: Any, new: Any) -> None:
+        self.gauge.labels(cb.name).set(STATES.get(new.name, 0))
+
 
 class Breakers:
-    def __init__(self, *, fail_max: int = 5, reset_timeout: float = 30.0) -> None:
+    """``metrics``: a registry for ``switchyard_breaker_state`` (0 closed, 1 half-open, 2 open)
+    per breaker."""
+
+    def __init__(self, *, fail_max: int = 5, reset_timeout: float = 30.0,
+                 metrics: CollectorRegistry | None = None) -> None:
         self.fail_max, self.reset_timeout = fail_max, reset_timeout
         self._by_name: dict[str, pybreaker.CircuitBreaker] = {}
+        self._listeners = [_Gauge(Gauge(
+            "switchyard_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open",
+            ["name"], registry=metrics))] if metrics is not None else []
 
     def get(self, name: str) -> pybreaker.CircuitBreaker:
         breaker = self._by_name.get(name)
@@ -29,7 +47,10 @@ class Breakers:
             breaker = self._by_name[name] = pybreaker.CircuitBreaker(
                 fail_max=self.fail_max, reset_timeout=self.reset_timeout, name=name,
                 exclude=[_not_a_fault],  # a refusal on the merits says nothing about health
-                throw_new_error_on_trip=False)  # the failure that trips it stays what it was
+                throw_new_error_on_trip=False,  # the failure that trips it stays what it was
+                listeners=self._listeners)
+            for listener in self._listeners:
+                listener.gauge.labels(name).set(0)
         return breaker
 
     @contextlib.contextmanager

@@ -83,7 +83,8 @@ class ToolHost(Component):
         self.registry = registry
         self.config = self._config
         self.breakers = Breakers(fail_max=self.config.breaker_failures,
-                                 reset_timeout=self.config.breaker_reset_s)
+                                 reset_timeout=self.config.breaker_reset_s,
+                                 metrics=self._metrics_registry)
         self._ledger: ToolLedger | None = None
         self._trusted: frozenset[str] = frozenset()
         self._slots = asyncio.Semaphore(self.config.concurrency)

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 import msgspec
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import BaseModel, ValidationError
 
 from switchyard.agents.model.catalogue import Catalogue, ModelSpec
@@ -51,6 +51,23 @@ class CacheCounts:
     misses: int = 0
 
 
+class _ModelMetrics:
+    """The model calls of one agent process, by catalogue model (a bounded set)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.calls = Counter("switchyard_agent_model_calls", "Model calls by outcome",
+                             ["model", "outcome"], registry=registry)
+        self.tokens = Counter("switchyard_agent_model_tokens", "Model tokens",
+                              ["model", "type"], registry=registry)
+        self.cost = Counter("switchyard_agent_model_cost_usd", "Model cost in USD at the "
+                            "catalogue's price", ["model"], registry=registry)
+        self.seconds = Histogram("switchyard_agent_model_call_seconds", "Model call latency",
+                                 ["model"], registry=registry,
+                                 buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120))
+        self.cache = Counter("switchyard_agent_model_cache_lookups", "Model cache lookups",
+                             ["result"], registry=registry)
+
+
 class ModelRouter:
     """The models one agent process calls."""
 
@@ -60,7 +77,7 @@ class ModelRouter:
         self.catalogue = catalogue
         self.role = role  # the cache's keys are the role's own (a role may write only those)
         self.default = default
-        self.breakers = breakers or Breakers(fail_max=3, reset_timeout=30.0)
+        self.breakers = breakers or Breakers(fail_max=3, reset_timeout=30.0, metrics=metrics)
         self.cache_ttl_s = cache_ttl_s
         self.cache: KeyValue | None = None
         self.cache_js: JetStreamContext | None = None
@@ -69,9 +86,7 @@ class ModelRouter:
         self._clients: dict[str, OpenAICompatibleModel] = {}
         # how each model takes a JSON schema, once a server refused the other way
         self.formats: dict[str, str] = {}
-        self._cache_total = Counter(
-            "switchyard_agent_model_cache_lookups", "Model cache lookups", ["result"],
-            registry=metrics) if metrics is not None else None
+        self.metrics = _ModelMetrics(metrics) if metrics is not None else None
 
     def client(self, spec: ModelSpec) -> OpenAICompatibleModel:
         found = self._clients.get(spec.name)
@@ -96,8 +111,8 @@ class ModelRouter:
             self.cache_counts.hits += 1
         else:
             self.cache_counts.misses += 1
-        if self._cache_total is not None:
-            self._cache_total.labels("hit" if hit else "miss").inc()
+        if self.metrics is not None:
+            self.metrics.cache.labels("hit" if hit else "miss").inc()
 
     async def aclose(self) -> None:
         for client in self._clients.values():
@@ -194,6 +209,8 @@ class TaskModels:
                 retryable = retryable or exc.retryable
                 failures.append(self._passed_over(name, exc.message))
                 self.calls.append(ModelCall(model=name, error=exc.code))
+                if self.router.metrics is not None:
+                    self.router.metrics.calls.labels(name, exc.code).inc()
                 continue
             self.answered = name
             if position:
@@ -324,6 +341,14 @@ class TaskModels:
                          latency_ms=u.latency_ms, cached=cached,
                          estimated=u is not reply.usage)
         self.calls.append(call)
+        m = self.router.metrics
+        if m is not None:
+            m.calls.labels(spec.name, "cached" if cached else "ok").inc()
+            m.tokens.labels(spec.name, "input").inc(call.input_tokens)
+            m.tokens.labels(spec.name, "output").inc(call.output_tokens)
+            m.cost.labels(spec.name).inc(cost)
+            if not cached:
+                m.seconds.labels(spec.name).observe(call.latency_ms / 1000)
         self.usage = self.usage.plus(Usage(
             input_tokens=call.input_tokens, output_tokens=call.output_tokens, cost_usd=cost,
             model=spec.name, calls=1, latency_ms=call.latency_ms, cache_hits=int(cached)))

@@ -158,6 +158,10 @@ def up(secure: SecureOpt = False) -> None:
         where = "embedded nats-server" if stack.nats else "existing NATS"
         out.print(f"[green]Switchyard is up[/] on {stack.url} ({where}); "
                   f"{len(stack.procs)} processes, logs in {stack.log_dir}. Ctrl-C stops.")
+        for name, port in stack.metrics_ports.items():
+            out.print(f"  {name}: metrics at http://127.0.0.1:{port}/metrics")
+        if settings.tracing:
+            out.print(f"  traces to {settings.otel_endpoint or 'the OTLP endpoint OTEL_* names'}")
         if secure:
             out.print("Secured: every process has its own identity. The CLI connects as the "
                       "console with SWITCHYARD_NKEY_FILE="
