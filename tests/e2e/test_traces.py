@@ -65,7 +65,7 @@ class Receiver:
     def __enter__(self) -> Receiver:
         self._thread.start()
         deadline = time.monotonic() + 10
-        while not self._server.started:  # noqa: ASYNC110 - uvicorn sets it; no event to wait on
+        while not self._server.started:
             assert time.monotonic() < deadline and self._thread.is_alive()
             time.sleep(0.01)
         self.url = f"http://127.0.0.1:{self._server.servers[0].sockets[0].getsockname()[1]}"
