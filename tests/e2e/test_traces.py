@@ -8,7 +8,7 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,15 @@ async def traced(nats_url: str, receiver: Receiver, tmp_path_factory: pytest.Tem
         yield settings
 
 
+async def exported(receiver: Receiver, wid: str, holds: Callable[[list[str]], bool]) -> None:
+    """Until the spans of ``wid``'s trace received so far satisfy ``holds`` (by their names):
+    the processes export in batches, every 100 ms here."""
+    async with asyncio.timeout(30):
+        while not holds([span.name for _, span in  # noqa: ASYNC110 - no event to wait on
+                         receiver.of_trace(tracing.trace_id(wid))]):
+            await asyncio.sleep(0.1)
+
+
 def attrs(span: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for a in span.attributes:
@@ -109,13 +118,8 @@ async def test_a_five_step_run_across_processes_is_one_trace_parented_throughout
                                           "customer_email": "ada@example.com"})
     done = await client.wait(wid, timeout=60)
     assert done.status == "completed", done.reason
-    async with asyncio.timeout(30):  # the processes export in batches, every 100 ms here
-        while not any(span.name == "invoke_workflow support"  # noqa: ASYNC110 - no event
-                      for _, span in receiver.of_trace(tracing.trace_id(wid))):
-            await asyncio.sleep(0.1)
-        while sum(span.name.startswith("invoke_agent") for _, span in  # noqa: ASYNC110
-                  receiver.of_trace(tracing.trace_id(wid))) < len(ROLES):
-            await asyncio.sleep(0.1)
+    await exported(receiver, wid, lambda names: "invoke_workflow support" in names
+                   and sum(n.startswith("invoke_agent") for n in names) == len(ROLES))
     spans = receiver.of_trace(tracing.trace_id(wid))
     by_id = {span.span_id: (service, span) for service, span in spans}
     (root,) = [span for _, span in spans if not span.parent_span_id]
@@ -159,10 +163,7 @@ async def test_a_persons_wait_is_a_span_from_the_escalation_to_the_decision(
     assert waiting.status == "escalated" and waiting.escalation_id is not None
     await client.decide(waiting.escalation_id, "reject", reviewer="ann", note="no")
     assert (await client.wait(wid, timeout=60)).status == "rejected"
-    async with asyncio.timeout(30):
-        while not any(span.name == "invoke_workflow support"  # noqa: ASYNC110 - no event
-                      for _, span in receiver.of_trace(tracing.trace_id(wid))):
-            await asyncio.sleep(0.1)
+    await exported(receiver, wid, lambda names: "invoke_workflow support" in names)
     spans = [span for _, span in receiver.of_trace(tracing.trace_id(wid))]
     (wait,) = [span for span in spans if span.name.startswith("human_wait")]
     assert wait.name == "human_wait routed"
@@ -182,10 +183,8 @@ async def test_personal_data_in_a_ticket_reaches_no_span_and_no_log_line(
         "text": f"Refund my card {card}, or pay IBAN {iban}; write to {email}. Charged twice.",
         "customer_email": "ada@example.com"})
     await client.wait(wid, timeout=60)
-    async with asyncio.timeout(30):
-        while sum(span.name.startswith("invoke_agent") for _, span in  # noqa: ASYNC110
-                  receiver.of_trace(tracing.trace_id(wid))) < 2:
-            await asyncio.sleep(0.1)
+    await exported(receiver, wid, lambda names: sum(n.startswith("invoke_agent")
+                                                    for n in names) >= 2)
     spans = " ".join(str(attrs(span)) + span.name for _, span in
                      receiver.of_trace(tracing.trace_id(wid)))
     logs = "\n".join(p.read_text() for p in (traced.data_dir / "logs").glob("*.log"))
