@@ -27,6 +27,7 @@
 | ``SWITCHYARD_MODEL_CONTEXT`` | ``8192`` | that model's context size in tokens (the server's) |
 | ``SWITCHYARD_MODEL_API_KEY`` | (none) | its API key (never logged) |
 | ``SWITCHYARD_MODEL_CACHE_TTL_S`` | ``0`` (off) | cache temperature-0 model replies this long (KV) |
+| ``SWITCHYARD_TRACE`` | ``1`` | ``0``: no spans at all (the benchmark's baseline) |
 | ``SWITCHYARD_NKEY_FILE`` | (none) | this process's nkey seed on a secured bus; its name is who |
 | ``SWITCHYARD_UVLOOP`` | ``1`` | run on uvloop when it is installed; ``0`` for asyncio's loop |
 | ``SWITCHYARD_USER`` (or ``USER``) | ``operator`` | who decides and replays, in audit records |
@@ -96,6 +97,7 @@ class Settings(BaseSettings):
     otel_endpoint: str = Field(default="", validation_alias=AliasChoices(
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"))
     otel_traces_exporter: str = Field(default="", validation_alias="OTEL_TRACES_EXPORTER")
+    trace: bool = True  # 0: no spans at all (what the benchmark measures tracing against)
     uvloop: bool = True
     user: str = Field(default="operator",
                       validation_alias=AliasChoices("SWITCHYARD_USER", "USER"))

@@ -93,3 +93,23 @@ async def test_soak_samples_the_real_stack_at_a_fixed_rate(tmp_path: Path) -> No
     assert last.journal_msgs > last.submitted  # submissions and results
     assert {"nats-server", "supervisor", "agent-triage"} <= set(last.rss_mb)
     assert report.journal_bytes_per_workflow > 0
+
+
+async def test_bench_measures_what_tracing_costs_with_and_without_an_exporter(
+    tmp_path: Path,
+) -> None:
+    from switchyard.bench.run import Report
+    from switchyard.bench.telemetry import VARIANTS, bench_telemetry
+    from switchyard.natsd import NatsServer
+
+    report = Report(machine={})
+    logged: list[str] = []
+    async with NatsServer(store_dir=tmp_path / "nats", sync_always=False) as server:
+        await bench_telemetry(report, server.url, server.pid or 0, "default", TINY, tmp_path,
+                              logged.append)
+    assert [r.pipeline for r in report.rows] == [name for name, _ in VARIANTS]
+    assert all(r.workflows_per_s > 0 and r.inflight == 8 for r in report.rows)
+    assert {"tracing_api_cost_pct_8_default", "tracing_otlp_cost_pct_8_default"} <= set(
+        report.ratios)
+    exports = report.growth["otlp_exports"]
+    assert exports["requests"] > 0 and exports["bytes"] > 0  # the exporting variant's spans arrived

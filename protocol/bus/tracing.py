@@ -24,13 +24,14 @@ import contextlib
 import contextvars
 import hashlib
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-TRACER = trace.get_tracer("switchyard")
+TRACER: trace.Tracer = trace.get_tracer("switchyard")
 _PROPAGATOR = TraceContextTextMapPropagator()
 # the ids the next span must have (the deterministic root): read by the SDK's id generator
 FORCED_SPAN_ID: contextvars.ContextVar[int] = contextvars.ContextVar("switchyard_span_id",
@@ -81,6 +82,23 @@ def traceparent() -> str:
     carrier: dict[str, str] = {}
     _PROPAGATOR.inject(carrier)
     return carrier.get("traceparent", "")
+
+
+class _Off(trace.NoOpTracer):
+    """No spans at all, not even the API's non-recording ones (``switch_off``)."""
+
+    def start_as_current_span(self, *args: Any, **kwargs: Any) -> Any:
+        return contextlib.nullcontext(trace.INVALID_SPAN)
+
+    def start_span(self, *args: Any, **kwargs: Any) -> trace.Span:
+        return trace.INVALID_SPAN
+
+
+def switch_off() -> None:
+    """This process makes no spans (``SWITCHYARD_TRACE=0``): what the benchmark measures the
+    tracing's cost against."""
+    global TRACER
+    TRACER = _Off()
 
 
 @contextlib.contextmanager

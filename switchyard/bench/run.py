@@ -177,13 +177,15 @@ class Plan:
     growth_payload: int
     growth_count: int
     parked: int
+    telemetry: bool = False  # also what tracing costs (bench.telemetry)
 
 
 FULL = Plan(inflight=[1, 64, 256], count={1: 200, 64: 2000, 256: 3000}, windows=3,
             syncs=["default", "always"], growth_steps=50, growth_payload=100_000, growth_count=400,
-            parked=10_000)
+            parked=10_000, telemetry=True)
 QUICK = Plan(inflight=[1, 64], count={1: 50, 64: 400}, windows=1, syncs=["default"],
-             growth_steps=50, growth_payload=100_000, growth_count=200, parked=1_000)
+             growth_steps=50, growth_payload=100_000, growth_count=200, parked=1_000,
+             telemetry=True)
 
 
 async def run_bench(plan: Plan, log: Callable[[str], None]) -> Report:
@@ -200,6 +202,10 @@ async def run_bench(plan: Plan, log: Callable[[str], None]) -> Report:
                 await _bench_raw(report, "raw-jetstream", server.url, pid, sync, plan)
                 log(f"[{sync}] Switchyard")
                 await _bench_switchyard(report, server.url, pid, sync, plan, Path(tmp), log)
+                if plan.telemetry and sync == plan.syncs[0]:
+                    from switchyard.bench.telemetry import bench_telemetry
+
+                    await bench_telemetry(report, server.url, pid, sync, plan, Path(tmp), log)
     _ratios(report)
     await _bench_langgraph(report, plan, log)
     return report

@@ -94,6 +94,10 @@ def serve(settings: Settings, main: Callable[[asyncio.Event], Coroutine[Any, Any
     ``service`` names the process in its traces, when an exporter is configured (``OTEL_*``)."""
     from switchyard.telemetry import start_tracing
 
+    if not settings.trace:
+        from switchyard.protocol.bus import tracing
+
+        tracing.switch_off()
     stop_tracing = start_tracing(service, exporter=settings.tracing) if service else None
 
     async def runner() -> None:
