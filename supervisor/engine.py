@@ -469,6 +469,15 @@ class _Run:
                       if spend.calls else {}))
 
 
+def ended_wait(before: WorkflowState | None, after: WorkflowState) -> Pending | None:
+    """The escalation a transition from ``before`` to ``after`` ended (decided, or past its
+    deadline), if one."""
+    pending = before.escalation if before is not None else None
+    if pending is not None and (after.escalation is None or after.escalation.id != pending.id):
+        return pending
+    return None
+
+
 def outcome_of(s: WorkflowState, now: float) -> Outcome:
     steps = [
         StepTiming(

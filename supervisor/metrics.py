@@ -7,7 +7,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from switchyard.protocol.events import EventType
 from switchyard.protocol.journal import Record
-from switchyard.supervisor.engine import SendEscalation, SendOutcome, Transition, WorkflowState
+from switchyard.supervisor.engine import (
+    SendEscalation,
+    SendOutcome,
+    Transition,
+    WorkflowState,
+    ended_wait,
+)
 
 WAIT_BUCKETS = (1, 10, 60, 300, 900, 3600, 4 * 3600, 24 * 3600, 7 * 24 * 3600)
 FINISHED = {EventType.STEP_OK, EventType.STEP_ERROR, EventType.STEP_NEEDS_HUMAN,
@@ -56,7 +62,6 @@ class SupervisorMetrics:
                 self.escalations.labels(effect.escalation.kind).inc()
             elif isinstance(effect, SendOutcome):
                 self.workflows.labels(effect.outcome.status).inc()
-        pending = before.escalation if before is not None else None
-        if pending is not None and pending.created_at and (
-                after.escalation is None or after.escalation.id != pending.id):
+        pending = ended_wait(before, after)
+        if pending is not None and pending.created_at:
             self.human_wait.labels(pending.kind).observe(max(0.0, record.at - pending.created_at))

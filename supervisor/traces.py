@@ -11,7 +11,7 @@ from switchyard.protocol.bus import tracing
 from switchyard.protocol.journal import Read, Record
 from switchyard.protocol.messages import Decision
 from switchyard.protocol.subjects import Durable
-from switchyard.supervisor.engine import TERMINAL, WorkflowState
+from switchyard.supervisor.engine import TERMINAL, WorkflowState, ended_wait
 
 
 def decision_span(workflow_id: str, read: Read, record: Record,
@@ -33,8 +33,8 @@ def trace_waits_and_end(before: WorkflowState | None, after: WorkflowState, read
     """The spans known only once they are over: a person's wait (from the escalation to the
     decision or its deadline) and the run's root (from its submission to its end)."""
     ended = int(record.stamp_ns)
-    pending = before.escalation if before is not None else None
-    if pending is not None and (after.escalation is None or after.escalation.id != pending.id):
+    pending = ended_wait(before, after)
+    if pending is not None:
         decision = read.message if isinstance(read.message, Decision) else None
         wait = tracing.TRACER.start_span(
             f"human_wait {pending.kind}", context=tracing.workflow_context(after.id),

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from switchyard.client import SwitchyardClient
+from switchyard.client import SwitchyardClient, WaitResult
 from switchyard.protocol.bus import tracing
 from switchyard.settings import Settings
 from switchyard.stack import LocalStack
@@ -101,6 +101,14 @@ async def exported(receiver: Receiver, wid: str, holds: Callable[[list[str]], bo
             await asyncio.sleep(0.1)
 
 
+async def ticket(settings: Settings, nc: Any, text: str, email: str) -> tuple[
+        SwitchyardClient, str, WaitResult]:
+    """Submit a support ticket; its workflow id and what it came to (an outcome or a person)."""
+    client = SwitchyardClient(nc, settings.subjects)
+    wid = await client.submit("support", {"text": text, "customer_email": email})
+    return client, wid, await client.wait(wid, timeout=60)
+
+
 def attrs(span: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for a in span.attributes:
@@ -113,10 +121,8 @@ def attrs(span: Any) -> dict[str, Any]:
 async def test_a_five_step_run_across_processes_is_one_trace_parented_throughout(
     traced: Settings, receiver: Receiver, nc: Any,
 ) -> None:
-    client = SwitchyardClient(nc, traced.subjects)
-    wid = await client.submit("support", {"text": "I was charged twice for my subscription",
-                                          "customer_email": "ada@example.com"})
-    done = await client.wait(wid, timeout=60)
+    _, wid, done = await ticket(traced, nc, "I was charged twice for my subscription",
+                                "ada@example.com")
     assert done.status == "completed", done.reason
     await exported(receiver, wid, lambda names: "invoke_workflow support" in names
                    and sum(n.startswith("invoke_agent") for n in names) == len(ROLES))
@@ -156,10 +162,8 @@ async def test_a_five_step_run_across_processes_is_one_trace_parented_throughout
 async def test_a_persons_wait_is_a_span_from_the_escalation_to_the_decision(
     traced: Settings, receiver: Receiver, nc: Any,
 ) -> None:
-    client = SwitchyardClient(nc, traced.subjects)
-    wid = await client.submit("support", {"text": "Our lawyer will file a lawsuit about the outage",
-                                          "customer_email": "linus@example.org"})
-    waiting = await client.wait(wid, timeout=60)
+    client, wid, waiting = await ticket(traced, nc, "Our lawyer will file a lawsuit about the "
+                                        "outage", "linus@example.org")
     assert waiting.status == "escalated" and waiting.escalation_id is not None
     await client.decide(waiting.escalation_id, "reject", reviewer="ann", note="no")
     assert (await client.wait(wid, timeout=60)).status == "rejected"
@@ -178,11 +182,8 @@ async def test_personal_data_in_a_ticket_reaches_no_span_and_no_log_line(
     traced: Settings, receiver: Receiver, nc: Any,
 ) -> None:
     card, iban, email = "4111 1111 1111 1111", "GB82 WEST 1234 5698 7654 32", "bob@example.com"
-    client = SwitchyardClient(nc, traced.subjects)
-    wid = await client.submit("support", {
-        "text": f"Refund my card {card}, or pay IBAN {iban}; write to {email}. Charged twice.",
-        "customer_email": "ada@example.com"})
-    await client.wait(wid, timeout=60)
+    _, wid, _ = await ticket(traced, nc, f"Refund my card {card}, or pay IBAN {iban}; write to "
+                             f"{email}. Charged twice.", "ada@example.com")
     await exported(receiver, wid, lambda names: sum(n.startswith("invoke_agent")
                                                     for n in names) >= 2)
     spans = " ".join(str(attrs(span)) + span.name for _, span in
