@@ -178,11 +178,13 @@ class TaskContext:
                         tracing.GEN_AI_OPERATION: "execute_tool", tracing.GEN_AI_TOOL_NAME: name,
                         tracing.MESSAGING_SYSTEM: "nats", tracing.MESSAGING_DESTINATION: subject,
                         tracing.MESSAGING_OPERATION_TYPE: "send",
-                        tracing.WORKFLOW_ID: self.task.workflow_id}):
+                        tracing.WORKFLOW_ID: self.task.workflow_id}) as span:
+                tracing.set_content(span, tracing.GEN_AI_TOOL_CALL_ARGUMENTS, call.args)
                 parent = tracing.traceparent() or self._traceparent
                 reply = await self._nc.request(
                     subject, codec.encode(call), timeout=timeout,
                     headers={TRACEPARENT: parent} if parent else None)
+                tracing.set_content(span, tracing.GEN_AI_TOOL_CALL_RESULT, reply.data)
         except NoRespondersError:
             raise ToolError(f"no tool host serves {name!r}", retryable=True) from None
         except NatsTimeoutError:

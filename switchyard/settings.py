@@ -13,7 +13,8 @@
 | ``SWITCHYARD_WORKFLOWS`` | ``support`` | comma-separated workflow YAML files or built-in names |
 | ``SWITCHYARD_NATS_SYNC`` | ``always`` | embedded server fsync: ``always`` or ``default`` (2 min) |
 | ``SWITCHYARD_LOG_LEVEL`` | ``info`` | log level |
-| ``SWITCHYARD_METRICS_PORT`` | ``0`` (off) | serve Prometheus ``/metrics`` on 127.0.0.1 at this port |
+| ``SWITCHYARD_METRICS_PORT`` | ``0`` (off) | serve Prometheus ``/metrics`` at this port |
+| ``SWITCHYARD_METRICS_ADDR`` | ``127.0.0.1`` | the address it listens on (``0.0.0.0`` in a container) |
 | ``SWITCHYARD_POLICY`` | ``support`` | tool policy file or built-in name; ``none`` for none |
 | ``SWITCHYARD_RETENTION_S`` | ``604800`` | seconds a finished workflow and a recorded tool call are kept |
 | ``SWITCHYARD_TRAIL_MAX_AGE_S`` | ``2592000`` | seconds journals, tool calls, dead letters are kept |
@@ -28,6 +29,7 @@
 | ``SWITCHYARD_MODEL_API_KEY`` | (none) | its API key (never logged) |
 | ``SWITCHYARD_MODEL_CACHE_TTL_S`` | ``0`` (off) | cache temperature-0 model replies this long (KV) |
 | ``SWITCHYARD_TRACE`` | ``1`` | ``0``: no spans at all (the benchmark's baseline) |
+| ``SWITCHYARD_TRACE_CONTENT`` | ``0`` | ``1``: spans carry model messages and tool arguments, PII redacted |
 | ``SWITCHYARD_NKEY_FILE`` | (none) | this process's nkey seed on a secured bus; its name is who |
 | ``SWITCHYARD_UVLOOP`` | ``1`` | run on uvloop when it is installed; ``0`` for asyncio's loop |
 | ``SWITCHYARD_USER`` (or ``USER``) | ``operator`` | who decides and replays, in audit records |
@@ -40,11 +42,12 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, IPvAnyAddress, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from switchyard.agents import AgentConfig
@@ -74,6 +77,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error", "critical",
                        "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "info"
     metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_addr: IPvAnyAddress = IPv4Address("127.0.0.1")
     policy: str = "support"
     nkey_file: Path | None = None
     retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
@@ -98,6 +102,7 @@ class Settings(BaseSettings):
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"))
     otel_traces_exporter: str = Field(default="", validation_alias="OTEL_TRACES_EXPORTER")
     trace: bool = True  # 0: no spans at all (what the benchmark measures tracing against)
+    trace_content: bool = False  # 1: message contents on spans (the operator's opt-in)
     uvloop: bool = True
     user: str = Field(default="operator",
                       validation_alias=AliasChoices("SWITCHYARD_USER", "USER"))

@@ -105,13 +105,16 @@ class OpenAICompatibleModel:
 
     async def chat(self, messages: list[Message], **options: Any) -> ModelReply:
         """One completion (see ``_chat``) as the span ``chat <model>``, with the GenAI
-        conventions' usage attributes; no prompt or reply text is recorded."""
+        conventions' usage attributes; the messages only where the operator opted in
+        (``tracing.record_contents``)."""
         with tracing.TRACER.start_as_current_span(
                 f"chat {self.model}", kind=SpanKind.CLIENT, attributes={
                     tracing.GEN_AI_OPERATION: "chat", tracing.GEN_AI_PROVIDER: "openai",
                     tracing.GEN_AI_REQUEST_MODEL: self.model,
                     "server.address": self._http.base_url.host}) as span:
+            tracing.set_content(span, tracing.GEN_AI_INPUT_MESSAGES, messages)
             reply = await self._chat(messages, **options)
+            tracing.set_content(span, tracing.GEN_AI_OUTPUT_MESSAGES, [reply.message])
             span.set_attributes({tracing.GEN_AI_RESPONSE_MODEL: reply.usage.model,
                                  tracing.GEN_AI_INPUT_TOKENS: reply.usage.input_tokens,
                                  tracing.GEN_AI_OUTPUT_TOKENS: reply.usage.output_tokens})

@@ -14,8 +14,10 @@ a redelivered task all land in it:
   (``chat <model>``) are under the agent's;
 - a wait for a person is ``human_wait <kind>``, from the escalation to the decision.
 
-Attribute names come from the semantic conventions (messaging, GenAI). Message contents (inputs,
-outputs, prompts) are never recorded.
+Attribute names come from the semantic conventions (messaging, GenAI). Message contents (a
+model's messages, a tool call's arguments and result) are recorded only where the operator opts
+in (``SWITCHYARD_TRACE_CONTENT=1``, which calls ``record_contents``), and then with personal data
+taken out by the function it is given.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import hashlib
-from collections.abc import Iterator, Mapping
+import json
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from opentelemetry import trace
@@ -54,7 +57,29 @@ GEN_AI_REQUEST_MODEL = "gen_ai.request.model"
 GEN_AI_RESPONSE_MODEL = "gen_ai.response.model"
 GEN_AI_INPUT_TOKENS = "gen_ai.usage.input_tokens"
 GEN_AI_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+GEN_AI_INPUT_MESSAGES = "gen_ai.input.messages"
+GEN_AI_OUTPUT_MESSAGES = "gen_ai.output.messages"
+GEN_AI_TOOL_CALL_ARGUMENTS = "gen_ai.tool.call.arguments"
+GEN_AI_TOOL_CALL_RESULT = "gen_ai.tool.call.result"
 WORKFLOW_ID = "switchyard.workflow.id"
+# what the contents recorded pass through (None: no contents are recorded)
+_CLEAN: Callable[[str], str] | None = None
+
+
+def record_contents(clean: Callable[[str], str]) -> None:
+    """This process records message contents on its spans (the operator's opt-in), each as JSON
+    passed through ``clean`` (the PII redaction) first."""
+    global _CLEAN
+    _CLEAN = clean
+
+
+def set_content(span: trace.Span, attribute: str, value: Any) -> None:
+    """``value`` (bytes: JSON already) as the span's ``attribute``, where contents are recorded;
+    else nothing."""
+    if _CLEAN is not None and span.is_recording():
+        text = value.decode(errors="replace") if isinstance(value, bytes) else json.dumps(
+            value, default=str, ensure_ascii=False)
+        span.set_attribute(attribute, _CLEAN(text))
 
 
 def trace_id(workflow_id: str) -> int:

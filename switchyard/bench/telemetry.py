@@ -1,16 +1,22 @@
-"""What tracing costs: the five-hop pipeline at 64 in flight three times on one nats-server,
-with no spans at all (``SWITCHYARD_TRACE=0``, the baseline), with the OpenTelemetry API and no
-exporter (every user's default), and with the SDK exporting every span (sampling 1.0) over
-OTLP/HTTP to a receiver this process runs on 127.0.0.1."""
+"""What tracing costs: the five-hop pipeline at 64 in flight on one nats-server, with no spans
+at all (``SWITCHYARD_TRACE=0``, the baseline), with the OpenTelemetry API and no exporter (every
+user's default), and with the SDK exporting every span (sampling 1.0) over OTLP/HTTP to a
+receiver this process runs on 127.0.0.1.
+
+The three stacks run side by side and their windows are interleaved (off, API, OTLP, then the
+other way round, round after round), so a drift in what the machine gives us falls on all three
+alike; a cost is the median of the rounds' own ratios, not a ratio of two runs minutes apart."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import statistics
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import nats
 import uvicorn
@@ -20,7 +26,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from switchyard.bench.drivers import SwitchyardDriver
-from switchyard.bench.run import Plan, Report, _workflow, measure
+from switchyard.bench.run import Plan, Report, Row, _workflow, measure
 from switchyard.bench.workers import HOPS
 from switchyard.settings import Settings
 from switchyard.stack import LocalStack
@@ -62,48 +68,81 @@ class _Sink:
 async def bench_telemetry(report: Report, url: str, nats_pid: int, sync: str, plan: Plan,
                           tmp: Path, log: Callable[[str], None]) -> None:
     inflight = 64 if 64 in plan.count else max(plan.inflight)
+    rounds = max(3, plan.windows * 2)
     sink = _Sink()
     endpoint = sink.start()
+    envs: dict[str, dict[str, str]] = {
+        "switchyard-trace-off": {"SWITCHYARD_TRACE": "0"},
+        "switchyard-trace-api": {},
+        "switchyard-trace-otlp": {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}}
+    windows: dict[str, list[Row]] = {name: [] for name, _ in VARIANTS}
     try:
-        envs: dict[str, dict[str, str]] = {
-            "switchyard-trace-off": {"SWITCHYARD_TRACE": "0"},
-            "switchyard-trace-api": {},
-            "switchyard-trace-otlp": {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}}
-        for name, what in VARIANTS:
-            log(f"[{sync}] tracing: {what}")
-            report.rows.append(await _row(name, envs[name], url, nats_pid, sync, plan,
-                                          inflight, tmp))
+        async with contextlib.AsyncExitStack() as stacks:
+            benches = {name: await stacks.enter_async_context(_Bench(url, nats_pid, envs[name], tmp))
+                       for name, _ in VARIANTS}
+            for n in range(rounds):
+                order = VARIANTS if n % 2 == 0 else VARIANTS[::-1]
+                log(f"[{sync}] tracing, round {n + 1}/{rounds}: "
+                    + ", ".join(what for _, what in order))
+                for name, _ in order:
+                    windows[name].append(await benches[name].window(name, sync, inflight,
+                                                                    plan.count[inflight]))
     finally:
         sink.stop()
-    rates = {r.pipeline: r.workflows_per_s for r in report.rows if r.pipeline in envs}
-    off = rates.get("switchyard-trace-off") or 0.0
-    if off:
-        report.ratios[f"tracing_api_cost_pct_{inflight}_{sync}"] = round(
-            (1 - rates["switchyard-trace-api"] / off) * 100, 1)
-        report.ratios[f"tracing_otlp_cost_pct_{inflight}_{sync}"] = round(
-            (1 - rates["switchyard-trace-otlp"] / off) * 100, 1)
+    for name, _ in VARIANTS:
+        report.rows.append(_summary(windows[name]))
+    off = windows["switchyard-trace-off"]
+    for key, name in (("api", "switchyard-trace-api"), ("otlp", "switchyard-trace-otlp")):
+        costs = [(1 - w.workflows_per_s / o.workflows_per_s) * 100
+                 for w, o in zip(windows[name], off, strict=True) if o.workflows_per_s]
+        if costs:
+            report.ratios[f"tracing_{key}_cost_pct_{inflight}_{sync}"] = round(
+                statistics.median(costs), 1)
+            report.ratios[f"tracing_{key}_cost_pct_rounds_{inflight}_{sync}"] = [
+                round(c, 1) for c in costs]
     report.growth["otlp_exports"] = {"requests": sink.requests, "bytes": sink.bytes}
 
 
-async def _row(name: str, env: dict[str, str], url: str, nats_pid: int, sync: str, plan: Plan,
-               inflight: int, tmp: Path) -> Any:
-    prefix = f"st{uuid.uuid4().hex[:6]}"
-    data = tmp / prefix
-    data.mkdir()
-    path = data / "bench5.yaml"
-    path.write_text(_workflow("bench5", HOPS))
-    settings = Settings(nats_url=url, prefix=prefix, data_dir=data, workflows=str(path),
-                        concurrency=256)
-    agents = {f"hop{i}": f"switchyard.bench.workers:hop{i}" for i in range(1, HOPS + 1)}
-    async with LocalStack(settings, agents=agents, env=env) as stack:
-        nc = await nats.connect(url)
-        pids = {"nats-server": nats_pid, **{n: p.pid for n, p in stack.procs.items()}}
-        try:
-            driver = SwitchyardDriver(nc, settings.subjects, "bench5", 1024)
-            await driver.start()
-            row = await measure(name, sync, driver, pids, inflight=inflight,
-                                count=plan.count[inflight], windows=plan.windows)
-            await driver.stop()
-            return row
-        finally:
-            await nc.close()
+def _summary(windows: list[Row]) -> Row:
+    """One row for a variant's windows: the median window, with the median throughput."""
+    middle = sorted(windows, key=lambda w: w.workflows_per_s)[len(windows) // 2]
+    return dataclasses.replace(
+        middle, workflows_per_s=round(statistics.median(w.workflows_per_s for w in windows), 1),
+        windows=sum(w.windows for w in windows),
+        rejected_windows=sum(w.rejected_windows for w in windows),
+        busy_machine=all(w.busy_machine for w in windows))
+
+
+class _Bench:
+    """One variant's stack, up for the whole measurement."""
+
+    def __init__(self, url: str, nats_pid: int, env: dict[str, str], tmp: Path) -> None:
+        self.url, self.nats_pid, self.env = url, nats_pid, env
+        prefix = f"st{uuid.uuid4().hex[:6]}"
+        self.data = tmp / prefix
+        self.data.mkdir()
+        path = self.data / "bench5.yaml"
+        path.write_text(_workflow("bench5", HOPS))
+        self.settings = Settings(nats_url=url, prefix=prefix, data_dir=self.data,
+                                 workflows=str(path), concurrency=256)
+        self._exit = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> _Bench:
+        agents = {f"hop{i}": f"switchyard.bench.workers:hop{i}" for i in range(1, HOPS + 1)}
+        self.stack = await self._exit.enter_async_context(
+            LocalStack(self.settings, agents=agents, env=self.env))
+        nc = await nats.connect(self.url)
+        self._exit.push_async_callback(nc.close)
+        self.driver = SwitchyardDriver(nc, self.settings.subjects, "bench5", 1024)
+        await self.driver.start()
+        self._exit.push_async_callback(self.driver.stop)
+        self.pids = {"nats-server": self.nats_pid,
+                     **{n: p.pid for n, p in self.stack.procs.items()}}
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._exit.aclose()
+
+    async def window(self, name: str, sync: str, inflight: int, count: int) -> Row:
+        return await measure(name, sync, self.driver, self.pids, inflight=inflight, count=count,
+                             windows=1)

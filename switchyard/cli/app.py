@@ -84,7 +84,7 @@ def metrics_registry(settings: Settings) -> CollectorRegistry:
     """This process's registry; served on 127.0.0.1:SWITCHYARD_METRICS_PORT when that is set."""
     registry = CollectorRegistry()
     if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr="127.0.0.1", registry=registry)
+        start_http_server(settings.metrics_port, addr=str(settings.metrics_addr), registry=registry)
     return registry
 
 
@@ -92,12 +92,15 @@ def serve(settings: Settings, main: Callable[[asyncio.Event], Coroutine[Any, Any
           *, service: str = "") -> None:
     """Run until SIGINT/SIGTERM sets the stop event; a second signal cancels outright.
     ``service`` names the process in its traces, when an exporter is configured (``OTEL_*``)."""
+    from switchyard.protocol.bus import tracing
     from switchyard.telemetry import start_tracing
 
     if not settings.trace:
-        from switchyard.protocol.bus import tracing
-
         tracing.switch_off()
+    if settings.trace_content:
+        from switchyard.agents.pii import redact
+
+        tracing.record_contents(redact)
     stop_tracing = start_tracing(service, exporter=settings.tracing) if service else None
 
     async def runner() -> None:

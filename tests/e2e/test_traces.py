@@ -5,6 +5,7 @@ trace, every span parented within it, the names and attributes the conventions'.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 import uuid
@@ -29,6 +30,8 @@ from switchyard.client import SwitchyardClient, WaitResult
 from switchyard.protocol.bus import tracing
 from switchyard.settings import Settings
 from switchyard.stack import LocalStack
+from tests.agents.openai_stub import StubServer
+from tests.e2e.test_metrics import ANSWERS as LLM_ANSWERS
 
 pytestmark = pytest.mark.e2e
 ROLES = ("triage", "retrieval", "action", "compliance", "reviewer")
@@ -193,3 +196,42 @@ async def test_personal_data_in_a_ticket_reaches_no_span_and_no_log_line(
         assert secret not in spans and secret not in logs, secret
     # and a line logged inside a span names it: the triage agent's, in this run's trace
     assert f'"trace_id": "{tracing.trace_id(wid):032x}"' in logs
+
+
+async def test_contents_are_recorded_only_when_the_operator_opts_in_and_then_without_pii(
+    nats_url: str, receiver: Receiver, tmp_path: Path, nc: Any,
+) -> None:
+    """``SWITCHYARD_TRACE_CONTENT=1``: the LLM agents' model calls carry their messages and the
+    tool calls their arguments and results, the card and email in them redacted."""
+    server = StubServer()
+    stub = server.start()
+    stub.answer("default", by_schema=LLM_ANSWERS)
+    settings = Settings(nats_url=nats_url, prefix=f"c{uuid.uuid4().hex[:8]}", data_dir=tmp_path,
+                        workflows="support-llm")
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "100",
+           "SWITCHYARD_TRACE_CONTENT": "1", "SWITCHYARD_AGENTS": "llm",
+           "SWITCHYARD_MODEL_BASE_URL": stub.url}
+    card, email = "4111 1111 1111 1111", "bob@example.com"
+    try:
+        async with LocalStack(settings, env=env):
+            client = SwitchyardClient(nc, settings.subjects)
+            wid = await client.submit("support-llm", {
+                "text": f"I was charged twice on card {card}; write to {email}",
+                "customer_email": "ada@example.com"})
+            assert (await client.wait(wid, timeout=60)).status == "completed"
+            await exported(receiver, wid, lambda names: "invoke_workflow support-llm" in names)
+    finally:
+        server.stop()
+    spans = [span for _, span in receiver.of_trace(tracing.trace_id(wid))]
+    chats = [attrs(span) for span in spans if span.name.startswith("chat ")]
+    assert chats and all(gen_ai.GEN_AI_INPUT_MESSAGES in a and gen_ai.GEN_AI_OUTPUT_MESSAGES in a
+                         for a in chats)
+    triage = next(a for a in chats if "charged twice" in a[gen_ai.GEN_AI_INPUT_MESSAGES])
+    assert json.loads(triage[gen_ai.GEN_AI_OUTPUT_MESSAGES])[0]["role"] == "assistant"
+    tools = [attrs(span) for span in spans if span.name == "execute_tool lookup_customer"
+             and span.kind == span.SPAN_KIND_CLIENT]
+    assert tools and "ada@" not in tools[0][gen_ai.GEN_AI_TOOL_CALL_ARGUMENTS]  # redacted too
+    assert json.loads(tools[0][gen_ai.GEN_AI_TOOL_CALL_RESULT])["ok"] is True
+    everything = " ".join(str(attrs(span)) for span in spans)
+    for secret in (card, card.replace(" ", ""), email, "ada@example.com"):
+        assert secret not in everything, secret
