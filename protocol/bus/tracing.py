@@ -90,10 +90,25 @@ def root_span_id(workflow_id: str) -> int:
     return int(hashlib.blake2b(f"{workflow_id}:root".encode(), digest_size=8).hexdigest(), 16)
 
 
+def sample_roots(decide: Callable[[int], bool]) -> None:
+    """Whether a run's trace is sampled, by its trace id: the SDK's sampler, asked as for a span
+    with no parent (``switchyard.telemetry``), so a ratio sampler keeps or drops whole runs."""
+    global _SAMPLED
+    _SAMPLED = decide
+
+
+def _always(_: int) -> bool:
+    return True
+
+
+_SAMPLED: Callable[[int], bool] = _always
+
+
 def workflow_context(workflow_id: str) -> Context:
     """The run's root as a parent: what the supervisor's spans hang from."""
-    root = SpanContext(trace_id(workflow_id), root_span_id(workflow_id), is_remote=True,
-                       trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    tid = trace_id(workflow_id)
+    flags = TraceFlags(TraceFlags.SAMPLED if _SAMPLED(tid) else TraceFlags.DEFAULT)
+    root = SpanContext(tid, root_span_id(workflow_id), is_remote=True, trace_flags=flags)
     return trace.set_span_in_context(NonRecordingSpan(root))
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import statistics
+import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -26,8 +28,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from switchyard.bench.drivers import SwitchyardDriver
-from switchyard.bench.run import Plan, Report, Row, _workflow, measure
+from switchyard.bench.run import NCPU, Plan, Report, Row, _workflow, measure
 from switchyard.bench.workers import HOPS
+from switchyard.loop import loop_factory
+from switchyard.natsd import NatsServer
 from switchyard.settings import Settings
 from switchyard.stack import LocalStack
 
@@ -146,3 +150,15 @@ class _Bench:
     async def window(self, name: str, sync: str, inflight: int, count: int) -> Row:
         return await measure(name, sync, self.driver, self.pids, inflight=inflight, count=count,
                              windows=1)
+
+
+async def run_telemetry(plan: Plan, log: Callable[[str], None]) -> Report:
+    """``switchyard bench --only telemetry``: the tracing rows alone, on a nats-server of their
+    own (fsync by the default interval, as the full benchmark's first pass)."""
+    report = Report(machine={"cpus": NCPU, "python": sys.version.split()[0],
+                             "uvloop": loop_factory() is not None})
+    with tempfile.TemporaryDirectory(prefix="switchyard-bench-") as tmp:
+        async with NatsServer(store_dir=Path(tmp) / "nats", sync_always=False) as server:
+            await bench_telemetry(report, server.url, server.pid or 0, "default", plan, Path(tmp),
+                                  log)
+    return report

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -68,13 +68,18 @@ def chaos(
 def bench(
     quick: Annotated[bool, typer.Option(help="a smaller run, under a minute")] = False,
     json_file: Annotated[Path | None, typer.Option("--json", help="also write JSON here")] = None,
+    only: Annotated[Literal["all", "telemetry"], typer.Option(
+        help="telemetry: only what tracing costs (no spans, the API alone, the OTLP exporter)",
+    )] = "all",
 ) -> None:
     """Measure Switchyard beside raw JetStream and raw core NATS, on a nats-server of its own."""
     from switchyard.bench import FULL, QUICK, report_json, run_bench
     from switchyard.bench.run import OTHER_CPU_LIMIT
+    from switchyard.bench.telemetry import run_telemetry
 
     load_settings()
-    report = run_on_loop(run_bench(QUICK if quick else FULL, lambda m: err.print(f"· {m}")))
+    plan, log = QUICK if quick else FULL, lambda m: err.print(f"· {m}")
+    report = run_on_loop(run_telemetry(plan, log) if only == "telemetry" else run_bench(plan, log))
     table = Table(title="five-hop workflows (median of windows)")
     for col in ("pipeline", "fsync", "in flight", "steps", "payload", "wf/s", "p50 ms", "p99 ms",
                 "CPU µs/wf", "CPU µs/step", "other CPU %"):

@@ -1,6 +1,7 @@
 """``compose.yaml`` run for real under podman-compose: the whole stack up, the demo's 30 tickets
 ending as labelled, an agent container killed while it holds tasks and nothing lost, three
-replicas of the action agent sharing its work, and everything torn down."""
+replicas of the action agent sharing its work, the observability profile's Prometheus scraping
+every container and counting the demo's runs, and everything torn down."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import nats
 import pytest
 from nats.js.client import JetStreamContext
+
+from switchyard.natsd import free_ports
 
 from .conftest import CLI, Compose, run
 
@@ -44,7 +48,9 @@ async def consumer(js: JetStreamContext, role: str) -> Any:
 async def test_compose_stack_works_loses_nothing_and_scales(
     compose: Compose, record_property: Callable[[str, object], None],
 ) -> None:
-    compose.settings = {"SWITCHYARD_ACK_WAIT": "5", "SWITCHYARD_LOG_LEVEL": "warning"}
+    prometheus_port = free_ports(1)
+    compose.settings = {"SWITCHYARD_ACK_WAIT": "5", "SWITCHYARD_LOG_LEVEL": "warning",
+                        "SWITCHYARD_PROMETHEUS_PORT": str(prometheus_port)}
     timings: dict[str, float] = {}
     t0 = time.monotonic()
     (await compose.compose("up", "-d", "--build", "--scale", "action=3")).check()
@@ -52,6 +58,10 @@ async def test_compose_stack_works_loses_nothing_and_scales(
     services = {str(c["Labels"]["io.podman.compose.service"])  # type: ignore[index]
                 for c in await compose.containers()}
     assert services == {"nats", "supervisor", "toolhost", *ROLES}, services
+    # the observability profile's Prometheus (the collector's and Grafana's images are not
+    # here: see the README's Telemetry section)
+    (await compose.compose("--profile", "observability", "up", "-d", "--no-deps",
+                           "prometheus")).check()
     assert len(await compose.containers("action")) == 3
 
     async def error_cb(exc: Exception) -> None:  # the server starts after us: retried
@@ -70,7 +80,7 @@ async def test_compose_stack_works_loses_nothing_and_scales(
 
         await until(all_pulling, "every agent replica pulling its role's tasks")
         restarts = {str(c["Names"][0]): int((await compose.inspect(str(c["Names"][0])))["RestartCount"])  # type: ignore[index]
-                    for c in await compose.containers()}
+                    for c in await compose.containers() if "prometheus" not in str(c["Names"])}
         assert not any(restarts.values()), f"containers restarted at start: {restarts}"
         timings["up to ready"] = time.monotonic() - t0
 
@@ -120,6 +130,9 @@ async def test_compose_stack_works_loses_nothing_and_scales(
     assert len(served) == 3, served
     assert sum(served.values()) >= 22 and all(n >= 1 for n in served.values()), served
 
+    scraped = await prometheus_saw_the_demo(f"http://127.0.0.1:{prometheus_port}",
+                                            report["counts"])
+
     t1 = time.monotonic()
     await compose.down()
     timings["down"] = time.monotonic() - t1
@@ -127,7 +140,45 @@ async def test_compose_stack_works_loses_nothing_and_scales(
     record_property("report", f"30 tickets, {report['matched']}/30 as labelled "
           f"({report['counts']}); triage killed holding {holding} tasks, "
           f"{redelivered} redelivered; action replicas served {sorted(served.values())}; "
+          f"Prometheus: {scraped}; "
           + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
+
+
+async def prometheus_saw_the_demo(url: str, counts: dict[str, int]) -> str:
+    """Every container a target that is up (the three action replicas each their own), and the
+    supervisor's counters, scraped, counting the demo's 30 submissions and the runs that ended
+    as the demo saw them end."""
+    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+        async def query(expr: str) -> float:
+            found = (await http.get("/api/v1/query", params={"query": expr})).json()
+            return sum(float(r["value"][1]) for r in found["data"]["result"])
+
+        async def all_up() -> bool:
+            try:
+                targets = (await http.get("/api/v1/targets")).json()["data"]["activeTargets"]
+            except httpx.TransportError:  # still starting
+                return False
+            up = [t["labels"]["process"] for t in targets if t["health"] == "up"]
+            return len(up) == len(targets) == 9 and set(up) == {"supervisor", "toolhost", *ROLES}
+
+        await until(all_up, "Prometheus scraping all 9 containers (3 action replicas)")
+
+        want = {s: float(counts.get(s, 0)) for s in ("completed", "rejected", "failed")}
+        ended: dict[str, float] = {}
+
+        async def counted() -> bool:  # a scrape from before the demo's end is up to 5 s old
+            ended.update({s: await query(
+                f'sum(switchyard_supervisor_workflows_total{{status="{s}"}})') for s in want})
+            return ended == want and await query(
+                'sum(switchyard_supervisor_inputs_total{kind="submit"})') >= 30
+
+        await until(counted, f"the scraped supervisor counting the demo's 30 submissions and "
+                             f"its ended runs {want}", timeout=60)
+        found = (await http.get("/api/v1/query", params={
+            "query": 'sum by (instance) (switchyard_agent_tasks_total{role="action"})'})).json()
+        per_replica = sorted(float(r["value"][1]) for r in found["data"]["result"])
+        assert len(per_replica) == 3 and all(n >= 1 for n in per_replica), per_replica
+    return f"9 targets up, {ended} runs ended, action tasks per replica {per_replica}"
 
 
 async def test_compose_secure_bus(
