@@ -339,6 +339,9 @@ class Agent(Component):
     async def _run_handler(self, msg: Msg, task: Task, inp: BaseModel, delivered: int) -> None:
         """The handler's run as the span ``invoke_agent <role>``, under the task's
         ``traceparent`` (the supervisor's span that sent it)."""
+        if not tracing.active():
+            await self._handle(msg, task, inp, delivered)
+            return
         with tracing.TRACER.start_as_current_span(
                 f"invoke_agent {self.role}", context=tracing.from_headers(msg.headers),
                 kind=SpanKind.CONSUMER, attributes={

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from contextlib import AbstractContextManager
 
 from opentelemetry.context import Context
-from opentelemetry.trace import Span, SpanKind
+from opentelemetry.trace import INVALID_SPAN, Span, SpanKind
 
 from switchyard.protocol.bus import tracing
 from switchyard.protocol.journal import Read, Record
@@ -18,6 +19,8 @@ def decision_span(workflow_id: str, read: Read, record: Record,
                   decided: list[str]) -> AbstractContextManager[Span]:
     """What the supervisor did with one journal input, under the run's root: the tasks and
     escalations it sends carry this span's ``traceparent``."""
+    if not tracing.active():
+        return contextlib.nullcontext(INVALID_SPAN)
     return tracing.TRACER.start_as_current_span(
         f"process {read.kind}", context=tracing.workflow_context(workflow_id),
         kind=SpanKind.CONSUMER, attributes={
@@ -32,6 +35,8 @@ def trace_waits_and_end(before: WorkflowState | None, after: WorkflowState, read
                         record: Record) -> None:
     """The spans known only once they are over: a person's wait (from the escalation to the
     decision or its deadline) and the run's root (from its submission to its end)."""
+    if not tracing.active():
+        return
     ended = int(record.stamp_ns)
     pending = ended_wait(before, after)
     if pending is not None:
