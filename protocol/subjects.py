@@ -44,6 +44,7 @@ class Bucket(StrEnum):
     TRUST = "trust"  # the supervisor's public key
     TOOL_LEDGER = "tool_ledger"  # recorded side-effecting calls and spent budgets
     MODEL_CACHE = "model_cache"  # replies of deterministic model calls, each with a TTL
+    CLAIMS = "claims"  # which reviewer works on which escalation (the web console)
 
 
 class Durable(StrEnum):

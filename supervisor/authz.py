@@ -35,6 +35,7 @@ from switchyard.supervisor.policy import Policy
 from switchyard.supervisor.workflow import Workflow
 
 ADMIN, SUPERVISOR, TOOLHOST, CONSOLE = "admin", "supervisor", "toolhost", "console"
+WEB_CONSOLE = "web-console"  # switchyard console: reads, claims and decides; submits nothing
 # which stream each of the supervisor's durables reads
 SUPERVISOR_DURABLES: Mapping[Durable, Stream] = {
     Durable.JOURNAL: Stream.JOURNAL, Durable.ADVISORIES: Stream.ADVISORIES,
@@ -178,6 +179,14 @@ def identities(policy: Policy | None, roles: Iterable[str], s: Subjects,
         pub += [*r.kv_read(bucket), *r.kv_list(bucket)]
     sub += [s.all("partial")]  # `submit --stream`: the agents' partial output, live
     out.append(Identity(CONSOLE, tuple(pub), tuple(sub), responses=False))
+
+    pub, sub = r.base(WEB_CONSOLE)
+    pub += [*r.journal_append(JournalKind.DECISION), *r.read_stream(r.stream(Stream.JOURNAL)),
+            *r.read_stream(r.stream(Stream.EVENTS)), *r.read_stream(r.stream(Stream.OUTCOMES)),
+            "$SRV.>", f"{p}.agent.*.schema", *r.kv_write(Bucket.CLAIMS), *r.kv_list(Bucket.CLAIMS)]
+    for bucket in (Bucket.WORKFLOWS, Bucket.ESCALATIONS, Bucket.WORKFLOW_DEFS):
+        pub += [*r.kv_read(bucket), *r.kv_list(bucket)]
+    out.append(Identity(WEB_CONSOLE, tuple(pub), tuple(sub), responses=False))
 
     for role in sorted(set(roles)):
         name = agent_identity(role)

@@ -181,6 +181,12 @@ class NatsServer:
             self.log.append(line.decode(errors="replace").rstrip())
             del self.log[:-2000]
 
+    async def restart(self, timeout: float = 10.0) -> None:
+        """Stop, then start again on the same port and store (what a restarted server is)."""
+        await self.stop()
+        self._state, self._proc, self._stderr_task = _State.NEW, None, None
+        await self.start(timeout)
+
     async def stop(self) -> None:
         """Terminate, then kill after 5 s. Idempotent."""
         if self._state is _State.STOPPED:

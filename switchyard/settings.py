@@ -34,6 +34,14 @@
 | ``SWITCHYARD_UVLOOP`` | ``1`` | run on uvloop when it is installed; ``0`` for asyncio's loop |
 | ``SWITCHYARD_USER`` (or ``USER``) | ``operator`` | who decides and replays, in audit records |
 | ``SWITCHYARD_FAULTS`` | (none) | the chaos suite's fault plan (``switchyard.protocol.faults``) |
+| ``SWITCHYARD_CONSOLE_PORT`` | ``8700`` | the web console's port (``switchyard console``, ``up``) |
+| ``SWITCHYARD_CONSOLE_ADDR`` | ``127.0.0.1`` | the address it listens on |
+| ``SWITCHYARD_CONSOLE_USERS`` | ``<data dir>/console-users`` | reviewers and their scrypt hashes |
+| ``SWITCHYARD_CONSOLE_SECRET`` | (made once in the data dir) | what signs its session cookies |
+| ``SWITCHYARD_CONSOLE_TRUSTED_PROXIES`` | (none) | SSO proxies whose user header is believed |
+| ``SWITCHYARD_CONSOLE_USER_HEADER`` | ``X-Forwarded-User`` | the header naming the signed-in user |
+| ``SWITCHYARD_CONSOLE_CLAIM_S`` | ``900`` | seconds a reviewer's claim holds |
+| ``SWITCHYARD_CONSOLE_HTTPS_ONLY`` | ``0`` | ``1``: session cookies only over HTTPS |
 | ``SWITCHYARD_PARENT_PID`` | (none) | set by ``switchyard up``: stop when that process is gone |
 """
 
@@ -104,6 +112,15 @@ class Settings(BaseSettings):
     trace: bool = True  # 0: no spans at all (what the benchmark measures tracing against)
     trace_content: bool = False  # 1: message contents on spans (the operator's opt-in)
     uvloop: bool = True
+    # the web console (switchyard console)
+    console_port: int = Field(default=8700, ge=0, le=65535)
+    console_addr: IPvAnyAddress = IPv4Address("127.0.0.1")
+    console_users: Path | None = None  # default: <data dir>/console-users
+    console_secret: SecretStr = SecretStr("")  # default: <data dir>/console-secret, made once
+    console_trusted_proxies: str = ""  # addresses or networks whose user header is believed
+    console_user_header: str = "X-Forwarded-User"
+    console_claim_s: float = Field(default=900.0, gt=0)
+    console_https_only: bool = False
     user: str = Field(default="operator",
                       validation_alias=AliasChoices("SWITCHYARD_USER", "USER"))
     parent_pid: int | None = None
@@ -178,6 +195,40 @@ class Settings(BaseSettings):
     @property
     def seed_path(self) -> Path:
         return self.supervisor_seed or self.data_dir / "supervisor.nk"
+
+    @property
+    def console_users_file(self) -> Path:
+        return self.console_users or self.data_dir / "console-users"
+
+    def console_session_key(self) -> str:
+        """What signs the console's session cookies: the setting, else a key made once in the
+        data directory (so a restart keeps reviewers signed in, and replicas sharing the
+        directory share it)."""
+        if self.console_secret.get_secret_value():
+            return self.console_secret.get_secret_value()
+        path = self.data_dir / "console-secret"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".console-secret.{os.getpid()}")
+            tmp.write_text(secrets.token_hex(32))
+            tmp.chmod(0o600)
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)  # the first one made stands
+            tmp.unlink()
+        return path.read_text().strip()
+
+    @field_validator("console_trusted_proxies")
+    @classmethod
+    def _proxies_are_addresses(cls, value: str) -> str:
+        import ipaddress
+
+        for part in (p.strip() for p in value.split(",")):
+            if part:
+                try:
+                    ipaddress.ip_network(part, strict=False)
+                except ValueError:
+                    raise ValueError(f"{part!r} is not an address or network") from None
+        return value
 
     def connect_options(self) -> dict[str, Any]:
         """``nats.connect`` options: on a secured bus, this process's identity (the nkey file's

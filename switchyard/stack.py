@@ -83,7 +83,7 @@ class LocalStack:
         self, settings: Settings, *, roles: tuple[str, ...] = ROLES,
         agents: dict[str, str] | None = None, toolhost: bool = True, secure: bool = False,
         env: dict[str, str] | None = None, replicas: dict[str, int] | None = None,
-        toolhost_args: tuple[str, ...] = (),
+        toolhost_args: tuple[str, ...] = (), console: bool = False,
     ) -> None:
         """``agents`` maps role to ``module:attr`` (default: the built-in agents of ``roles``);
         ``env`` is added to every process's environment; ``replicas`` runs more than one of a
@@ -92,6 +92,7 @@ class LocalStack:
         self.env = env or {}
         self.replicas = replicas or {}
         self.toolhost_args = toolhost_args
+        self.console = console  # the web console too (a process, not a $SRV service)
         self._args: dict[str, tuple[str, ...]] = {}
         self.incarnations: dict[str, int] = {}
         self._identity: dict[str, str] = {}
@@ -117,7 +118,8 @@ class LocalStack:
     def _expected_instances(self) -> Counter[str]:
         """How many instances of each service the processes started should answer as."""
         s = self.settings.subjects
-        return Counter(s.service(self._identity.get(name, name)) for name in self.procs)
+        return Counter(s.service(self._identity.get(name, name)) for name in self.procs
+                       if name != "console")
 
     def connect_options(self, identity: str) -> dict[str, object]:
         """How ``identity`` connects to this stack's bus (nothing special unless secure)."""
@@ -165,6 +167,9 @@ class LocalStack:
                 await self._spawn_all("toolhost", "tools", "run", *self.toolhost_args)
             for role, target in self.agents.items():
                 await self._spawn_all(f"agent-{role}", "agent", "run", target)
+            if self.console:
+                self._identity["console"] = authz.WEB_CONSOLE
+                await self._spawn("console", "console")
             await self._wait_ready(nc, ready_timeout)
         except BaseException:
             await nc.close()

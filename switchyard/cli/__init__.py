@@ -1,9 +1,9 @@
 """The ``switchyard`` command line: one module per command family, on one Typer app."""
 
-from switchyard.cli import config, measure, ops, processes, work
+from switchyard.cli import config, console, measure, ops, processes, work
 from switchyard.cli.app import app
 
-__all__ = ["app", "config", "main", "measure", "ops", "processes", "work"]
+__all__ = ["app", "config", "console", "main", "measure", "ops", "processes", "work"]
 
 
 def main() -> None:

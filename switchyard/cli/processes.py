@@ -148,7 +148,7 @@ def up(secure: SecureOpt = False) -> None:
     settings = load_settings()
 
     async def main(stop: asyncio.Event) -> None:
-        stack = LocalStack(settings, secure=secure)
+        stack = LocalStack(settings, secure=secure, console=True)
         try:
             with err.status("starting the stack…"):
                 await stack.start()
@@ -158,6 +158,8 @@ def up(secure: SecureOpt = False) -> None:
         where = "embedded nats-server" if stack.nats else "existing NATS"
         out.print(f"[green]Switchyard is up[/] on {stack.url} ({where}); "
                   f"{len(stack.procs)} processes, logs in {stack.log_dir}. Ctrl-C stops.")
+        out.print(f"  console: http://{settings.console_addr}:{settings.console_port}/ (reviewers "
+                  "sign in; `switchyard console add-user NAME` adds one)")
         for name, port in stack.metrics_ports.items():
             out.print(f"  {name}: metrics at http://127.0.0.1:{port}/metrics")
         if settings.tracing:

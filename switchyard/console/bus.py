@@ -1,0 +1,236 @@
+"""What the console knows of the bus, kept live: the escalations waiting (the shared index), who
+claimed which (a bucket of its own, so every console replica sees the same claims), and the runs
+submitted and finished (the journal's submissions and the outcomes, read from their start).
+
+Every change wakes the pages' event streams. The connection reconnects for ever; while it is
+down the pages say so, and on its return the watches start again from the start."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import nats
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from switchyard.client import SwitchyardClient
+from switchyard.protocol import Escalation, Outcome, WorkflowRequest, codec
+from switchyard.protocol.bus.component import servers
+from switchyard.protocol.bus.provision import open_bucket
+from switchyard.protocol.errors import ProtocolError
+from switchyard.protocol.subjects import Bucket, JournalKind, Stream
+from switchyard.settings import Settings
+from switchyard.supervisor.escalation import EscalationIndex, escalation_key
+
+log = structlog.get_logger("switchyard.console")
+RUNS_KEPT = 10_000  # the newest runs the workflows page can list
+
+
+class Claim(msgspec.Struct, kw_only=True):
+    reviewer: str
+    at: float
+
+
+@dataclass
+class Run:
+    id: str
+    workflow: str
+    submitted_at: float
+    status: str = "running"  # until its outcome: running, or waiting_human while escalated
+    finished_at: float = 0.0
+    reason: str = ""
+
+
+class ClaimedByOther(Exception):
+    def __init__(self, claim: Claim) -> None:
+        super().__init__(f"claimed by {claim.reviewer}")
+        self.claim = claim
+
+
+class ConsoleBus:
+    def __init__(self, settings: Settings, *, claim_s: float = 900.0) -> None:
+        self.settings = settings
+        self.s = settings.subjects
+        self.claim_s = claim_s
+        self.connected = False
+        self.version = 0  # bumped on every change the pages show
+        self._changed = asyncio.Condition()
+        self.runs: OrderedDict[str, Run] = OrderedDict()
+        self._watches: list[asyncio.Task[None]] = []
+        self._subs: list[Any] = []
+        self.nc: Client | None = None
+
+    # connection ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        async def disconnected() -> None:
+            self.connected = False
+            await self.bump()
+
+        async def reconnected() -> None:
+            self.connected = True
+            await self._watch()  # the ordered consumers and watchers start over
+            await self.bump()
+
+        async def error(exc: Exception) -> None:
+            log.warning("console.nats_error", error=str(exc))
+
+        self.nc = await nats.connect(
+            servers(self.settings.nats_url), name="switchyard-console",
+            max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=5,
+            allow_reconnect=True, disconnected_cb=disconnected, reconnected_cb=reconnected,
+            error_cb=error, **self.settings.connect_options())
+        self.client = SwitchyardClient(self.nc, self.s)
+        self.connected = True
+        await self._watch()
+
+    async def stop(self) -> None:
+        await self._unwatch()
+        if self.nc is not None:
+            await self.nc.close()
+
+    async def bump(self) -> None:
+        async with self._changed:
+            self.version += 1
+            self._changed.notify_all()
+
+    async def changed(self, seen: int, timeout: float) -> int:
+        """The version once it is past ``seen``, or after ``timeout`` as it is."""
+        async with self._changed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait_for(lambda: self.version > seen),
+                                       timeout)
+            return self.version
+
+    async def _unwatch(self) -> None:
+        for task in self._watches:
+            task.cancel()
+        for task in self._watches:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self._watches, self._subs = [], []
+
+    async def _watch(self) -> None:
+        await self._unwatch()
+        assert self.nc is not None
+        js = self.nc.jetstream()
+        self.escalations = await open_bucket(js, self.s.bucket(Bucket.ESCALATIONS))
+        self.index = EscalationIndex(self.escalations)
+        self.claims = await open_bucket(js, self.s.bucket(Bucket.CLAIMS))
+        for kv in (self.escalations, self.claims):
+            self._watches.append(asyncio.create_task(self._follow(kv)))
+        submits = f"{self.s.prefix}.journal.*.{JournalKind.SUBMIT}"
+        self._subs.append(await js.subscribe(submits, stream=self.s.stream(Stream.JOURNAL),
+                                             ordered_consumer=True, cb=self._submitted))
+        self._subs.append(await js.subscribe(self.s.outcome("*"),
+                                             stream=self.s.stream(Stream.OUTCOMES),
+                                             ordered_consumer=True, cb=self._finished))
+
+    async def _follow(self, kv: KeyValue) -> None:
+        watcher = await kv.watchall()
+        try:
+            async for _ in watcher:
+                await self.bump()
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()  # type: ignore[no-untyped-call]
+
+    async def _submitted(self, msg: Msg) -> None:
+        try:
+            req = codec.decode(msg.data, WorkflowRequest)
+        except ProtocolError:
+            return
+        if req.id not in self.runs:
+            self.runs[req.id] = Run(req.id, req.workflow, req.submitted_at)
+            while len(self.runs) > RUNS_KEPT:
+                self.runs.popitem(last=False)
+        await self.bump()
+
+    async def _finished(self, msg: Msg) -> None:
+        try:
+            out = codec.decode(msg.data, Outcome)
+        except ProtocolError:
+            return
+        run = self.runs.setdefault(out.workflow_id, Run(out.workflow_id, out.workflow,
+                                                        out.started_at))
+        run.status, run.finished_at, run.reason = str(out.status), out.finished_at, out.reason
+        await self.bump()
+
+    # the queue ----------------------------------------------------------------------------------
+
+    async def queue(self) -> list[tuple[Escalation, Claim | None]]:
+        """What waits for a person, oldest first, each with its claim (if not yet expired)."""
+        items = await self.index.list()
+        return [(e, await self.claim_of(e.id)) for e in items]
+
+    async def escalation(self, escalation_id: str) -> Escalation | None:
+        return await self.index.get(escalation_id)
+
+    async def claim_of(self, escalation_id: str) -> Claim | None:
+        try:
+            entry = await self.claims.get(escalation_key(escalation_id))
+        except KeyNotFoundError:
+            return None
+        if not entry.value:
+            return None
+        claim = msgspec.json.decode(entry.value, type=Claim)
+        return claim if time.time() - claim.at < self.claim_s else None
+
+    async def claim(self, escalation_id: str, reviewer: str) -> Claim:
+        """Claim it for ``reviewer``; a claim of another that has not expired stands."""
+        key = escalation_key(escalation_id)
+        claim = Claim(reviewer=reviewer, at=time.time())
+        data = msgspec.json.encode(claim)
+        try:
+            entry = await self.claims.get(key)
+        except KeyNotFoundError:
+            entry = None
+        if entry is None or not entry.value:
+            try:
+                await self.claims.create(key, data)
+                return claim
+            except KeyWrongLastSequenceError:  # another reviewer, just now
+                entry = await self.claims.get(key)
+        held = msgspec.json.decode(entry.value or b"{}", type=Claim) if entry.value else None
+        if held is not None and held.reviewer != reviewer and time.time() - held.at < self.claim_s:
+            raise ClaimedByOther(held)
+        try:
+            await self.claims.update(key, data, last=entry.revision)
+        except KeyWrongLastSequenceError:
+            raise ClaimedByOther(await self.claim_of(escalation_id) or claim) from None
+        return claim
+
+    async def release(self, escalation_id: str) -> None:
+        with contextlib.suppress(KeyNotFoundError):
+            await self.claims.purge(escalation_key(escalation_id))
+
+    # runs ---------------------------------------------------------------------------------------
+
+    def status_of(self, run: Run, waiting: set[str]) -> str:
+        return "waiting_human" if run.status == "running" and run.id in waiting else run.status
+
+    async def schema(self, role: str) -> dict[str, Any] | None:
+        """The output schema the agents of ``role`` declare (None: none answers)."""
+        assert self.nc is not None
+        try:
+            reply = await self.nc.request(self.s.agent_schema(role), b"", timeout=2)
+        except Exception:  # no agent of the role is up, or it does not answer in time
+            return None
+        try:
+            found = msgspec.json.decode(reply.data)
+        except msgspec.DecodeError:
+            return None
+        output = found.get("output") if isinstance(found, dict) else None
+        return output if isinstance(output, dict) else None
