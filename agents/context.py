@@ -156,6 +156,8 @@ class TaskContext:
         call's digest."""
         payload: dict[str, Any] = (
             args.model_dump(mode="json") if isinstance(args, BaseModel) else dict(args))
+        if self.task.replaced:  # a person approved this held call with arguments of theirs
+            payload = dict(self.task.replaced.get(call_digest(name, payload), payload))
         self._calls += 1
         call = ToolCall(
             tool=name,

@@ -59,6 +59,9 @@ class Task(_Message, kw_only=True):
     prev: str = ""
     model: ModelPlan | None = None  # for a step with a model policy or under a budget
     stream: bool = False  # the submitter watches partial output (``metadata: {"stream": "1"}``)
+    # a held tool call a person approved with other arguments: the held call's digest -> the
+    # arguments to send instead (the grant approves the call with these, and declines the other)
+    replaced: dict[str, JSONObject] = {}
 
 
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]

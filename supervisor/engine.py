@@ -17,6 +17,7 @@ from typing import Any, Literal
 import msgspec
 
 from switchyard.protocol.events import EventType
+from switchyard.protocol.grants import call_digest
 from switchyard.protocol.messages import (
     Budget,
     Decision,
@@ -84,6 +85,7 @@ class WorkflowState(msgspec.Struct, kw_only=True):
     escalations: int = 0
     approved: dict[str, str] = {}  # call digest -> approver, carried in every later grant
     declined: list[str] = []
+    replaced: dict[str, dict[str, Any]] = {}  # held call's digest -> the arguments a person set
     output: dict[str, Any] | None = None
     reason: str = ""
     # the journal folded so far: the last record's sequence and digest, how many records
@@ -150,6 +152,7 @@ class SendTask:
     deadline: float
     approved: dict[str, str] = field(default_factory=dict)
     declined: list[str] = field(default_factory=list)
+    replaced: dict[str, dict[str, Any]] = field(default_factory=dict)
     model: ModelPlan | None = None
     stream: bool = False
 
@@ -256,7 +259,7 @@ class _Run:
             attempt=s.attempt, input=build_input(step.input, self.document()),
             tools=list(step.tools), tool_budget=step.tool_budget, deadline=deadline,
             approved=dict(s.approved), declined=list(s.declined), model=self.plan(step),
-            stream=s.stream,
+            stream=s.stream, replaced=dict(s.replaced),
         )
 
     # models and budgets
@@ -624,8 +627,16 @@ def _on_decision(run: _Run, d: Decision) -> str | None:
     if pending.kind == "approval":
         # the step runs again (a new attempt) under a grant that names the decided call:
         # approved, it executes once with the approver recorded; rejected, the agent is refused
+        held = (pending.output or {}).get("approval") or {}
+        args = (d.output or {}).get("args") if d.action == "edit" else None
         if d.action == "reject":
             s.declined = [*s.declined, pending.call_digest]
+        elif isinstance(args, dict) and isinstance(held, dict) and held.get("tool"):
+            # approved with the person's arguments: that call is approved, the held one declined,
+            # and the agent told to send the one in place of the other
+            s.declined = [*s.declined, pending.call_digest]
+            s.approved = {**s.approved, call_digest(str(held["tool"]), args): d.reviewer}
+            s.replaced = {**s.replaced, pending.call_digest: args}
         else:
             s.approved = {**s.approved, pending.call_digest: d.reviewer}
         run.dispatch(run.wf.step(pending.step))

@@ -425,6 +425,7 @@ class Supervisor(Component):
             context=step.context_of(state.input, state.outputs),
             grant=self.signer.mint(grant), deadline=effect.deadline,
             after=state.seq, prev=state.head, model=effect.model, stream=effect.stream,
+            replaced=effect.replaced,
         )
         return await self.publisher.send(
             self.config.subjects.task(effect.role), codec.encode(task),

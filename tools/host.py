@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -130,7 +131,9 @@ class ToolHost(Component):
                     name=t.name,
                     subject=self.config.subjects.tool_endpoint(t.name),
                     handler=self._handler(t),
-                    metadata={"risk": t.risk, "side_effects": str(t.side_effects).lower()},
+                    metadata={"risk": t.risk, "side_effects": str(t.side_effects).lower(),
+                              # what the console checks a person's edit of a held call against
+                              "args_schema": json.dumps(t.args_model.model_json_schema())},
                 )
             )
         log.info("toolhost.tools", tools=self.registry.names())

@@ -33,7 +33,9 @@ from starlette.templating import Jinja2Templates
 from switchyard.console.bus import ClaimedByOther, ConsoleBus
 from switchyard.console.users import NAME, Users
 from switchyard.console.views import item, timeline
-from switchyard.protocol.subjects import check_token
+from switchyard.protocol.bus.provision import open_bucket
+from switchyard.protocol.errors import ConfigError
+from switchyard.protocol.subjects import Bucket, check_token
 from switchyard.settings import Settings
 from switchyard.supervisor.catalog import WorkflowCatalog, definitions_of
 from switchyard.supervisor.workflow import Workflow
@@ -214,12 +216,16 @@ class Console:
         if not isinstance(value, dict):
             return "the edit must be a JSON object"
         if esc.kind == "approval":
-            approval = (esc.output or {}).get("approval") or {}
-            if value != approval.get("args"):
-                return ("the arguments of a held tool call cannot be changed here: the tool "
-                        "host approves the exact call the agent made. Reject it with what to "
-                        "change instead")
-            return {}
+            tool = str(((esc.output or {}).get("approval") or {}).get("tool", ""))
+            schema = await self.bus.tool_schema(tool)
+            if schema is None:
+                return f"cannot check the edit: no tool host serves {tool!r} now"
+            try:
+                jsonschema.validate(value, schema)
+            except jsonschema.ValidationError as exc:
+                where = "/".join(map(str, exc.absolute_path)) or "(the whole object)"
+                return f"the arguments do not fit {tool}'s schema at {where}: {exc.message}"
+            return {"args": value}  # the engine approves this call in place of the held one
         wf = (await self.definitions()).get(esc.workflow)
         step = next((s for s in wf.steps if s.name == esc.step), None) if wf else None
         schema = await self.bus.schema(step.role) if step else None
@@ -274,16 +280,11 @@ class Console:
         wid = request.path_params["wid"]
         try:
             check_token("workflow id", wid)
-        except ValueError as exc:
+        except ConfigError as exc:
             return self.refuse(request, 400, str(exc))
         client = self.bus.client
-        kv = self.bus.nc.jetstream() if self.bus.nc else None
-        assert kv is not None
-        from switchyard.protocol.bus.provision import open_bucket
-        from switchyard.protocol.subjects import Bucket
-
-        defs_kv = await open_bucket(kv, self.settings.subjects.bucket(Bucket.WORKFLOW_DEFS),
-                                    history=5)
+        defs_kv = await open_bucket(client.js, self.settings.subjects.bucket(
+            Bucket.WORKFLOW_DEFS), history=5)
         definitions = definitions_of(WorkflowCatalog(self.settings.load_workflows(), defs_kv,
                                                      policy=self.settings.load_policy()))
         audit = await client.audit(wid, definitions)

@@ -19,7 +19,7 @@ import nats
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import InvalidKeyError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from switchyard.client import SwitchyardClient
@@ -176,7 +176,11 @@ class ConsoleBus:
         return [(e, await self.claim_of(e.id)) for e in items]
 
     async def escalation(self, escalation_id: str) -> Escalation | None:
-        return await self.index.get(escalation_id)
+        """The open escalation of that id; None also for what could be no escalation's id."""
+        try:
+            return await self.index.get(escalation_id)
+        except InvalidKeyError:
+            return None
 
     async def claim_of(self, escalation_id: str) -> Claim | None:
         try:
@@ -220,6 +224,19 @@ class ConsoleBus:
 
     def status_of(self, run: Run, waiting: set[str]) -> str:
         return "waiting_human" if run.status == "running" and run.id in waiting else run.status
+
+    async def tool_schema(self, tool: str) -> dict[str, Any] | None:
+        """The arguments' schema of ``tool``, as a tool host serving it declares it."""
+        for svc in await self.client.services(window=0.3):
+            for ep in svc.get("endpoints") or []:
+                meta = ep.get("metadata") or {}
+                if ep.get("name") == tool and meta.get("args_schema"):
+                    try:
+                        found = msgspec.json.decode(meta["args_schema"])
+                    except msgspec.DecodeError:
+                        return None
+                    return found if isinstance(found, dict) else None
+        return None
 
     async def schema(self, role: str) -> dict[str, Any] | None:
         """The output schema the agents of ``role`` declare (None: none answers)."""

@@ -57,7 +57,7 @@ async def test_compose_stack_works_loses_nothing_and_scales(
     timings["build and up"] = time.monotonic() - t0
     services = {str(c["Labels"]["io.podman.compose.service"])  # type: ignore[index]
                 for c in await compose.containers()}
-    assert services == {"nats", "supervisor", "toolhost", *ROLES}, services
+    assert services == {"nats", "supervisor", "toolhost", "console", *ROLES}, services
     # the observability profile's Prometheus (the collector's and Grafana's images are not
     # here: see the README's Telemetry section)
     (await compose.compose("--profile", "observability", "up", "-d", "--no-deps",
@@ -132,6 +132,10 @@ async def test_compose_stack_works_loses_nothing_and_scales(
 
     scraped = await prometheus_saw_the_demo(f"http://127.0.0.1:{prometheus_port}",
                                             report["counts"])
+    async with httpx.AsyncClient() as http:  # the console's container, on the host's loopback
+        health = await http.get(f"http://127.0.0.1:{compose.console_port}/healthz")
+        assert health.json() == {"nats": "connected"}, health.text
+        assert (await http.get(f"http://127.0.0.1:{compose.console_port}/")).status_code == 303
 
     t1 = time.monotonic()
     await compose.down()

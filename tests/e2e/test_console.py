@@ -218,6 +218,34 @@ async def test_a_risky_refund_is_rejected_and_the_workflow_takes_its_rejection_p
     assert decision.data["reviewer"] == "ann" and "over the limit" in decision.data["note"]
 
 
+async def test_a_held_refund_approved_with_edited_arguments_runs_as_edited_once(
+    console: Stack, browser: Any,
+) -> None:
+    ann = await signed_in(browser, console, "ann")
+    wid, esc = await escalated(console, "Please refund 400 EUR, I was charged twice")
+    card = ann.locator(item(esc.id))
+    await card.locator("details.edit summary").click()
+    args = json.loads(await card.locator("textarea[name=edited]").input_value())
+    assert args["amount"] == 400
+    await card.locator("textarea[name=edited]").fill(json.dumps({**args, "amount": "lots"}))
+    await card.locator("button[value=edit]").click()
+    assert "propose_refund's schema at amount" in await ann.locator("#decision-error").inner_text()
+    card = ann.locator(item(esc.id))
+    await card.locator("details.edit summary").click()
+    await card.locator("textarea[name=edited]").fill(json.dumps({**args, "amount": 150}))
+    await card.locator("button[value=edit]").click()
+    await ann.wait_for_selector(item(esc.id), state="detached")
+    assert (await console.client.wait(wid, timeout=60)).status == "completed"
+    events = await entries(console, wid)
+    paid = [e.data for e in events if e.type == "tool.called" and e.data.get("tool") ==
+            "propose_refund"]
+    assert len(paid) == 1 and paid[0].get("approved_by") == "ann", paid  # once, as edited
+    held = next(e.data for e in events if e.type == "tool.approval_required")
+    assert paid[0]["call_digest"] != held["call_digest"]  # another call than the one held
+    await ann.goto(f"{console.url}/workflows/{wid}")
+    assert "OK" in await ann.locator("#verdict").inner_text()  # the replay agrees
+
+
 async def test_ticket_text_is_shown_as_text_never_run(console: Stack, browser: Any) -> None:
     ann = await signed_in(browser, console, "ann")
     dialogs: list[str] = []
@@ -251,6 +279,19 @@ async def test_a_decision_without_a_session_or_csrf_token_is_refused(
         forged = await http.post(url, data={"action": "approve", "csrf": "forged"})
         assert forged.status_code == 403
         assert "CSRF" in forged.text
+        # bad input, with the session and its token: a clear answer, nothing decided
+        token = await ann.locator("input[name=csrf]").first.get_attribute("value")
+        unknown = await http.post(url, data={"action": "delete", "csrf": token})
+        assert unknown.status_code == 400 and "unknown action" in unknown.text
+        broken = await http.post(url, data={"action": "edit", "csrf": token, "edited": "{"})
+        assert broken.status_code == 422 and "not JSON" in broken.text
+        nobody = await http.post(f"{console.url}/items/no such id/decide",
+                                 data={"action": "approve", "csrf": token})
+        assert nobody.status_code == 404 and "no open escalation" in nobody.text
+        bad_id = await http.get(f"{console.url}/workflows/not a token")
+        assert bad_id.status_code == 400 and "not a valid subject token" in bad_id.text
+        missing = await http.get(f"{console.url}/workflows/never-submitted")
+        assert missing.status_code == 404 and "never submitted" in missing.text
     assert any(e.id == esc.id for e in await console.client.escalations())  # still waiting
     login = await (await browser.new_context()).new_page()
     await login.goto(f"{console.url}/login")

@@ -8,6 +8,7 @@ import pytest
 
 from switchyard.protocol import Decision, ErrorInfo, Result, WorkflowRequest
 from switchyard.protocol.errors import ConfigError
+from switchyard.protocol.grants import call_digest
 from switchyard.supervisor.engine import (
     CloseEscalation,
     DecisionReceived,
@@ -306,6 +307,28 @@ def test_engine_holds_a_call_for_approval_then_reruns_the_step_under_the_decisio
     (task,) = tasks(t4.effects)
     assert (task.attempt, task.declined, task.approved) == (3, ["d2"], {"d1": "ann"})
     assert t4.state is not None and t4.state.status == "running"
+
+
+def test_engine_approves_a_held_call_with_a_persons_arguments_in_its_place() -> None:
+    s = submit().state
+    assert s is not None
+    s = step(s, T0 + 1, output={"intent": "billing"}).state
+    assert s is not None
+    call = {"tool": "kb_search", "args": {"q": "x"}, "digest": "d1"}
+    t = step(s, T0 + 2, status="needs_human", output={"approval": call}, confidence=0.0)
+    assert t.state is not None and t.state.escalation is not None
+    edit = Decision(escalation_id=t.state.escalation.id, workflow_id="w1", action="edit",
+                    reviewer="ann", output={"args": {"q": "y"}}, decided_at=T0 + 3)
+    t2 = transition(FLOW, t.state, DecisionReceived(edit), T0 + 3)
+    (task,) = tasks(t2.effects)
+    edited = call_digest("kb_search", {"q": "y"})
+    assert (task.attempt, task.approved, task.declined) == (2, {edited: "ann"}, ["d1"])
+    assert task.replaced == {"d1": {"q": "y"}}  # the agent sends these in place of the held call
+    # an edit without arguments approves the held call as it is
+    plain = Decision(escalation_id=t.state.escalation.id, workflow_id="w1", action="edit",
+                     reviewer="ann", output={"note": "fine"}, decided_at=T0 + 3)
+    (task,) = tasks(transition(FLOW, t.state, DecisionReceived(plain), T0 + 3).effects)
+    assert (task.approved, task.declined, task.replaced) == ({"d1": "ann"}, [], {})
 
 
 @pytest.mark.parametrize("rule", ["reject", "re_escalate"])
