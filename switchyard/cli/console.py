@@ -9,6 +9,7 @@ import sys
 from typing import Annotated
 
 import typer
+from prometheus_client import CollectorRegistry
 from rich.markup import escape
 
 from switchyard.cli.app import app, err, load_settings, out, serve
@@ -41,11 +42,15 @@ def console(
         err.print(f"[red]{escape(str(exc))}[/]")
         raise typer.Exit(2) from None
     sock = bind(settings)
+    from switchyard.cli.app import metrics_registry
+
+    registry = metrics_registry(settings)
     if not users and not settings.console_trusted_proxies:
         err.print(f"no reviewers yet: add one with `switchyard console add-user NAME` (the users "
                   f"file is {settings.console_users_file})")
     out.print(f"console at http://{settings.console_addr}:{sock.getsockname()[1]}/")
-    serve(settings, lambda stop: run_console(settings, sock, stop), service="switchyard-console")
+    serve(settings, lambda stop: run_console(settings, sock, stop, registry),
+          service="switchyard-console")
 
 
 def bind(settings: Settings) -> socket.socket:
@@ -64,12 +69,14 @@ def bind(settings: Settings) -> socket.socket:
     return sock
 
 
-async def run_console(settings: Settings, sock: socket.socket, stop: asyncio.Event) -> None:
+async def run_console(settings: Settings, sock: socket.socket, stop: asyncio.Event,
+                      registry: CollectorRegistry | None = None) -> None:
     import uvicorn
 
     from switchyard.console.app import create_app
 
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning",
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, metrics=registry),
+                                           log_level="warning",
                                            access_log=False, lifespan="on"))
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     stopping = asyncio.create_task(stop.wait())

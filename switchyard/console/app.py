@@ -21,6 +21,7 @@ from typing import Any
 
 import jsonschema
 import structlog
+from prometheus_client import CollectorRegistry, Counter
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
@@ -53,8 +54,14 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 class Console:
-    def __init__(self, settings: Settings, bus: ConsoleBus) -> None:
+    def __init__(self, settings: Settings, bus: ConsoleBus,
+                 metrics: CollectorRegistry | None = None) -> None:
         self.settings, self.bus = settings, bus
+        registry = metrics or CollectorRegistry()
+        self.decisions = Counter("switchyard_console_decisions", "Decisions sent, by action",
+                                 ["action"], registry=registry)
+        self.refusals = Counter("switchyard_console_refusals",
+                                "Requests refused, by HTTP status", ["status"], registry=registry)
         self.users = Users(settings.console_users_file)
         self._flows: dict[str, Workflow] | None = None
         self.proxies = [ipaddress.ip_network(p.strip(), strict=False)
@@ -100,6 +107,7 @@ class Console:
 
     def refuse(self, request: Request, status: int, why: str) -> Response:
         log.warning("console.refused", path=request.url.path, status=status, why=why)
+        self.refusals.labels(str(status)).inc()
         return self.page(request, "refused.html", status=status, why=why)
 
     def signed_in(self, handler: Handler) -> Handler:
@@ -203,6 +211,7 @@ class Console:
         except LookupError as exc:
             return self.refuse(request, 409, str(exc))
         await self.bus.release(eid)
+        self.decisions.labels(action).inc()
         log.info("console.decided", escalation=eid, action=action, reviewer=reviewer)
         request.session["flash"] = f"{action} of {esc.workflow} / {esc.step} sent"
         return RedirectResponse("/", status_code=303, headers=HEADERS)
@@ -341,9 +350,10 @@ def item_anchor(eid: str) -> str:
     return "esc-" + "".join(c if c.isalnum() else "-" for c in eid)
 
 
-def create_app(settings: Settings, bus: ConsoleBus | None = None) -> Starlette:
+def create_app(settings: Settings, bus: ConsoleBus | None = None, *,
+               metrics: CollectorRegistry | None = None) -> Starlette:
     bus = bus or ConsoleBus(settings, claim_s=settings.console_claim_s)
-    console = Console(settings, bus)
+    console = Console(settings, bus, metrics)
     guard = console.signed_in
 
     @contextlib.asynccontextmanager

@@ -163,9 +163,10 @@ async def prometheus_saw_the_demo(url: str, counts: dict[str, int]) -> str:
             except httpx.TransportError:  # still starting
                 return False
             up = [t["labels"]["process"] for t in targets if t["health"] == "up"]
-            return len(up) == len(targets) == 9 and set(up) == {"supervisor", "toolhost", *ROLES}
+            return len(up) == len(targets) == 10 and set(up) == {
+                "supervisor", "toolhost", "console", *ROLES}
 
-        await until(all_up, "Prometheus scraping all 9 containers (3 action replicas)")
+        await until(all_up, "Prometheus scraping all 10 containers (3 action replicas)")
 
         want = {s: float(counts.get(s, 0)) for s in ("completed", "rejected", "failed")}
         ended: dict[str, float] = {}
@@ -182,7 +183,7 @@ async def prometheus_saw_the_demo(url: str, counts: dict[str, int]) -> str:
             "query": 'sum by (instance) (switchyard_agent_tasks_total{role="action"})'})).json()
         per_replica = sorted(float(r["value"][1]) for r in found["data"]["result"])
         assert len(per_replica) == 3 and all(n >= 1 for n in per_replica), per_replica
-    return f"9 targets up, {ended} runs ended, action tasks per replica {per_replica}"
+    return f"10 targets up, {ended} runs ended, action tasks per replica {per_replica}"
 
 
 async def test_compose_secure_bus(

@@ -55,10 +55,10 @@ async def console(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sta
     except ImportError:
         require("chromium", "playwright is not installed (pip install -e '.[dev]')")
     data: Path = tmp_path_factory.mktemp("console")
-    nats_port = free_ports(2)
+    nats_port = free_ports(11)  # the server, the console, and /metrics of 9 processes
     port = nats_port + 1
     settings = Settings(nats_url=f"nats://127.0.0.1:{nats_port}", data_dir=data,
-                        prefix=f"c{uuid.uuid4().hex[:6]}")
+                        prefix=f"c{uuid.uuid4().hex[:6]}", metrics_port=nats_port + 2)
     for name in ("ann", "bob"):
         Users(settings.console_users_file).add(name, PASSWORD)
     env = {"SWITCHYARD_CONSOLE_PORT": str(port), "SWITCHYARD_PREFIX": settings.prefix}
@@ -244,6 +244,10 @@ async def test_a_held_refund_approved_with_edited_arguments_runs_as_edited_once(
     assert paid[0]["call_digest"] != held["call_digest"]  # another call than the one held
     await ann.goto(f"{console.url}/workflows/{wid}")
     assert "OK" in await ann.locator("#verdict").inner_text()  # the replay agrees
+    async with httpx.AsyncClient() as http:  # the console's own counters
+        text = (await http.get(
+            f"http://127.0.0.1:{console.stack.metrics_ports['console']}/metrics")).text
+    assert 'switchyard_console_decisions_total{action="edit"}' in text
 
 
 async def test_ticket_text_is_shown_as_text_never_run(console: Stack, browser: Any) -> None:

@@ -235,10 +235,10 @@ async def _exited(pids: set[int], timeout: float) -> None:
 
 
 async def _start_up(tmp_path: Path) -> tuple[asyncio.subprocess.Process, Path, set[int]]:
-    """``switchyard up`` on an embedded server; returns it, its data dir and its 8 children."""
+    """``switchyard up`` on an embedded server; returns it, its data dir and its 9 children."""
     data = tmp_path / "up-data"
     env = {**os.environ, "NATS_URL": f"nats://127.0.0.1:{free_port()}",
-           "SWITCHYARD_DATA_DIR": str(data)}
+           "SWITCHYARD_DATA_DIR": str(data), "SWITCHYARD_CONSOLE_PORT": str(free_port())}
     up = await asyncio.create_subprocess_exec(
         CLI, "up", env=env, cwd=tmp_path, stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
@@ -249,7 +249,7 @@ async def _start_up(tmp_path: Path) -> tuple[asyncio.subprocess.Process, Path, s
             line = await up.stdout.readline()
         assert b"Switchyard is up" in line and b"embedded nats-server" in line, line
         children = set(_processes_with(str(data))) - {up.pid}
-        assert len(children) == 8  # nats-server, supervisor, tool host, five agents
+        assert len(children) == 9  # nats-server, supervisor, tool host, five agents, console
     except BaseException:
         up.kill()
         await up.wait()
