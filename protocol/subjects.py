@@ -28,6 +28,7 @@ class Stream(StrEnum):
     EVENTS = "events"  # what tool hosts and agents record beside the journal (tool calls)
     DLQ = "dlq"  # dead letters
     ADVISORIES = "advisories"  # the server's max-deliveries advisories for tasks
+    A2A_EVENTS = "a2a_events"  # the A2A gateway's task events, for every replica's subscribers
 
 
 # the streams of the protocol 1 layout: their presence means a data directory from before the
@@ -45,6 +46,7 @@ class Bucket(StrEnum):
     TOOL_LEDGER = "tool_ledger"  # recorded side-effecting calls and spent budgets
     MODEL_CACHE = "model_cache"  # replies of deterministic model calls, each with a TTL
     CLAIMS = "claims"  # which reviewer works on which escalation (the web console)
+    A2A_TASKS = "a2a_tasks"  # the A2A gateway's tasks (a2a-sdk's task store), for every replica
 
 
 class Durable(StrEnum):

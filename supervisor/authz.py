@@ -36,6 +36,7 @@ from switchyard.supervisor.workflow import Workflow
 
 ADMIN, SUPERVISOR, TOOLHOST, CONSOLE = "admin", "supervisor", "toolhost", "console"
 WEB_CONSOLE = "web-console"  # switchyard console: reads, claims and decides; submits nothing
+A2A_GATEWAY = "a2a-gateway"  # switchyard a2a serve: submits, follows and (where let) decides
 # which stream each of the supervisor's durables reads
 SUPERVISOR_DURABLES: Mapping[Durable, Stream] = {
     Durable.JOURNAL: Stream.JOURNAL, Durable.ADVISORIES: Stream.ADVISORIES,
@@ -187,6 +188,16 @@ def identities(policy: Policy | None, roles: Iterable[str], s: Subjects,
     for bucket in (Bucket.WORKFLOWS, Bucket.ESCALATIONS, Bucket.WORKFLOW_DEFS):
         pub += [*r.kv_read(bucket), *r.kv_list(bucket)]
     out.append(Identity(WEB_CONSOLE, tuple(pub), tuple(sub), responses=False))
+
+    pub, sub = r.base(A2A_GATEWAY)
+    events = r.stream(Stream.A2A_EVENTS)
+    pub += [*r.journal_append(JournalKind.SUBMIT), *r.journal_append(JournalKind.DECISION),
+            *r.read_stream(r.stream(Stream.JOURNAL)), *r.read_stream(r.stream(Stream.OUTCOMES)),
+            *r.kv_write(Bucket.A2A_TASKS), *r.kv_list(Bucket.A2A_TASKS),
+            f"{p}.a2a.events.>", *r.read_stream(events)]
+    for bucket in (Bucket.ESCALATIONS, Bucket.WORKFLOWS):
+        pub += [*r.kv_read(bucket), *r.kv_list(bucket)]
+    out.append(Identity(A2A_GATEWAY, tuple(pub), tuple(sub), responses=False))
 
     for role in sorted(set(roles)):
         name = agent_identity(role)

@@ -148,6 +148,9 @@ class Workflow(BaseModel):
     # decides whether it goes on ("escalate"), or it fails ("stop")
     budget: Limits = Limits()
     on_over_budget: Literal["escalate", "stop"] = "escalate"
+    # whether a caller of the A2A gateway may answer this workflow's escalations itself (its
+    # answer a Decision under the caller's name); off, a person in Switchyard decides
+    a2a_answers: bool = False
 
     def model_names(self) -> set[str]:
         """Every model the definition's steps name."""

@@ -42,6 +42,12 @@
 | ``SWITCHYARD_CONSOLE_USER_HEADER`` | ``X-Forwarded-User`` | the header naming the signed-in user |
 | ``SWITCHYARD_CONSOLE_CLAIM_S`` | ``900`` | seconds a reviewer's claim holds |
 | ``SWITCHYARD_CONSOLE_HTTPS_ONLY`` | ``0`` | ``1``: session cookies only over HTTPS |
+| ``SWITCHYARD_A2A_PORT`` | ``8800`` | the A2A gateway's port (``switchyard a2a serve``) |
+| ``SWITCHYARD_A2A_ADDR`` | ``127.0.0.1`` | the address it listens on |
+| ``SWITCHYARD_A2A_URL`` | ``http://<addr>:<port>/`` | the URL its agent card names |
+| ``SWITCHYARD_A2A_KEYS`` | ``<data dir>/a2a-keys`` | callers' keys (SHA-256) and their workflows |
+| ``SWITCHYARD_A2A_WORKFLOWS`` | (all configured) | the workflows it offers, comma-separated |
+| ``SWITCHYARD_A2A_MAX_BODY`` | ``1048576`` | the largest request body it reads, in bytes |
 | ``SWITCHYARD_PARENT_PID`` | (none) | set by ``switchyard up``: stop when that process is gone |
 """
 
@@ -121,6 +127,13 @@ class Settings(BaseSettings):
     console_user_header: str = "X-Forwarded-User"
     console_claim_s: float = Field(default=900.0, gt=0)
     console_https_only: bool = False
+    # the A2A gateway (switchyard a2a serve)
+    a2a_port: int = Field(default=8800, ge=0, le=65535)
+    a2a_addr: IPvAnyAddress = IPv4Address("127.0.0.1")
+    a2a_url: str = ""  # the URL callers reach it at (the card's); default http://addr:port/
+    a2a_keys: Path | None = None  # default: <data dir>/a2a-keys
+    a2a_workflows: str = ""  # the workflows it offers (comma-separated); empty: all configured
+    a2a_max_body: int = Field(default=1_048_576, gt=0)
     user: str = Field(default="operator",
                       validation_alias=AliasChoices("SWITCHYARD_USER", "USER"))
     parent_pid: int | None = None
@@ -195,6 +208,24 @@ class Settings(BaseSettings):
     @property
     def seed_path(self) -> Path:
         return self.supervisor_seed or self.data_dir / "supervisor.nk"
+
+    @property
+    def a2a_keys_file(self) -> Path:
+        return self.a2a_keys or self.data_dir / "a2a-keys"
+
+    @property
+    def a2a_public_url(self) -> str:
+        return self.a2a_url or f"http://{self.a2a_addr}:{self.a2a_port}/"
+
+    def a2a_exposed(self) -> dict[str, Workflow]:
+        """The workflows the gateway offers, by name (a name not configured stops it)."""
+        flows = self.load_workflows()
+        names = [n.strip() for n in self.a2a_workflows.split(",") if n.strip()] or list(flows)
+        unknown = [n for n in names if n not in flows]
+        if unknown:
+            raise ConfigError(f"SWITCHYARD_A2A_WORKFLOWS names {', '.join(unknown)}, which "
+                              f"SWITCHYARD_WORKFLOWS does not configure ({', '.join(flows)})")
+        return {n: flows[n] for n in names}
 
     @property
     def console_users_file(self) -> Path:

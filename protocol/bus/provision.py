@@ -80,6 +80,8 @@ def stream_configs(
         # kept until the supervisor has dead-lettered that task (core advisories are not kept)
         cfg(Stream.ADVISORIES, [s.max_deliveries], retention=RetentionPolicy.WORK_QUEUE,
             max_age=7 * DAY),
+        # the A2A gateway's task events: what a replica's subscriber replays and follows
+        cfg(Stream.A2A_EVENTS, [s.all("a2a.events")], max_age=min(7 * DAY, trail_max_age)),
     ]
 
 

@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import urlparse
 
 import typer
 from rich.markup import escape
@@ -41,26 +42,64 @@ BUILTIN_AGENTS = {r: f"switchyard.agents.{r}:agent"
 LLM_AGENTS = {r: f"switchyard.agents.llm.{r}:agent" for r in ("triage", "action", "reviewer")}
 
 
-def run_agent(agent: Agent) -> None:
+def run_agent(agent: Agent, *, instance: str = "") -> None:
     """Run ``agent`` in the foreground as ``switchyard agent run`` does: configured by settings
-    (``NATS_URL`` and the rest), until SIGINT/SIGTERM."""
+    (``NATS_URL`` and the rest), until SIGINT/SIGTERM. ``instance`` names it in its results
+    (``trace`` shows it) instead of host and pid."""
+    import dataclasses
+
     settings = load_settings()
     registry = metrics_registry(settings)
-    serve(settings, lambda stop: agent.serve(stop, settings.agent_config(), metrics=registry),
+    config = settings.agent_config()
+    if instance:
+        config = dataclasses.replace(config, instance=instance)
+    serve(settings, lambda stop: agent.serve(stop, config, metrics=registry),
           service=f"switchyard-agent-{agent.role}")
 
 
 
 
 @agent_app.command("run")
-def agent_run(target: Annotated[str, typer.Argument(
-        help="A built-in role (triage, retrieval, action, compliance, reviewer) or module:attr")]
+def agent_run(
+    target: Annotated[str, typer.Argument(
+        help="A built-in role (triage, retrieval, action, compliance, reviewer) or module:attr")
+    ] = "",
+    a2a: Annotated[str, typer.Option(
+        "--a2a", help="serve --role with the remote A2A agent at this URL instead")] = "",
+    role: Annotated[str, typer.Option(help="with --a2a: the role it serves")] = "",
+    a2a_key: Annotated[str, typer.Option(
+        "--a2a-key", envvar="SWITCHYARD_A2A_KEY", help="with --a2a: its bearer key")] = "",
+    skill: Annotated[str, typer.Option(help="with --a2a: the remote skill to ask for")] = "",
+    confidence: Annotated[float, typer.Option(
+        help="with --a2a: the confidence of a reply that states none", min=0.0, max=1.0)] = 0.8,
+    confidence_field: Annotated[str, typer.Option(
+        help="with --a2a: the reply's field that states its confidence")] = "confidence",
 ) -> None:
-    """Run one agent process."""
+    """Run one agent process (or, with --a2a, a bridge to a remote A2A agent)."""
     from switchyard.agents import Agent
     from switchyard.protocol.errors import ConfigError
+    from switchyard.protocol.subjects import check_token
 
     settings = load_settings()
+    if a2a:
+        from switchyard.gateway.bridge import bridge
+
+        try:
+            check_token("role", role)
+        except ConfigError as exc:
+            err.print(f"[red]--role: {escape(str(exc))}[/]")
+            raise typer.Exit(2) from None
+        if not a2a.startswith(("http://", "https://")):
+            err.print(f"[red]--a2a {escape(repr(a2a))} is not an http(s) URL[/]")
+            raise typer.Exit(2)
+        host = urlparse(a2a).netloc
+        run_agent(bridge(a2a, role, key=a2a_key, confidence=confidence,
+                         confidence_field=confidence_field, skill=skill),
+                  instance=f"a2a:{host}-{os.getpid()}")
+        return
+    if not target:
+        err.print("[red]name the agent (a built-in role or module:attr), or --a2a URL --role R[/]")
+        raise typer.Exit(2)
     builtin = {**BUILTIN_AGENTS, **(LLM_AGENTS if settings.agents == "llm" else {})}
     spec = builtin.get(target, target)
     module_name, _, attr = spec.partition(":")
