@@ -184,7 +184,8 @@ def identities(policy: Policy | None, roles: Iterable[str], s: Subjects,
     pub, sub = r.base(WEB_CONSOLE)
     pub += [*r.journal_append(JournalKind.DECISION), *r.read_stream(r.stream(Stream.JOURNAL)),
             *r.read_stream(r.stream(Stream.EVENTS)), *r.read_stream(r.stream(Stream.OUTCOMES)),
-            "$SRV.>", f"{p}.agent.*.schema", *r.kv_write(Bucket.CLAIMS), *r.kv_list(Bucket.CLAIMS)]
+            "$SRV.>", f"{p}.agent.*.schema", *r.kv_write(Bucket.CLAIMS), *r.kv_list(Bucket.CLAIMS),
+            "$JS.FC.>"]  # an ordered consumer's flow control, answered as it reads
     for bucket in (Bucket.WORKFLOWS, Bucket.ESCALATIONS, Bucket.WORKFLOW_DEFS):
         pub += [*r.kv_read(bucket), *r.kv_list(bucket)]
     out.append(Identity(WEB_CONSOLE, tuple(pub), tuple(sub), responses=False))
@@ -194,7 +195,7 @@ def identities(policy: Policy | None, roles: Iterable[str], s: Subjects,
     pub += [*r.journal_append(JournalKind.SUBMIT), *r.journal_append(JournalKind.DECISION),
             *r.read_stream(r.stream(Stream.JOURNAL)), *r.read_stream(r.stream(Stream.OUTCOMES)),
             *r.kv_write(Bucket.A2A_TASKS), *r.kv_list(Bucket.A2A_TASKS),
-            f"{p}.a2a.events.>", *r.read_stream(events)]
+            f"{p}.a2a.events.>", *r.read_stream(events), "$JS.FC.>"]
     for bucket in (Bucket.ESCALATIONS, Bucket.WORKFLOWS):
         pub += [*r.kv_read(bucket), *r.kv_list(bucket)]
     out.append(Identity(A2A_GATEWAY, tuple(pub), tuple(sub), responses=False))

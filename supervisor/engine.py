@@ -590,7 +590,10 @@ def _on_result(run: _Run, r: Result) -> str | None:
         run.escalate(
             step.name, "approval", r.reason or f"{call.get('tool')} needs a person's approval",
             resume=step.name, output=r.output, confidence=r.confidence,
-            call_digest=str(call.get("digest", "")),
+            # the digest of the call the person is shown, computed here: an agent's own claim
+            # of a digest could name another call than the tool and arguments it reports
+            call_digest=call_digest(str(call.get("tool", "")), args)
+            if isinstance(args := call.get("args"), dict) else "",
         )
     elif r.status == "needs_human":
         if r.output is not None:

@@ -241,8 +241,9 @@ class Settings(BaseSettings):
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".console-secret.{os.getpid()}")
-            tmp.write_text(secrets.token_hex(32))
-            tmp.chmod(0o600)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_hex(32))
             with contextlib.suppress(FileExistsError):
                 os.link(tmp, path)  # the first one made stands
             tmp.unlink()

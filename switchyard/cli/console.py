@@ -75,8 +75,10 @@ async def run_console(settings: Settings, sock: socket.socket, stop: asyncio.Eve
 
     from switchyard.console.app import create_app
 
+    # proxy_headers off: who connected is the socket's peer, never an X-Forwarded-For a client
+    # wrote (the trusted-proxy check is about the connection itself)
     server = uvicorn.Server(uvicorn.Config(create_app(settings, metrics=registry),
-                                           log_level="warning",
+                                           proxy_headers=False, log_level="warning",
                                            access_log=False, lifespan="on"))
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     stopping = asyncio.create_task(stop.wait())

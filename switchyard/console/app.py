@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import ipaddress
 import json
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import structlog
+from nats.errors import Error as NatsError
 from prometheus_client import CollectorRegistry, Counter
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -46,9 +49,10 @@ HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 HEADERS = {  # defence in depth beside the escaping: no inline script runs, no framing
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
-                               "img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
+                               "img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; "
+                               "base-uri 'none'",
     "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",
+    "Referrer-Policy": "same-origin", "Cache-Control": "no-store",
 }
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -63,7 +67,7 @@ class Console:
         self.refusals = Counter("switchyard_console_refusals",
                                 "Requests refused, by HTTP status", ["status"], registry=registry)
         self.users = Users(settings.console_users_file)
-        self._flows: dict[str, Workflow] | None = None
+        self._catalog: WorkflowCatalog | None = None
         self.proxies = [ipaddress.ip_network(p.strip(), strict=False)
                         for p in settings.console_trusted_proxies.split(",") if p.strip()]
 
@@ -76,11 +80,21 @@ class Console:
                 peer = ipaddress.ip_address(request.client.host)
             except ValueError:
                 peer = None
+            if isinstance(peer, ipaddress.IPv6Address) and peer.ipv4_mapped is not None:
+                peer = peer.ipv4_mapped  # a dual-stack socket's view of an IPv4 proxy
             if peer is not None and any(peer in net for net in self.proxies):
-                proxied = request.headers.get(header, "")
+                named = request.headers.getlist(header)
+                proxied = named[0] if len(named) == 1 else ""  # twice is nobody
                 return proxied if NAME.fullmatch(proxied) else None
         name = request.session.get("reviewer")
-        return name if isinstance(name, str) and name in self.users.load() else None
+        if not isinstance(name, str):
+            return None
+        stored = self.users.load().get(name)
+        at = request.session.get("at")
+        if stored is None or request.session.get("fp") != fingerprint(stored) or not isinstance(
+                at, int | float) or time.time() - at > SESSION_S:
+            return None  # removed, its password changed, or signed in too long ago
+        return name
 
     @staticmethod
     def csrf(request: Request) -> str:
@@ -91,11 +105,11 @@ class Console:
 
     async def form(self, request: Request) -> dict[str, str] | None:
         """The POSTed form, if it carries this session's CSRF token; else None."""
-        form = await request.form()
+        form = await request.form(max_files=0, max_fields=20, max_part_size=256 * 1024)
         sent = form.get("csrf")
         want = request.session.get("csrf")
         if not isinstance(sent, str) or not isinstance(want, str) or not hmac.compare_digest(
-                sent, want):
+                sent.encode(), want.encode()):
             return None
         return {k: v for k, v in form.items() if isinstance(v, str)}
 
@@ -133,6 +147,8 @@ class Console:
         if NAME.fullmatch(name) and valid:
             request.session.clear()
             request.session["reviewer"] = name
+            request.session["fp"] = fingerprint(self.users.load()[name])
+            request.session["at"] = time.time()
             request.session["csrf"] = secrets.token_urlsafe(32)  # a new session, a new token
             log.info("console.signed_in", reviewer=name)
             return RedirectResponse("/", status_code=303, headers=HEADERS)
@@ -147,11 +163,25 @@ class Console:
 
     # the queue ----------------------------------------------------------------------------------
 
+    async def catalog(self) -> WorkflowCatalog:
+        """The workflows as the supervisor admits them: the configured files and those put on
+        the bus (``workflow put``), each version by digest."""
+        if self._catalog is None:
+            kv = await open_bucket(self.bus.client.js, self.settings.subjects.bucket(
+                Bucket.WORKFLOW_DEFS), history=5)
+            self._catalog = WorkflowCatalog(self.settings.load_workflows(), kv,
+                                            policy=self.settings.load_policy())
+        return self._catalog
+
     async def definitions(self) -> dict[str, Workflow]:
-        """The configured workflows, by name (what names a step's agent)."""
-        if self._flows is None:
-            self._flows = dict(self.settings.load_workflows())
-        return self._flows
+        """The latest definition of every workflow an escalation waits in (what names a step's
+        agent and threshold)."""
+        catalog = await self.catalog()
+        found = {}
+        for e, _ in await self.bus.queue():
+            if e.workflow not in found and (wf := await catalog.latest(e.workflow)) is not None:
+                found[e.workflow] = wf
+        return found
 
     async def items(self) -> list[Any]:
         flows = await self.definitions()
@@ -193,17 +223,19 @@ class Console:
         note = form.get("note", "").strip()
         if action not in ("approve", "reject", "edit"):
             return self.refuse(request, 400, f"unknown action {action[:40]!r}")
+        kept = {"eid": eid, "note": note, "edited": form.get("edited", "")}
         if action == "reject" and not note:
-            return await self.back(request, eid, "a rejection needs a reason")
+            return await self.back(request, eid, "a rejection needs a reason", kept)
         try:
             claim = await self.bus.claim(eid, reviewer)  # deciding claims it, unless another has
         except ClaimedByOther as exc:
-            return await self.back(request, eid, f"claimed by {exc.claim.reviewer}: they decide")
+            return await self.back(request, eid, f"claimed by {exc.claim.reviewer}: they decide",
+                                   kept)
         output: dict[str, Any] | None = None
         if action == "edit":
             parsed = await self.edited(esc, form.get("edited", ""))
             if isinstance(parsed, str):
-                return await self.back(request, eid, parsed)
+                return await self.back(request, eid, parsed, kept)
             output = parsed
         try:
             await self.bus.client.decide(eid, action, reviewer=claim.reviewer,  # type: ignore[arg-type]
@@ -219,8 +251,8 @@ class Console:
     async def edited(self, esc: Any, text: str) -> dict[str, Any] | str:
         """The edited JSON, checked against its schema; else why not."""
         try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
+            value = json.loads(text, parse_constant=_no_constant)
+        except (json.JSONDecodeError, ValueError, RecursionError) as exc:
             return f"the edit is not JSON: {exc}"
         if not isinstance(value, dict):
             return "the edit must be a JSON object"
@@ -234,6 +266,8 @@ class Console:
             except jsonschema.ValidationError as exc:
                 where = "/".join(map(str, exc.absolute_path)) or "(the whole object)"
                 return f"the arguments do not fit {tool}'s schema at {where}: {exc.message}"
+            except (jsonschema.SchemaError, RecursionError):
+                return f"cannot check the edit: {tool}'s declared schema is not valid"
             return {"args": value}  # the engine approves this call in place of the held one
         wf = (await self.definitions()).get(esc.workflow)
         step = next((s for s in wf.steps if s.name == esc.step), None) if wf else None
@@ -246,11 +280,16 @@ class Console:
         except jsonschema.ValidationError as exc:
             where = "/".join(map(str, exc.absolute_path)) or "(the whole object)"
             return f"the edit does not fit the step's schema at {where}: {exc.message}"
+        except (jsonschema.SchemaError, RecursionError):
+            role = step.role if step else "?"
+            return f"cannot check the edit: the {role} agent's output schema is not valid"
         return value
 
-    async def back(self, request: Request, eid: str, why: str) -> Response:
+    async def back(self, request: Request, eid: str, why: str,
+                   kept: dict[str, str] | None = None) -> Response:
+        """The queue again, with why the decision was not sent and what the reviewer wrote."""
         return self.page(request, "queue.html", status=422, items=await self.items(),
-                         error=why, error_for=eid)
+                         error=why, error_for=eid, kept=kept)
 
     async def events(self, request: Request) -> Response:
         """Server-sent events: ``changed`` whenever the bus does (the page fetches what it
@@ -267,7 +306,7 @@ class Console:
                     seen = version
                     yield f"event: changed\ndata: {version}\n\n".encode()
                 else:
-                    yield b": still here\n\n"
+                    yield b"event: tick\ndata: 15\n\n"
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", **HEADERS})
 
@@ -292,10 +331,7 @@ class Console:
         except ConfigError as exc:
             return self.refuse(request, 400, str(exc))
         client = self.bus.client
-        defs_kv = await open_bucket(client.js, self.settings.subjects.bucket(
-            Bucket.WORKFLOW_DEFS), history=5)
-        definitions = definitions_of(WorkflowCatalog(self.settings.load_workflows(), defs_kv,
-                                                     policy=self.settings.load_policy()))
+        definitions = definitions_of(await self.catalog())
         audit = await client.audit(wid, definitions)
         state = audit.replay.state
         wf = await definitions(state.workflow, state.definition) if state else None
@@ -306,12 +342,22 @@ class Console:
 
     async def agents(self, request: Request) -> Response:
         services = await self.bus.client.services(window=0.5)
-        rows = [service_row(svc, self.settings.prefix) for svc in sorted(
-            services, key=lambda s: (s.get("name", ""), (s.get("metadata") or {}).get(
-                "instance", ""), s.get("id", "")))]
+        rows = []
+        for svc in sorted(services, key=lambda s: (str(s.get("name", "")), str(s.get("id", "")))):
+            try:
+                rows.append(service_row(svc, self.settings.prefix))
+            except (TypeError, ValueError, AttributeError):  # a responder of another making
+                rows.append({"name": str(svc.get("name", "?")), "kind": "", "version": "",
+                             "instance": str(svc.get("id", ""))[:8], "counters": {},
+                             "calls": {}, "errors": 0, "latency_ms": 0.0, "breakers": {},
+                             "last_error": "its $SRV stats could not be read"})
         return self.page(request, "agents.html", rows=rows)
 
     async def healthz(self, request: Request) -> Response:
+        """Alive (200) whatever the bus does: the pages say they are reconnecting."""
+        return JSONResponse({"nats": "connected" if self.bus.connected else "reconnecting"})
+
+    async def readyz(self, request: Request) -> Response:
         ok = self.bus.connected
         return JSONResponse({"nats": "connected" if ok else "reconnecting"},
                             status_code=200 if ok else 503)
@@ -346,6 +392,18 @@ def service_row(svc: dict[str, Any], prefix: str) -> dict[str, Any]:
     }
 
 
+SESSION_S = 12 * 3600.0
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def fingerprint(stored: str) -> str:
+    """What ties a session to the password it was made with (a reset ends it)."""
+    return hashlib.sha256(stored.encode()).hexdigest()[:16]
+
+
 def item_anchor(eid: str) -> str:
     return "esc-" + "".join(c if c.isalnum() else "-" for c in eid)
 
@@ -368,6 +426,7 @@ def create_app(settings: Settings, bus: ConsoleBus | None = None, *,
         Route("/login", console.login, methods=["GET", "POST"]),
         Route("/logout", console.logout, methods=["POST"]),
         Route("/healthz", console.healthz),
+        Route("/readyz", console.readyz),
         Route("/", guard(console.queue)),
         Route("/queue/items", guard(console.queue_fragment)),
         Route("/events", guard(console.events)),
@@ -379,6 +438,16 @@ def create_app(settings: Settings, bus: ConsoleBus | None = None, *,
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     middleware = [Middleware(SessionMiddleware, secret_key=settings.console_session_key(),
-                             session_cookie="switchyard_console", same_site="strict",
+                             session_cookie="switchyard_console", same_site="lax",
                              https_only=settings.console_https_only, max_age=12 * 3600)]
-    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    async def unreachable(request: Request, exc: Exception) -> Response:
+        """The bus did not answer in time (it is restarting, say): the page says so."""
+        log.warning("console.bus_unreachable", path=request.url.path, error=str(exc))
+        return console.page(request, "refused.html", status=503, why=(
+            "The bus is not answering right now (it may be restarting); nothing was sent. "
+            "Try again in a moment."))
+
+    handlers: dict[Any, Any] = {TimeoutError: unreachable, NatsError: unreachable,
+                                ConnectionError: unreachable}
+    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
+                     exception_handlers=handlers)

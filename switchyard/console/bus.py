@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from switchyard.supervisor.escalation import EscalationIndex, escalation_key
 
 log = structlog.get_logger("switchyard.console")
 RUNS_KEPT = 10_000  # the newest runs the workflows page can list
+# <workflow id>:<step>:<attempt>:esc…: tokens joined by single colons
+ESCALATION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}(:[A-Za-z0-9_-]{1,64}){1,6}")
 
 
 class Claim(msgspec.Struct, kw_only=True):
@@ -68,6 +71,7 @@ class ConsoleBus:
         self._watches: list[asyncio.Task[None]] = []
         self._subs: list[Any] = []
         self.nc: Client | None = None
+        self._rewatching: asyncio.Task[None] | None = None
 
     # connection ---------------------------------------------------------------------------------
 
@@ -77,9 +81,10 @@ class ConsoleBus:
             await self.bump()
 
         async def reconnected() -> None:
-            self.connected = True
-            await self._watch()  # the ordered consumers and watchers start over
-            await self.bump()
+            # the watches start over, away from nats-py's reconnect loop, and the pages say
+            # "connected" only once they are up again
+            if self._rewatching is None or self._rewatching.done():
+                self._rewatching = asyncio.create_task(self._rewatch())
 
         async def error(exc: Exception) -> None:
             log.warning("console.nats_error", error=str(exc))
@@ -93,7 +98,23 @@ class ConsoleBus:
         self.connected = True
         await self._watch()
 
+    async def _rewatch(self) -> None:
+        delay = 0.2
+        while self.nc is not None and not self.nc.is_closed:
+            try:
+                await self._watch()
+            except Exception as exc:  # JetStream not back yet (no leader, a timeout)
+                log.warning("console.rewatch", error=str(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)  # nothing announces that JetStream is back
+                delay = min(5.0, delay * 2)
+                continue
+            self.connected = True
+            await self.bump()
+            return
+
     async def stop(self) -> None:
+        if self._rewatching is not None:
+            self._rewatching.cancel()
         await self._unwatch()
         if self.nc is not None:
             await self.nc.close()
@@ -177,6 +198,8 @@ class ConsoleBus:
 
     async def escalation(self, escalation_id: str) -> Escalation | None:
         """The open escalation of that id; None also for what could be no escalation's id."""
+        if not ESCALATION_ID.fullmatch(escalation_id):
+            return None
         try:
             return await self.index.get(escalation_id)
         except InvalidKeyError:

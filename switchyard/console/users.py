@@ -73,6 +73,7 @@ class Users:
         users[name] = hash_password(password)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(f"{n}:{h}\n" for n, h in sorted(users.items())))
-        tmp.chmod(0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write("".join(f"{n}:{h}\n" for n, h in sorted(users.items())))
         tmp.replace(self.path)

@@ -63,6 +63,8 @@ class Item:
     threshold: float | None = None
     evidence: list[tuple[str, str]] = field(default_factory=list)  # (label, redacted text)
     editable: str = ""  # the JSON a reviewer edits: the output, or the tool's arguments
+    shown_args: str = ""  # the held call's arguments as shown, personal data redacted
+    can_edit: bool = True  # an over-budget stop has no output to edit
     claimed_by: str = ""
     waited: str = ""
     deadline_in: str = ""
@@ -79,7 +81,7 @@ def item(e: Escalation, wf: Workflow | None, claimed_by: str = "",
     now = time.time() if now is None else now
     step = next((s for s in wf.steps if s.name == e.step), None) if wf is not None else None
     it = Item(e=e, role=step.role if step else "", title=KIND_TITLES.get(e.kind, e.kind),
-              detail=[e.reason], claimed_by=claimed_by)
+              detail=[clean(e.reason)], claimed_by=claimed_by)
     if e.kind == "low_confidence" and e.confidence is not None:
         it.threshold = step.threshold if step else None
         against = f" against the threshold {it.threshold:.2f}" if it.threshold is not None else ""
@@ -89,6 +91,7 @@ def item(e: Escalation, wf: Workflow | None, claimed_by: str = "",
         it.tool = str(approval.get("tool", ""))
         args = approval.get("args")
         it.args = args if isinstance(args, dict) else {}
+        it.shown_args = pretty(clean(it.args))
         it.editable = pretty(it.args)
     else:
         it.editable = pretty(e.output or {})
@@ -96,6 +99,7 @@ def item(e: Escalation, wf: Workflow | None, claimed_by: str = "",
         it.evidence.append((f"input: {key}", pretty(clean(value))))
     if e.output and not isinstance(approval, dict):
         it.evidence.append(("draft (the step's output)", pretty(clean(e.output))))
+    it.can_edit = e.kind != "over_budget"
     total = max(1.0, e.deadline - e.created_at)
     it.waited, it.deadline_in = age(now - e.created_at), age(e.deadline - now)
     it.overdue = now > e.deadline

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import re
 import secrets
 from dataclasses import dataclass
@@ -72,8 +73,9 @@ class Keys:
         found[name] = (digest(key), Caller(name, tuple(workflows)))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(f"{n}:{h}:{','.join(c.workflows)}\n"
-                               for n, (h, c) in sorted(found.items())))
-        tmp.chmod(0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write("".join(f"{n}:{h}:{','.join(c.workflows)}\n"
+                              for n, (h, c) in sorted(found.items())))
         tmp.replace(self.path)
         return key

@@ -114,8 +114,10 @@ async def escalated(console: Stack, text: str, email: str = "ada@example.com") -
     wid = await console.client.submit("support", {"text": text, "customer_email": email})
     waiting = await console.client.wait(wid, timeout=60)
     assert waiting.status == "escalated", waiting
-    (esc,) = [e for e in await console.client.escalations() if e.workflow_id == wid]
-    return wid, esc
+    found = await console.client.escalations()
+    mine = [e for e in found if e.id == waiting.escalation_id]
+    assert len(mine) == 1, (waiting, [e.id for e in found])
+    return wid, mine[0]
 
 
 async def entries(console: Stack, wid: str) -> list[Entry]:

@@ -285,27 +285,30 @@ def test_engine_holds_a_call_for_approval_then_reruns_the_step_under_the_decisio
     assert s is not None
     s = step(s, T0 + 1, output={"intent": "billing"}).state
     assert s is not None
-    call = {"tool": "kb_search", "args": {"q": "x"}, "digest": "d1"}
+    # the digest the agent states is not believed: the engine's is of the call shown
+    call = {"tool": "kb_search", "args": {"q": "x"}, "digest": "d-of-another-call"}
+    d1 = call_digest("kb_search", {"q": "x"})
     t = step(s, T0 + 2, status="needs_human", output={"approval": call}, confidence=0.0)
     assert t.state is not None and t.state.escalation is not None
     (esc,) = [e.escalation for e in t.effects if isinstance(e, SendEscalation)]
     assert (esc.kind, esc.output) == ("approval", {"approval": call})
-    assert t.state.escalation.call_digest == "d1"
+    assert t.state.escalation.call_digest == d1
     ok = Decision(escalation_id=esc.id, workflow_id="w1", action="approve", reviewer="ann",
                   decided_at=T0 + 3)
     t2 = transition(FLOW, t.state, DecisionReceived(ok), T0 + 3)
     (task,) = tasks(t2.effects)
-    assert (task.step, task.attempt, task.approved) == ("answer", 2, {"d1": "ann"})
-    assert t2.state is not None and t2.state.approved == {"d1": "ann"}
+    assert (task.step, task.attempt, task.approved) == ("answer", 2, {d1: "ann"})
+    assert t2.state is not None and t2.state.approved == {d1: "ann"}
     # the same kind of hold, rejected: the step runs again and the call is refused
+    d2 = call_digest("kb_search", {"q": "z"})
     t3 = step(t2.state, T0 + 4, status="needs_human",
-              output={"approval": {**call, "digest": "d2"}})
+              output={"approval": {**call, "args": {"q": "z"}}})
     assert t3.state is not None and t3.state.escalation is not None
     no = Decision(escalation_id=t3.state.escalation.id, workflow_id="w1", action="reject",
                   reviewer="bob", decided_at=T0 + 5)
     t4 = transition(FLOW, t3.state, DecisionReceived(no), T0 + 5)
     (task,) = tasks(t4.effects)
-    assert (task.attempt, task.declined, task.approved) == (3, ["d2"], {"d1": "ann"})
+    assert (task.attempt, task.declined, task.approved) == (3, [d2], {d1: "ann"})
     assert t4.state is not None and t4.state.status == "running"
 
 
@@ -314,7 +317,8 @@ def test_engine_approves_a_held_call_with_a_persons_arguments_in_its_place() -> 
     assert s is not None
     s = step(s, T0 + 1, output={"intent": "billing"}).state
     assert s is not None
-    call = {"tool": "kb_search", "args": {"q": "x"}, "digest": "d1"}
+    call = {"tool": "kb_search", "args": {"q": "x"}}
+    d1 = call_digest("kb_search", {"q": "x"})
     t = step(s, T0 + 2, status="needs_human", output={"approval": call}, confidence=0.0)
     assert t.state is not None and t.state.escalation is not None
     edit = Decision(escalation_id=t.state.escalation.id, workflow_id="w1", action="edit",
@@ -322,13 +326,13 @@ def test_engine_approves_a_held_call_with_a_persons_arguments_in_its_place() -> 
     t2 = transition(FLOW, t.state, DecisionReceived(edit), T0 + 3)
     (task,) = tasks(t2.effects)
     edited = call_digest("kb_search", {"q": "y"})
-    assert (task.attempt, task.approved, task.declined) == (2, {edited: "ann"}, ["d1"])
-    assert task.replaced == {"d1": {"q": "y"}}  # the agent sends these in place of the held call
+    assert (task.attempt, task.approved, task.declined) == (2, {edited: "ann"}, [d1])
+    assert task.replaced == {d1: {"q": "y"}}  # the agent sends these in place of the held call
     # an edit without arguments approves the held call as it is
     plain = Decision(escalation_id=t.state.escalation.id, workflow_id="w1", action="edit",
                      reviewer="ann", output={"note": "fine"}, decided_at=T0 + 3)
     (task,) = tasks(transition(FLOW, t.state, DecisionReceived(plain), T0 + 3).effects)
-    assert (task.approved, task.declined, task.replaced) == ({"d1": "ann"}, [], {})
+    assert (task.approved, task.declined, task.replaced) == ({d1: "ann"}, [], {})
 
 
 @pytest.mark.parametrize("rule", ["reject", "re_escalate"])
@@ -345,7 +349,7 @@ def test_engine_approval_deadline_follows_the_rule(rule: str) -> None:
     assert late.state is not None and "escalation.expired" in events(late)
     if rule == "reject":  # nobody approved: the step runs again and the call is refused
         (task,) = tasks(late.effects)
-        assert (task.attempt, task.declined) == (2, ["d9"])
+        assert (task.attempt, task.declined) == (2, [call_digest("refund", {"amount": 500})])
     else:  # the same exact call goes to a person again, under a new escalation id
         (esc,) = [e.escalation for e in late.effects if isinstance(e, SendEscalation)]
         assert esc.id == "w1:triage:1:esc:r1" and esc.output == {"approval": call}

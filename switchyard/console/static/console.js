@@ -31,7 +31,10 @@
     busy = true;
     var url = live === "queue" ? "/queue/items" : window.location.href;
     fetch(url, { credentials: "same-origin", headers: { "Accept": "text/html" } })
-      .then(function (r) { return r.ok ? r.text() : Promise.reject(r.status); })
+      .then(function (r) {
+        if (r.redirected || r.status === 401) { window.location.reload(); return Promise.reject(r.status); }
+        return r.ok ? r.text() : Promise.reject(r.status);
+      })
       .then(function (html) {
         if (live === "queue") { mergeItems(html); return; }
         var doc = new DOMParser().parseFromString(html, "text/html");
@@ -45,6 +48,13 @@
       });
   }
 
+  // a decision is sent once: a second click while the first is on its way does nothing
+  document.addEventListener("submit", function (ev) {
+    var form = ev.target;
+    if (form.dataset.sent === "1") { ev.preventDefault(); return; }
+    form.dataset.sent = "1";
+  });
+
   document.addEventListener("input", function (ev) {
     var item = ev.target.closest && ev.target.closest("article.item");
     if (item) { item.dataset.dirty = "1"; }
@@ -56,6 +66,8 @@
     if (first) { first = false; return; }  // the page was rendered with this version
     refresh();
   });
+  // every 15 s: ages, deadlines and expired claims move even when the bus is quiet
+  source.addEventListener("tick", function () { if (live === "queue") { refresh(); } });
   source.addEventListener("status", function (ev) {
     if (banner) { banner.hidden = ev.data === "connected"; }
   });
