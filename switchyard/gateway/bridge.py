@@ -42,7 +42,7 @@ class Open(BaseModel):
 def bridge(url: str, role: str, *, key: str = "", confidence: float = 0.8,
            confidence_field: str = "confidence", skill: str = "",
            timeout: float = 300.0) -> Agent:
-    agent = Agent(role, version="a2a-bridge", description=f"the A2A agent at {url}")
+    agent = Agent(role, version="1.0.0-a2a", description=f"a bridge to the A2A agent at {url}")
     remote: dict[str, Any] = {}
 
     async def client() -> Any:
