@@ -1,5 +1,5 @@
 # One image for every Switchyard component, with the telemetry extra (the OpenTelemetry SDK and
-# its OTLP exporter): the command picks the role
+# its OTLP exporter) and the a2a extra (the gateway): the command picks the role
 # (`supervisor run`, `tools run`, `agent run <role>`, `demo --connect`, ...).
 #
 #   docker build -t switchyard .            # or: podman build -t switchyard .
@@ -13,7 +13,7 @@ FROM ${BASE} AS build
 COPY . /src
 RUN python3 -m venv /opt/switchyard \
  && if [ -d /src/.wheels ]; then offline="--no-index --find-links /src/.wheels"; fi \
- && /opt/switchyard/bin/pip install --no-cache-dir --disable-pip-version-check ${offline:-} '/src[telemetry]'
+ && /opt/switchyard/bin/pip install --no-cache-dir --disable-pip-version-check ${offline:-} '/src[telemetry,a2a]'
 
 FROM ${BASE}
 COPY --from=build /opt/switchyard /opt/switchyard

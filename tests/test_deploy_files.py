@@ -83,7 +83,7 @@ def test_every_component_is_a_service_of_one_image() -> None:
     assert commands == {
         "supervisor": ["supervisor", "run"], "toolhost": ["tools", "run"],
         **{role: ["agent", "run", role] for role in ROLES}, "demo": ["demo", "--connect"],
-        "console": ["console"]}
+        "console": ["console"], "a2a": ["a2a", "serve"]}
     assert len({services[n]["image"] for n in commands}) == 1
     assert services["demo"]["profiles"] == ["demo"]
     secure = compose("compose.secure.yaml")
@@ -91,7 +91,7 @@ def test_every_component_is_a_service_of_one_image() -> None:
              if "environment" in s}
     assert keyed == {"provision": "/run/secrets/admin", "supervisor": "/run/secrets/supervisor",
                      "toolhost": "/run/secrets/toolhost", "demo": "/run/secrets/console",
-                     "console": "/run/secrets/web-console",
+                     "console": "/run/secrets/web-console", "a2a": "/run/secrets/a2a-gateway",
                      **{r: f"/run/secrets/agent-{r}" for r in ROLES}}
     for name, svc in secure["services"].items():  # every key mounted, none written here
         if "environment" in svc:

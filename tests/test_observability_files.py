@@ -88,7 +88,7 @@ def test_the_profiles_prometheus_scrapes_every_component_service_where_it_serves
     (sd,) = job["dns_sd_configs"]
     components = {n for n, s in services.items() if s.get("image", "").startswith("${SWITCHYARD_IMAGE")
                   and "profiles" not in s}
-    assert set(sd["names"]) == components and len(sd["names"]) == 8
+    assert set(sd["names"]) == components and len(sd["names"]) == 9
     port = compose()["x-settings"]["SWITCHYARD_METRICS_PORT"]
     assert port == f"${{SWITCHYARD_METRICS_PORT:-{sd['port']}}}"
     assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]

@@ -92,7 +92,7 @@ fi
 
 # the dependencies and the build backend; the Dockerfile builds the project itself from source
 rm -rf .wheels
-"$python" -m pip wheel -q --disable-pip-version-check '.[telemetry]' 'setuptools>=77' -w .wheels 2> .wheels.log \
+"$python" -m pip wheel -q --disable-pip-version-check '.[telemetry,a2a]' 'setuptools>=77' -w .wheels 2> .wheels.log \
   || { cat .wheels.log >&2; exit 1; }
 rm -f .wheels.log .wheels/switchyard-*.whl
 ls .wheels/setuptools-*.whl >/dev/null

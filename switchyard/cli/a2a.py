@@ -8,6 +8,7 @@ import socket
 from typing import Annotated
 
 import typer
+from prometheus_client import CollectorRegistry
 from rich.markup import escape
 
 from switchyard.cli.app import app, err, load_settings, out, serve
@@ -37,13 +38,17 @@ def a2a_serve(
         err.print(f"[red]{escape(str(exc))}[/]")
         raise typer.Exit(2) from None
     sock = listen(settings)
+    from switchyard.cli.app import metrics_registry
+
+    registry = metrics_registry(settings)
     if not callers:
         err.print(f"no callers yet: add one with `switchyard a2a add-key NAME --workflow W` "
                   f"(the keys file is {settings.a2a_keys_file})")
     out.print(f"A2A gateway at http://{settings.a2a_addr}:{sock.getsockname()[1]}/ "
               f"(card: {settings.a2a_public_url}.well-known/agent-card.json); skills: "
               f"{', '.join(exposed)}")
-    serve(settings, lambda stop: run_gateway(settings, sock, stop), service="switchyard-a2a")
+    serve(settings, lambda stop: run_gateway(settings, sock, stop, registry),
+          service="switchyard-a2a")
 
 
 def listen(settings: Settings) -> socket.socket:
@@ -61,12 +66,14 @@ def listen(settings: Settings) -> socket.socket:
     return sock
 
 
-async def run_gateway(settings: Settings, sock: socket.socket, stop: asyncio.Event) -> None:
+async def run_gateway(settings: Settings, sock: socket.socket, stop: asyncio.Event,
+                      registry: CollectorRegistry | None = None) -> None:
     import uvicorn
 
     from switchyard.gateway.app import create_gateway
 
-    server = uvicorn.Server(uvicorn.Config(create_gateway(settings), log_level="warning",
+    server = uvicorn.Server(uvicorn.Config(create_gateway(settings, metrics=registry),
+                                           proxy_headers=False, log_level="warning",
                                            access_log=False, lifespan="on"))
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     stopping = asyncio.create_task(stop.wait())

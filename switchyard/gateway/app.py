@@ -50,6 +50,7 @@ from a2a.types import (
 )
 from a2a.utils.errors import InvalidParamsError, UnsupportedOperationError
 from google.protobuf.json_format import MessageToDict
+from prometheus_client import CollectorRegistry, Counter
 from starlette.applications import Starlette
 from starlette.authentication import AuthCredentials, SimpleUser
 from starlette.datastructures import Headers
@@ -82,8 +83,8 @@ class KeyAuth:
     """Refuses, with 401, a call that presents no known key (a pure ASGI middleware, so server-sent
     events pass through untouched); a known one becomes the request's user."""
 
-    def __init__(self, app: ASGIApp, keys: Keys) -> None:
-        self.app, self.keys = app, keys
+    def __init__(self, app: ASGIApp, keys: Keys, refused: Counter) -> None:
+        self.app, self.keys, self.refused = app, keys, refused
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in (CARD_PATH, "/healthz"):
@@ -92,6 +93,7 @@ class KeyAuth:
         caller = caller_of(Headers(scope=scope), self.keys)
         if caller is None:
             log.warning("gateway.refused", path=scope["path"], why="no known key")
+            self.refused.inc()
             await JSONResponse({"error": "unauthenticated",
                                 "detail": "present a key: Authorization: Bearer <key>, or "
                                           "X-API-Key: <key>"}, status_code=401,
@@ -232,8 +234,13 @@ def card(settings: Settings, flows: list[Workflow]) -> AgentCard:
     )
 
 
-def create_gateway(settings: Settings) -> Starlette:
+def create_gateway(settings: Settings, *, metrics: CollectorRegistry | None = None) -> Starlette:
     keys = Keys(settings.a2a_keys_file)
+    registry = metrics or CollectorRegistry()
+    refused = Counter("switchyard_a2a_refused", "Calls refused for want of a known key",
+                      registry=registry)
+    runs = Counter("switchyard_a2a_runs", "Workflow runs submitted through the gateway",
+                   ["workflow"], registry=registry)
     exposed = settings.a2a_exposed()
     state: dict[str, Any] = {}
 
@@ -272,7 +279,7 @@ def create_gateway(settings: Settings) -> Starlette:
         events = JetStreamEventStream(js, f"{s.prefix}.a2a.events", s.stream(Stream.A2A_EVENTS))
         client = SwitchyardClient(nc, s)
         handler = Gateway(
-            agent_executor=WorkflowExecutor(client, allowed), task_store=store,
+            agent_executor=WorkflowExecutor(client, allowed, runs), task_store=store,
             agent_card=card(settings, list(exposed.values())), event_stream=events,
             request_context_builder=RunIds(), extended_agent_card=card(settings, []),
             extended_card_modifier=extended, client=client, store=store, flows=exposed)
@@ -300,7 +307,8 @@ def create_gateway(settings: Settings) -> Starlette:
     app = Starlette(routes=[Route(CARD_PATH, public_card), Route("/healthz", healthz),
                             Route("/", dispatch, methods=["POST"])],
                     lifespan=lifespan)
-    return BodyLimit(KeyAuth(app, keys), settings.a2a_max_body)  # type: ignore[return-value]
+    return BodyLimit(KeyAuth(app, keys, refused),  # type: ignore[return-value]
+                     settings.a2a_max_body)
 
 
 class BodyLimit:

@@ -129,9 +129,10 @@ async def follow(client: SwitchyardClient, wid: str) -> AsyncIterator[Step | Wai
 
 
 class WorkflowExecutor(AgentExecutor):
-    def __init__(self, client: SwitchyardClient, allowed: Any) -> None:
+    def __init__(self, client: SwitchyardClient, allowed: Any, runs: Any = None) -> None:
         self.client = client
         self.allowed = allowed  # caller -> the workflows it may call
+        self.runs = runs  # a counter of runs submitted, by workflow
 
     async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
         assert context.message is not None and context.task_id is not None
@@ -152,6 +153,9 @@ class WorkflowExecutor(AgentExecutor):
                 "a2a_caller": caller, "a2a_message_id": context.message.message_id})
         except AlreadyExists:
             pass  # the same run, submitted by an earlier send of this message
+        else:
+            if self.runs is not None:
+                self.runs.labels(workflow).inc()
         log.info("gateway.submitted", workflow=workflow, workflow_id=wid, caller=caller)
         await self.run(wid, updater)
 

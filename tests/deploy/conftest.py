@@ -89,6 +89,7 @@ class Compose:
     project: str = field(default_factory=lambda: f"sytest{uuid.uuid4().hex[:8]}")
     port: int = field(default_factory=lambda: free_ports(1))
     console_port: int = field(default_factory=lambda: free_ports(1))
+    a2a_port: int = field(default_factory=lambda: free_ports(1))
     settings: dict[str, str] = field(default_factory=dict)
     files: list[str] = field(default_factory=lambda: ["compose.yaml"])
 
@@ -99,7 +100,8 @@ class Compose:
     def env(self) -> dict[str, str]:
         keep = {k: v for k, v in os.environ.items() if not k.startswith(("SWITCHYARD_", "NATS_"))}
         return {**keep, "SWITCHYARD_NATS_PORT": str(self.port),
-                "SWITCHYARD_CONSOLE_HOST_PORT": str(self.console_port), **self.settings}
+                "SWITCHYARD_CONSOLE_HOST_PORT": str(self.console_port),
+                "SWITCHYARD_A2A_HOST_PORT": str(self.a2a_port), **self.settings}
 
     async def compose(self, *args: str, timeout: float = 600) -> Ran:
         files = [arg for name in self.files for arg in ("-f", str(ROOT / name))]

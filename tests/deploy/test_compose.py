@@ -57,7 +57,7 @@ async def test_compose_stack_works_loses_nothing_and_scales(
     timings["build and up"] = time.monotonic() - t0
     services = {str(c["Labels"]["io.podman.compose.service"])  # type: ignore[index]
                 for c in await compose.containers()}
-    assert services == {"nats", "supervisor", "toolhost", "console", *ROLES}, services
+    assert services == {"nats", "supervisor", "toolhost", "console", "a2a", *ROLES}, services
     # the observability profile's Prometheus (the collector's and Grafana's images are not
     # here: see the README's Telemetry section)
     (await compose.compose("--profile", "observability", "up", "-d", "--no-deps",
@@ -136,6 +136,8 @@ async def test_compose_stack_works_loses_nothing_and_scales(
         health = await http.get(f"http://127.0.0.1:{compose.console_port}/healthz")
         assert health.json() == {"nats": "connected"}, health.text
         assert (await http.get(f"http://127.0.0.1:{compose.console_port}/")).status_code == 303
+        card = await http.get(f"http://127.0.0.1:{compose.a2a_port}/.well-known/agent-card.json")
+        assert card.json()["name"] == "Switchyard", card.text  # the gateway's container
 
     t1 = time.monotonic()
     await compose.down()
@@ -163,10 +165,10 @@ async def prometheus_saw_the_demo(url: str, counts: dict[str, int]) -> str:
             except httpx.TransportError:  # still starting
                 return False
             up = [t["labels"]["process"] for t in targets if t["health"] == "up"]
-            return len(up) == len(targets) == 10 and set(up) == {
-                "supervisor", "toolhost", "console", *ROLES}
+            return len(up) == len(targets) == 11 and set(up) == {
+                "supervisor", "toolhost", "console", "a2a", *ROLES}
 
-        await until(all_up, "Prometheus scraping all 10 containers (3 action replicas)")
+        await until(all_up, "Prometheus scraping all 11 containers (3 action replicas)")
 
         want = {s: float(counts.get(s, 0)) for s in ("completed", "rejected", "failed")}
         ended: dict[str, float] = {}
@@ -183,7 +185,7 @@ async def prometheus_saw_the_demo(url: str, counts: dict[str, int]) -> str:
             "query": 'sum by (instance) (switchyard_agent_tasks_total{role="action"})'})).json()
         per_replica = sorted(float(r["value"][1]) for r in found["data"]["result"])
         assert len(per_replica) == 3 and all(n >= 1 for n in per_replica), per_replica
-    return f"10 targets up, {ended} runs ended, action tasks per replica {per_replica}"
+    return f"11 targets up, {ended} runs ended, action tasks per replica {per_replica}"
 
 
 async def test_compose_secure_bus(

@@ -135,6 +135,7 @@ async def test_a_workflow_calls_another_deployments_workflow_through_bridge_and_
             output = done.outcome.output
             assert output["reply"].startswith("Hello") and output["ticket_id"]
             assert output["a2a"]["agent"] == "Switchyard"
+            assert "elsewhere #1 -> partner" in await trace(near, wid)
             # the far run is the gateway's task, a run of its support workflow, to its end
             nc = await nats.connect(far.url)
             try:
