@@ -203,9 +203,10 @@ def decision_of(message: Message) -> dict[str, Any]:
                     raise InvalidParamsError(message="an edit carries its output as an object")
                 return found
     text = " ".join(p.text for p in message.parts if p.WhichOneof("content") == "text").strip()
-    word = text.split(maxsplit=1)[0].lower() if text else ""
-    if word in ("approve", "reject"):
-        return {"action": word, "note": text[len(word):].strip()}
+    word = text[:7].lower()
+    if word.startswith("approve") or word.startswith("reject"):
+        action = "approve" if word.startswith("approve") else "reject"
+        return {"action": action, "note": text[len(action):].lstrip(" :,-").strip()}
     raise InvalidParamsError(message="answer with a data part {\"action\": \"approve\" | "
                                      "\"reject\" | \"edit\", ...}, or a text: approve / reject")
 

@@ -102,7 +102,13 @@ async def gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gat
     pytest.importorskip("a2a", reason="the a2a extra: pip install -e '.[a2a]'")
     data: Path = tmp_path_factory.mktemp("a2a")
     base = free_ports(4)
-    settings = Settings(nats_url=f"nats://127.0.0.1:{base}", data_dir=data, prefix="g2a")
+    # the support workflow, and a copy that lets A2A callers answer its escalations
+    support = (ROOT / "supervisor" / "workflows" / "support.yaml").read_text()
+    open_copy = data / "support-open.yaml"
+    open_copy.write_text(support.replace("name: support\n", "name: support-open\n", 1)
+                         + "a2a_answers: true\n")
+    settings = Settings(nats_url=f"nats://127.0.0.1:{base}", data_dir=data, prefix="g2a",
+                        workflows=f"support,{open_copy}")
     async with LocalStack(settings, secure=True) as stack:
         env = {**stack_env(stack, "a2a-gateway")}
         gw = Gateway(stack, "", env)

@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 import httpx
+import msgspec
 import nats
 import pytest
 from a2a.types import (
@@ -39,12 +40,13 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 STEPS = 5  # the support workflow's
 
 
-def ticket(text: str, email: str = "ada@example.com", message_id: str = "") -> Message:
+def ticket(text: str, email: str = "ada@example.com", message_id: str = "",
+           skill: str = "support") -> Message:
     value = Value()
     value.struct_value.update({"text": text, "customer_email": email})
     message = Message(role=Role.ROLE_USER, message_id=message_id or uuid.uuid4().hex,
                       parts=[Part(data=value)])
-    message.metadata.update({"skill": "support"})
+    message.metadata.update({"skill": skill})
     return message
 
 
@@ -259,3 +261,40 @@ async def test_bad_json_rpc_gets_the_specs_codes_and_nothing_reaches_the_bus(
     finally:
         await nc.close()
     assert after == before
+
+
+async def test_where_the_workflow_lets_it_a_caller_answers_the_escalation_itself(
+    gateway: Gateway,
+) -> None:
+    key = Keys(keys_file(gateway.stack)).add("answerer", ["support-open"])
+    client, http = await a2a_client(gateway.url, key)
+    follower, http2 = await a2a_client(gateway.url, key, streaming=True)
+    try:
+        task = await final(client, ticket("hmm something maybe", skill="support-open"))
+        assert task.status.state == TaskState.TASK_STATE_INPUT_REQUIRED
+        subscribed = follower.subscribe(SubscribeToTaskRequest(id=task.id))
+        async with asyncio.timeout(30):
+            assert (await anext(subscribed)).WhichOneof("payload") == "task"
+        answer = Message(role=Role.ROLE_USER, message_id=uuid.uuid4().hex, task_id=task.id,
+                         context_id=task.context_id, parts=[Part(text="approve: a billing one")])
+        await final(client, answer)
+        last = None
+        async with asyncio.timeout(60):
+            async for response in subscribed:
+                if response.WhichOneof("payload") == "status_update":
+                    last = response.status_update.status.state
+                    if last == TaskState.TASK_STATE_COMPLETED:
+                        break
+        assert last == TaskState.TASK_STATE_COMPLETED
+    finally:
+        await http.aclose()
+        await http2.aclose()
+    nc, sw = await bus(gateway)
+    try:
+        (record,) = [r for r in await sw.journal_records(task.id)
+                     if r.subject.endswith(".decision")]
+    finally:
+        await nc.close()
+    decision = msgspec.json.decode(record.data)
+    assert (decision["reviewer"], decision["action"]) == ("a2a:answerer", "approve")
+    assert decision["note"] == "a billing one"
