@@ -48,6 +48,7 @@
 | ``SWITCHYARD_A2A_KEYS`` | ``<data dir>/a2a-keys`` | callers' keys (SHA-256) and their workflows |
 | ``SWITCHYARD_A2A_WORKFLOWS`` | (all configured) | the workflows it offers, comma-separated |
 | ``SWITCHYARD_A2A_MAX_BODY`` | ``1048576`` | the largest request body it reads, in bytes |
+| ``SWITCHYARD_A2A_SETTLE_S`` | ``5`` | seconds after a run's end before any replica settles its task |
 | ``SWITCHYARD_PARENT_PID`` | (none) | set by ``switchyard up``: stop when that process is gone |
 """
 
@@ -134,6 +135,7 @@ class Settings(BaseSettings):
     a2a_keys: Path | None = None  # default: <data dir>/a2a-keys
     a2a_workflows: str = ""  # the workflows it offers (comma-separated); empty: all configured
     a2a_max_body: int = Field(default=1_048_576, gt=0)
+    a2a_settle_s: float = Field(default=5.0, ge=0)  # after a run's end, its replica's to say
     user: str = Field(default="operator",
                       validation_alias=AliasChoices("SWITCHYARD_USER", "USER"))
     parent_pid: int | None = None

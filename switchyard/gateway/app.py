@@ -21,12 +21,14 @@ and client; the 0.3 method names accepted too).
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import nats
 import structlog
 from a2a.server.agent_execution import SimpleRequestContextBuilder
+from a2a.server.cluster import ConcurrentTaskModificationError, VersionedEvent
 from a2a.server.context import ServerCallContext
 from a2a.server.events import Event
 from a2a.server.request_handlers import DefaultRequestHandlerV2
@@ -38,8 +40,12 @@ from a2a.types import (
     AgentInterface,
     AgentSkill,
     APIKeySecurityScheme,
+    Artifact,
+    GetTaskRequest,
     HTTPAuthSecurityScheme,
     Message,
+    Part,
+    Role,
     SecurityRequirement,
     SecurityScheme,
     SendMessageRequest,
@@ -47,6 +53,8 @@ from a2a.types import (
     SubscribeToTaskRequest,
     Task,
     TaskState,
+    TaskStatus,
+    TaskStatusUpdateEvent,
 )
 from a2a.utils.errors import InvalidParamsError, UnsupportedOperationError
 from google.protobuf.json_format import MessageToDict
@@ -60,7 +68,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from switchyard.client import SwitchyardClient
-from switchyard.gateway.executor import WorkflowExecutor
+from switchyard.gateway.executor import WorkflowExecutor, data_part
 from switchyard.gateway.keys import Caller, Keys
 from switchyard.gateway.store import (
     TERMINAL,
@@ -77,6 +85,8 @@ from switchyard.supervisor.workflow import Workflow
 
 log = structlog.get_logger("switchyard.gateway")
 CARD_PATH = "/.well-known/agent-card.json"
+END_STATES = {"completed": TaskState.TASK_STATE_COMPLETED,
+              "rejected": TaskState.TASK_STATE_REJECTED, "failed": TaskState.TASK_STATE_FAILED}
 
 
 class KeyAuth:
@@ -127,9 +137,46 @@ class Gateway(DefaultRequestHandlerV2):
     (its task is returned, nothing runs again), and an answer to a person's question."""
 
     def __init__(self, *args: Any, client: SwitchyardClient, store: JetStreamTaskStore,
-                 flows: dict[str, Workflow], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.client, self.store, self.flows = client, store, flows
+                 events: JetStreamEventStream, flows: dict[str, Workflow],
+                 settle_s: float = 5.0, **kwargs: Any) -> None:
+        super().__init__(*args, **{**kwargs, "event_stream": events})
+        self.client, self.store, self.events, self.flows = client, store, events, flows
+        self.settle_s = settle_s
+
+    async def on_get_task(self, params: GetTaskRequest,
+                          context: ServerCallContext) -> Task | None:
+        """The task; one its replica stopped following (it died) is brought to its run's end
+        here, from the outcome the bus keeps."""
+        task: Task | None = await super().on_get_task(params, context)
+        if task is None or task.status.state in TERMINAL:
+            return task
+        if await self._active_task_registry.get(task.id) is not None:
+            return task  # this replica follows it
+        out = await self.client.outcome(task.id)
+        if out is None or time.time() - out.finished_at < self.settle_s:
+            return task  # not ended, or its own replica has a moment yet to say so
+        stored = await self.store.get(task.id, context)
+        if stored is None or stored.task.status.state in TERMINAL:
+            return stored.task if stored else task
+        settled = Task()
+        settled.CopyFrom(stored.task)
+        settled.status.CopyFrom(TaskStatus(state=END_STATES.get(
+            str(out.status), TaskState.TASK_STATE_FAILED), message=Message(
+                role=Role.ROLE_AGENT, message_id=f"{task.id}:end",
+                parts=[Part(text=out.reason or str(out.status))])))
+        if out.status == "completed":
+            settled.artifacts.append(Artifact(artifact_id=f"{task.id}:output", name="output",
+                                              parts=[data_part(dict(out.output or {}))]))
+        try:
+            version = await self.store.save(settled, event=None, prev=stored.task,
+                                            prev_version=stored.version, context=context)
+        except ConcurrentTaskModificationError:  # its replica said it first after all
+            again = await self.store.get(task.id, context)
+            return again.task if again else task
+        await self.events.publish(task.id, VersionedEvent(TaskStatusUpdateEvent(
+            task_id=task.id, context_id=task.context_id, status=settled.status), version))
+        log.info("gateway.settled", task=task.id, status=str(out.status))
+        return settled
 
     async def _taken(self, params: SendMessageRequest, context: ServerCallContext) -> Task | None:
         message = params.message
@@ -281,9 +328,10 @@ def create_gateway(settings: Settings, *, metrics: CollectorRegistry | None = No
         client = SwitchyardClient(nc, s)
         handler = Gateway(
             agent_executor=WorkflowExecutor(client, allowed, runs), task_store=store,
-            agent_card=card(settings, list(exposed.values())), event_stream=events,
+            agent_card=card(settings, list(exposed.values())), events=events,
             request_context_builder=RunIds(), extended_agent_card=card(settings, []),
-            extended_card_modifier=extended, client=client, store=store, flows=exposed)
+            extended_card_modifier=extended, client=client, store=store, flows=exposed,
+            settle_s=settings.a2a_settle_s)
         handler_box["h"] = handler
         try:
             yield

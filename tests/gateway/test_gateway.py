@@ -298,3 +298,37 @@ async def test_where_the_workflow_lets_it_a_caller_answers_the_escalation_itself
     decision = msgspec.json.decode(record.data)
     assert (decision["reviewer"], decision["action"]) == ("a2a:answerer", "approve")
     assert decision["note"] == "a billing one"
+
+
+async def test_a_task_whose_replica_died_is_settled_by_another_from_the_runs_outcome(
+    gateway: Gateway, key: str,
+) -> None:
+    base = free_ports(2)
+    one_url = await gateway.replica(base)
+    one = gateway.procs[-1]
+    gateway.env["SWITCHYARD_A2A_SETTLE_S"] = "0"  # the survivor settles at once
+    try:
+        two_url = await gateway.replica(base + 1)
+    finally:
+        del gateway.env["SWITCHYARD_A2A_SETTLE_S"]
+    client, http = await a2a_client(one_url, key)
+    try:
+        task = await final(client, ticket("hmm something maybe"))
+    finally:
+        await http.aclose()
+    assert task.status.state == TaskState.TASK_STATE_INPUT_REQUIRED
+    one.proc.kill()  # the replica that follows the run dies
+    await one.proc.wait()
+    nc, sw = await bus(gateway)
+    try:
+        (esc,) = [e for e in await sw.escalations() if e.workflow_id == task.id]
+        await sw.decide(esc.id, "approve", reviewer="ann")
+        assert (await sw.wait(task.id, timeout=60)).status == "completed"
+    finally:
+        await nc.close()
+    two, http = await a2a_client(two_url, key)
+    try:
+        settled = await two.get_task(GetTaskRequest(id=task.id))
+    finally:
+        await http.aclose()
+    assert settled.status.state == TaskState.TASK_STATE_COMPLETED and settled.artifacts
