@@ -332,3 +332,25 @@ async def test_a_task_whose_replica_died_is_settled_by_another_from_the_runs_out
     finally:
         await http.aclose()
     assert settled.status.state == TaskState.TASK_STATE_COMPLETED and settled.artifacts
+
+
+async def test_cancel_ends_the_a2a_task_and_leaves_the_run_to_its_journal(
+    gateway: Gateway, key: str,
+) -> None:
+    from a2a.types import CancelTaskRequest
+
+    client, http = await a2a_client(gateway.url, key)
+    try:
+        task = await final(client, ticket("hmm something maybe"))
+        assert task.status.state == TaskState.TASK_STATE_INPUT_REQUIRED
+        canceled = await client.cancel_task(CancelTaskRequest(id=task.id))
+        assert canceled.status.state == TaskState.TASK_STATE_CANCELED
+        again = await client.get_task(GetTaskRequest(id=task.id))
+        assert again.status.state == TaskState.TASK_STATE_CANCELED
+    finally:
+        await http.aclose()
+    nc, sw = await bus(gateway)
+    try:  # the run still waits for its person: a caller does not end it
+        assert [e.workflow_id for e in await sw.escalations()].count(task.id) == 1
+    finally:
+        await nc.close()
