@@ -135,6 +135,12 @@ async def ensure_streams(
             await js.update_stream(info.config)
 
 
+def bucket_max_age(bucket: Bucket, trail_max_age: float) -> float | None:
+    """How long an entry is kept after its last write, for the buckets whose entries would
+    otherwise grow without end: the A2A gateway's tasks (as the outcomes, a week at most)."""
+    return min(7 * DAY, trail_max_age) if bucket is Bucket.A2A_TASKS else None
+
+
 def bucket_history(bucket: Bucket) -> int:
     """Revisions kept per key: workflow definitions keep a few, the rest only the latest."""
     return 5 if bucket is Bucket.WORKFLOW_DEFS else 1
@@ -148,7 +154,8 @@ async def provision(
     exists is left as its operator set it (its replicas too)."""
     await ensure_streams(js, s, replicas=replicas, trail_max_age=trail_max_age)
     for bucket in Bucket:
-        await open_bucket(js, s.bucket(bucket), replicas=replicas, history=bucket_history(bucket))
+        await open_bucket(js, s.bucket(bucket), replicas=replicas, history=bucket_history(bucket),
+                          max_age=bucket_max_age(bucket, trail_max_age))
     if replicas > 1:
         await await_leaders(js, layout_names(s))
 
@@ -179,6 +186,16 @@ async def await_leaders(js: JetStreamContext, names: list[str], *, timeout: floa
 def layout_names(s: Subjects) -> list[str]:
     """Every stream of the layout, the buckets' own streams (``KV_…``) included."""
     return [s.stream(x) for x in Stream] + [f"KV_{s.bucket(b)}" for b in Bucket]
+
+
+async def ready_layout(js: JetStreamContext, s: Subjects, *, provisions: bool, replicas: int = 1,
+                       trail_max_age: float = TRAIL_MAX_AGE_S) -> None:
+    """The layout there before a process uses it: made where this process may (an open bus),
+    else waited for until the admin has made it (a secured bus: nobody else may create)."""
+    if provisions:
+        await provision(js, s, replicas=replicas, trail_max_age=trail_max_age)
+    else:
+        await await_layout(js, s)
 
 
 async def await_layout(
@@ -214,6 +231,7 @@ async def await_layout(
 
 async def open_bucket(
     js: JetStreamContext, bucket: str, *, replicas: int = 1, history: int = 1,
+    max_age: float | None = None,
 ) -> KeyValue:
     """The bucket, created if missing. Entries written with a TTL (``kv_write``) leave a delete
     marker when they expire, so watchers see them go. Made without direct get, so every read is
@@ -224,7 +242,7 @@ async def open_bucket(
         return await js.create_key_value(
             KeyValueConfig(
                 bucket=bucket, history=history, storage=StorageType.FILE, replicas=replicas,
-                limit_marker_ttl=MARKER_TTL_S, direct=False,
+                limit_marker_ttl=MARKER_TTL_S, direct=False, ttl=max_age,
             )
         )
 

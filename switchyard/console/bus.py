@@ -26,7 +26,7 @@ from nats.js.kv import KeyValue
 from switchyard.client import SwitchyardClient
 from switchyard.protocol import Escalation, Outcome, WorkflowRequest, codec
 from switchyard.protocol.bus.component import servers
-from switchyard.protocol.bus.provision import open_bucket
+from switchyard.protocol.bus.provision import open_bucket, ready_layout
 from switchyard.protocol.errors import ProtocolError
 from switchyard.protocol.subjects import Bucket, JournalKind, Stream
 from switchyard.settings import Settings
@@ -95,6 +95,9 @@ class ConsoleBus:
             allow_reconnect=True, disconnected_cb=disconnected, reconnected_cb=reconnected,
             error_cb=error, **self.settings.connect_options())
         self.client = SwitchyardClient(self.nc, self.s)
+        await ready_layout(self.nc.jetstream(), self.s, provisions=self.settings.provisions,
+                           replicas=self.settings.replicas,
+                           trail_max_age=self.settings.trail_max_age_s)
         self.connected = True
         await self._watch()
 

@@ -78,7 +78,7 @@ from switchyard.gateway.store import (
     task_id_for,
 )
 from switchyard.protocol.bus.component import servers
-from switchyard.protocol.bus.provision import open_bucket
+from switchyard.protocol.bus.provision import open_bucket, ready_layout
 from switchyard.protocol.subjects import Bucket, Stream
 from switchyard.settings import Settings
 from switchyard.supervisor.workflow import Workflow
@@ -323,6 +323,8 @@ def create_gateway(settings: Settings, *, metrics: CollectorRegistry | None = No
         state["nc"] = nc
         js = nc.jetstream()
         s = settings.subjects
+        await ready_layout(js, s, provisions=settings.provisions, replicas=settings.replicas,
+                           trail_max_age=settings.trail_max_age_s)
         store = JetStreamTaskStore(await open_bucket(js, s.bucket(Bucket.A2A_TASKS)))
         events = JetStreamEventStream(js, f"{s.prefix}.a2a.events", s.stream(Stream.A2A_EVENTS))
         client = SwitchyardClient(nc, s)
