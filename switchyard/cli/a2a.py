@@ -94,6 +94,12 @@ def add_key(
     from switchyard.gateway.keys import Keys
 
     settings = load_settings()
+    known = settings.load_workflows()
+    unknown = [w for w in workflow if w != "*" and w not in known]
+    if unknown:
+        err.print(f"[red]no workflow {escape(', '.join(unknown))} is configured "
+                  f"(SWITCHYARD_WORKFLOWS: {escape(', '.join(known))})[/]")
+        raise typer.Exit(2)
     try:
         key = Keys(settings.a2a_keys_file).add(name, workflow)
     except ConfigError as exc:

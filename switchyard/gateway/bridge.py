@@ -22,7 +22,7 @@ import json
 from typing import Any
 
 import httpx
-from a2a.client import A2ACardResolver, ClientConfig, ClientFactory
+from a2a.client import A2ACardResolver, A2AClientError, ClientConfig, ClientFactory
 from a2a.helpers import get_message_text
 from a2a.types import Message, Role, SendMessageRequest, Task, TaskState
 from google.protobuf.json_format import MessageToDict
@@ -56,6 +56,16 @@ def bridge(url: str, role: str, *, key: str = "", confidence: float = 0.8,
 
     @agent.task
     async def call(inp: Open, ctx: TaskContext) -> Scored[Open]:
+        try:
+            return await exchange(inp, ctx)
+        except (httpx.HTTPError, A2AClientError) as exc:  # down, refusing us, or not A2A
+            remote.pop("client", None)  # the card is resolved again next time
+            if (http := remote.pop("http", None)) is not None:
+                await http.aclose()
+            raise ToolError(f"the A2A agent at {url} did not answer: {exc}",
+                            code=ErrorCode.TOOL_FAILED, retryable=True) from None
+
+    async def exchange(inp: Open, ctx: TaskContext) -> Scored[Open]:
         a2a = await client()
         message = Message(role=Role.ROLE_USER, message_id=ctx.task.id,
                           parts=[data_part(json.loads(json.dumps(inp.model_dump())))])
