@@ -100,10 +100,13 @@ async def act(req: Request, ctx: TaskContext) -> Draft:
                          "billing team will contact you about it.")
         else:
             actions.append("propose_refund")
-            refund = Refund(refund_id=proposal.refund_id, amount=amount, currency="EUR",
+            # what the tool did, not what was asked: a person may have approved the call with
+            # other arguments (the console's edit of a held call)
+            refund = Refund(refund_id=proposal.refund_id, amount=proposal.amount,
+                            currency=proposal.currency,
                             approved_by=ctx.tool_calls[-1].approved_by)
-            lines.append(f"We have issued a refund of {amount:.2f} EUR "
-                         f"(reference {refund.refund_id}).")
+            lines.append(f"We have issued a refund of {proposal.amount:.2f} "
+                         f"{proposal.currency} (reference {refund.refund_id}).")
     # A naive helper: it answers questions about other people it finds in the ticket. The
     # compliance step exists to catch exactly this.
     for finding in find_pii(req.text):

@@ -60,7 +60,7 @@ def test_the_scrape_config_names_every_process_of_switchyard_up() -> None:
     (job,) = config["scrape_configs"]
     processes = [c["labels"]["process"] for c in job["static_configs"]]
     assert processes == ["supervisor", "toolhost", *(f"agent-{r}" for r in (
-        "triage", "retrieval", "action", "compliance", "reviewer"))]
+        "triage", "retrieval", "action", "compliance", "reviewer")), "console"]
     ports = [int(c["targets"][0].rsplit(":", 1)[1]) for c in job["static_configs"]]
     assert ports == list(range(ports[0], ports[0] + len(ports)))  # as `up` assigns them
 

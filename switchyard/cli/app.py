@@ -98,9 +98,9 @@ def serve(settings: Settings, main: Callable[[asyncio.Event], Coroutine[Any, Any
     if not settings.trace:
         tracing.switch_off()
     if settings.trace_content:
-        from switchyard.agents.pii import redact
+        from switchyard.logs import redact_content
 
-        tracing.record_contents(redact)
+        tracing.record_contents(redact_content)
     stop_tracing = start_tracing(service, exporter=settings.tracing) if service else None
 
     async def runner() -> None:

@@ -196,9 +196,10 @@ def up(secure: SecureOpt = False) -> None:
             raise typer.Exit(2) from None
         where = "embedded nats-server" if stack.nats else "existing NATS"
         out.print(f"[green]Switchyard is up[/] on {stack.url} ({where}); "
-                  f"{len(stack.procs)} processes, logs in {stack.log_dir}. Ctrl-C stops.")
+                  f"{len(stack.procs)} processes, logs in {stack.log_dir}. Ctrl-C stops.",
+                  soft_wrap=True)
         out.print(f"  console: http://{settings.console_addr}:{settings.console_port}/ (reviewers "
-                  "sign in; `switchyard console add-user NAME` adds one)")
+                  "sign in; `switchyard console add-user NAME` adds one)", soft_wrap=True)
         for name, port in stack.metrics_ports.items():
             out.print(f"  {name}: metrics at http://127.0.0.1:{port}/metrics")
         if settings.tracing:

@@ -1,7 +1,7 @@
 """The console's web application: Starlette, server-rendered (Jinja2, autoescaped), live through
 server-sent events, with no build step.
 
-Who is signed in: a session (a signed cookie, SameSite=strict) made by ``/login`` against the
+Who is signed in: a session (a signed cookie, SameSite=Lax) made by ``/login`` against the
 users file, or, behind a company SSO proxy, the proxy's header, believed only from the proxy's
 own addresses (``SWITCHYARD_CONSOLE_TRUSTED_PROXIES``). Every page but ``/login`` and
 ``/healthz`` wants a reviewer; every form carries the session's CSRF token, checked on every
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import hashlib
 import hmac
 import ipaddress
@@ -26,6 +27,7 @@ import structlog
 from nats.errors import Error as NatsError
 from prometheus_client import CollectorRegistry, Counter
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
@@ -47,6 +49,8 @@ from switchyard.supervisor.workflow import Workflow
 log = structlog.get_logger("switchyard.console")
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
+templates.env.filters["when"] = lambda at: datetime.datetime.fromtimestamp(
+    float(at), tz=datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 HEADERS = {  # defence in depth beside the escaping: no inline script runs, no framing
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
                                "img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; "
@@ -68,6 +72,7 @@ class Console:
                                 "Requests refused, by HTTP status", ["status"], registry=registry)
         self.users = Users(settings.console_users_file)
         self._catalog: WorkflowCatalog | None = None
+        self.why: dict[str, str] = {}
         self.proxies = [ipaddress.ip_network(p.strip(), strict=False)
                         for p in settings.console_trusted_proxies.split(",") if p.strip()]
 
@@ -105,7 +110,10 @@ class Console:
 
     async def form(self, request: Request) -> dict[str, str] | None:
         """The POSTed form, if it carries this session's CSRF token; else None."""
-        form = await request.form(max_files=0, max_fields=20, max_part_size=256 * 1024)
+        try:
+            form = await request.form(max_files=0, max_fields=20, max_part_size=256 * 1024)
+        except HTTPException:  # a field over 256 KB, too many fields, a file
+            return None
         sent = form.get("csrf")
         want = request.session.get("csrf")
         if not isinstance(sent, str) or not isinstance(want, str) or not hmac.compare_digest(
@@ -120,6 +128,7 @@ class Console:
             **context}, status_code=status, headers=HEADERS)
 
     def refuse(self, request: Request, status: int, why: str) -> Response:
+        """An error page, counted and logged."""
         log.warning("console.refused", path=request.url.path, status=status, why=why)
         self.refusals.labels(str(status)).inc()
         return self.page(request, "refused.html", status=status, why=why)
@@ -288,6 +297,7 @@ class Console:
     async def back(self, request: Request, eid: str, why: str,
                    kept: dict[str, str] | None = None) -> Response:
         """The queue again, with why the decision was not sent and what the reviewer wrote."""
+        self.refusals.labels("422").inc()
         return self.page(request, "queue.html", status=422, items=await self.items(),
                          error=why, error_for=eid, kept=kept)
 
@@ -315,14 +325,16 @@ class Console:
     async def workflows(self, request: Request) -> Response:
         state = request.query_params.get("state", "")
         name = request.query_params.get("workflow", "")
-        waiting = {e.workflow_id for e, _ in await self.bus.queue()}
+        queue = await self.bus.queue()
+        waiting = {e.workflow_id for e, _ in queue}
+        self.why = {e.workflow_id: e.reason for e, _ in queue}
         runs = [(r, self.bus.status_of(r, waiting)) for r in reversed(self.bus.runs.values())]
         names = sorted({r.workflow for r, _ in runs})
         states = sorted({s for _, s in runs})
         shown = [(r, s) for r, s in runs if (not state or s == state)
                  and (not name or r.workflow == name)][:500]
         return self.page(request, "workflows.html", runs=shown, names=names, states=states,
-                         state=state, workflow=name, total=len(runs))
+                         state=state, workflow=name, total=len(runs), why=self.why)
 
     async def workflow(self, request: Request) -> Response:
         wid = request.path_params["wid"]
@@ -386,7 +398,9 @@ def service_row(svc: dict[str, Any], prefix: str) -> dict[str, Any]:
         "instance": meta.get("instance") or str(svc.get("id", ""))[:8],
         "version": svc.get("version", ""), "counters": counters, "calls": calls,
         "errors": sum(int(ep.get("num_errors", 0) or 0) for ep in endpoints),
-        "latency_ms": busy_ns / requests / 1e6 if requests else 0.0,
+        # an agent's $SRV endpoint is its schema, not its tasks: its latency says nothing
+        "latency_ms": busy_ns / requests / 1e6 if requests and meta.get("kind") != "agent"
+        else None,
         "last_error": next((ep["last_error"] for ep in endpoints if ep.get("last_error")), ""),
         "breakers": breakers,
     }
@@ -443,6 +457,7 @@ def create_app(settings: Settings, bus: ConsoleBus | None = None, *,
     async def unreachable(request: Request, exc: Exception) -> Response:
         """The bus did not answer in time (it is restarting, say): the page says so."""
         log.warning("console.bus_unreachable", path=request.url.path, error=str(exc))
+        console.refusals.labels("503").inc()
         return console.page(request, "refused.html", status=503, why=(
             "The bus is not answering right now (it may be restarting); nothing was sent. "
             "Try again in a moment."))

@@ -237,7 +237,9 @@ async def test_a_held_refund_approved_with_edited_arguments_runs_as_edited_once(
     await card.locator("textarea[name=edited]").fill(json.dumps({**args, "amount": 150}))
     await card.locator("button[value=edit]").click()
     await ann.wait_for_selector(item(esc.id), state="detached")
-    assert (await console.client.wait(wid, timeout=60)).status == "completed"
+    done = await console.client.wait(wid, timeout=60)
+    assert done.status == "completed"
+    assert done.outcome is not None and "refund of 150.00 EUR" in done.outcome.output["reply"]
     events = await entries(console, wid)
     paid = [e.data for e in events if e.type == "tool.called" and e.data.get("tool") ==
             "propose_refund"]

@@ -215,8 +215,11 @@ async def test_contents_are_recorded_only_when_the_operator_opts_in_and_then_wit
     try:
         async with LocalStack(settings, env=env):
             client = SwitchyardClient(nc, settings.subjects)
+            # the subject the action agent opens its ticket with is the text's first 80
+            # characters: the card and the address are cut there, and no detector sees them
             wid = await client.submit("support-llm", {
-                "text": f"I was charged twice on card {card}; write to {email}",
+                "text": "I was charged twice and I would like you to look into it today: "
+                        f"card {card} twice; write to {email}",
                 "customer_email": "ada@example.com"})
             assert (await client.wait(wid, timeout=60)).status == "completed"
             await exported(receiver, wid, lambda names: "invoke_workflow support-llm" in names)
@@ -227,11 +230,15 @@ async def test_contents_are_recorded_only_when_the_operator_opts_in_and_then_wit
     assert chats and all(gen_ai.GEN_AI_INPUT_MESSAGES in a and gen_ai.GEN_AI_OUTPUT_MESSAGES in a
                          for a in chats)
     triage = next(a for a in chats if "charged twice" in a[gen_ai.GEN_AI_INPUT_MESSAGES])
+    opened = [attrs(span) for span in spans if span.name == "execute_tool open_ticket"
+              and span.kind == span.SPAN_KIND_CLIENT]
+    assert opened and "[number]" in opened[0][gen_ai.GEN_AI_TOOL_CALL_ARGUMENTS]  # cut, masked
     assert json.loads(triage[gen_ai.GEN_AI_OUTPUT_MESSAGES])[0]["role"] == "assistant"
     tools = [attrs(span) for span in spans if span.name == "execute_tool lookup_customer"
              and span.kind == span.SPAN_KIND_CLIENT]
     assert tools and "ada@" not in tools[0][gen_ai.GEN_AI_TOOL_CALL_ARGUMENTS]  # redacted too
     assert json.loads(tools[0][gen_ai.GEN_AI_TOOL_CALL_RESULT])["ok"] is True
     everything = " ".join(str(attrs(span)) for span in spans)
-    for secret in (card, card.replace(" ", ""), email, "ada@example.com"):
+    for secret in (card, card.replace(" ", ""), email, "ada@example.com", "4111 1111",
+                   "bob@", "ada@"):
         assert secret not in everything, secret
