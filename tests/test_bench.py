@@ -109,7 +109,8 @@ async def test_bench_measures_what_tracing_costs_with_and_without_an_exporter(
                               logged.append)
     assert [r.pipeline for r in report.rows] == [name for name, _ in VARIANTS]
     assert all(r.workflows_per_s > 0 and r.inflight == 8 for r in report.rows)
-    assert {"tracing_api_cost_pct_8_default", "tracing_otlp_cost_pct_8_default"} <= set(
+    assert {"tracing_api_cost_pct_8_default", "tracing_otlp_cost_pct_8_default",
+            "tracing_noise_cost_pct_8_default"} <= set(
         report.ratios)
     exports = report.growth["otlp_exports"]
     assert exports["requests"] > 0 and exports["bytes"] > 0  # the exporting variant's spans arrived

@@ -3,9 +3,11 @@ at all (``SWITCHYARD_TRACE=0``, the baseline), with the OpenTelemetry API and no
 user's default), and with the SDK exporting every span (sampling 1.0) over OTLP/HTTP to a
 receiver this process runs on 127.0.0.1.
 
-The three stacks run side by side and their windows are interleaved (off, API, OTLP, then the
-other way round, round after round), so a drift in what the machine gives us falls on all three
-alike; a cost is the median of the rounds' own ratios, not a ratio of two runs minutes apart."""
+The stacks run side by side and their windows are interleaved (off, API, OTLP, then the other
+way round, round after round), so a drift in what the machine gives us falls on all alike; a cost
+is the median of the rounds' own ratios, not a ratio of two runs minutes apart. A fourth stack,
+with no spans like the first, says what two like stacks differ by on this machine
+(``tracing_noise_pct``): a cost inside it is no cost measurable here."""
 
 from __future__ import annotations
 
@@ -36,7 +38,9 @@ from switchyard.settings import Settings
 from switchyard.stack import LocalStack
 
 VARIANTS = (("switchyard-trace-off", "no spans"), ("switchyard-trace-api", "API, no exporter"),
-            ("switchyard-trace-otlp", "OTLP exporter, sampling 1.0"))
+            ("switchyard-trace-otlp", "OTLP exporter, sampling 1.0"),
+            # a second stack with no spans: what two like stacks differ by here (the noise)
+            ("switchyard-trace-off-b", "no spans, a second stack"))
 
 
 class _Sink:
@@ -72,13 +76,14 @@ class _Sink:
 async def bench_telemetry(report: Report, url: str, nats_pid: int, sync: str, plan: Plan,
                           tmp: Path, log: Callable[[str], None]) -> None:
     inflight = 64 if 64 in plan.count else max(plan.inflight)
-    rounds = max(3, plan.windows * 2)
+    rounds = max(3, plan.windows * 4)
     sink = _Sink()
     endpoint = sink.start()
     envs: dict[str, dict[str, str]] = {
         "switchyard-trace-off": {"SWITCHYARD_TRACE": "0"},
         "switchyard-trace-api": {},
-        "switchyard-trace-otlp": {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}}
+        "switchyard-trace-otlp": {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint},
+        "switchyard-trace-off-b": {"SWITCHYARD_TRACE": "0"}}
     windows: dict[str, list[Row]] = {name: [] for name, _ in VARIANTS}
     try:
         async with contextlib.AsyncExitStack() as stacks:
@@ -96,7 +101,8 @@ async def bench_telemetry(report: Report, url: str, nats_pid: int, sync: str, pl
     for name, _ in VARIANTS:
         report.rows.append(_summary(windows[name]))
     off = windows["switchyard-trace-off"]
-    for key, name in (("api", "switchyard-trace-api"), ("otlp", "switchyard-trace-otlp")):
+    for key, name in (("api", "switchyard-trace-api"), ("otlp", "switchyard-trace-otlp"),
+                      ("noise", "switchyard-trace-off-b")):
         costs = [(1 - w.workflows_per_s / o.workflows_per_s) * 100
                  for w, o in zip(windows[name], off, strict=True) if o.workflows_per_s]
         if costs:
