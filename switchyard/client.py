@@ -119,6 +119,9 @@ class SwitchyardClient:
         self.js = nc.jetstream()
         self.s = subjects or Subjects()
         self.journal = Journal(self.js, self.s)
+        # escalations this client decided: a wait() right after its decide() is not answered
+        # "escalated" by the entry the supervisor has yet to remove
+        self._decided: set[str] = set()
 
     async def submit(
         self, workflow: str, input: dict[str, Any], *, workflow_id: str | None = None,
@@ -206,6 +209,8 @@ class SwitchyardClient:
                 esc = codec.decode(msg.data, Escalation)
             except ProtocolError:
                 continue
+            if esc.id in self._decided:
+                continue  # decided here, not yet removed
             return WaitResult("escalated", workflow_id, reason=esc.reason,
                               escalation_id=esc.id, kind=esc.kind)
 
@@ -314,6 +319,7 @@ class SwitchyardClient:
             after=esc.after, prev=esc.prev, msg_id=f"{esc.id}:decision")
         if appended.duplicate:  # another decision on it reached the journal first
             raise LookupError(f"escalation {esc.id} was decided already, by another decision")
+        self._decided.add(esc.id)
         assert isinstance(appended.message, Decision)
         return appended.message
 

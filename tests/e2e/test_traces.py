@@ -86,13 +86,18 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="module")
-async def traced(nats_url: str, receiver: Receiver, tmp_path_factory: pytest.TempPathFactory
-                 ) -> AsyncIterator[Settings]:
+async def traced_stack(nats_url: str, receiver: Receiver,
+                       tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalStack]:
     data: Path = tmp_path_factory.mktemp("traced")  # the processes' logs: data/logs
     settings = Settings(nats_url=nats_url, prefix=f"t{uuid.uuid4().hex[:8]}", data_dir=data)
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "100"}
-    async with LocalStack(settings, env=env):
-        yield settings
+    async with LocalStack(settings, env=env) as stack:
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def traced(traced_stack: LocalStack) -> Settings:
+    return traced_stack.settings
 
 
 async def exported(receiver: Receiver, wid: str, holds: Callable[[list[str]], bool]) -> None:
@@ -169,7 +174,7 @@ async def test_a_persons_wait_is_a_span_from_the_escalation_to_the_decision(
                                         "outage", "linus@example.org")
     assert waiting.status == "escalated" and waiting.escalation_id is not None
     await client.decide(waiting.escalation_id, "reject", reviewer="ann", note="no")
-    assert (await client.wait(wid, timeout=60)).status == "rejected"
+    assert (await client.wait(wid, timeout=60, stop_at_escalation=False)).status == "rejected"
     await exported(receiver, wid, lambda names: "invoke_workflow support" in names)
     spans = [span for _, span in receiver.of_trace(tracing.trace_id(wid))]
     (wait,) = [span for span in spans if span.name.startswith("human_wait")]
@@ -221,7 +226,7 @@ async def test_contents_are_recorded_only_when_the_operator_opts_in_and_then_wit
                 "text": "I was charged twice and I would like you to look into it today: "
                         f"card {card} twice; write to {email}",
                 "customer_email": "ada@example.com"})
-            assert (await client.wait(wid, timeout=60)).status == "completed"
+            assert (await client.wait(wid, timeout=60, stop_at_escalation=False)).status == "completed"
             await exported(receiver, wid, lambda names: "invoke_workflow support-llm" in names)
     finally:
         server.stop()
@@ -242,3 +247,32 @@ async def test_contents_are_recorded_only_when_the_operator_opts_in_and_then_wit
     for secret in (card, card.replace(" ", ""), email, "ada@example.com", "4111 1111",
                    "bob@", "ada@"):
         assert secret not in everything, secret
+
+
+async def test_a_run_stays_one_trace_across_a_supervisor_restart(
+    traced: Settings, receiver: Receiver, nc: Any, request: pytest.FixtureRequest,
+) -> None:
+    """Escalated, then the supervisor killed and started again, then decided: the spans of both
+    supervisors and of the agents after the restart are in the run's one trace, parented."""
+    stack: LocalStack = request.getfixturevalue("traced_stack")
+    client, wid, waiting = await ticket(traced, nc, "hmm something maybe", "ada@example.com")
+    assert waiting.status == "escalated" and waiting.escalation_id is not None
+    await exported(receiver, wid, lambda names: "process result" in names)
+    before = {span.span_id for _, span in receiver.of_trace(tracing.trace_id(wid))}
+    old = stack.procs["supervisor"]
+    old.kill()  # no drain, no flush of what it had not exported
+    await old.wait()
+    await stack.respawn("supervisor")
+    await client.decide(waiting.escalation_id, "approve", reviewer="ann")
+    assert (await client.wait(wid, timeout=60, stop_at_escalation=False)).status == "completed"
+    await exported(receiver, wid, lambda names: "invoke_workflow support" in names
+                   and "human_wait low_confidence" in names)
+    spans = receiver.of_trace(tracing.trace_id(wid))
+    by_id = {span.span_id for _, span in spans}
+    after = [span for _, span in spans if span.span_id not in before]
+    assert {s.name for s in after} >= {"process decision", "invoke_agent retrieval",
+                                       "human_wait low_confidence", "invoke_workflow support"}
+    orphans = [s.name for _, s in spans if s.parent_span_id and s.parent_span_id not in by_id]
+    assert orphans == []  # the restarted supervisor hangs its spans from the same root
+    (root,) = [s for _, s in spans if not s.parent_span_id]
+    assert int.from_bytes(root.span_id, "big") == tracing.root_span_id(wid)

@@ -323,7 +323,7 @@ async def test_a_task_whose_replica_died_is_settled_by_another_from_the_runs_out
     try:
         (esc,) = [e for e in await sw.escalations() if e.workflow_id == task.id]
         await sw.decide(esc.id, "approve", reviewer="ann")
-        assert (await sw.wait(task.id, timeout=60)).status == "completed"
+        assert (await sw.wait(task.id, timeout=60, stop_at_escalation=False)).status == "completed"
     finally:
         await nc.close()
     two, http = await a2a_client(two_url, key)
