@@ -81,6 +81,10 @@ def agent_run(
     from switchyard.protocol.subjects import check_token
 
     settings = load_settings()
+    if a2a and target:
+        err.print(f"[red]--a2a serves --role with a remote agent: name no agent "
+                  f"({escape(repr(target))}) beside it[/]")
+        raise typer.Exit(2)
     if a2a:
         from switchyard.gateway.bridge import bridge
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import nats
@@ -43,6 +43,8 @@ from a2a.types import (
     Artifact,
     GetTaskRequest,
     HTTPAuthSecurityScheme,
+    ListTasksRequest,
+    ListTasksResponse,
     Message,
     Part,
     Role,
@@ -68,7 +70,13 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from switchyard.client import SwitchyardClient
-from switchyard.gateway.executor import WorkflowExecutor, data_part
+from switchyard.gateway.executor import (
+    BadRequest,
+    WorkflowExecutor,
+    data_part,
+    request_of,
+    whole,
+)
 from switchyard.gateway.keys import Caller, Keys
 from switchyard.gateway.store import (
     TERMINAL,
@@ -129,6 +137,7 @@ class RunIds(SimpleRequestContextBuilder):
                     task: Task | None = None) -> Any:
         if task_id is None and params is not None and params.message.message_id:
             task_id = task_id_for(owner_of(context), params.message.message_id)
+            context_id = context_id or task_id  # so copies sent at once agree on it too
         return await super().build(context, params, task_id, context_id, task)
 
 
@@ -138,18 +147,42 @@ class Gateway(DefaultRequestHandlerV2):
 
     def __init__(self, *args: Any, client: SwitchyardClient, store: JetStreamTaskStore,
                  events: JetStreamEventStream, flows: dict[str, Workflow],
-                 settle_s: float = 5.0, **kwargs: Any) -> None:
+                 allowed: Callable[[str], list[str]], settle_s: float = 5.0,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **{**kwargs, "event_stream": events})
         self.client, self.store, self.events, self.flows = client, store, events, flows
-        self.settle_s = settle_s
+        self.allowed, self.settle_s = allowed, settle_s
 
     async def on_get_task(self, params: GetTaskRequest,
                           context: ServerCallContext) -> Task | None:
-        """The task; one its replica stopped following (it died) is brought to its run's end
-        here, from the outcome the bus keeps."""
+        """The task; one its replica stopped following (it died, or the only gateway was
+        restarted) is brought to its run's end here, from the outcome the bus keeps."""
         task: Task | None = await super().on_get_task(params, context)
         if task is None or task.status.state in TERMINAL:
             return task
+        return await self._settle(task, context)
+
+    async def on_list_tasks(self, params: ListTasksRequest,
+                            context: ServerCallContext) -> ListTasksResponse:
+        listed: ListTasksResponse = await super().on_list_tasks(params, context)
+        for n, task in enumerate(listed.tasks):
+            if task.status.state not in TERMINAL:
+                listed.tasks[n].CopyFrom(await self._settle(task, context))
+        return listed
+
+    async def on_subscribe_to_task(
+        self, params: SubscribeToTaskRequest, context: ServerCallContext,
+    ) -> AsyncGenerator[Event, None]:
+        stored = await self.store.get(params.id, context)
+        if stored is not None and stored.task.status.state not in TERMINAL:
+            settled = await self._settle(stored.task, context)
+            if settled.status.state in TERMINAL:
+                yield settled  # it ended while nobody followed it: its end, and no more
+                return
+        async for event in super().on_subscribe_to_task(params, context):
+            yield event
+
+    async def _settle(self, task: Task, context: ServerCallContext) -> Task:
         if await self._active_task_registry.get(task.id) is not None:
             return task  # this replica follows it
         out = await self.client.outcome(task.id)
@@ -184,6 +217,10 @@ class Gateway(DefaultRequestHandlerV2):
             return await self._answer(message, context)
         if not message.message_id:
             raise InvalidParamsError(message="a message needs a messageId")
+        try:
+            request_of(message, MessageToDict(params.metadata), self.allowed(owner_of(context)))
+        except BadRequest as exc:
+            raise InvalidParamsError(message=str(exc)) from None
         stored = await self.store.get(task_id_for(owner_of(context), message.message_id),
                                       context)
         if stored is not None:
@@ -244,7 +281,7 @@ def decision_of(message: Message) -> dict[str, Any]:
     "note": "..."}``, or a text that starts with approve or reject."""
     for part in message.parts:
         if part.WhichOneof("content") == "data":
-            found = MessageToDict(part.data)
+            found = whole(MessageToDict(part.data))
             if isinstance(found, dict) and found.get("action") in ("approve", "reject", "edit"):
                 if found["action"] == "edit" and not isinstance(found.get("output"), dict):
                     raise InvalidParamsError(message="an edit carries its output as an object")
@@ -258,8 +295,15 @@ def decision_of(message: Message) -> dict[str, Any]:
                                      "\"reject\" | \"edit\", ...}, or a text: approve / reject")
 
 
-def card(settings: Settings, flows: list[Workflow]) -> AgentCard:
+def card(settings: Settings, flows: list[Workflow], *, public: bool = False) -> AgentCard:
+    """The card: a skill per workflow the caller may call; without a key, one skill that only
+    says to present one (the spec wants a skill, and the workflows are no stranger's to know)."""
     url = settings.a2a_public_url
+    skills = [AgentSkill(id=wf.name, name=wf.name, description=wf.description or wf.name,
+                         tags=["switchyard", "workflow"]) for wf in flows]
+    if public:
+        skills = [AgentSkill(id="workflows", name="workflows", tags=["switchyard"],
+                             description="Present a key to see the workflows you may call.")]
     return AgentCard(
         name="Switchyard", version="2.0",
         description="Governed workflows of a Switchyard deployment, a skill each.",
@@ -270,8 +314,7 @@ def card(settings: Settings, flows: list[Workflow]) -> AgentCard:
                                        extended_agent_card=True),
         default_input_modes=["text/plain", "application/json"],
         default_output_modes=["application/json", "text/plain"],
-        skills=[AgentSkill(id=wf.name, name=wf.name, description=wf.description or wf.name,
-                           tags=["switchyard", "workflow"]) for wf in flows],
+        skills=skills,
         security_schemes={
             "bearer": SecurityScheme(http_auth_security_scheme=HTTPAuthSecurityScheme(
                 scheme="bearer", bearer_format="opaque")),
@@ -298,7 +341,7 @@ def create_gateway(settings: Settings, *, metrics: CollectorRegistry | None = No
 
     def card_for(caller: Caller | None) -> AgentCard:
         mine = [exposed[w] for w in (allowed(caller.name) if caller else [])]
-        return card(settings, mine)
+        return card(settings, mine, public=caller is None)
 
     async def public_card(request: Request) -> Response:
         return JSONResponse(agent_card_to_dict(card_for(caller_of(request.headers, keys))))
@@ -333,7 +376,7 @@ def create_gateway(settings: Settings, *, metrics: CollectorRegistry | None = No
             agent_card=card(settings, list(exposed.values())), events=events,
             request_context_builder=RunIds(), extended_agent_card=card(settings, []),
             extended_card_modifier=extended, client=client, store=store, flows=exposed,
-            settle_s=settings.a2a_settle_s)
+            allowed=allowed, settle_s=settings.a2a_settle_s)
         handler_box["h"] = handler
         try:
             yield

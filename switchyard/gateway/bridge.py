@@ -29,7 +29,7 @@ from google.protobuf.json_format import MessageToDict
 from pydantic import BaseModel, ConfigDict
 
 from switchyard.agents import Agent, NeedsHuman, Scored, TaskContext, ToolError
-from switchyard.gateway.executor import data_part
+from switchyard.gateway.executor import data_part, whole
 from switchyard.protocol.errors import ErrorCode
 
 
@@ -88,7 +88,11 @@ def bridge(url: str, role: str, *, key: str = "", confidence: float = 0.8,
         said = get_message_text(task.status.message) if task.status.HasField("message") else ""
         exchange = {"agent": name, "url": url, "task_id": task.id, "state": state}
         if task.status.state == TaskState.TASK_STATE_INPUT_REQUIRED:
-            raise NeedsHuman(f"the A2A agent {name} asks: {said or 'input required'}")
+            asked = (MessageToDict(task.status.message.metadata)
+                     if task.status.HasField("message") else {})
+            where = f"its task {task.id}" + (f", escalation {asked['escalation_id']}"
+                                             if asked.get("escalation_id") else "")
+            raise NeedsHuman(f"the A2A agent {name} asks: {said or 'input required'} ({where})")
         if task.status.state != TaskState.TASK_STATE_COMPLETED:
             raise ToolError(f"the A2A agent {name} ended the task {state}: {said}".rstrip(": "),
                             code=ErrorCode.TOOL_FAILED, retryable=False)
@@ -98,7 +102,7 @@ def bridge(url: str, role: str, *, key: str = "", confidence: float = 0.8,
             for part in artifact.parts:
                 content = part.WhichOneof("content")
                 if content == "data":
-                    found = MessageToDict(part.data)
+                    found = whole(MessageToDict(part.data))
                     if isinstance(found, dict):
                         out.update(found)
                 elif content == "text":

@@ -51,6 +51,18 @@ class Ended:
     outcome: Outcome
 
 
+def whole(value: Any) -> Any:
+    """``value`` from a protobuf Struct, whose numbers are all doubles: a whole one is an int
+    again (a count of 5 stays 5, not 5.0)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: whole(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [whole(v) for v in value]
+    return value
+
+
 def request_of(message: Message, metadata: dict[str, Any],
                allowed: list[str]) -> tuple[str, dict[str, Any]]:
     """The workflow and its input a message asks for: the skill from the message's (or the
@@ -69,7 +81,7 @@ def request_of(message: Message, metadata: dict[str, Any],
     for part in message.parts:
         kind = part.WhichOneof("content")
         if kind == "data":
-            value = MessageToDict(part.data)
+            value = whole(MessageToDict(part.data))
             if not isinstance(value, dict):
                 raise BadRequest("a data part must hold a JSON object (the workflow's input)")
             data.update(value)

@@ -94,6 +94,7 @@ async def test_a_step_on_a_remote_a2a_agent_completes_and_is_in_the_trace(
             assert done.status == "completed", done
             output = done.outcome.output
             assert (output["words"], output["a2a"]["state"]) == (4, "completed")
+            assert isinstance(output["words"], int)  # a whole number stays one
             assert output["a2a"]["agent"] == "Word counter" and output["a2a"]["task_id"]
             assert done.outcome.steps[0].confidence == 0.95  # the reply's own
             shown = await trace(stack, wid)

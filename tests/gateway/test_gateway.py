@@ -24,11 +24,13 @@ from a2a.types import (
     SubscribeToTaskRequest,
     TaskState,
 )
+from a2a.utils.errors import InvalidParamsError
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.struct_pb2 import Value
 
 from switchyard.client import SwitchyardClient
 from switchyard.gateway.keys import Keys
+from switchyard.gateway.store import task_id_for
 from switchyard.natsd import free_ports
 from switchyard.protocol.bus.component import servers
 from switchyard.protocol.subjects import Stream
@@ -77,7 +79,8 @@ async def test_the_card_resolves_and_shows_a_caller_only_its_workflows(
 
     async with httpx.AsyncClient() as http:
         public = await A2ACardResolver(http, gateway.url).get_agent_card()
-    assert public.name == "Switchyard" and list(public.skills) == []  # nothing without a key
+    assert public.name == "Switchyard"  # without a key, no workflow: one skill saying so
+    assert [s.id for s in public.skills] == ["workflows"]
     assert public.capabilities.streaming
     assert {i.protocol_version for i in public.supported_interfaces} == {"1.0", "0.3"}
     async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}) as http:
@@ -174,6 +177,41 @@ async def test_a_retried_message_runs_once(gateway: Gateway, key: str) -> None:
         await nc.close()
     assert [r.subject.rsplit(".", 1)[-1] for r in records].count("submit") == 1
     assert sum(".result." in r.subject for r in records) == STEPS  # each step ran once
+
+
+async def test_copies_of_one_message_sent_at_once_are_one_task(gateway: Gateway, key: str) -> None:
+    client, http = await a2a_client(gateway.url, key)
+    message_id = uuid.uuid4().hex
+    try:
+        tasks = await asyncio.gather(*(final(client, ticket("I was charged twice",
+                                                             message_id=message_id))
+                                       for _ in range(4)))
+    finally:
+        await http.aclose()
+    assert len({t.id for t in tasks}) == 1
+    nc, sw = await bus(gateway)
+    try:
+        records = await sw.journal_records(tasks[0].id)
+    finally:
+        await nc.close()
+    assert [r.subject.rsplit(".", 1)[-1] for r in records].count("submit") == 1
+
+
+async def test_what_cannot_be_a_run_is_refused_and_nothing_is_stored(
+    gateway: Gateway, key: str,
+) -> None:
+    client, http = await a2a_client(gateway.url, key)
+    try:
+        for message in (ticket("x", skill="support-open"), ticket("x", skill="nope"),
+                        Message(role=Role.ROLE_USER, message_id=uuid.uuid4().hex, parts=[
+                            Part(data=Value(list_value={"values": [{"number_value": 1}]}))])):
+            with pytest.raises(InvalidParamsError, match=r"skill|JSON object"):  # -32602
+                await final(client, message)
+            derived = task_id_for("partner", message.message_id)
+            with pytest.raises(Exception, match="not found"):
+                await client.get_task(GetTaskRequest(id=derived))
+    finally:
+        await http.aclose()
 
 
 async def test_a_call_without_a_known_key_is_refused(gateway: Gateway, key: str) -> None:
@@ -326,8 +364,11 @@ async def test_a_task_whose_replica_died_is_settled_by_another_from_the_runs_out
         assert (await sw.wait(task.id, timeout=60, stop_at_escalation=False)).status == "completed"
     finally:
         await nc.close()
-    two, http = await a2a_client(two_url, key)
-    try:
+    two, http = await a2a_client(two_url, key, streaming=True)
+    try:  # a subscription to it ends at once with its end; so does a get
+        async with asyncio.timeout(30):
+            first = await anext(two.subscribe(SubscribeToTaskRequest(id=task.id)))
+        assert first.task.status.state == TaskState.TASK_STATE_COMPLETED
         settled = await two.get_task(GetTaskRequest(id=task.id))
     finally:
         await http.aclose()
