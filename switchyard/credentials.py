@@ -103,3 +103,14 @@ class Credentials:
 
 
 # rendering --------------------------------------------------------------------------------------
+
+
+def replace_private(path: Path, text: str) -> None:
+    """Write ``text`` as ``path``, readable by its owner alone from the first byte, replacing
+    what was there in one rename (a reader sees the old file or the new, never half)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    tmp.replace(path)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 from typing import Annotated
 
@@ -12,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from rich.markup import escape
 
 from switchyard.cli.app import app, err, load_settings, out, serve
+from switchyard.cli.web import bind, serve_app
 from switchyard.protocol.errors import ConfigError
 from switchyard.settings import Settings
 
@@ -37,7 +37,7 @@ def a2a_serve(
     except (ConfigError, OSError) as exc:
         err.print(f"[red]{escape(str(exc))}[/]")
         raise typer.Exit(2) from None
-    sock = listen(settings)
+    sock = bind(settings.a2a_addr, settings.a2a_port, "the gateway", "SWITCHYARD_A2A_PORT")
     from switchyard.cli.app import metrics_registry
 
     registry = metrics_registry(settings)
@@ -51,37 +51,11 @@ def a2a_serve(
           service="switchyard-a2a")
 
 
-def listen(settings: Settings) -> socket.socket:
-    family = socket.AF_INET6 if settings.a2a_addr.version == 6 else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((str(settings.a2a_addr), settings.a2a_port))
-    except OSError as exc:
-        sock.close()
-        err.print(f"[red]the gateway cannot listen on {settings.a2a_addr}:{settings.a2a_port}: "
-                  f"{escape(exc.strerror or str(exc))}[/] (SWITCHYARD_A2A_PORT picks another)")
-        raise typer.Exit(2) from None
-    sock.listen(128)
-    return sock
-
-
 async def run_gateway(settings: Settings, sock: socket.socket, stop: asyncio.Event,
                       registry: CollectorRegistry | None = None) -> None:
-    import uvicorn
-
     from switchyard.gateway.app import create_gateway
 
-    server = uvicorn.Server(uvicorn.Config(create_gateway(settings, metrics=registry),
-                                           proxy_headers=False, log_level="warning",
-                                           access_log=False, lifespan="on"))
-    serving = asyncio.create_task(server.serve(sockets=[sock]))
-    stopping = asyncio.create_task(stop.wait())
-    await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    server.should_exit = True
-    with contextlib.suppress(asyncio.CancelledError):
-        await serving
-    stopping.cancel()
+    await serve_app(create_gateway(settings, metrics=registry), sock, stop)
 
 
 @a2a_app.command("add-key")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import sys
 from typing import Annotated
@@ -13,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from rich.markup import escape
 
 from switchyard.cli.app import app, err, load_settings, out, serve
+from switchyard.cli.web import bind, serve_app
 from switchyard.protocol.errors import ConfigError
 from switchyard.settings import Settings
 
@@ -41,7 +41,8 @@ def console(
     except (ConfigError, OSError) as exc:
         err.print(f"[red]{escape(str(exc))}[/]")
         raise typer.Exit(2) from None
-    sock = bind(settings)
+    sock = bind(settings.console_addr, settings.console_port, "the console",
+                "SWITCHYARD_CONSOLE_PORT")
     from switchyard.cli.app import metrics_registry
 
     registry = metrics_registry(settings)
@@ -53,40 +54,11 @@ def console(
           service="switchyard-console")
 
 
-def bind(settings: Settings) -> socket.socket:
-    family = socket.AF_INET6 if settings.console_addr.version == 6 else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((str(settings.console_addr), settings.console_port))
-    except OSError as exc:
-        sock.close()
-        err.print(f"[red]the console cannot listen on {settings.console_addr}:"
-                  f"{settings.console_port}: {escape(exc.strerror or str(exc))}[/] "
-                  "(SWITCHYARD_CONSOLE_PORT picks another port)")
-        raise typer.Exit(2) from None
-    sock.listen(128)
-    return sock
-
-
 async def run_console(settings: Settings, sock: socket.socket, stop: asyncio.Event,
                       registry: CollectorRegistry | None = None) -> None:
-    import uvicorn
-
     from switchyard.console.app import create_app
 
-    # proxy_headers off: who connected is the socket's peer, never an X-Forwarded-For a client
-    # wrote (the trusted-proxy check is about the connection itself)
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, metrics=registry),
-                                           proxy_headers=False, log_level="warning",
-                                           access_log=False, lifespan="on"))
-    serving = asyncio.create_task(server.serve(sockets=[sock]))
-    stopping = asyncio.create_task(stop.wait())
-    await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    server.should_exit = True
-    with contextlib.suppress(asyncio.CancelledError):
-        await serving
-    stopping.cancel()
+    await serve_app(create_app(settings, metrics=registry), sock, stop)
 
 
 @console_app.command("add-user")

@@ -10,6 +10,7 @@ import os
 import re
 from pathlib import Path
 
+from switchyard.credentials import replace_private
 from switchyard.protocol.errors import ConfigError
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
@@ -71,9 +72,4 @@ class Users:
             raise ConfigError("a password needs at least 8 characters")
         users = self.load()
         users[name] = hash_password(password)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write("".join(f"{n}:{h}\n" for n, h in sorted(users.items())))
-        tmp.replace(self.path)
+        replace_private(self.path, "".join(f"{n}:{h}\n" for n, h in sorted(users.items())))

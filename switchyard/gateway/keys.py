@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from switchyard.credentials import replace_private
 from switchyard.protocol.errors import ConfigError
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
@@ -71,11 +71,6 @@ class Keys:
         key = "sya2a_" + secrets.token_urlsafe(32)
         found = self.load()
         found[name] = (digest(key), Caller(name, tuple(workflows)))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write("".join(f"{n}:{h}:{','.join(c.workflows)}\n"
-                              for n, (h, c) in sorted(found.items())))
-        tmp.replace(self.path)
+        replace_private(self.path, "".join(f"{n}:{h}:{','.join(c.workflows)}\n"
+                                           for n, (h, c) in sorted(found.items())))
         return key
