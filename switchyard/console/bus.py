@@ -72,6 +72,7 @@ class ConsoleBus:
         self._subs: list[Any] = []
         self.nc: Client | None = None
         self._rewatching: asyncio.Task[None] | None = None
+        self.open: dict[str, Escalation] = {}  # the escalations waiting, by key, as watched
 
     # connection ---------------------------------------------------------------------------------
 
@@ -153,8 +154,9 @@ class ConsoleBus:
         self.escalations = await open_bucket(js, self.s.bucket(Bucket.ESCALATIONS))
         self.index = EscalationIndex(self.escalations)
         self.claims = await open_bucket(js, self.s.bucket(Bucket.CLAIMS))
-        for kv in (self.escalations, self.claims):
-            self._watches.append(asyncio.create_task(self._follow(kv)))
+        self.open = {}  # the watch of the escalations replays the latest of each at once
+        self._watches.append(asyncio.create_task(self._follow(self.escalations, self.open)))
+        self._watches.append(asyncio.create_task(self._follow(self.claims, None)))
         submits = f"{self.s.prefix}.journal.*.{JournalKind.SUBMIT}"
         self._subs.append(await js.subscribe(submits, stream=self.s.stream(Stream.JOURNAL),
                                              ordered_consumer=True, cb=self._submitted))
@@ -162,10 +164,18 @@ class ConsoleBus:
                                              stream=self.s.stream(Stream.OUTCOMES),
                                              ordered_consumer=True, cb=self._finished))
 
-    async def _follow(self, kv: KeyValue) -> None:
+    async def _follow(self, kv: KeyValue, into: dict[str, Escalation] | None) -> None:
+        """Every change of ``kv`` wakes the pages; the escalations' changes are also kept, so
+        the queue is read from memory (not a listing of the bucket per page view)."""
         watcher = await kv.watchall()
         try:
-            async for _ in watcher:
+            async for entry in watcher:
+                if entry is not None and into is not None:
+                    if entry.value and entry.operation in (None, "PUT"):
+                        with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+                            into[entry.key] = msgspec.json.decode(entry.value, type=Escalation)
+                    else:  # decided or expired: deleted, purged
+                        into.pop(entry.key, None)
                 await self.bump()
         finally:
             with contextlib.suppress(Exception):
@@ -196,7 +206,7 @@ class ConsoleBus:
 
     async def queue(self) -> list[tuple[Escalation, Claim | None]]:
         """What waits for a person, oldest first, each with its claim (if not yet expired)."""
-        items = await self.index.list()
+        items = sorted(self.open.values(), key=lambda e: e.created_at)
         return [(e, await self.claim_of(e.id)) for e in items]
 
     async def escalation(self, escalation_id: str) -> Escalation | None:
