@@ -24,7 +24,7 @@ def trace_ids(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMappin
 
 def redact_pii(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key, value in event.items():
-        event[key] = _clean(value)
+        event[key] = clean(value)
     return event
 
 
@@ -37,17 +37,17 @@ _AT = re.compile(r"[\w.+-]*@[\w.-]*")
 def redact_content(text: str) -> str:
     """Message contents an operator records on spans (``SWITCHYARD_TRACE_CONTENT=1``): personal
     data redacted by the detectors, then any fragment of a number or an address masked too."""
-    found = find_pii(text)
-    cleaned = redact(text, found) if found else text
-    return _AT.sub("[email]", _DIGITS.sub("[number]", cleaned))
+    return _AT.sub("[email]", _DIGITS.sub("[number]", clean(text)))
 
 
-def _clean(value: Any) -> Any:
+def clean(value: Any) -> Any:
+    """``value`` with personal data redacted in every string, however deep (the compliance
+    agent's detectors): what log lines and the console show."""
     if isinstance(value, str):
         found = find_pii(value)
         return redact(value, found) if found else value
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: clean(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
+        return [clean(v) for v in value]
     return value

@@ -18,7 +18,7 @@ import ipaddress
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,8 @@ from starlette.templating import Jinja2Templates
 
 from switchyard.console.bus import ClaimedByOther, ConsoleBus
 from switchyard.console.users import NAME, Users
-from switchyard.console.views import item, timeline
+from switchyard.console.views import anchor, item, timeline
+from switchyard.protocol import Escalation
 from switchyard.protocol.bus.provision import open_bucket
 from switchyard.protocol.errors import ConfigError
 from switchyard.protocol.subjects import Bucket, check_token
@@ -72,7 +73,6 @@ class Console:
                                 "Requests refused, by HTTP status", ["status"], registry=registry)
         self.users = Users(settings.console_users_file)
         self._catalog: WorkflowCatalog | None = None
-        self.why: dict[str, str] = {}
         self.proxies = [ipaddress.ip_network(p.strip(), strict=False)
                         for p in settings.console_trusted_proxies.split(",") if p.strip()]
 
@@ -182,20 +182,21 @@ class Console:
                                             policy=self.settings.load_policy())
         return self._catalog
 
-    async def definitions(self) -> dict[str, Workflow]:
-        """The latest definition of every workflow an escalation waits in (what names a step's
-        agent and threshold)."""
+    async def definitions(self, names: Iterable[str]) -> dict[str, Workflow]:
+        """The latest definition of each of these workflows (what names a step's agent and
+        threshold)."""
         catalog = await self.catalog()
         found = {}
-        for e, _ in await self.bus.queue():
-            if e.workflow not in found and (wf := await catalog.latest(e.workflow)) is not None:
-                found[e.workflow] = wf
+        for name in set(names):
+            if (wf := await catalog.latest(name)) is not None:
+                found[name] = wf
         return found
 
     async def items(self) -> list[Any]:
-        flows = await self.definitions()
+        queue = await self.bus.queue()
+        flows = await self.definitions(e.workflow for e, _ in queue)
         return [item(e, flows.get(e.workflow), claim.reviewer if claim else "")
-                for e, claim in await self.bus.queue()]
+                for e, claim in queue]
 
     async def queue(self, request: Request) -> Response:
         return self.page(request, "queue.html", items=await self.items())
@@ -203,22 +204,10 @@ class Console:
     async def queue_fragment(self, request: Request) -> Response:
         return self.page(request, "_items.html", items=await self.items())
 
-    async def claim(self, request: Request) -> Response:
-        form = await self.form(request)
-        if form is None:
-            return self.refuse(request, 403, "the form's CSRF token is missing or stale")
-        eid = request.path_params["eid"]
-        reviewer = self.reviewer(request)
-        assert reviewer is not None
-        if await self.bus.escalation(eid) is None:
-            return self.refuse(request, 404, f"no open escalation {eid!r}: decided already?")
-        try:
-            await self.bus.claim(eid, reviewer)
-        except ClaimedByOther as exc:
-            request.session["flash"] = f"{eid} is claimed by {exc.claim.reviewer}"
-        return RedirectResponse(f"/#{item_anchor(eid)}", status_code=303, headers=HEADERS)
-
-    async def decide(self, request: Request) -> Response:
+    async def posted_item(self, request: Request) -> Response | tuple[
+            dict[str, str], str, str, Escalation]:
+        """A POST on an item: its form (with this session's CSRF token), the escalation's id,
+        the reviewer and the escalation; or the refusal to answer with."""
         form = await self.form(request)
         if form is None:
             return self.refuse(request, 403, "the form's CSRF token is missing or stale")
@@ -228,6 +217,24 @@ class Console:
         esc = await self.bus.escalation(eid)
         if esc is None:
             return self.refuse(request, 404, f"no open escalation {eid!r}: decided already?")
+        return form, eid, reviewer, esc
+
+    async def claim(self, request: Request) -> Response:
+        posted = await self.posted_item(request)
+        if isinstance(posted, Response):
+            return posted
+        _, eid, reviewer, _ = posted
+        try:
+            await self.bus.claim(eid, reviewer)
+        except ClaimedByOther as exc:
+            request.session["flash"] = f"{eid} is claimed by {exc.claim.reviewer}"
+        return RedirectResponse(f"/#{anchor(eid)}", status_code=303, headers=HEADERS)
+
+    async def decide(self, request: Request) -> Response:
+        posted = await self.posted_item(request)
+        if isinstance(posted, Response):
+            return posted
+        form, eid, reviewer, esc = posted
         action = form.get("action", "")
         note = form.get("note", "").strip()
         if action not in ("approve", "reject", "edit"):
@@ -278,7 +285,7 @@ class Console:
             except (jsonschema.SchemaError, RecursionError):
                 return f"cannot check the edit: {tool}'s declared schema is not valid"
             return {"args": value}  # the engine approves this call in place of the held one
-        wf = (await self.definitions()).get(esc.workflow)
+        wf = (await self.definitions([esc.workflow])).get(esc.workflow)
         step = next((s for s in wf.steps if s.name == esc.step), None) if wf else None
         schema = await self.bus.schema(step.role) if step else None
         if schema is None:
@@ -325,16 +332,15 @@ class Console:
     async def workflows(self, request: Request) -> Response:
         state = request.query_params.get("state", "")
         name = request.query_params.get("workflow", "")
-        queue = await self.bus.queue()
-        waiting = {e.workflow_id for e, _ in queue}
-        self.why = {e.workflow_id: e.reason for e, _ in queue}
+        why = {e.workflow_id: e.reason for e in self.bus.open.values()}  # those waiting
+        waiting = set(why)
         runs = [(r, self.bus.status_of(r, waiting)) for r in reversed(self.bus.runs.values())]
         names = sorted({r.workflow for r, _ in runs})
         states = sorted({s for _, s in runs})
         shown = [(r, s) for r, s in runs if (not state or s == state)
                  and (not name or r.workflow == name)][:500]
         return self.page(request, "workflows.html", runs=shown, names=names, states=states,
-                         state=state, workflow=name, total=len(runs), why=self.why)
+                         state=state, workflow=name, total=len(runs), why=why)
 
     async def workflow(self, request: Request) -> Response:
         wid = request.path_params["wid"]
@@ -416,10 +422,6 @@ def _no_constant(name: str) -> None:
 def fingerprint(stored: str) -> str:
     """What ties a session to the password it was made with (a reset ends it)."""
     return hashlib.sha256(stored.encode()).hexdigest()[:16]
-
-
-def item_anchor(eid: str) -> str:
-    return "esc-" + "".join(c if c.isalnum() else "-" for c in eid)
 
 
 def create_app(settings: Settings, bus: ConsoleBus | None = None, *,

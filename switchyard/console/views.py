@@ -9,8 +9,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from switchyard.agents.pii import find_pii, redact
 from switchyard.client import Audit
+from switchyard.logs import clean
 from switchyard.protocol import Escalation
 from switchyard.protocol.events import EventType
 from switchyard.protocol.messages import Event
@@ -25,20 +25,13 @@ KIND_TITLES = {
 }
 
 
-def clean(value: Any) -> Any:
-    """``value`` with personal data redacted in every string (the compliance detectors)."""
-    if isinstance(value, str):
-        found = find_pii(value)
-        return redact(value, found) if found else value
-    if isinstance(value, dict):
-        return {k: clean(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [clean(v) for v in value]
-    return value
-
-
 def pretty(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def anchor(escalation_id: str) -> str:
+    """An escalation's item on the page, as an HTML id (and a link's fragment)."""
+    return "esc-" + "".join(c if c.isalnum() else "-" for c in escalation_id)
 
 
 def age(seconds: float) -> str:
@@ -73,7 +66,7 @@ class Item:
 
     @property
     def dom_id(self) -> str:
-        return "esc-" + "".join(c if c.isalnum() else "-" for c in self.e.id)
+        return anchor(self.e.id)
 
 
 def item(e: Escalation, wf: Workflow | None, claimed_by: str = "",
