@@ -19,6 +19,7 @@ not list get no tools.
 
 from __future__ import annotations
 
+import hashlib
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -74,6 +75,11 @@ class Policy(BaseModel):
             if unknown:
                 raise ValueError(f"role {role!r} names tools the policy does not define: {unknown}")
         return self
+
+    def digest(self) -> str:
+        """Names this policy in a quality report (``switchyard eval``) and the supervisor's
+        service metadata."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
 
     def allowed(self, role: str) -> list[str]:
         rule = self.roles.get(role)

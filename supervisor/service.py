@@ -204,7 +204,8 @@ class Supervisor(Component):
             name=cfg.subjects.service(cfg.name), version=cfg.version,
             description="Switchyard supervisor",
             metadata={"kind": "supervisor", "workflows": ",".join(sorted(cfg.workflows)),
-                      "public_key": self.signer.public_key},
+                      "public_key": self.signer.public_key,
+                      "policy": cfg.policy.digest() if cfg.policy is not None else ""},
             stats_handler=lambda ep: dict(self.counts),
         )
 

@@ -15,6 +15,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from nats.aio.client import Client
@@ -213,7 +214,10 @@ class ToolHost(Component):
                                call.task_id)
         elif outcome in ("ok", "replayed"):
             try:  # the call happened: a failed audit publish must not turn it into an error
-                facts = {"grant": grant.id, "task": call.task_id, "call_digest": digest}
+                # the arguments too: what was done, exactly (``switchyard eval`` checks them
+                # against the policy's approval rules)
+                facts: dict[str, Any] = {"grant": grant.id, "task": call.task_id,
+                                         "call_digest": digest, "args": call.args}
                 if approver:
                     facts["approved_by"] = approver
                 kind = EventType.TOOL_CALLED if outcome == "ok" else EventType.TOOL_REPLAYED
@@ -323,7 +327,7 @@ class ToolHost(Component):
             log.exception("toolhost.refusal_not_recorded", tool=t.name, code=code)
 
     async def _record(
-        self, workflow_id: str | None, kind: EventType, tool: str, data: dict[str, str],
+        self, workflow_id: str | None, kind: EventType, tool: str, data: dict[str, Any],
     ) -> None:
         await self.audit.append(workflow_id, [Entry(type=kind, data={"tool": tool, **data})])
 
