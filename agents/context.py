@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast, overload
 
 import msgspec
@@ -47,6 +47,10 @@ class ToolCallRecord:
     tool: str
     ok: bool
     approved_by: str  # who approved the call, when it needed a person's approval
+    args: dict[str, Any] = field(default_factory=dict)
+    dry: bool = False  # run dry (a shadow agent's call): nothing happened
+    needs_approval: bool = False  # dry: live, it would have waited for a person
+    error: str = ""
 
 
 class TaskContext:
@@ -196,7 +200,9 @@ class TaskContext:
             ) from None
         self._faults.hit("agent.after_tool_call")
         answer = codec.decode(reply.data, ToolResult)
-        self.tool_calls.append(ToolCallRecord(name, answer.ok, answer.approved_by))
+        self.tool_calls.append(ToolCallRecord(
+            name, answer.ok, answer.approved_by, payload, answer.dry, answer.needs_approval,
+            answer.error.message if answer.error else ""))
         if not answer.ok:
             err = answer.error
             code = ErrorCode(err.code) if err and err.code in _KNOWN_CODES else ErrorCode.TOOL_FAILED

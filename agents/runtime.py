@@ -228,8 +228,12 @@ class Agent(Component):
                 self.models.bind_cache(self.js, bucket, await self.js.key_value(bucket))
         for hook in self._startup:
             await hook()
-        await self._ride_out(lambda: self.js.add_consumer(
-            cfg.subjects.stream(Stream.TASKS), consumer_config(self.role, cfg)), "tasks consumer")
+        stream, consumer = self._consumer()
+        await self._ride_out(lambda: self.js.add_consumer(stream, consumer), "tasks consumer")
+
+    def _consumer(self) -> tuple[str, ConsumerConfig]:
+        """Where the tasks come from: the role's durable on the work queue."""
+        return self._config.subjects.stream(Stream.TASKS), consumer_config(self.role, self._config)
 
     def _service_config(self) -> ServiceConfig:
         cfg = self._config
@@ -245,17 +249,13 @@ class Agent(Component):
     async def _take_work(self) -> None:
         assert self._service is not None
         cfg, schemas = self._config, self.schemas()
-        await self._service.add_endpoint(
-            EndpointConfig(
-                name="schema",
-                subject=cfg.subjects.agent_schema(self.role),
-                handler=self._answer_schema,
-                metadata={"role": self.role,
-                          "input_schema": json.dumps(schemas["input"]),
-                          "output_schema": json.dumps(schemas["output"])},
-            )
-        )
-        await self._consume(cfg.subjects.stream(Stream.TASKS), self.role, self._process,
+        await self._service.add_endpoint(EndpointConfig(
+            name="schema", subject=cfg.subjects.agent_schema(self.role),
+            handler=self._answer_schema,
+            metadata={"role": self.role, "input_schema": json.dumps(schemas["input"]),
+                      "output_schema": json.dumps(schemas["output"])}))
+        stream, consumer = self._consumer()
+        await self._consume(stream, consumer.durable_name or self.role, self._process,
                             cfg.concurrency)
 
     def _stats(self) -> dict[str, object]:

@@ -37,6 +37,7 @@ class ErrorCode(StrEnum):
     BUDGET_EXHAUSTED = "budget_exhausted"
     CIRCUIT_OPEN = "circuit_open"
     DECODE_ERROR = "decode_error"
+    DRY_RUN_UNSUPPORTED = "dry_run_unsupported"
     GRANT_EXPIRED = "grant_expired"
     GRANT_INVALID = "grant_invalid"
     GRANT_MISSING = "grant_missing"

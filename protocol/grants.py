@@ -45,6 +45,9 @@ class Grant(msgspec.Struct, kw_only=True, frozen=True):
     approvals: dict[str, str] = {}  # tool -> JMESPath over {"args": …}: calls that need a person
     approved: dict[str, str] = {}  # call digest -> who approved that exact call
     declined: list[str] = []  # call digests a person rejected
+    # a shadow agent's copy of a task: the tool host runs its calls dry (reads run, effects are
+    # only simulated, nothing is held for approval, nothing is spent or recorded as done)
+    dry: bool = False
 
 
 _grant_decoder = msgspec.json.Decoder(Grant)

@@ -190,6 +190,8 @@ class ToolResult(_Message, kw_only=True):
     result: JSONObject | None = None
     error: ErrorInfo | None = None
     approved_by: str = ""  # set when the call needed and had a person's approval
+    dry: bool = False  # run dry, under a shadow's grant: nothing happened
+    needs_approval: bool = False  # dry: a live call with these arguments would wait for a person
 
 
 EscalationKind = Literal[
@@ -318,6 +320,53 @@ class Outcome(_Message, kw_only=True):
     usage: Usage = msgspec.field(default_factory=Usage)  # model use of every step, summed
 
 
+class ShadowCall(msgspec.Struct, kw_only=True):
+    """One tool call a shadow agent made, run dry."""
+
+    tool: str
+    args: JSONObject
+    ok: bool
+    dry: bool = True
+    needs_approval: bool = False  # live, these arguments would have waited for a person
+    error: str = ""
+
+
+SHADOW_REFRESH_S = 10.0  # a shadow agent writes its registration this often
+SHADOW_STALE_S = 3 * SHADOW_REFRESH_S  # ... and is taken for gone when it has not for this long
+
+
+class ShadowRegistration(msgspec.Struct, kw_only=True):
+    """A shadow agent running: the value of key ``<role>`` in the ``shadows`` bucket."""
+
+    role: str
+    version: str
+    instance: str = ""
+    at: float
+
+
+class ShadowResult(_Message, kw_only=True):
+    """What a shadow agent made of its copy of a task: on ``<prefix>.shadow.result.<role>``,
+    never on a journal, so it counts for nothing but the comparison (``switchyard eval shadow``)."""
+
+    task_id: str
+    workflow_id: str
+    step: str
+    role: str
+    attempt: int
+    version: str  # the shadow agent's version
+    instance: str = ""
+    status: ResultStatus
+    output: JSONObject | None = None
+    confidence: float = 1.0
+    reason: str = ""
+    error: ErrorInfo | None = None
+    calls: list[ShadowCall] = []
+    duration_ms: float = 0.0
+    usage: Usage = msgspec.field(default_factory=Usage)
+    model: ModelUse | None = None
+    at: float = 0.0
+
+
 MESSAGE_TYPES: tuple[type[msgspec.Struct], ...] = (
     WorkflowRequest,
     Task,
@@ -331,4 +380,5 @@ MESSAGE_TYPES: tuple[type[msgspec.Struct], ...] = (
     Event,
     Outcome,
     Partial,
+    ShadowResult,
 )

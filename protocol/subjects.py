@@ -29,6 +29,7 @@ class Stream(StrEnum):
     DLQ = "dlq"  # dead letters
     ADVISORIES = "advisories"  # the server's max-deliveries advisories for tasks
     A2A_EVENTS = "a2a_events"  # the A2A gateway's task events, for every replica's subscribers
+    SHADOW = "shadow"  # copies of tasks for shadow agents, and what the shadows made of them
 
 
 # the streams of the protocol 1 layout: their presence means a data directory from before the
@@ -47,6 +48,7 @@ class Bucket(StrEnum):
     MODEL_CACHE = "model_cache"  # replies of deterministic model calls, each with a TTL
     CLAIMS = "claims"  # which reviewer works on which escalation (the web console)
     A2A_TASKS = "a2a_tasks"  # the A2A gateway's tasks (a2a-sdk's task store), for every replica
+    SHADOWS = "shadows"  # the shadow agents running, by role: whose tasks the supervisor copies
 
 
 class Durable(StrEnum):
@@ -75,6 +77,11 @@ class DeadLetterKind(StrEnum):
     SUBMIT = "submit"
     DECISION = "decision"
     JOURNAL = "journal"  # a journal record of no kind above (a timer, a notice, an unknown kind)
+
+
+def shadow_durable(role: str) -> str:
+    """The durable consumer a role's shadow agents share, on the shadow stream."""
+    return f"shadow-{check_token('role', role)}"
 
 
 TRUST_KEY = "supervisor"  # the key in bucket <prefix>_trust holding the trusted issuers
@@ -146,6 +153,14 @@ class Subjects:
 
     def task(self, role: str) -> str:
         return f"{self.prefix}.task.{check_token('role', role)}"
+
+    def shadow_task(self, role: str) -> str:
+        """A copy of a task of ``role`` for its shadow agent (under a dry grant)."""
+        return f"{self.prefix}.shadow.task.{check_token('role', role)}"
+
+    def shadow_result(self, role: str) -> str:
+        """What a shadow agent of ``role`` made of a copied task: never a journal record."""
+        return f"{self.prefix}.shadow.result.{check_token('role', role)}"
 
     def agent_schema(self, role: str) -> str:
         """The micro endpoint where an agent of ``role`` answers with its input/output schemas."""

@@ -30,6 +30,7 @@ from switchyard.protocol.subjects import (
     JournalKind,
     Stream,
     Subjects,
+    shadow_durable,
 )
 from switchyard.supervisor.policy import Policy
 from switchyard.supervisor.workflow import Workflow
@@ -60,6 +61,10 @@ def deployment_of(workflows: Iterable[Workflow]) -> tuple[set[str], set[str]]:
 
 def agent_identity(role: str) -> str:
     return f"agent-{role}"
+
+
+def shadow_identity(role: str) -> str:
+    return f"shadow-{role}"
 
 
 def inbox_prefix(identity: str) -> str:
@@ -148,7 +153,8 @@ def identities(policy: Policy | None, roles: Iterable[str], s: Subjects,
     out = [Identity(ADMIN, (">",), (">",))]
 
     pub, sub = r.base(SUPERVISOR)
-    pub += [s.all("task"), s.human_queue, f"{s.human_queue}.*", s.all("workflow.outcome"),
+    pub += [s.all("task"), s.all("shadow.task"), s.human_queue, f"{s.human_queue}.*",
+            s.all("workflow.outcome"),
             s.all("dlq"), *r.journal_append(JournalKind.TIMER),
             *r.journal_append(JournalKind.NOTICE)]
     for durable, stream in SUPERVISOR_DURABLES.items():
@@ -160,6 +166,7 @@ def identities(policy: Policy | None, roles: Iterable[str], s: Subjects,
             f"$JS.API.CONSUMER.LIST.{tasks}"]
     for bucket in (Bucket.WORKFLOWS, Bucket.ESCALATIONS, Bucket.WORKFLOW_DEFS, Bucket.TRUST):
         pub += [*r.kv_write(bucket), *r.kv_list(bucket)]
+    pub += [*r.kv_read(Bucket.SHADOWS), *r.kv_list(Bucket.SHADOWS)]  # which roles have shadows
     sub += [f"{p}.supervisor.status"]  # its micro service's status endpoint
     out.append(Identity(SUPERVISOR, tuple(pub), tuple(sub)))
 
@@ -175,7 +182,8 @@ def identities(policy: Policy | None, roles: Iterable[str], s: Subjects,
             *(d for q in ("", *sorted(set(queues))) for d in r.durable(
                 r.stream(Stream.HUMAN), reviewers_durable(q))),
             *r.read_stream(r.stream(Stream.EVENTS)), f"$JS.API.CONSUMER.LIST.{r.stream(Stream.TASKS)}",
-            *r.read_stream(r.stream(Stream.OUTCOMES)), *r.read_stream(r.stream(Stream.DLQ))]
+            *r.read_stream(r.stream(Stream.OUTCOMES)), *r.read_stream(r.stream(Stream.DLQ)),
+            *r.read_stream(r.stream(Stream.SHADOW))]  # `eval shadow`
     for bucket in (Bucket.WORKFLOWS, Bucket.ESCALATIONS, Bucket.WORKFLOW_DEFS):
         pub += [*r.kv_read(bucket), *r.kv_list(bucket)]
     sub += [s.all("partial")]  # `submit --stream`: the agents' partial output, live
@@ -212,6 +220,16 @@ def identities(policy: Policy | None, roles: Iterable[str], s: Subjects,
                 s.all("partial"), *r.kv_read(Bucket.MODEL_CACHE),
                 f"$KV.{s.bucket(Bucket.MODEL_CACHE)}.{role}.>"]
         sub += [s.agent_schema(role)]  # its micro service's schema endpoint
+        out.append(Identity(name, tuple(pub), tuple(sub)))
+        # the role's shadow agent: copies in, its records out, tool calls (run dry by their
+        # grants); no journal, no tasks, no partial output
+        name = shadow_identity(role)
+        pub, sub = r.base(name)
+        pub += [s.shadow_result(role), s.dlq(DeadLetterKind.TASK),
+                *r.durable(r.stream(Stream.SHADOW), shadow_durable(role)),
+                *r.kv_read(Bucket.TRUST), *(s.tool(t, role) for t in tools),
+                *r.kv_read(Bucket.SHADOWS), f"$KV.{s.bucket(Bucket.SHADOWS)}.{role}",
+                *r.kv_read(Bucket.MODEL_CACHE), f"$KV.{s.bucket(Bucket.MODEL_CACHE)}.{role}.>"]
         out.append(Identity(name, tuple(pub), tuple(sub)))
     return out
 

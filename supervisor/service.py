@@ -21,7 +21,8 @@ and a timeout cannot both take effect.
 Nothing vanishes without a trace: a record that cannot be read, is not linked to the one before
 it, or names another workflow is refused (dead-lettered, audited, and folded as changing
 nothing); one on a subject whose workflow id is not a valid token goes on the unattributed
-chain. Tasks stuck in the work queue are handled in ``supervisor.stuck``.
+chain. Tasks stuck in the work queue are handled in ``supervisor.stuck``; copies of tasks for
+shadow agents in ``supervisor.shadows``.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ from switchyard.supervisor.folds import Folds
 from switchyard.supervisor.journal import definition_for, fold, snapshot_due
 from switchyard.supervisor.metrics import SupervisorMetrics
 from switchyard.supervisor.policy import Grantable, Policy
+from switchyard.supervisor.shadows import Shadows
 from switchyard.supervisor.store import Snapshots
 from switchyard.supervisor.stuck import StuckTasks
 from switchyard.supervisor.timers import Timers, rearm
@@ -97,9 +99,8 @@ log = structlog.get_logger("switchyard.supervisor")
 _COUNTED: dict[str, str] = {JournalKind.SUBMIT: "submitted", JournalKind.RESULT: "results",
                             JournalKind.DECISION: "decisions", JournalKind.TIMER: "timers",
                             JournalKind.NOTICE: "notices"}
-_DEAD_LETTER_KIND: dict[str, DeadLetterKind] = {JournalKind.SUBMIT: DeadLetterKind.SUBMIT,
-                     JournalKind.RESULT: DeadLetterKind.RESULT,
-                     JournalKind.DECISION: DeadLetterKind.DECISION}
+_DEAD_LETTER_KIND: dict[str, DeadLetterKind] = {
+    k: DeadLetterKind(k.value) for k in (JournalKind.SUBMIT, JournalKind.RESULT, JournalKind.DECISION)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,13 +118,11 @@ class SupervisorConfig(ComponentConfig):
     # not checked; settings passes the catalogue's)
     models: frozenset[str] | None = None
     grant_slack_s: float = 30.0
-    # a finished run's snapshot stays this long, then the server removes it (its outcome and
-    # journal are kept by their streams' own limits)
+    # a finished run's snapshot stays this long (its outcome and journal: their streams' limits)
     retention_s: float = 7 * 24 * 3600.0
     # how often the work queue is checked for tasks no consumer serves and no workflow awaits
     stuck_check_s: float = 30.0
-    # how often the timers are rebuilt from the bus (the work queue's tasks, the snapshots of
-    # waiting runs): what a replica that stopped had set is taken over within this long
+    # how often the timers are rebuilt from the bus (queued tasks, waiting runs' snapshots)
     timer_scan_s: float = 60.0
 
     def __post_init__(self) -> None:
@@ -194,6 +193,8 @@ class Supervisor(Component):
         )
         self._folds = Folds(self.journal, self.snapshots, s, self.definitions,
                             max_bytes=cfg.max_bytes, size=cfg.cache_size)
+        self._shadows = Shadows(await opened(s.bucket(Bucket.SHADOWS)), s, self.publisher,
+                                self.signer)
         trust = await opened(s.bucket(Bucket.TRUST))
         await self._ride_out(lambda: trust.put(TRUST_KEY, self.signer.public_key.encode()),
                              "trust key")
@@ -232,6 +233,7 @@ class Supervisor(Component):
             await self._consume(s.stream(stream), durable, handler, cfg.concurrency)
         self._timers.start()
         self._stuck.start(cfg.stuck_check_s)
+        self._shadows.start()
         self._scan = asyncio.create_task(periodically(cfg.timer_scan_s, self.rearm_timers,
                                                       "supervisor.timer_scan_failed"))
         assert self._service is not None
@@ -241,6 +243,7 @@ class Supervisor(Component):
 
     async def _stop_taking_work(self) -> None:
         await cancel_and_wait(self._scan)
+        await self._shadows.stop()
         await self._timers.stop()
         await self._stuck.stop()
 
@@ -408,8 +411,7 @@ class Supervisor(Component):
         tools, budget, limits, approvals = effect.tools, effect.tool_budget, {}, {}
         if self.config.policy is not None:  # grants come from the policy alone
             key = (wf.digest(), effect.step, effect.role)
-            g = self._grantable.get(key)
-            if g is None:
+            if (g := self._grantable.get(key)) is None:
                 g = self._grantable[key] = self.config.policy.grantable(wf.step(effect.step),
                                                                         effect.role)
             tools, budget, limits, approvals = g.tools, g.budget, g.limits, g.approvals
@@ -428,12 +430,13 @@ class Supervisor(Component):
             after=state.seq, prev=state.head, model=effect.model, stream=effect.stream,
             replaced=effect.replaced,
         )
-        return await self.publisher.send(
+        parent = tracing.traceparent() or traceparent_for(state.id, effect.task_id)
+        sent = await self.publisher.send(
             self.config.subjects.task(effect.role), codec.encode(task),
-            headers={MSG_ID: effect.task_id, PROTOCOL: PROTOCOL_VERSION,
-                     TRACEPARENT: tracing.traceparent()
-                     or traceparent_for(state.id, effect.task_id)},
-        )
+            headers={MSG_ID: effect.task_id, PROTOCOL: PROTOCOL_VERSION, TRACEPARENT: parent})
+        if self._shadows.active(effect.role):  # a shadow agent of the role gets a copy
+            await self._shadows.copy(task, grant, parent)
+        return sent
 
     async def _send_outcome(self, outcome: Outcome) -> asyncio.Future[Any]:
         return await self.publisher.send(

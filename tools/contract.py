@@ -9,10 +9,15 @@ async def propose_refund(args: RefundArgs) -> RefundResult:
 The argument and result models come from the signature, the description from the docstring.
 A tool may take a second parameter, a ``CallContext``, to see the call's idempotency key; one that
 uses it to make its effect happen at most once per key declares ``idempotent=True``.
+
+A tool with effects may say what it would answer without having them, for shadow agents, whose
+calls run dry: ``propose_refund = propose_refund.with_dry(simulated)``, where ``simulated`` takes
+the same arguments and returns the same model. Without one, a shadow's call to it is refused.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -49,9 +54,34 @@ class Tool:
     idempotent: bool = False
     wants_context: bool = False
     timeout_s: float | None = None  # this tool's own limit; the host's default otherwise
+    dry: ToolFn | None = None  # what it answers run dry (a shadow's call), with no effect
+
+    @property
+    def has_effects(self) -> bool:
+        return self.side_effects or self.risk != "read"
 
     async def call(self, args: BaseModel, ctx: CallContext) -> BaseModel:
         return await (self.fn(args, ctx) if self.wants_context else self.fn(args))
+
+    async def call_dry(self, args: BaseModel, ctx: CallContext) -> BaseModel:
+        """The call with no effect: a tool without effects runs, one with effects answers
+        with its dry run (``with_dry``)."""
+        if not self.has_effects:
+            return await self.call(args, ctx)
+        assert self.dry is not None
+        takes_context = len(inspect.signature(self.dry).parameters) == 2
+        return await (self.dry(args, ctx) if takes_context else self.dry(args))
+
+    def with_dry(self, fn: ToolFn) -> Tool:
+        """This tool, answering ``fn``'s result when run dry; ``fn`` takes the same arguments
+        (and optionally the ``CallContext``) and returns the same model."""
+        args, result = _models(fn)
+        if args is not self.args_model or result is not self.result_model:
+            raise ConfigError(f"tool {self.name}: its dry run must take {self.args_model.__name__} "
+                              f"and return {self.result_model.__name__}")
+        if not inspect.iscoroutinefunction(fn):
+            raise ConfigError(f"tool {self.name}: its dry run must be an async function")
+        return dataclasses.replace(self, dry=fn)
 
     def schema(self) -> dict[str, Any]:
         return {
@@ -60,6 +90,7 @@ class Tool:
             "risk": self.risk,
             "side_effects": self.side_effects,
             "idempotent": self.idempotent,
+            "dry_run": not self.has_effects or self.dry is not None,
             "args": self.args_model.model_json_schema(),
             "result": self.result_model.model_json_schema(),
         }

@@ -191,6 +191,11 @@ class ToolHost(Component):
             await self._refuse(t, req, workflow_id, ErrorCode.INVALID_INPUT, msg)
             await req.respond(codec.encode(_failure(ErrorCode.INVALID_INPUT, msg)))
             return
+        if grant.dry:  # a shadow agent's call: nothing happens, nothing is held or recorded
+            reply = await self._run_dry(t, call, grant, args)
+            self._calls.labels(t.name, "dry" if reply.ok else "dry_failed").inc()
+            await req.respond(codec.encode(reply))
+            return
         digest = grants.call_digest(t.name, call.args)
         approver = grant.approved.get(digest, "")
         if not approver and grants.needs_approval(grant, t.name, call.args):
@@ -295,6 +300,32 @@ class ToolHost(Component):
                 log.error("toolhost.call_not_recorded", tool=t.name,
                           error=type(failed).__name__)
         return reply, outcome
+
+    async def _run_dry(
+        self, t: Tool, call: ToolCall, grant: grants.Grant, args: BaseModel
+    ) -> ToolResult:
+        """A call under a dry grant: a tool without effects runs; one with effects answers with
+        its dry run, or is refused if it has none. No ledger, no budget, no approval hold, no
+        audit record: none of it happened."""
+        if t.has_effects and t.dry is None:
+            return _failure(ErrorCode.DRY_RUN_UNSUPPORTED,
+                            f"tool {t.name} has effects and no dry run; a shadow agent cannot call it")
+        ctx = CallContext(tool=t.name, workflow_id=call.workflow_id, task_id=call.task_id,
+                          idempotency_key=call.idempotency_key)
+        try:
+            async with asyncio.timeout(t.timeout_s or self.config.call_timeout):
+                result = await t.call_dry(args, ctx)
+        except ToolError as exc:
+            return _failure(exc.code, exc.message, retryable=exc.retryable)
+        except TimeoutError:
+            return _failure(ErrorCode.TIMEOUT, f"tool {t.name}'s dry run took too long", retryable=True)
+        except Exception:
+            log.exception("toolhost.dry_run_crashed", tool=t.name)
+            return _failure(ErrorCode.INTERNAL, f"tool {t.name}'s dry run failed")
+        digest = grants.call_digest(t.name, call.args)
+        held = grants.needs_approval(grant, t.name, call.args) and digest not in grant.approved
+        return ToolResult(ok=True, result=result.model_dump(mode="json"), dry=True,
+                          needs_approval=held)
 
     async def _release(self, tool: str, key: str) -> None:
         assert self._ledger is not None

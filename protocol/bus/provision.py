@@ -37,6 +37,7 @@ from switchyard.protocol.headers import EXPECTED_LAST_SUBJECT_SEQ
 from switchyard.protocol.subjects import OLD_STREAMS, Bucket, Stream, Subjects
 
 DAY = 24 * 3600.0
+SHADOW_REGISTRATION_MAX_AGE_S = 3600.0  # a stale one is ignored long before (supervisor.shadows)
 MARKER_TTL_S = 60.0
 WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream's "not the revision you named"
 STREAM_NAME_IN_USE = 10058
@@ -82,6 +83,9 @@ def stream_configs(
             max_age=7 * DAY),
         # the A2A gateway's task events: what a replica's subscriber replays and follows
         cfg(Stream.A2A_EVENTS, [s.all("a2a.events")], max_age=min(7 * DAY, trail_max_age)),
+        # shadow agents: the copies of their roles' tasks and their records of them, a week
+        cfg(Stream.SHADOW, [s.all("shadow")], max_age=min(7 * DAY, trail_max_age),
+            duplicate_window=120.0),
     ]
 
 
@@ -137,7 +141,10 @@ async def ensure_streams(
 
 def bucket_max_age(bucket: Bucket, trail_max_age: float) -> float | None:
     """How long an entry is kept after its last write, for the buckets whose entries would
-    otherwise grow without end: the A2A gateway's tasks (as the outcomes, a week at most)."""
+    otherwise grow without end: the A2A gateway's tasks (as the outcomes, a week at most), and
+    the shadow agents' registrations (refreshed every few seconds while a shadow runs)."""
+    if bucket is Bucket.SHADOWS:
+        return SHADOW_REGISTRATION_MAX_AGE_S
     return min(7 * DAY, trail_max_age) if bucket is Bucket.A2A_TASKS else None
 
 

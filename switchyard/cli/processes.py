@@ -74,6 +74,9 @@ def agent_run(
         help="with --a2a: the confidence of a reply that states none", min=0.0, max=1.0)] = 0.8,
     confidence_field: Annotated[str, typer.Option(
         help="with --a2a: the reply's field that states its confidence")] = "confidence",
+    shadow: Annotated[bool, typer.Option(
+        "--shadow", help="work copies of the role's tasks beside the live agent, dry, for "
+                         "comparison only (switchyard eval shadow)")] = False,
 ) -> None:
     """Run one agent process (or, with --a2a, a bridge to a remote A2A agent)."""
     from switchyard.agents import Agent
@@ -81,6 +84,10 @@ def agent_run(
     from switchyard.protocol.subjects import check_token
 
     settings = load_settings()
+    if a2a and shadow:
+        err.print("[red]--shadow runs an agent of ours beside the live one; a bridge (--a2a) "
+                  "cannot be a shadow[/]")
+        raise typer.Exit(2)
     if a2a and target:
         err.print(f"[red]--a2a serves --role with a remote agent: name no agent "
                   f"({escape(repr(target))}) beside it[/]")
@@ -124,6 +131,10 @@ def agent_run(
                   "which the catalogue lacks: set SWITCHYARD_MODEL_BASE_URL (and "
                   "SWITCHYARD_MODEL_NAME) or a SWITCHYARD_MODEL_CATALOGUE naming it[/]")
         raise typer.Exit(2)
+    if shadow:
+        from switchyard.agents.shadow import ShadowAgent
+
+        agent = ShadowAgent.of(agent)
     run_agent(agent)
 
 

@@ -6,6 +6,7 @@ from pydantic import BaseModel, Field
 
 from switchyard.protocol.errors import ToolError
 from switchyard.tools.builtin.store import SupportStore
+from switchyard.tools.builtin.tickets import dry_id
 from switchyard.tools.contract import CallContext, Tool, tool
 
 
@@ -35,4 +36,10 @@ def refund_tool(store: SupportStore) -> Tool:
             refund_id=refund_id, amount=args.amount, currency=args.currency, status="proposed"
         )
 
-    return propose_refund
+    async def propose_refund_dry(args: RefundRequest, ctx: CallContext) -> RefundProposal:
+        if store.customer(customer_id=args.customer_id) is None:
+            raise ToolError(f"customer {args.customer_id} does not exist")
+        return RefundProposal(refund_id=dry_id("R", ctx), amount=args.amount,
+                              currency=args.currency, status="dry")
+
+    return propose_refund.with_dry(propose_refund_dry)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from pydantic import BaseModel, Field
 
 from switchyard.protocol.errors import ToolError
@@ -45,4 +47,21 @@ def ticket_tools(store: SupportStore) -> list[Tool]:
             raise ToolError(f"ticket {args.ticket_id} does not exist")
         return TicketRef(ticket_id=args.ticket_id, status=args.status)
 
-    return [open_ticket, update_ticket]
+    async def open_ticket_dry(args: NewTicket, ctx: CallContext) -> TicketRef:
+        return TicketRef(ticket_id=dry_id("T", ctx), status="dry")
+
+    async def update_ticket_dry(args: TicketUpdate) -> TicketRef:
+        if store.ticket(args.ticket_id) is None and not args.ticket_id.startswith(DRY_PREFIX):
+            raise ToolError(f"ticket {args.ticket_id} does not exist")
+        return TicketRef(ticket_id=args.ticket_id, status=args.status)
+
+    return [open_ticket.with_dry(open_ticket_dry), update_ticket.with_dry(update_ticket_dry)]
+
+
+DRY_PREFIX = "DRY-"
+
+
+def dry_id(kind: str, ctx: CallContext) -> str:
+    """The id a dry run answers with: never one the store would give (``DRY-…``)."""
+    digest = hashlib.sha256(ctx.idempotency_key.encode() or ctx.task_id.encode()).hexdigest()[:10]
+    return f"{DRY_PREFIX}{kind}-{digest}"
