@@ -1,23 +1,24 @@
 """Action: looks the customer up, opens a ticket, proposes a refund when one is asked for, and
 drafts the reply from the retrieved passages. Every side effect goes through a tool under the
-task's grant."""
+task's grant.
+
+The amount of a refund is read in any common format and currency (``amounts``), and proposed in
+that currency: the policy decides what needs a person. The reply is made of whole sentences: a
+greeting, what was done, what the knowledge base says (quoted whole, with the article cited),
+the ticket number and a sign-off."""
 
 from __future__ import annotations
-
-import re
 
 from pydantic import BaseModel, Field
 
 from switchyard.agents import Agent, ErrorCode, TaskContext, ToolError
+from switchyard.agents.amounts import asks_refund, requested_refund
 from switchyard.agents.pii import find_pii
+from switchyard.agents.text import plain_text
 from switchyard.tools.builtin.customers import Customer, CustomerLookup
 from switchyard.tools.builtin.refunds import RefundProposal
 from switchyard.tools.builtin.tickets import TicketRef
 
-_AMOUNT = re.compile(
-    r"(?:(?:€|EUR|USD|\$)\s?(\d+(?:[.,]\d{1,2})?))|(?:(\d+(?:[.,]\d{1,2})?)\s?(?:€|EUR|euros?|USD|dollars?))",
-    re.IGNORECASE,
-)
 _OPENERS = {
     "billing": "Thank you for reaching out about your billing.",
     "technical": "Thank you for reporting this technical problem.",
@@ -31,6 +32,8 @@ class Passage(BaseModel):
     article_id: str
     title: str
     snippet: str
+    passage: str = ""  # whole sentences of the article (older retrieval agents send none)
+    score: float = 0.0
 
 
 class Request(BaseModel):
@@ -56,19 +59,20 @@ class Draft(BaseModel):
     actions: list[str]
 
 
-def requested_amount(text: str) -> float | None:
-    m = _AMOUNT.search(text)
-    if not m:
-        return None
-    return float((m.group(1) or m.group(2)).replace(",", "."))
-
-
 agent = Agent("action", version="1.0.0", description="drafts replies and acts through tools")
+
+
+def _cited(p: Passage) -> str:
+    text = p.passage or " ".join(p.snippet.replace("…", " ").split())
+    if text and text[-1] not in ".!?":
+        text += "."
+    return f"Our help article \"{p.title}\" ({p.article_id}) says: {text}"
 
 
 @agent.task
 async def act(req: Request, ctx: TaskContext) -> Draft:
     ctx.local_model = "rule-drafter"  # its entry in the model catalogue
+    text = plain_text(req.text)
     actions: list[str] = []
     customer: Customer | None = None
     if req.customer_email:
@@ -78,20 +82,20 @@ async def act(req: Request, ctx: TaskContext) -> Draft:
         actions.append("lookup_customer")
     customer_id = customer.id if customer else None
     ticket = await ctx.call_tool("open_ticket", {
-        "customer_id": customer_id, "subject": req.text[:80], "body": req.text,
-        "category": req.intent, "severity": req.severity,
+        "customer_id": customer_id, "subject": text.splitlines()[0][:80] if text else "(empty)",
+        "body": req.text, "category": req.intent, "severity": req.severity,
     }, TicketRef)
     actions.append("open_ticket")
 
     lines = [f"Hello {customer.name.split()[0]}," if customer else "Hello,",
              _OPENERS.get(req.intent, _OPENERS["other"])]
     refund = None
-    amount = requested_amount(req.text)
-    if req.intent == "billing" and customer_id and amount and "refund" in req.text.lower():
-        try:  # above the policy's threshold this waits for a person (the runtime escalates)
+    wanted = requested_refund(text) if req.intent == "billing" else None
+    if wanted is not None and customer_id:
+        try:  # what the policy holds for a person waits here (the runtime escalates)
             proposal = await ctx.call_tool("propose_refund", {
-                "customer_id": customer_id, "amount": amount, "currency": "EUR",
-                "reason": req.text[:500],
+                "customer_id": customer_id, "amount": wanted.amount, "currency": wanted.currency,
+                "reason": text[:500],
             }, RefundProposal)
         except ToolError as exc:
             if exc.code != ErrorCode.APPROVAL_REJECTED:
@@ -105,11 +109,15 @@ async def act(req: Request, ctx: TaskContext) -> Draft:
             refund = Refund(refund_id=proposal.refund_id, amount=proposal.amount,
                             currency=proposal.currency,
                             approved_by=ctx.tool_calls[-1].approved_by)
-            lines.append(f"We have issued a refund of {proposal.amount:.2f} "
-                         f"{proposal.currency} (reference {refund.refund_id}).")
+            lines.append(f"We have issued a refund of {proposal.amount:,.2f} {proposal.currency} "
+                         f"(reference {refund.refund_id}); it goes back to your original payment "
+                         "method within 5 to 10 business days.")
+    elif req.intent == "billing" and asks_refund(text):
+        lines.append("Our billing team will look at your refund request and confirm the amount "
+                     "with you.")
     # A naive helper: it answers questions about other people it finds in the ticket. The
     # compliance step exists to catch exactly this.
-    for finding in find_pii(req.text):
+    for finding in find_pii(text):
         if finding.kind == "email" and finding.value.lower() != (req.customer_email or "").lower():
             other = await ctx.call_tool("lookup_customer", {"email": finding.value},
                                         CustomerLookup)
@@ -117,8 +125,11 @@ async def act(req: Request, ctx: TaskContext) -> Draft:
             if other.customer is not None:
                 c = other.customer
                 lines.append(f"The contact details you asked for: {c.email}, {c.phone}.")
-    for p in req.passages[:2]:
-        lines.append(f"{p.title} [{p.article_id}]: {' '.join(p.snippet.split())}")
-    lines.append(f"Your ticket number is {ticket.ticket_id}.")
+    quoted = [p for p in req.passages[:2]
+              if p is req.passages[0] or p.score >= 0.5 * req.passages[0].score]
+    lines += [_cited(p) for p in quoted]
+    lines.append(f"Your ticket number is {ticket.ticket_id}; reply to this message if there is "
+                 "anything else we can do.")
+    lines.append("Kind regards,\nThe support team")
     return Draft(reply="\n".join(lines), customer_id=customer_id, ticket_id=ticket.ticket_id,
                  refund=refund, actions=actions)

@@ -1,6 +1,7 @@
 """Compliance: redacts personal data from the draft and checks it against policy.
 
-Rules: no refund promised above the approval limit unless a person approved it; no personal data
+Rules: no refund promised above the approval limit, or in another currency than the limit's,
+unless a person approved it; no personal data
 of anyone but the customer who wrote in. A failed check sets ``passed`` to false, and the
 workflow routes that to a person.
 """
@@ -21,6 +22,7 @@ class Review(BaseModel):
     customer_email: str | None = None
     customer_id: str | None = None
     refund_amount: float | None = None
+    refund_currency: str | None = None
     refund_approved_by: str | None = None
     refund_limit: float = REFUND_LIMIT_EUR
 
@@ -39,12 +41,16 @@ agent = Agent("compliance", version="1.0.0", description="PII redaction and poli
 async def check(review: Review, ctx: TaskContext) -> Verdict:
     findings = find_pii(review.draft)
     violations: list[str] = []
-    if (review.refund_amount is not None and review.refund_amount > review.refund_limit
-            and not review.refund_approved_by):
-        violations.append(
-            f"refund of {review.refund_amount:.2f} EUR promised above the limit of "
-            f"{review.refund_limit:.2f} EUR without approval"
-        )
+    currency = review.refund_currency or "EUR"
+    if review.refund_amount is not None and not review.refund_approved_by:
+        if currency != "EUR":
+            violations.append(f"refund of {review.refund_amount:.2f} {currency} promised without "
+                              "approval (a refund in another currency than EUR needs one)")
+        elif review.refund_amount > review.refund_limit:
+            violations.append(
+                f"refund of {review.refund_amount:.2f} EUR promised above the limit of "
+                f"{review.refund_limit:.2f} EUR without approval"
+            )
     own_email = (review.customer_email or "").lower()
     own_phone = ""
     if review.customer_id:

@@ -18,6 +18,7 @@ class Passage(BaseModel):
     article_id: str
     title: str
     snippet: str
+    passage: str = ""
     score: float
 
 

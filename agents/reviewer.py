@@ -39,8 +39,12 @@ async def review(answer: Answer, ctx: TaskContext) -> Scored[Verdict]:
         "reply is not empty": bool(answer.reply.strip()),
         "reply is at most 2000 characters": len(answer.reply) <= 2000,
         "reply greets the customer": answer.reply.lstrip().lower().startswith("hello"),
+        # when the knowledge base had something to say (it is in English: a ticket in another
+        # language may find nothing)
         "reply cites the knowledge base": answer.intent not in CITED_INTENTS
-        or any(c in answer.reply for c in answer.citations),
+        or not answer.citations or any(c in answer.reply for c in answer.citations),
+        "reply has no cut-off text": "…" not in answer.reply
+        and not any(line.rstrip().endswith("...") for line in answer.reply.splitlines()),
         "a ticket was opened": bool(answer.ticket_id),
         "no personal data left": not find_pii(answer.reply),
     }

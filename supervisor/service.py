@@ -97,8 +97,7 @@ from switchyard.supervisor.workflow import Workflow
 log = structlog.get_logger("switchyard.supervisor")
 
 _COUNTED: dict[str, str] = {JournalKind.SUBMIT: "submitted", JournalKind.RESULT: "results",
-                            JournalKind.DECISION: "decisions", JournalKind.TIMER: "timers",
-                            JournalKind.NOTICE: "notices"}
+    JournalKind.DECISION: "decisions", JournalKind.TIMER: "timers", JournalKind.NOTICE: "notices"}
 _DEAD_LETTER_KIND: dict[str, DeadLetterKind] = {
     k: DeadLetterKind(k.value) for k in (JournalKind.SUBMIT, JournalKind.RESULT, JournalKind.DECISION)}
 
@@ -250,7 +249,8 @@ class Supervisor(Component):
     async def _answer_status(self, req: Request) -> None:
         await req.respond(json.dumps({**self.counts, "caught_up": self.folds.caught_up,
                                       "running": self.folds.running(), "timers": len(self._timers),
-                                      "journal_conflicts": self.journal.conflicts}).encode())
+                                      "journal_conflicts": self.journal.conflicts,
+                                      "shadowed": self._shadows.roles()}).encode())
 
     # records in -------------------------------------------------------------------------------
 

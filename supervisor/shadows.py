@@ -47,6 +47,10 @@ class Shadows:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
 
+    def roles(self) -> list[str]:
+        """The roles whose shadows are running (their tasks are copied)."""
+        return sorted(r for r in self.seen if self.active(r))
+
     def active(self, role: str) -> bool:
         reg = self.seen.get(role)
         return reg is not None and time.time() - reg.at < SHADOW_STALE_S

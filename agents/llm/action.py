@@ -23,8 +23,10 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from switchyard.agents import Agent, ErrorCode, JSONObject, TaskContext, ToolError
-from switchyard.agents.action import Draft, Refund, Request, requested_amount
+from switchyard.agents.action import Draft, Refund, Request
+from switchyard.agents.amounts import requested_refund
 from switchyard.agents.llm import models_of, prompt
+from switchyard.agents.text import plain_text
 from switchyard.protocol.grants import call_digest
 from switchyard.tools.builtin.customers import CustomerLookup
 from switchyard.tools.builtin.tickets import TicketRef
@@ -33,7 +35,8 @@ MAX_ROUNDS = 4  # model turns that may ask for tools, before the reply is asked 
 
 
 class RefundAsk(BaseModel):
-    """What the model may ask of ``propose_refund``: the amount, in EUR."""
+    """What the model may ask of ``propose_refund``: the amount, in the currency the customer
+    named (EUR if none)."""
 
     amount: float = Field(gt=0)
 
@@ -106,12 +109,13 @@ async def _propose(ctx: TaskContext, req: Request, customer_id: str | None, name
         return {"error": "invalid_arguments", "message": "give the amount, a positive number"}
     if customer_id is None:
         return {"error": "not_permitted", "message": "nobody was looked up to refund"}
-    stated = requested_amount(req.text)
-    if stated is not None and abs(ask.amount - stated) > 0.005:
-        return {"error": "not_permitted",
-                "message": f"the customer asked for {stated:.2f}; a refund is that or none"}
+    stated = requested_refund(plain_text(req.text))  # in the currency the customer named
+    if stated is not None and abs(ask.amount - stated.amount) > 0.005:
+        return {"error": "not_permitted", "message": f"the customer asked for "
+                f"{stated.amount:.2f} {stated.currency}; a refund is that or none"}
     args: JSONObject = {"customer_id": customer_id, "amount": round(ask.amount, 2),
-                        "currency": "EUR", "reason": req.text[:500]}
+                        "currency": stated.currency if stated else "EUR",
+                        "reason": req.text[:500]}
     try:
         return dict(await ctx.call_tool("propose_refund", args, key=call_digest(
             "propose_refund", dict(args))))

@@ -1,7 +1,9 @@
 """Triage by a language model: intent, severity, sensitivity and the model's own confidence.
 
-The personal-data scan and the sensitive intents still apply after the model: it can mark a
-ticket sensitive, never make one that is not so.
+The personal-data scan, the sensitive intents and the rules' flags (``rules.flags``: security
+incidents, instructions aimed at the agents, requests for another person's data, legal matters)
+still apply after the model: it can mark a ticket sensitive, never make one that is not so, and
+what the rules send to a person goes there whatever the model says.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from pydantic import BaseModel
 from switchyard.agents import Agent, Scored, TaskContext
 from switchyard.agents.llm import models_of, prompt
 from switchyard.agents.pii import find_pii
-from switchyard.agents.triage import SENSITIVE_INTENTS, Ticket, Triage
+from switchyard.agents.rules import LEGAL, LEGAL_THREAT, SECURITY, flags
+from switchyard.agents.text import plain_text
+from switchyard.agents.triage import RULE_CONFIDENCE, SENSITIVE_INTENTS, Ticket, Triage
 
 
 class Classified(BaseModel):
@@ -41,9 +45,13 @@ async def triage(ticket: Ticket, ctx: TaskContext) -> Scored[Triage]:
     got = await models.structured(
         [{"role": "system", "content": PROMPT.text}, {"role": "user", "content": ticket.text}],
         Classified, max_tokens=120, stream=True)
-    sensitive = (got.sensitivity == "high" or got.intent in SENSITIVE_INTENTS
-                 or bool(find_pii(ticket.text)))
-    result = Triage(intent=got.intent, severity=got.severity,
+    found = flags(ticket.text, plain_text(ticket.text), sender=ticket.customer_email)
+    intent = "legal" if LEGAL in found else got.intent
+    sensitive = (got.sensitivity == "high" or intent in SENSITIVE_INTENTS
+                 or bool(find_pii(ticket.text)) or bool(found))
+    result = Triage(intent=intent,
+                    severity="high" if LEGAL_THREAT in found or SECURITY in found else got.severity,
                     sensitivity="high" if sensitive else "normal",
-                    scores={got.intent: CONFIDENCE[got.confidence]})
-    return Scored(result, confidence=CONFIDENCE[got.confidence])
+                    scores={got.intent: CONFIDENCE[got.confidence]}, flags=found)
+    confidence = CONFIDENCE[got.confidence]
+    return Scored(result, confidence=max(confidence, RULE_CONFIDENCE) if found else confidence)

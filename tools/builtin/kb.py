@@ -18,7 +18,8 @@ class KbHit(BaseModel):
     article_id: str
     title: str
     category: str
-    snippet: str
+    snippet: str  # the matching words in their context (FTS5's snippet, cut with "…")
+    passage: str = ""  # the article's whole sentences nearest the query, to quote
     score: float
 
 

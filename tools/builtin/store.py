@@ -32,6 +32,22 @@ CREATE VIRTUAL TABLE IF NOT EXISTS kb USING fts5(
 """
 _WORD_RE = re.compile(r"[A-Za-z0-9]{2,}")
 _DIGITS_AS_LETTERS = str.maketrans("0123456789", "GHJKLMNPQR")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9])")
+_STOP = frozenset("the and for are was with you your our can not but this that from have has "
+                  "when what how why who into out any all its".split())
+
+
+def passage(body: str, words: set[str], sentences: int = 2) -> str:
+    """The article's ``sentences`` whole sentences that share the most words with the query,
+    in the article's order: something a reply can quote, not a fragment."""
+    parts = [" ".join(p.split()) for p in _SENTENCE_END.split(body.strip()) if p.strip()]
+    wanted = {w for w in words if len(w) > 2 and w not in _STOP}
+
+    def overlap(i: int) -> tuple[int, int]:
+        return (len(wanted & set(_WORD_RE.findall(parts[i].lower()))), -i)
+
+    best = sorted(sorted(range(len(parts)), key=overlap, reverse=True)[:sentences])
+    return " ".join(parts[i] for i in best)
 
 
 def _shipped(name: str) -> list[dict[str, Any]]:
@@ -84,7 +100,7 @@ class SupportStore:
         match = " OR ".join(f'"{w}"' for w in words)
         sql = (
             "SELECT article_id, category, title, snippet(kb, 3, '', '', ' … ', 24) AS snippet, "
-            "-bm25(kb, 0, 0, 2.0, 1.0) AS score FROM kb WHERE kb MATCH ?"
+            "body, -bm25(kb, 0, 0, 2.0, 1.0) AS score FROM kb WHERE kb MATCH ?"
         )
         params: list[Any] = [match]
         if category:
@@ -93,7 +109,10 @@ class SupportStore:
         sql += " ORDER BY bm25(kb, 0, 0, 2.0, 1.0) LIMIT ?"
         params.append(limit)
         with self._lock:
-            return [dict(r) for r in self._db.execute(sql, params)]
+            rows = [dict(r) for r in self._db.execute(sql, params)]
+        for row in rows:
+            row["passage"] = passage(row.pop("body"), set(words))
+        return rows
 
     def customer(self, *, email: str | None = None, customer_id: str | None = None) -> (
         dict[str, Any] | None

@@ -1,0 +1,78 @@
+"""Money in a ticket: "$1,250.00", "3.400 €", "GBP 180", "45,50 EUR", "30 euros", "¥12,000".
+
+A mention is a number next to a currency (a symbol, an ISO code or a currency's name, before or
+after it); ``price-parser`` reads the number, thousands and decimal separators of either
+convention included, and the currency is named by its ISO 4217 code.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from price_parser import Price
+
+# what names a currency, lower-cased, to its ISO code
+CURRENCIES: dict[str, str] = {
+    "€": "EUR", "eur": "EUR", "euro": "EUR", "euros": "EUR", "euro's": "EUR",
+    "$": "USD", "us$": "USD", "usd": "USD", "dollar": "USD", "dollars": "USD",
+    "£": "GBP", "gbp": "GBP", "pound": "GBP", "pounds": "GBP",
+    "chf": "CHF", "fr.": "CHF", "franken": "CHF", "francs": "CHF",
+    "¥": "JPY", "jpy": "JPY", "yen": "JPY",
+    "sek": "SEK", "nok": "NOK", "dkk": "DKK", "pln": "PLN", "cad": "CAD", "aud": "AUD",
+    "c$": "CAD", "a$": "AUD", "brl": "BRL", "r$": "BRL", "inr": "INR", "₹": "INR",
+}
+_SYMBOL = r"(?:US\$|C\$|A\$|R\$|[€$£¥₹])"
+_CODE = r"(?:EUR|USD|GBP|CHF|JPY|SEK|NOK|DKK|PLN|CAD|AUD|BRL|INR)\b"
+_WORD = r"(?:euros?|euro's|dollars?|pounds?|yen|francs|franken)\b"
+_NUMBER = r"\d{1,3}(?:[.,  ]\d{3})+(?:[.,]\d{1,2})?|\d+(?:[.,]\d{1,2})?"
+_MONEY = re.compile(
+    rf"(?P<pre>{_SYMBOL}|{_CODE}|Fr\.)\s?(?P<a>{_NUMBER})(?!\d)"
+    rf"|(?<![\d.,])(?P<b>{_NUMBER})\s?(?P<post>{_SYMBOL}|{_CODE}|{_WORD})",
+    re.IGNORECASE,
+)
+REFUND_WORDS = re.compile(
+    r"refund|money back|reimburs|pay (?:me )?back|credit (?:it )?back|"
+    r"rückerstatt|erstatt|zurückzahl|geld zurück|"
+    r"rembours|me rendre|"
+    r"reembols|devolu|devolv|"
+    r"rimbors|restitu|"
+    r"terugbetal|terugstort|geld terug|"
+    r"estorno|reembolso|devolução",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Money:
+    amount: float
+    currency: str  # ISO 4217
+    start: int
+    end: int
+
+
+def find_money(text: str) -> list[Money]:
+    """Every mention of an amount with its currency, in order."""
+    found = []
+    for m in _MONEY.finditer(text):
+        number = m.group("a") or m.group("b")
+        unit = (m.group("pre") or m.group("post") or "").lower()
+        currency = CURRENCIES.get(unit)
+        price = Price.fromstring(number.replace(" ", " "))
+        if currency is None or price.amount_float is None or price.amount_float <= 0:
+            continue
+        found.append(Money(round(price.amount_float, 2), currency, m.start(), m.end()))
+    return found
+
+
+def asks_refund(text: str) -> bool:
+    return bool(REFUND_WORDS.search(text))
+
+
+def requested_refund(text: str) -> Money | None:
+    """The amount a refund is asked for: the mention nearest a word asking for one."""
+    mentions = find_money(text)
+    asks = [m.start() for m in REFUND_WORDS.finditer(text)]
+    if not mentions or not asks:
+        return None
+    return min(mentions, key=lambda m: min(abs(m.start - a) for a in asks))

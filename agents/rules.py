@@ -1,0 +1,129 @@
+"""Situations a person handles, found by rule, not left to a classifier's confidence: a
+possible security incident, a ticket that tries to instruct the agents, a request for another
+person's data, and legal matters (a threat among them). Each is a list of patterns in the
+languages the reference agents read (English, German, French, Spanish, Italian, Dutch,
+Portuguese).
+
+Triage reports the flags it finds; the ``support`` workflow routes a flagged ticket to a person
+before any agent acts on it."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from switchyard.agents.pii import find_pii
+
+SECURITY = "security_incident"
+INJECTION = "prompt_injection"
+THIRD_PARTY = "third_party_data"
+LEGAL = "legal"
+LEGAL_THREAT = "legal_threat"
+
+
+def _any(patterns: Iterable[str]) -> re.Pattern[str]:
+    return re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE)
+
+
+_SECURITY = _any([
+    r"\bhack(?:ed|ers?)\b", r"\bcompromised?\b", r"\bphishing\b", r"\bbreach(?:ed)?\b(?!.*contract)",
+    r"(?:someone|somebody|a stranger|an unknown person)(?: else)? (?:has )?(?:logged|signed|got) in",
+    r"suspicious (?:log-?ins?|sign-?ins?|activity|sessions?|emails?)",
+    r"(?:wasn't|was not|not) me\b", r"\bunauthori[sz]ed (?:access|log-?ins?|sign-?ins?|user)",
+    r"\bstolen\b.{0,60}\b(?:logged in|signed in|access|session|admin)",
+    r"(?:kill|end|revoke|terminate|log out) (?:all )?(?:of )?(?:the |my )?(?:active )?sessions",
+    r"log-?ins? (?:from|on) (?:devices?|countries|locations?|ip)",
+    r"(?:devices?|locations?|log-?ins?|sessions?) (?:that )?(?:I|we) (?:do not|don't|didn't|did not) "
+    r"(?:own|recogni[sz]e|know|make)", r"\bnot mine\b",
+    r"publicly (?:readable|accessible|exposed)", r"\bdata leak\b",
+    r"security (?:researcher|vulnerability|hole|flaw)",
+    r"password (?:was|has been) changed.{0,60}(?:not|wasn't|didn't)",
+    r"\b(?:fake|fraudulent|spoofed|look-?alike|phony) (?:emails?|e-mails?|invoices?|sites?|websites?|"
+    r"domains?|log-?in pages?)", r"domain that (?:isn't|is not) yours",
+    r"(?:emails?|e-mails?|messages?|texts?|sms)\b.{0,30}\b(?:looks?|pretend\w*|claim\w*|posing) "
+    r"(?:exactly )?(?:like|to be|as) (?:from )?(?:you|your|support)",
+    # de, fr, es, it, nl, pt
+    r"\bgehackt\b", r"\bverdächtige? (?:anmeldung|login|aktivität)", r"nicht ich\b", r"\bunbefugte?\b",
+    r"\bpirat[ée]e?s?\b", r"connexions? suspecte", r"ce n'(?:est|était) pas moi", r"\busurpation\b",
+    r"\bhacke(?:ado|ada|aron)\b", r"sesi(?:ón|ones) sospechos", r"inicios? de sesión.{0,60}no son m[ií]os",
+    r"\bhackerat[oa]\b", r"access[oi] sospett", r"non sono stat[oa] io",
+    r"\bverdachte? (?:inlog|aanmelding|activiteit)", r"\bniet ik\b", r"\bgehackt\b",
+    r"\b(?:invadid[ao]|hackead[ao])\b", r"acessos? suspeit", r"não fui eu",
+])
+_INJECTION = _any([
+    r"\b(?:ignore|disregard|forget|override) (?:all |any |your |the )*(?:previous |prior |above |earlier |"
+    r"system )?(?:instructions|rules|prompts?|guidelines)",
+    r"\byou are now\b", r"\bsystem prompt\b", r"\bhidden instructions\b", r"\bdeveloper mode\b",
+    r"\bjailbreak", r"\bsystem override\b", r"^\s*(?:assistant|system)\s*:", r"\b(?:assistant|system):\s",
+    r"reveal (?:your |the )?(?:instructions|prompt|rules|configuration)",
+    r"as (?:the|an|your) (?:platform )?(?:admin|administrator|developer|owner),? "
+    r"I (?:order|instruct|command)",
+    r"do not (?:tell|inform|show|send this to) (?:a human|any human|a person|your supervisor|anyone)",
+    r"list (?:all )?(?:the )?tools you (?:can|have)",
+    r"ignorier(?:e|en sie)? (?:alle )?(?:vorherigen |bisherigen )?(?:anweisungen|regeln)",
+    r"ignorez (?:toutes )?(?:les |vos )?(?:instructions|règles)",
+    r"ignora (?:todas )?(?:las |tus )?instrucciones",
+    r"ignora (?:tutte )?(?:le )?istruzioni", r"negeer (?:alle )?(?:eerdere )?instructies",
+    r"ignore (?:todas )?as instruções",
+])
+_DATA = (r"(?:phone(?: number)?|mobile|number|address|e-?mail(?: address)?|contact details|details|"
+         r"invoice|plan|account|password|card|telefon(?:nummer)?|adresse|e-mail-adresse|handynummer|"
+         r"numéro|téléphone|courriel|teléfono|dirección|correo|indirizzo|telefono|adres|"
+         r"telefoonnummer|endereço|telemóvel)")
+_OTHERS = (r"(?:colleague|co-?worker|friend|boss|manager|ex|wife|husband|partner|neighbou?r|"
+           r"her|his|him|she|he|they|someone else|another customer|kollegin|kollege|freund(?:in)?|"
+           r"chef(?:in)?|ihr|sein|ihn|er|sie|collègue|ami|amie|patron|colega|amig[oa]|jefe|"
+           r"collega|amic[oa]|capo|vriend(?:in)?|baas|zijn|haar|hem|chefe)")
+_ASK = (r"(?:tell|give|send|share|forward|provide|what(?:'s| is| are)|which|look up|find out|"
+        r"geben|schicken|nennen|mitteilen|sagen|donner|donnez|envoyer|envoyez|communiquer|dites|"
+        r"dar|dame|enviar|decir|dime|dare|inviare|dimmi|dirmi|geven|geef|sturen|stuur|doorgeven|"
+        r"dizer|diga|passar|quais|qual)")
+_THIRD_PARTY = re.compile(
+    rf"{_ASK}\b.{{0,80}}\b{_DATA}\b.{{0,60}}\b{_OTHERS}\b|{_ASK}\b.{{0,60}}\b{_OTHERS}\b.{{0,40}}\b{_DATA}\b|"
+    rf"\b(?-i:[A-Z][a-z]+ [A-Z][a-z]+)(?:'s| s)\b.{{0,40}}\b{_DATA}\b|\b{_DATA}\b (?:of|von|de|di|van) "
+    rf"(?:(?-i:[A-Z][a-z]+ [A-Z][a-z]+)|my {_OTHERS})", re.IGNORECASE | re.DOTALL)
+# a legal threat: the severity is high
+_LEGAL_THREAT = _any([
+    r"\blawsuit\b", r"\bsu(?:e|ing)\b(?! ?\w+@)", r"\bcourt\b", r"\bsubpoena", r"\bcease and desist\b",
+    r"\blegal (?:action|steps|proceedings|notice|claim)", r"\bchargeback\b", r"\bregulator\b",
+    r"data protection (?:authority|regulator)", r"\bpolice\b", r"formal (?:notice|complaint)",
+    r"\bdisput(?:e|ed|ing)\b.{0,40}\b(?:bank|charge|payment|card)",
+    r"\b(?:my|our) (?:bank|card issuer)\b.{0,60}\b(?:revers|disput|chargeback|claim)",
+    r"\b(?:file|filing|prepar\w*) (?:a )?(?:claim|complaint)\b", r"\bdamages\b",
+    r"\bklage\b", r"\bgericht", r"datenschutzbehörde", r"\btribunal\b", r"\bcnil\b",
+    r"mise en demeure", r"\bdemanda\b", r"\btribunale\b", r"garante per la protezione",
+    r"\bdiffida\b", r"\brechtbank\b", r"\bprocesso judicial\b",
+])
+# a legal matter: a person handles it, at the severity the classifier says
+_LEGAL = _any([
+    r"\blawyers?\b", r"\battorneys?\b", r"\bsolicitors?\b", r"\bcounsel\b", r"\btrademark\b",
+    r"\bcopyright\b", r"\bdmca\b", r"\bgdpr\b", r"\bccpa\b", r"data protection officer",
+    r"formal request", r"\bdata subject\b", r"article 1[57]\b", r"\banwalt\b", r"\brechtsanwält",
+    r"\bdsgvo\b", r"\bavocats?\b", r"\brgpd\b", r"\babogad[oa]s?\b", r"\bavvocat[oi]\b",
+    r"\badvocaat\b", r"(?-i:\bAVG\b)", r"\badvogad[oa]s?\b", r"\blgpd\b",
+])
+
+
+_OWN = re.compile(r"\b(?:my|mine|meine?[mnrs]?|mon|ma|mes|mi|mis|mio|mia|mijn|meu|minha)\b",
+                  re.IGNORECASE)
+
+
+def flags(raw: str, text: str, *, sender: str | None = None) -> list[str]:
+    """The flags of a ticket: ``raw`` as it came (markup and all), ``text`` its plain text,
+    ``sender`` the customer's own email (another address in the text is someone else's)."""
+    found = []
+    if _SECURITY.search(text):
+        found.append(SECURITY)
+    if _INJECTION.search(raw) or _INJECTION.search(text):
+        found.append(INJECTION)
+    # another address than the sender's, asked about: not one the writer calls their own
+    others = [f for f in find_pii(text) if f.kind == "email"
+              and f.value.lower() != (sender or "").lower()
+              and not _OWN.search(text[max(0, f.start - 40):f.start])]
+    if _THIRD_PARTY.search(text) or (others and re.search(_ASK, text, re.IGNORECASE)):
+        found.append(THIRD_PARTY)
+    if _LEGAL_THREAT.search(text):
+        found += [LEGAL, LEGAL_THREAT]
+    elif _LEGAL.search(text):
+        found.append(LEGAL)
+    return found
