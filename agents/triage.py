@@ -10,7 +10,8 @@ low and the workflow's threshold sends them to a person.
 
 Rules come on top (``rules.flags``): a security incident, an instruction aimed at the agents, a
 request for another person's data, a legal matter. A legal flag makes the intent ``legal``; a
-security incident or a legal threat makes the severity ``high``; a flagged ticket's confidence is
+security incident or a legal threat makes the severity ``high``, and an ``other`` ticket (feedback,
+sales, small talk) is ``low`` as every example of one is; a flagged ticket's confidence is
 at least ``RULE_CONFIDENCE`` (the rule is sure that a person handles it, and the workflow sends
 it to one); a refund asked for an amount is ``billing``
 (with a confidence of at least ``REFUND_CONFIDENCE``); a ticket with almost no words in it scores no
@@ -70,11 +71,11 @@ def labelled_tickets() -> list[dict[str, str]]:
 def _pipeline(calibrated: bool) -> Pipeline:
     features = FeatureUnion([
         ("words", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1)),
-        ("chars", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True,
+        ("chars", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True,
                                   min_df=2)),
     ])
     lr = LogisticRegression(C=8.0, max_iter=3000)
-    clf = CalibratedClassifierCV(lr, method="sigmoid", cv=5) if calibrated else lr
+    clf = CalibratedClassifierCV(lr, method="sigmoid", cv=3) if calibrated else lr
     return make_pipeline(features, clf)
 
 
@@ -106,6 +107,8 @@ def classify(raw: str, sender: str | None = None) -> tuple[Triage, float]:
         intent, confidence = "legal", max(confidence, float(probs[classes.index("legal")]))
     elif asks_refund(text) and find_money(text):  # a refund of an amount is a billing matter
         intent, confidence = "billing", max(confidence, REFUND_CONFIDENCE)
+    if intent == "other":  # feedback, sales, small talk: never urgent (as the examples say)
+        severity = "low"
     if LEGAL_THREAT in found or SECURITY in found:
         severity = "high"
     if found:  # the rule is sure of one thing: a person handles it (the workflow routes it)

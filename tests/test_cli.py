@@ -16,7 +16,7 @@ def test_cli_protocol_schema_writes_json_schema_and_asyncapi(tmp_path: Path) -> 
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     files = sorted(p.name for p in (tmp_path / "schema").iterdir())
-    assert "asyncapi.json" in files and "Task.schema.json" in files and len(files) == 13
+    assert "asyncapi.json" in files and "Task.schema.json" in files and len(files) == 14
     task = json.loads((tmp_path / "schema" / "Task.schema.json").read_text())
     assert task["title"] == "Task" and "grant" in json.dumps(task)
     doc = json.loads((tmp_path / "schema" / "asyncapi.json").read_text())

@@ -151,9 +151,13 @@ async def test_reviewer_scores_what_is_missing(
 ) -> None:
     ctx = ctx_for(nc, subjects, signer, "reviewer")
     good = await reviewer.review(reviewer.Answer(
-        reply="Hello Ada,\nRefund policy [KB-101]: ...", intent="billing", citations=["KB-101"],
-        ticket_id="T-1"), ctx)
+        reply="Hello Ada,\nRefund policy (KB-101): refunds are possible within 30 days.",
+        intent="billing", citations=["KB-101"], ticket_id="T-1"), ctx)
     assert good.value.approved and good.confidence == 1.0
+    cut = await reviewer.review(reviewer.Answer(
+        reply="Hello Ada,\nRefund policy [KB-101]: refunds are … within 30", intent="billing",
+        citations=["KB-101"], ticket_id="T-1"), ctx)
+    assert cut.value.failed_checks == ["reply has no cut-off text"]
     bad = await reviewer.review(reviewer.Answer(reply="Call 0049 170 1234567", intent="billing"),
                                 ctx)
     assert not bad.value.approved and bad.confidence < 0.6

@@ -14,6 +14,8 @@ from switchyard.evals import golden
 
 from .conftest import run_cli
 
+pytestmark = pytest.mark.e2e
+
 HERE = Path(__file__).parent
 # the sensitive situations and the refunds: what a degraded triage gets wrong first
 TAGS = ("security", "injection", "other-customer", "ambiguous", "intent:legal", "refund")
@@ -28,6 +30,7 @@ def _only() -> list[str]:
     return [a for t in TAGS for a in ("--only", t)]
 
 
+@pytest.mark.timeout(300)
 async def test_eval_scores_the_set_records_what_produced_it_and_gates(
         nats_url: str, tmp_path: Path) -> None:
     report = tmp_path / "live.json"
@@ -51,6 +54,7 @@ async def test_eval_scores_the_set_records_what_produced_it_and_gates(
     assert "gate passed" in res.stdout and "per-field accuracy" in res.stdout
 
 
+@pytest.mark.timeout(400)
 async def test_a_degraded_triage_fails_the_gate_and_compare_names_what_regressed(
         nats_url: str, tmp_path: Path) -> None:
     live, degraded = tmp_path / "live.json", tmp_path / "degraded.json"

@@ -26,7 +26,7 @@ from switchyard.supervisor import authz
 from switchyard.supervisor.policy import load_policy
 from switchyard.tools.builtin import SupportStore
 
-from .conftest import Deployment, free_port, run_cli
+from .conftest import CLI, Deployment, free_port, run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -249,3 +249,50 @@ async def test_only_the_admin_provisions(secured: Deployment) -> None:
     found = {row["stream"]: row["replicas"] for row in json.loads(res.stdout)}
     assert {"SY_JOURNAL", "SY_TASKS", "KV_sy_workflows", "KV_sy_tool_ledger"} <= set(found)
     assert set(found.values()) == {1}
+
+
+async def test_a_shadow_works_under_its_own_identity_and_the_bus_refuses_it_the_rest(
+        secured: Deployment) -> None:
+    """A shadow agent runs as ``shadow-action`` with zero violations; that identity may not write
+    a journal record, a task or partial output, so what the runtime never sends the server
+    refuses too."""
+    stack, s = secured.stack, secured.settings.subjects
+    before = len(stack.violations())
+    env = {**secured.env, "SWITCHYARD_NKEY_FILE": str(stack.creds.seed_file(
+        authz.shadow_identity("action")))}
+    shadow = await asyncio.create_subprocess_exec(
+        CLI, "agent", "run", "action", "--shadow", env=env, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    nc = await nats.connect(stack.url, **stack.connect_options(authz.CONSOLE))
+    try:
+        client = SwitchyardClient(nc, s)
+        deadline = time.monotonic() + 30
+        while "action" not in json.loads((await nc.request(
+                f"{s.prefix}.supervisor.status", b"", timeout=5)).data)["shadowed"]:
+            assert time.monotonic() < deadline, "the supervisor never saw the shadow"
+            await asyncio.sleep(0.1)  # noqa: ASYNC110 - the supervisor announces its watch nowhere
+        wid = await client.submit("support", {"text": "Please refund 40 EUR for the duplicate "
+                                              "charge.", "customer_email": "grace@example.com"})
+        assert (await client.wait(wid, timeout=60)).status == "completed"
+        from switchyard.evals.shadow import shadow_records
+
+        deadline = time.monotonic() + 30
+        while not [r for r in await shadow_records(client, "action") if r.workflow_id == wid]:
+            assert time.monotonic() < deadline, "no shadow record"
+            await asyncio.sleep(0.1)  # noqa: ASYNC110 - records are read, not watched, here
+    finally:
+        shadow.terminate()
+        await shadow.wait()
+        await nc.close()
+    assert stack.violations()[before:] == []  # all it did, it may
+    errors: list[str] = []
+    got = asyncio.Event()
+    rogue = await _connect_as(stack, authz.shadow_identity("action"), errors, got)
+    try:
+        for subject in (s.result("w1", "action"), s.task("action"), s.partial("w1"),
+                        s.submit("w1"), s.decision("w1")):
+            await rogue.publish(subject, b"{}")
+        await _await_errors(errors, got, 5)
+    finally:
+        await rogue.close()
+    assert all("permissions violation for publish" in e.lower() for e in errors), errors

@@ -27,7 +27,7 @@ from switchyard.protocol import (
     grants,
 )
 from switchyard.protocol.errors import ConfigError, ErrorCode, SwitchyardError
-from switchyard.protocol.messages import Notice, TimerFired
+from switchyard.protocol.messages import Notice, ShadowCall, ShadowResult, TimerFired
 from switchyard.protocol.schema import asyncapi, message_schemas
 
 NOW = 1_800_000_000.0
@@ -51,6 +51,10 @@ SAMPLES: list[msgspec.Struct] = [
     Notice(workflow_id="w1", kind="task_dead_lettered", reason="delivered 5 times",
            step="triage", attempt=1, after=4, prev="cd"),
     Partial(workflow_id="w1", task_id="w1:triage:1", step="triage", seq=1, text="{\"int"),
+    ShadowResult(task_id="w1:action:1", workflow_id="w1", step="action", role="action", attempt=1,
+                 version="1.1.0", status="ok", output={"reply": "Hello"},
+                 calls=[ShadowCall(tool="propose_refund", args={"amount": 250}, ok=True,
+                                   needs_approval=True)]),
 ]
 
 

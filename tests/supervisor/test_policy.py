@@ -107,7 +107,7 @@ def test_cli_policy_check_prints_the_grant_matrix(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout)
     assert data["matrix"]["compliance"] == {"lookup_customer": "read"}
-    assert data["limits"] == {"propose_refund": {"amount": 1000.0}}
+    assert data["limits"] == {"propose_refund": {"amount": 50000.0}}
     bad = tmp_path / "p.yaml"
     bad.write_text("roles: {action: {tools: [teleport]}}\n")
     res = subprocess.run([CLI, "policy", "check", str(bad)], capture_output=True, text=True,

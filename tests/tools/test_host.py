@@ -295,3 +295,71 @@ async def test_host_stop_lets_a_call_in_flight_finish_and_answer(
 
 class Slow(BaseModel):
     n: int
+
+
+class Mail(BaseModel):
+    to: str
+
+
+class Sent(BaseModel):
+    ok: bool
+
+
+def mint_dry(signer: grants.Signer, *, tools: list[str], budget: int = 5,
+             approvals: dict[str, str] | None = None) -> str:
+    now = time.time()
+    return signer.mint(grants.Grant(
+        id=f"g-dry-{now}", workflow_id="w1", task_id="w1:a:1", role="action", tools=tools,
+        budget=budget, issued_at=now, expires_at=now + 60, issuer="", dry=True,
+        approvals=approvals or {}))
+
+
+async def test_a_dry_grant_runs_reads_simulates_effects_and_holds_spends_and_records_nothing(
+    host: Any, nc: Client, subjects: Subjects, signer: grants.Signer,
+    watch: Callable[[str], Awaitable[Watch]],
+) -> None:
+    _, store = host
+    events = await watch(subjects.event("w1"))
+    grant = mint_dry(signer, tools=["lookup_customer", "open_ticket", "propose_refund"], budget=1,
+                     approvals={"propose_refund": "args.amount > `100`"})
+    found = await call(nc, subjects, "lookup_customer", {"email": "ada@example.com"}, grant)
+    assert found.ok and found.dry and found.result and found.result["customer"]["id"] == "C-1001"
+    ticket = await call(nc, subjects, "open_ticket", {"subject": "s", "body": "b"}, grant)
+    assert ticket.ok and ticket.dry and ticket.result and ticket.result["ticket_id"].startswith("DRY-")
+    # above the approval rule: answered at once (not held), marked as what live would hold
+    held = await call(nc, subjects, "propose_refund", {"customer_id": "C-1001", "amount": 250,
+                                                       "currency": "EUR", "reason": "r"}, grant)
+    assert held.ok and held.dry and held.needs_approval and held.result
+    assert held.result["status"] == "dry" and held.result["refund_id"].startswith("DRY-")
+    # three calls under a budget of one: a dry call spends nothing
+    assert store.refunds() == [] and store.ticket(ticket.result["ticket_id"]) is None
+    # still refused what any grant is refused: a tool it does not name, bad arguments
+    refused = await call(nc, subjects, "kb_search", {"query": "x"}, grant)
+    assert refused.error is not None and refused.error.code == "tool_not_granted"
+    # on the tool-call chain: the refusal (audited as any), then a live call's record; none of
+    # the dry calls
+    live = mint(signer, tools=["lookup_customer"])
+    assert (await call(nc, subjects, "lookup_customer", {"email": "ada@example.com"}, live)).ok
+    [refusal] = decode((await events.next()).data, Event).entries
+    [called] = decode((await events.next()).data, Event).entries
+    assert (refusal.type, refusal.data["tool"]) == ("tool.refused", "kb_search")
+    assert called.type == "tool.called"
+    assert called.data["grant"] == grants.verify(live, {signer.public_key}, time.time()).id
+
+
+async def test_a_dry_call_to_a_tool_with_effects_and_no_dry_run_is_refused(
+    nc: Client, subjects: Subjects, signer: grants.Signer,
+) -> None:
+    sent: list[str] = []
+
+    @tool(name="send_mail", risk="write", side_effects=True)
+    async def send_mail(args: Mail) -> Sent:
+        sent.append(args.to)
+        return Sent(ok=True)
+
+    config = ToolHostConfig(subjects=subjects, trusted_keys=frozenset({signer.public_key}))
+    async with ToolHost(ToolRegistry([send_mail]), nc=nc, config=config):
+        res = await call(nc, subjects, "send_mail", {"to": "a@example.com"},
+                         mint_dry(signer, tools=["send_mail"]))
+    assert not res.ok and res.error is not None and res.error.code == "dry_run_unsupported"
+    assert sent == []
