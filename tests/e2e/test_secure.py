@@ -270,7 +270,7 @@ async def test_a_shadow_works_under_its_own_identity_and_the_bus_refuses_it_the_
         while "action" not in json.loads((await nc.request(
                 f"{s.prefix}.supervisor.status", b"", timeout=5)).data)["shadowed"]:
             assert time.monotonic() < deadline, "the supervisor never saw the shadow"
-            await asyncio.sleep(0.1)  # noqa: ASYNC110 - the supervisor announces its watch nowhere
+            await asyncio.sleep(0.1)
         wid = await client.submit("support", {"text": "Please refund 40 EUR for the duplicate "
                                               "charge.", "customer_email": "grace@example.com"})
         assert (await client.wait(wid, timeout=60)).status == "completed"
@@ -279,7 +279,7 @@ async def test_a_shadow_works_under_its_own_identity_and_the_bus_refuses_it_the_
         deadline = time.monotonic() + 30
         while not [r for r in await shadow_records(client, "action") if r.workflow_id == wid]:
             assert time.monotonic() < deadline, "no shadow record"
-            await asyncio.sleep(0.1)  # noqa: ASYNC110 - records are read, not watched, here
+            await asyncio.sleep(0.1)
     finally:
         shadow.terminate()
         await shadow.wait()
