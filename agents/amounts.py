@@ -69,10 +69,18 @@ def asks_refund(text: str) -> bool:
     return bool(REFUND_WORDS.search(text))
 
 
+def refund_amounts(text: str) -> list[Money]:
+    """The distinct amounts of a ticket that asks for a refund (none if it asks for none)."""
+    if not REFUND_WORDS.search(text):
+        return []
+    seen: dict[tuple[float, str], Money] = {}
+    for m in find_money(text):
+        seen.setdefault((m.amount, m.currency), m)
+    return list(seen.values())
+
+
 def requested_refund(text: str) -> Money | None:
-    """The amount a refund is asked for: the mention nearest a word asking for one."""
-    mentions = find_money(text)
-    asks = [m.start() for m in REFUND_WORDS.finditer(text)]
-    if not mentions or not asks:
-        return None
-    return min(mentions, key=lambda m: min(abs(m.start - a) for a in asks))
+    """The amount a refund is asked for, if the ticket names exactly one: with two or more, which
+    one is meant is for a person to settle, not a rule."""
+    amounts = refund_amounts(text)
+    return amounts[0] if len(amounts) == 1 else None

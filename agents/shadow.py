@@ -29,6 +29,7 @@ import msgspec
 import structlog
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import KeyNotFoundError
 from nats.micro.service import ServiceConfig
 
 from switchyard.agents.context import TaskContext
@@ -37,9 +38,10 @@ from switchyard.agents.runtime import Agent
 from switchyard.protocol import codec, grants
 from switchyard.protocol.bus.provision import open_bucket
 from switchyard.protocol.bus.tasks import cancel_and_wait, periodically
-from switchyard.protocol.errors import ErrorCode
+from switchyard.protocol.errors import ConfigError, ErrorCode
 from switchyard.protocol.messages import (
     SHADOW_REFRESH_S,
+    SHADOW_STALE_S,
     ErrorInfo,
     ShadowCall,
     ShadowRegistration,
@@ -96,6 +98,15 @@ class ShadowAgent(Agent):
                                      instance=cfg.instance, at=time.time())
             await kv.put(self.role, msgspec.json.encode(reg))
 
+        # one shadow version per role at a time
+        with contextlib.suppress(KeyNotFoundError, msgspec.DecodeError, msgspec.ValidationError):
+            held = msgspec.json.decode((await kv.get(self.role)).value or b"{}",
+                                       type=ShadowRegistration)
+            if held.version != self.version and time.time() - held.at < SHADOW_STALE_S:
+                raise ConfigError(
+                    f"a shadow of role {self.role!r}, version {held.version} ({held.instance}), "
+                    f"is running: stop it before starting version {self.version} (replicas of "
+                    "one shadow share its copies; two versions would split them)")
         await register()  # before the first copy can be sent
         self._registering = asyncio.create_task(
             periodically(SHADOW_REFRESH_S, register, "shadow.register_failed"))

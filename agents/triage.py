@@ -3,20 +3,25 @@ flags of situations a person handles.
 
 A linear support-vector classifier (scikit-learn) over word and character n-gram TF-IDF (the
 characters carry it across languages, inflections and typos), calibrated with Platt scaling
-over cross-validation folds (chosen over logistic regression by 5-fold cross-validation on the
-training examples: 0.846 against 0.833 for the intent, 0.769 against 0.755 for the severity), trained at start-up from the labelled tickets shipped in
+over cross-validation folds. It was chosen over logistic regression by 5-fold cross-validation
+on the training examples (0.846 against 0.833 for the intent, 0.769 against 0.755 for the
+severity); it is trained at start-up from the labelled tickets shipped in
 ``data/tickets.csv``. It reads the ticket's plain text (``text.plain_text``: no markup). The
 confidence is the calibrated probability of the chosen intent, so ambiguous tickets really score
 low and the workflow's threshold sends them to a person.
 
 Rules come on top (``rules.flags``): a security incident, an instruction aimed at the agents, a
-request for another person's data, a legal matter. A legal flag makes the intent ``legal``; a
-security incident or a legal threat makes the severity ``high``, and an ``other`` ticket (feedback,
-sales, small talk) is ``low`` as every example of one is; a flagged ticket's confidence is
-at least ``RULE_CONFIDENCE`` (the rule is sure that a person handles it, and the workflow sends
-it to one); a refund asked for an amount is ``billing``
-(with a confidence of at least ``REFUND_CONFIDENCE``); a ticket with almost no words in it scores no
-more than ``LOW_INFORMATION_CONFIDENCE``, whatever the classifier says.
+request for another person's data, a legal matter.
+
+- A legal flag makes the intent ``legal``; a security incident or a legal threat makes the
+  severity ``high``; an ``other`` ticket (feedback, sales, small talk) is ``low``, as every
+  example of one is.
+- A flagged ticket's confidence is at least ``RULE_CONFIDENCE``: the rule is sure that a person
+  handles it, and the workflow sends it to one.
+- A refund asked for an amount is ``billing``, with a confidence of at least
+  ``REFUND_CONFIDENCE``.
+- A ticket with almost no words in it scores no more than ``LOW_INFORMATION_CONFIDENCE``,
+  whatever the classifier says.
 """
 
 from __future__ import annotations
@@ -48,7 +53,8 @@ _WORD = re.compile(r"[^\W\d_]{3,}")
 _EMPTY = frozenset("""hi hello hey dear thanks thank you please help hallo bonjour salut hola ciao
 buongiorno merci gracias grazie danke bitte dank obrigado olá see above again the and this that
 it's its not right there here what why how any update still same issue problem question thing
-broken works working about from before something anything stuff again wrong okay fine""".split())
+broken works working about from before something anything stuff again wrong okay fine hmm
+maybe perhaps thing things whatever unsure""".split())
 
 
 class Ticket(BaseModel):

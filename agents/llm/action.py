@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 
 from switchyard.agents import Agent, ErrorCode, JSONObject, TaskContext, ToolError
 from switchyard.agents.action import Draft, Refund, Request
-from switchyard.agents.amounts import requested_refund
+from switchyard.agents.amounts import refund_amounts
 from switchyard.agents.llm import models_of, prompt
 from switchyard.agents.text import plain_text
 from switchyard.protocol.grants import call_digest
@@ -109,7 +109,11 @@ async def _propose(ctx: TaskContext, req: Request, customer_id: str | None, name
         return {"error": "invalid_arguments", "message": "give the amount, a positive number"}
     if customer_id is None:
         return {"error": "not_permitted", "message": "nobody was looked up to refund"}
-    stated = requested_refund(plain_text(req.text))  # in the currency the customer named
+    amounts = refund_amounts(plain_text(req.text))  # in the currency the customer named
+    if len(amounts) > 1:
+        return {"error": "not_permitted", "message": "the ticket names several amounts; a "
+                "person settles which one is meant"}
+    stated = amounts[0] if amounts else None
     if stated is not None and abs(ask.amount - stated.amount) > 0.005:
         return {"error": "not_permitted", "message": f"the customer asked for "
                 f"{stated.amount:.2f} {stated.currency}; a refund is that or none"}

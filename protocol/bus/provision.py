@@ -85,7 +85,7 @@ def stream_configs(
         cfg(Stream.A2A_EVENTS, [s.all("a2a.events")], max_age=min(7 * DAY, trail_max_age)),
         # shadow agents: the copies of their roles' tasks and their records of them, a week
         cfg(Stream.SHADOW, [s.all("shadow")], max_age=min(7 * DAY, trail_max_age),
-            duplicate_window=120.0),
+            duplicate_window=min(120.0, trail_max_age)),
     ]
 
 

@@ -59,6 +59,29 @@ def run_agent(agent: Agent, *, instance: str = "") -> None:
 
 
 
+def load_agent(target: str, spec: str) -> Agent:
+    """The ``Agent`` that ``spec`` (``module:attr``, from the working directory too) names; a
+    sentence and exit 2 if it names none."""
+    from switchyard.agents import Agent
+    from switchyard.protocol.errors import ConfigError
+
+    module_name, _, attr = spec.partition(":")
+    if not attr:
+        err.print(f"[red]{escape(repr(target))} is neither a built-in role nor module:attr[/]")
+        raise typer.Exit(2)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        agent = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ConfigError) as exc:
+        err.print(f"[red]cannot load {escape(spec)}: {escape(str(exc))}[/]")
+        raise typer.Exit(2) from None
+    if not isinstance(agent, Agent):
+        err.print(f"[red]{escape(spec)} is a {type(agent).__name__}, not a switchyard.agents.Agent[/]")
+        raise typer.Exit(2)
+    return agent
+
+
 @agent_app.command("run")
 def agent_run(
     target: Annotated[str, typer.Argument(
@@ -79,7 +102,6 @@ def agent_run(
                          "comparison only (switchyard eval shadow)")] = False,
 ) -> None:
     """Run one agent process (or, with --a2a, a bridge to a remote A2A agent)."""
-    from switchyard.agents import Agent
     from switchyard.protocol.errors import ConfigError
     from switchyard.protocol.subjects import check_token
 
@@ -113,19 +135,7 @@ def agent_run(
         raise typer.Exit(2)
     builtin = {**BUILTIN_AGENTS, **(LLM_AGENTS if settings.agents == "llm" else {})}
     spec = builtin.get(target, target)
-    module_name, _, attr = spec.partition(":")
-    if not attr:
-        err.print(f"[red]{escape(repr(target))} is neither a built-in role nor module:attr[/]")
-        raise typer.Exit(2)
-    sys.path.insert(0, os.getcwd())
-    try:
-        agent = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError, ConfigError) as exc:
-        err.print(f"[red]cannot load {escape(spec)}: {escape(str(exc))}[/]")
-        raise typer.Exit(2) from None
-    if not isinstance(agent, Agent):
-        err.print(f"[red]{escape(spec)} is a {type(agent).__name__}, not a switchyard.agents.Agent[/]")
-        raise typer.Exit(2)
+    agent = load_agent(target, spec)
     if spec in LLM_AGENTS.values() and settings.model not in settings.catalogue().names():
         err.print(f"[red]the LLM agent {escape(target)} calls model {escape(repr(settings.model))}, "
                   "which the catalogue lacks: set SWITCHYARD_MODEL_BASE_URL (and "

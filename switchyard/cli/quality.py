@@ -54,6 +54,10 @@ def eval_cmd(
     its step outputs, tool calls, cost and latency are read back from the bus. The report names
     the agent versions, models, prompts and policy that produced it."""
     if compare is not None:
+        if golden is not None:
+            err.print("[red]--compare A.json B.json compares two reports; name no golden set "
+                      f"({escape(repr(golden))}) beside it[/]")
+            raise typer.Exit(_PROBLEM)
         _compare(*compare, json_out)
         return
     if golden == "shadow" and not Path("shadow").exists():
@@ -62,6 +66,10 @@ def eval_cmd(
     if golden is None:
         err.print("[red]name a golden set: switchyard eval support (the shipped one), or a "
                   "JSONL file[/] (or: eval shadow, eval --compare A.json B.json)")
+        raise typer.Exit(_PROBLEM)
+    if agent and connect:
+        err.print("[red]--agent runs a role with another agent on the stack eval starts; with "
+                  "--connect the running stack's agents are what they are[/]")
         raise typer.Exit(_PROBLEM)
     agents = _agents(agent or [])
     use_models(models, base_url, model, connect)
@@ -84,9 +92,12 @@ def eval_cmd(
             raise typer.Exit(_PROBLEM)
     loaded = settings.load_workflows()
     name = workflow or ("support-llm" if "support-llm" in loaded else "support")
-    if name not in loaded and not connect:
-        err.print(f"[red]no workflow {escape(repr(name))} (configured: {', '.join(sorted(loaded))})[/]")
-        raise typer.Exit(_PROBLEM)
+    for wanted, where in [(name, "--workflow")] + [(c.workflow, f"case {c.id}") for c in cases
+                                                    if c.workflow]:
+        if wanted not in loaded and not connect:
+            err.print(f"[red]{escape(where)}: no workflow {escape(repr(wanted))} (configured: "
+                      f"{', '.join(sorted(loaded))})[/]")
+            raise typer.Exit(_PROBLEM)
     policy = settings.load_policy()
     done: list[int] = []
 
@@ -95,7 +106,7 @@ def eval_cmd(
         if not json_out and sys.stderr.isatty():
             err.print(f"\r{len(done)}/{len(cases)} cases", end="")
 
-    err.print(f"running {len(cases)} cases of {source} through "
+    err.print(f"running {len(cases)} case{'s' if len(cases) != 1 else ''} of {source} through "
               + (f"the stack at {settings.nats_url}" if connect else "a stack of its own") + "…")
     scores, services = once(run_cases(settings, cases, name, connect=connect, agents=agents,
                                       timeout=timeout, concurrency=concurrency, on_case=progress))
@@ -113,11 +124,25 @@ def eval_cmd(
 
 
 def _agents(pairs: list[str]) -> dict[str, str]:
+    """``ROLE=module:attr`` pairs, each checked here (it loads, it is an agent of that role),
+    before a stack starts."""
+    from switchyard.cli.processes import load_agent
+    from switchyard.stack import ROLES
+
     agents = {}
     for pair in pairs:
         role, sep, target = pair.partition("=")
         if not sep or not role or ":" not in target:
             err.print(f"[red]--agent is ROLE=module:attr, not {escape(repr(pair))}[/]")
+            raise typer.Exit(_PROBLEM)
+        if role not in ROLES:
+            err.print(f"[red]--agent names a role the stack does not run: {escape(role)} "
+                      f"(roles: {', '.join(ROLES)})[/]")
+            raise typer.Exit(_PROBLEM)
+        found = load_agent(target, target)
+        if found.role != role:
+            err.print(f"[red]--agent {escape(pair)}: that agent serves role "
+                      f"{escape(repr(found.role))}, not {escape(repr(role))}[/]")
             raise typer.Exit(_PROBLEM)
         agents[role] = target
     return agents
@@ -155,17 +180,24 @@ def _print_report(r: dict[str, Any]) -> None:
         out.print(matrix)
     failed = [row for row in r["cases"] if not row["passed"]]
     if failed:
-        table = Table(title=f"{len(failed)} cases failed")
+        table = Table(title=f"{len(failed)} case{'s' if len(failed) != 1 else ''} failed")
         table.add_column("case")
         table.add_column("why")
         for row in failed:
             table.add_row(row["id"], escape("; ".join(row["failures"])))
         out.print(table)
-    out.print(f"passed {s['passed']}/{s['cases']} ({_pct(s['pass_rate'])}); escalated "
+    out.print(f"passed {s['passed']}/{s['cases']} ({_pct(s['pass_rate'])}); outcome right "
+              f"{_pct(s['outcome_accuracy'])}; escalated "
               f"{_pct(s['escalation_rate'])}, precision {_pct(s['escalation_precision'])}, recall "
               f"{_pct(s['escalation_recall'])}; risky actions without approval: "
-              f"{s['risky_unapproved']}; cost {s['cost_usd']['per_case']:.6f} USD per case; latency "
-              f"p50 {s['latency_s']['p50']:.2f} s, p95 {s['latency_s']['p95']:.2f} s", soft_wrap=True)
+              f"{s['risky_unapproved']}; cost {s['cost_usd']['per_case']:.6f} USD and "
+              f"{s['tokens_per_case']:g} tokens per case; latency mean {s['latency_s']['mean']:.2f} s, "
+              f"p50 {s['latency_s']['p50']:.2f} s, p95 {s['latency_s']['p95']:.2f} s, max "
+              f"{s['latency_s']['max']:.2f} s", soft_wrap=True)
+    weak = {t: v for t, v in r["tags"].items() if v["passed"] < v["n"]}
+    if weak:
+        out.print("tags with failures: " + ", ".join(f"{t} {v['passed']}/{v['n']}"
+                                                     for t, v in weak.items()), soft_wrap=True)
     gate = r["gate"]
     if gate["passed"]:
         out.print("[green]gate passed[/]")
@@ -195,7 +227,8 @@ def _compare(a: Path, b: Path, json_out: bool) -> None:
     if not diff["same_golden_set"]:
         out.print("[yellow]the two reports ran different golden sets[/]")
     for key, change in diff["provenance"].items():
-        out.print(f"{key}: {change['from']} → {change['to']}", soft_wrap=True)
+        out.print(f"{key}: {json.dumps(change['from'])} → {json.dumps(change['to'])}",
+                  soft_wrap=True, markup=False)
     table = Table(title=f"{a} → {b}")
     for col in ("figure", "A", "B", "Δ"):
         table.add_column(col)
@@ -208,6 +241,11 @@ def _compare(a: Path, b: Path, json_out: bool) -> None:
         out.print(f"[red]regressed[/] {row['id']}: " + escape("; ".join(row["failures"])), soft_wrap=True)
     if diff["fixed"]:
         out.print("[green]fixed[/] " + ", ".join(diff["fixed"]))
+    for side, key in (("A", "only_in_a"), ("B", "only_in_b")):
+        if diff[key]:
+            out.print(f"only in {side}: " + ", ".join(diff[key]), soft_wrap=True)
+    if diff["gate"].get("thresholds_differ"):
+        out.print("[yellow]the two reports were gated at different thresholds[/]")
     out.print(f"gate: {'passed' if diff['gate']['from'] else 'failed'} → "
               f"{'passed' if diff['gate']['to'] else 'failed'}")
 

@@ -13,7 +13,8 @@
 
 A field is ``<step>.<path>``: the path into that step's last output (a held tool call is the
 step's ``approval``), or ``outcome.<path>`` into the run's final output. Its spec is a bare value
-(exact), ``{"in": [...]}`` (any of), ``{"near": x, "tol": t}`` (numeric tolerance),
+(exact; ``{"equals": {...}}`` for an object), ``{"in": [...]}`` (any of), ``{"near": x, "tol": t}``
+(numeric tolerance, ``tol`` 0 unless given),
 ``{"overlap": [...], "min": j}`` (set overlap, Jaccard ≥ j) or ``{"schema": {...}}`` (JSON Schema
 only).
 """
@@ -23,12 +24,13 @@ from __future__ import annotations
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from switchyard.protocol.errors import ConfigError
+from switchyard.protocol.messages import EscalationKind
 
 Outcome = Literal["completed", "escalated", "rejected", "failed"]
 SHIPPED = ("support",)  # golden sets that ship with the package, by name
@@ -68,25 +70,30 @@ class Schema(BaseModel):
 
 
 class Exact(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     equals: Any
 
 
 Spec = Near | OneOf | Overlap | Schema | Exact
-_SPECS: dict[str, type[BaseModel]] = {"near": Near, "in": OneOf, "overlap": Overlap, "schema": Schema}
+_SPECS: dict[str, type[BaseModel]] = {"near": Near, "in": OneOf, "overlap": Overlap,
+                                      "schema": Schema, "equals": Exact}
+# what a case may say it waits for (protocol.messages.EscalationKind)
+KINDS = frozenset(get_args(EscalationKind))
 
 
 def parse_spec(value: Any) -> Spec:
-    """A field's spec from its JSON: an object keyed by a spec's word is that spec, anything
-    else is the exact value expected."""
-    if isinstance(value, dict):
-        kinds = [k for k in value if k in _SPECS]
-        if len(kinds) == 1:
-            spec = _SPECS[kinds[0]].model_validate(value)
-            assert isinstance(spec, Near | OneOf | Overlap | Schema)
-            return spec
-        if len(kinds) > 1:
-            raise ValueError(f"a field's spec has one of {sorted(_SPECS)}, not {sorted(kinds)}")
-    return Exact(equals=value)
+    """A field's spec from its JSON: an object is a spec (``near``, ``in``, ``overlap``,
+    ``schema``, or ``equals`` for an exact object), anything else the exact value expected. So
+    a misspelt spec is refused, not taken for an object expected exactly."""
+    if not isinstance(value, dict):
+        return Exact(equals=value)
+    kinds = [k for k in value if k in _SPECS]
+    if len(kinds) != 1:
+        raise ValueError(f"a field's spec is an object with one of {', '.join(sorted(_SPECS))} "
+                         f"(`equals` for an object expected exactly), not {sorted(value)}")
+    spec = _SPECS[kinds[0]].model_validate(value)
+    assert isinstance(spec, Near | OneOf | Overlap | Schema | Exact)
+    return spec
 
 
 class Expect(BaseModel):
@@ -99,10 +106,22 @@ class Expect(BaseModel):
     def _check(self) -> Expect:
         if self.escalation is not None and self.outcome != "escalated":
             raise ValueError("an escalation kind goes with outcome 'escalated'")
+        if self.escalation == []:
+            raise ValueError("escalation: name the kinds allowed, or leave it out for any")
+        unknown = sorted(set(self.kinds) - KINDS)
+        if unknown:
+            raise ValueError(f"escalation: unknown kind {', '.join(map(repr, unknown))} "
+                             f"(kinds: {', '.join(sorted(KINDS))})")
         for name, value in self.fields.items():
-            if "." not in name:
-                raise ValueError(f"field {name!r} is <step>.<path> (or outcome.<path>)")
-            parse_spec(value)
+            if "." not in name or not all(name.split(".")):
+                raise ValueError(f"field {name!r}: a field is named <step>.<path>, e.g. "
+                                 "triage.intent (or outcome.<path>)")
+            try:
+                parse_spec(value)
+            except (ValueError, ValidationError) as exc:
+                detail = (exc.errors()[0]["msg"] if isinstance(exc, ValidationError)
+                          else str(exc))
+                raise ValueError(f"field {name!r}: {detail}") from None
         return self
 
     @property

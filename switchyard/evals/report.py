@@ -197,6 +197,8 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         "fixed": [i for i in common if not before[i]["passed"] and after[i]["passed"]],
         "only_in_a": sorted(set(before) - set(after)),
         "only_in_b": sorted(set(after) - set(before)),
-        "gate": {"from": a["gate"]["passed"], "to": b["gate"]["passed"]},
+        "gate": {"from": a["gate"]["passed"], "to": b["gate"]["passed"],
+                 "thresholds_differ": any(a["gate"].get(k) != b["gate"].get(k) for k in (
+                     "min_pass", "max_escalation_rate", "min_escalation_precision"))},
     }
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import nats
@@ -18,6 +20,7 @@ from switchyard.client import SwitchyardClient
 from switchyard.credentials import connect_or_refuse
 from switchyard.evals.golden import Case
 from switchyard.evals.score import CaseScore, Observed, ToolUse, score_case
+from switchyard.natsd import free_ports
 from switchyard.protocol import codec
 from switchyard.protocol.errors import ConfigError, ProtocolError
 from switchyard.protocol.expressions import holds
@@ -39,7 +42,11 @@ async def run_cases(
 ) -> tuple[list[CaseScore], list[dict[str, Any]]]:
     """Score every case, on a stack of its own (with ``agents`` swapping a role's agent for
     another ``module:attr``) or on the one running at ``NATS_URL``; returns the scores and the
-    services that answered (their versions)."""
+    services that answered (their versions).
+
+    A stack of its own is one: an embedded nats-server on a free loopback port and a data
+    directory of its own (the support store, the supervisor's key), both gone afterwards, so
+    nothing of the run reaches a deployment that ``NATS_URL`` or ``SWITCHYARD_DATA_DIR`` name."""
     if connect:
         if not await nats_answers(settings.nats_url):
             raise ConfigError(f"no NATS server answers at {settings.nats_url}: --connect runs the "
@@ -61,15 +68,18 @@ async def run_cases(
         if unknown:
             raise ConfigError(f"--agent names a role the stack does not run: {', '.join(unknown)} "
                               f"(roles: {', '.join(ROLES)})")
-    async with LocalStack(settings, agents=stack_agents) as stack:
-        from switchyard.protocol.bus.component import servers
+    with tempfile.TemporaryDirectory(prefix="switchyard-eval-") as data:
+        own = settings.model_copy(update={
+            "nats_url": f"nats://127.0.0.1:{free_ports(1)}", "data_dir": Path(data)})
+        async with LocalStack(own, agents=stack_agents) as stack:
+            from switchyard.protocol.bus.component import servers
 
-        nc = await nats.connect(servers(stack.url), **stack.connect_options(CONSOLE))
-        try:
-            return await _drive(nc, settings, cases, workflow, timeout, concurrency, on_case,
-                                settle=False)
-        finally:
-            await nc.drain()
+            nc = await nats.connect(servers(stack.url), **stack.connect_options(CONSOLE))
+            try:
+                return await _drive(nc, own, cases, workflow, timeout, concurrency, on_case,
+                                    settle=False)
+            finally:
+                await nc.drain()
 
 
 async def _drive(

@@ -8,7 +8,9 @@ import os
 import uuid
 from pathlib import Path
 
+import nats
 import pytest
+from nats.js.errors import NotFoundError
 
 from switchyard.evals import golden
 
@@ -35,9 +37,18 @@ def _only() -> list[str]:
 async def test_eval_scores_the_set_records_what_produced_it_and_gates(
         nats_url: str, tmp_path: Path) -> None:
     report = tmp_path / "live.json"
+    env = _env(nats_url, tmp_path)
     res = await run_cli("eval", "support", *_only(), *GATE, "--report", str(report),
-                        env=_env(nats_url, tmp_path), timeout=240)
+                        env=env, timeout=240)
     assert res.code == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    # a stack of its own: nothing reached the server NATS_URL names, nor the data directory
+    nc = await nats.connect(nats_url)
+    try:
+        with pytest.raises(NotFoundError):
+            await nc.jetstream().stream_info(f"{env['SWITCHYARD_PREFIX'].upper()}_JOURNAL")
+    finally:
+        await nc.close()
+    assert not (tmp_path / "data").exists()
     r = json.loads(report.read_text())
     cases = [c for c in golden.load("support") if set(TAGS) & set(c.tags)]
     s = r["summary"]
@@ -75,7 +86,8 @@ async def test_a_degraded_triage_fails_the_gate_and_compare_names_what_regressed
     diff = await run_cli("eval", "--compare", str(live), str(degraded), "--json", env=env)
     assert diff.code == 0, diff.stderr
     d = json.loads(diff.stdout)
-    assert d["same_golden_set"] and d["gate"] == {"from": True, "to": False}
+    assert d["same_golden_set"] and d["gate"] == {"from": True, "to": False,
+                                                  "thresholds_differ": False}
     assert d["provenance"]["agents"]["to"]["triage"] == ["1.0.1-degraded"]
     assert d["figures"]["pass_rate"]["delta"] < 0 and d["regressed"]
     shown = await run_cli("eval", "--compare", str(live), str(degraded), env=env)
@@ -90,10 +102,16 @@ async def test_a_degraded_triage_fails_the_gate_and_compare_names_what_regressed
     (["eval", "support", "--only", "no-such-tag"], "no case has the tags no-such-tag"),
     (["eval", "support", "--workflow", "nope"], "no workflow 'nope'"),
     (["eval", "support", "--min-pass", "2"], "less than or equal to 1"),
+    (["eval", "support", "--agent", "triage=no_such_module:agent"], "cannot load no_such_module"),
+    (["eval", "support", "--agent", "triage=json:dumps"], "is a function, not a switchyard"),
+    (["eval", "support", "--agent", "action=degraded_triage:agent"], "serves role 'triage'"),
+    (["eval", "support", "--connect", "--agent", "triage=degraded_triage:agent"],
+     "with --connect the running stack's agents are what they are"),
+    (["eval", "support", "--compare", "a.json", "b.json"], "name no golden set"),
 ])
 async def test_eval_refuses_bad_input_with_a_sentence(
         args: list[str], says: str, nats_url: str, tmp_path: Path) -> None:
-    res = await run_cli(*args, env=_env(nats_url, tmp_path), timeout=120)
+    res = await run_cli(*args, env=_env(nats_url, tmp_path), cwd=HERE, timeout=120)
     assert res.code == 2, res.stdout + res.stderr
     assert says in res.stderr + res.stdout and "Traceback" not in res.stderr
 
@@ -104,6 +122,16 @@ async def test_eval_refuses_a_golden_line_that_is_no_case_and_a_report_that_is_n
     bad.write_text('{"id": "a", "input": {}, "expect": {"outcome": "completed"}}\n{"id": \n')
     res = await run_cli("eval", str(bad), env=_env(nats_url, tmp_path))
     assert res.code == 2 and f"{bad}:2: not JSON" in res.stderr
+    typo = tmp_path / "typo.jsonl"  # a misspelt spec is refused, not taken for an exact object
+    typo.write_text('{"id": "a", "input": {}, "expect": {"outcome": "completed", "fields": '
+                    '{"triage.intent": {"nera": 3}}}}\n')
+    res = await run_cli("eval", str(typo), env=_env(nats_url, tmp_path))
+    assert res.code == 2 and "field 'triage.intent': a field's spec is an object with" in res.stderr
+    elsewhere = tmp_path / "elsewhere.jsonl"
+    elsewhere.write_text('{"id": "a", "workflow": "nosuch", "input": {}, '
+                         '"expect": {"outcome": "completed"}}\n')
+    res = await run_cli("eval", str(elsewhere), env=_env(nats_url, tmp_path))
+    assert res.code == 2 and "case a: no workflow 'nosuch'" in res.stderr
     junk = tmp_path / "junk.json"
     junk.write_text('{"hello": 1}')
     res = await run_cli("eval", "--compare", str(junk), str(junk), env=_env(nats_url, tmp_path))

@@ -124,9 +124,10 @@ async def test_a_shadow_is_scored_against_the_live_agent_and_changes_nothing(
         # the comparison, as a user asks for it
         res = await run_cli("eval", "shadow", "--json", env=env)
         assert res.code == 0, res.stderr
-        action = json.loads(res.stdout)["roles"]["action"]
+        action = json.loads(res.stdout)["shadows"]["action@1.0.0"]
         assert action["copies"] == len(TICKETS) and action["matched"] == len(TICKETS)
-        assert action["agreement"] == 1.0 and action["status_agreement"] == 1.0
+        assert action["agreement"] == 1.0, action["disagreements"]
+        assert action["status_agreement"] == 1.0
         assert action["would_wait_for_approval"] == 1 and action["shadow_errors"] == 0
         shown = await run_cli("eval", "shadow", env=env)
         assert "shadow agents against the live ones" in shown.stdout
