@@ -48,6 +48,7 @@ from switchyard.protocol.messages import (
     Event,
     Outcome,
     Partial,
+    Result,
     WorkflowRequest,
 )
 from switchyard.protocol.subjects import Bucket, JournalKind, Stream, Subjects, check_token
@@ -217,6 +218,18 @@ class SwitchyardClient:
     async def journal_records(self, workflow_id: str) -> list[Record]:
         """A workflow's journal as stored, up to its last record when this was called."""
         return [r async for r in self.journal.records(workflow_id)]
+
+    async def results(self, workflow_id: str) -> list[Result]:
+        """The agents' results on a workflow's journal, in order (one that cannot be read is
+        left out: ``audit verify`` names it)."""
+        out = []
+        for record in await self.journal_records(workflow_id):
+            parsed = self.s.parse_journal(record.subject)
+            if parsed is None or parsed[1] != JournalKind.RESULT:
+                continue
+            with contextlib.suppress(ProtocolError):
+                out.append(codec.decode(record.data, Result))
+        return out
 
     async def audit(self, workflow_id: str, definitions: Definitions) -> Audit:
         """Check a workflow's journal (the links) and its tool-call chain, and replay the

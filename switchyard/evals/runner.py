@@ -21,11 +21,8 @@ from switchyard.credentials import connect_or_refuse
 from switchyard.evals.golden import Case
 from switchyard.evals.score import CaseScore, Observed, ToolUse, score_case
 from switchyard.natsd import free_ports
-from switchyard.protocol import codec
-from switchyard.protocol.errors import ConfigError, ProtocolError
+from switchyard.protocol.errors import ConfigError
 from switchyard.protocol.expressions import holds
-from switchyard.protocol.messages import Result
-from switchyard.protocol.subjects import JournalKind
 from switchyard.settings import Settings
 from switchyard.stack import LocalStack, nats_answers
 from switchyard.supervisor.authz import CONSOLE
@@ -126,14 +123,7 @@ async def observe(client: SwitchyardClient, case: Case, workflow: str, workflow_
 
 
 async def _read_results(client: SwitchyardClient, seen: Observed) -> None:
-    for record in await client.journal_records(seen.workflow_id):
-        parsed = client.s.parse_journal(record.subject)
-        if parsed is None or parsed[1] != JournalKind.RESULT:
-            continue
-        try:
-            result = codec.decode(record.data, Result)
-        except ProtocolError:
-            continue
+    for result in await client.results(seen.workflow_id):
         if result.output is not None:
             seen.steps[result.step] = result.output
             seen.confidence[result.step] = result.confidence

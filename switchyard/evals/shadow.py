@@ -17,7 +17,7 @@ from switchyard.client import SwitchyardClient
 from switchyard.protocol import codec, grants
 from switchyard.protocol.errors import ProtocolError
 from switchyard.protocol.messages import Result, ShadowResult
-from switchyard.protocol.subjects import JournalKind, Stream, check_token
+from switchyard.protocol.subjects import Stream, check_token
 
 TEXT_SIMILAR = 0.9  # two long texts agree when difflib's ratio is at least this
 LONG_TEXT = 80
@@ -57,17 +57,7 @@ async def shadow_records(client: SwitchyardClient, role: str = "", *,
 
 
 async def _live_results(client: SwitchyardClient, workflow_id: str) -> dict[str, Result]:
-    found: dict[str, Result] = {}
-    for record in await client.journal_records(workflow_id):
-        parsed = client.s.parse_journal(record.subject)
-        if parsed is None or parsed[1] != JournalKind.RESULT:
-            continue
-        try:
-            result = codec.decode(record.data, Result)
-        except ProtocolError:
-            continue
-        found[result.task_id] = result
-    return found
+    return {r.task_id: r for r in await client.results(workflow_id)}
 
 
 def _flat(value: Any, prefix: str = "") -> dict[str, Any]:

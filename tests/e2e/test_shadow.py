@@ -5,6 +5,7 @@ a result, or has an effect."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sqlite3
@@ -20,8 +21,7 @@ from nats.aio.client import Client
 from switchyard.client import SwitchyardClient
 from switchyard.evals.shadow import shadow_records
 from switchyard.protocol import codec, grants
-from switchyard.protocol.messages import Result, Task
-from switchyard.protocol.subjects import JournalKind
+from switchyard.protocol.messages import Task
 from switchyard.settings import Settings
 from switchyard.stack import LocalStack
 from switchyard.supervisor.authz import CONSOLE
@@ -64,6 +64,28 @@ def _store_rows(data: Path) -> tuple[list[str], list[str]]:
     return tickets, refunds
 
 
+@contextlib.asynccontextmanager
+async def shadow_of(role: str, running: LocalStack, env: dict[str, str]
+                    ) -> AsyncIterator[tuple[Client, SwitchyardClient]]:
+    """A shadow agent of ``role`` as its own process, as a user starts it, once the supervisor
+    sees it; and a connection as the console."""
+    s = running.settings.subjects
+    shadow = await asyncio.create_subprocess_exec(
+        CLI, "agent", "run", role, "--shadow", env=env, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    nc = await nats.connect(running.url, **running.connect_options(CONSOLE))
+    try:
+        async def shadowed() -> bool:
+            return role in (await _status(nc, s.prefix))["shadowed"]  # type: ignore[operator]
+
+        await _until("the supervisor to see the shadow", shadowed)
+        yield nc, SwitchyardClient(nc, s)
+    finally:
+        shadow.terminate()
+        await shadow.wait()
+        await nc.close()
+
+
 @pytest.fixture
 async def stack(nats_url: str, tmp_path: Path) -> AsyncIterator[tuple[LocalStack, dict[str, str]]]:
     prefix = f"h{uuid.uuid4().hex[:8]}"
@@ -77,19 +99,8 @@ async def stack(nats_url: str, tmp_path: Path) -> AsyncIterator[tuple[LocalStack
 async def test_a_shadow_is_scored_against_the_live_agent_and_changes_nothing(
         stack: tuple[LocalStack, dict[str, str]]) -> None:
     running, env = stack
-    s = running.settings.subjects
     data = running.settings.data_dir
-    shadow = await asyncio.create_subprocess_exec(
-        CLI, "agent", "run", "action", "--shadow", env=env, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-    nc = await nats.connect(running.url, **running.connect_options(CONSOLE))
-    try:
-        client = SwitchyardClient(nc, s)
-
-        async def shadowed() -> bool:
-            return "action" in (await _status(nc, s.prefix))["shadowed"]  # type: ignore[operator]
-
-        await _until("the supervisor to see the shadow", shadowed)
+    async with shadow_of("action", running, env) as (_, client):
         ids = {}
         for name, email, text, _ in TICKETS:
             ids[name] = await client.submit("support", {"text": text, "customer_email": email},
@@ -114,8 +125,7 @@ async def test_a_shadow_is_scored_against_the_live_agent_and_changes_nothing(
         assert not any(x.startswith("DRY-") for x in tickets + refunds)
         # no journal holds a result of the shadow's, and no tool-call record names its calls
         for wid in ids.values():
-            results = [codec.decode(r.data, Result) for r in await client.journal_records(wid)
-                       if (s.parse_journal(r.subject) or ("", "", ""))[1] == JournalKind.RESULT]
+            results = await client.results(wid)
             assert {r.agent for r in results}.isdisjoint({small.instance})
             assert len([r for r in results if r.step == "action"]) == 1
         called = [e for wid in ids.values() for ev in await client.events(wid)
@@ -131,10 +141,6 @@ async def test_a_shadow_is_scored_against_the_live_agent_and_changes_nothing(
         assert action["would_wait_for_approval"] == 1 and action["shadow_errors"] == 0
         shown = await run_cli("eval", "shadow", env=env)
         assert "shadow agents against the live ones" in shown.stdout
-    finally:
-        shadow.terminate()
-        await shadow.wait()
-        await nc.close()
 
 
 async def test_a_shadow_refuses_a_copy_whose_grant_could_act(
@@ -142,17 +148,7 @@ async def test_a_shadow_refuses_a_copy_whose_grant_could_act(
     """A copy carrying a live (not dry) grant is dead-lettered by the shadow, never worked."""
     running, env = stack
     s = running.settings.subjects
-    shadow = await asyncio.create_subprocess_exec(
-        CLI, "agent", "run", "action", "--shadow", env=env, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-    nc = await nats.connect(running.url, **running.connect_options(CONSOLE))
-    try:
-        client = SwitchyardClient(nc, s)
-
-        async def shadowed() -> bool:
-            return "action" in (await _status(nc, s.prefix))["shadowed"]  # type: ignore[operator]
-
-        await _until("the shadow to register", shadowed)
+    async with shadow_of("action", running, env) as (nc, client):
         signer = grants.Signer(running.settings.load_seed())
         now = time.time()
         live = grants.Grant(id="w1:action:1", workflow_id="w1", task_id="w1:action:1",
@@ -169,8 +165,4 @@ async def test_a_shadow_refuses_a_copy_whose_grant_could_act(
         await _until("the copy's dead letter", dead_lettered)
         assert await shadow_records(client, "action") == []
         assert _store_rows(running.settings.data_dir)[1] == []
-    finally:
-        shadow.terminate()
-        await shadow.wait()
-        await nc.close()
 
