@@ -111,9 +111,13 @@ def eval_cmd(
     scores, services = once(run_cases(settings, cases, name, connect=connect, agents=agents,
                                       timeout=timeout, concurrency=concurrency, on_case=progress))
     gate = Gate(min_pass, max_escalation_rate, min_escalation_precision)
+    catalogue = settings.catalogue()
+    ids = {m: f"{spec.provider_model}" + (f" at {spec.base_url}" if spec.base_url else " (local)")
+           for m in catalogue.names() if (spec := catalogue.get(m))}
     result = build(scores, services, source=str(source), text=golden_set.read_text(source),
                    workflow=name, definition=loaded[name].digest() if name in loaded else "",
-                   policy=policy.digest() if policy is not None else "", gate=gate)
+                   policy=policy.digest() if policy is not None else "", gate=gate,
+                   model_ids=ids)
     if report is not None:
         report.write_text(json.dumps(result, indent=2) + "\n")
     if json_out:
@@ -160,7 +164,8 @@ def _print_report(r: dict[str, Any]) -> None:
     out.print("agents: " + ", ".join(f"{k} {'/'.join(v)}" for k, v in p["agents"].items()),
               soft_wrap=True)
     if p["models"]:
-        out.print("models: " + ", ".join(p["models"]), soft_wrap=True)
+        out.print("models: " + ", ".join(f"{m} ({p['model_ids'].get(m, m)})" for m in p["models"]),
+                  soft_wrap=True)
     if p["prompts"]:
         out.print("prompts: " + ", ".join(p["prompts"]), soft_wrap=True)
     fields = Table(title="per-field accuracy")

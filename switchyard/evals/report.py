@@ -112,7 +112,8 @@ def confusion(scores: list[CaseScore], name: str = CONFUSION_FIELD) -> dict[str,
 
 
 def provenance(scores: list[CaseScore], services: list[dict[str, Any]], *, policy: str,
-               workflow: str, definition: str) -> dict[str, Any]:
+               workflow: str, definition: str, model_ids: dict[str, str] | None = None,
+               ) -> dict[str, Any]:
     """What produced these figures: agent versions (as their services report them), the models
     and prompts the runs' results name, the policy and the workflow definition."""
     agents: dict[str, set[str]] = defaultdict(set)
@@ -123,9 +124,12 @@ def provenance(scores: list[CaseScore], services: list[dict[str, Any]], *, polic
             agents[str(meta.get("role", svc.get("name", "")))].add(str(svc.get("version", "")))
         elif meta.get("kind") == "supervisor" and meta.get("policy"):
             supervisor_policy.add(str(meta["policy"]))
+    models = sorted({m for s in scores for m in s.observed.models})
     return {
         "agents": {role: sorted(v) for role, v in sorted(agents.items())},
-        "models": sorted({m for s in scores for m in s.observed.models}),
+        "models": models,
+        # what each catalogue name was: the provider's model id and where it answered
+        "model_ids": {m: (model_ids or {}).get(m, m) for m in models},
         "prompts": sorted({p for s in scores for p in s.observed.prompts}),
         "policy": policy,
         "supervisor_policy": sorted(supervisor_policy),
@@ -135,7 +139,8 @@ def provenance(scores: list[CaseScore], services: list[dict[str, Any]], *, polic
 
 
 def build(scores: list[CaseScore], services: list[dict[str, Any]], *, source: str, text: str,
-          workflow: str, definition: str, policy: str, gate: Gate) -> dict[str, Any]:
+          workflow: str, definition: str, policy: str, gate: Gate,
+          model_ids: dict[str, str] | None = None) -> dict[str, Any]:
     summary = summarize(scores)
     failed = gate.check(summary)
     return {
@@ -144,7 +149,7 @@ def build(scores: list[CaseScore], services: list[dict[str, Any]], *, source: st
         "golden": {"source": source, "cases": len(scores),
                    "sha256": hashlib.sha256(text.encode()).hexdigest()[:16]},
         "provenance": provenance(scores, services, policy=policy, workflow=workflow,
-                                 definition=definition),
+                                 definition=definition, model_ids=model_ids),
         "summary": summary,
         "fields": field_accuracy(scores),
         "tags": tag_pass(scores),

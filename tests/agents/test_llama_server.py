@@ -142,3 +142,36 @@ async def test_the_llm_support_workflow_runs_end_to_end_on_the_demo(
     # every ticket's triage asked the model at least once; each one completed, three steps
     assert report["usage"]["calls"] >= 30 + 2 * report["counts"].get("completed", 0)
     assert report["usage"]["input_tokens"] > 0 and report["usage"]["output_tokens"] > 0
+
+
+@pytest.mark.timeout(600)
+async def test_the_llm_variants_are_scored_by_the_same_command(
+    llama: str, tmp_path: Path, record_property: object,
+) -> None:
+    """``switchyard eval support --models llm …``: the golden set's cases through the LLM agents
+    on the real server, and a report that names the model and the prompts that produced it
+    (the tiny model's random weights answer nonsense: the point is the path, not the score)."""
+    env = {**os.environ, "NATS_URL": f"nats://127.0.0.1:{free_ports(1)}"}
+    env.pop("SWITCHYARD_DATA_DIR", None)
+    report = tmp_path / "llm.json"
+    proc = await asyncio.create_subprocess_exec(
+        CLI, "eval", "support", "--models", "llm", "--base-url", llama, "--model", "tiny",
+        "--only", "currency:GBP", "--only", "injection", "--min-pass", "0", "--timeout", "300",
+        "--report", str(report), env=env, cwd=tmp_path, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    async with asyncio.timeout(540):
+        out, err = await proc.communicate()
+    assert proc.returncode == 0, out.decode()[-3000:] + err.decode()[-3000:]
+    r = json.loads(report.read_text())
+    record_property("report", f"{r['summary']['cases']} cases: pass rate "
+                    f"{r['summary']['pass_rate']}, {r['summary']['tokens_per_case']} tokens and "
+                    f"{r['summary']['latency_s']['p50']} s (p50) per case")  # type: ignore[operator]
+    p = r["provenance"]
+    assert p["workflow"] == "support-llm" and "llm" in p["models"]
+    assert p["model_ids"]["llm"] == f"tiny at {llama}"  # the provider's id, where it answered
+    assert {x.split("@")[0] for x in p["prompts"]} >= {"triage"}
+    assert r["summary"]["cases"] == 6 and r["summary"]["timeouts"] == 0
+    assert r["summary"]["tokens_per_case"] > 0
+    # the rules still send what they flag to a person, whatever the model says
+    injected = [c for c in r["cases"] if "injection" in c["tags"]]
+    assert all(c["status"] == "escalated" and c["kind"] == "routed" for c in injected), injected
