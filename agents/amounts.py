@@ -32,15 +32,23 @@ _MONEY = re.compile(
     re.IGNORECASE,
 )
 REFUND_WORDS = re.compile(
-    r"refund|money back|reimburs|pay (?:me )?back|credit (?:it )?back|"
+    r"\b(?:refund(?!able)|money back|reimburs|pay (?:me )?back|credit (?:it )?back|"
     r"rückerstatt|erstatt|zurückzahl|geld zurück|"
-    r"rembours|me rendre|"
+    r"rembours|"
     r"reembols|devolu|devolv|"
     r"rimbors|restitu|"
     r"terugbetal|terugstort|geld terug|"
-    r"estorno|reembolso|devolução",
+    r"estorno|reembolso|devolução)",
     re.IGNORECASE,
 )
+# a refund word that asks for none: negated just before it, or one already received
+_NOT_ASKED = re.compile(
+    r"(?:\b(?:no|not|don't|do not|never|nicht|kein\w*|pas de|ne veux pas|no quiero|non voglio|"
+    r"geen|wil geen|não quero)\W+(?:\w+\W+){0,3}$)|(?:\b(?:received|got|had|thanks? for|"
+    r"erhalten|reçu|recibido|ricevuto|ontvangen|recebi)\W+(?:\w+\W+){0,2}$)",
+    re.IGNORECASE)
+NEAR = 150  # characters between the refund word and the amount it asks for (two sentences)
+MAX_AMOUNT = 1e9  # a longer number is no amount anybody asks back
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,23 +67,31 @@ def find_money(text: str) -> list[Money]:
         unit = (m.group("pre") or m.group("post") or "").lower()
         currency = CURRENCIES.get(unit)
         price = Price.fromstring(number.replace(" ", " "))
-        if currency is None or price.amount_float is None or price.amount_float <= 0:
+        value = price.amount_float
+        if currency is None or value is None or not 0 < value < MAX_AMOUNT:
             continue
-        found.append(Money(round(price.amount_float, 2), currency, m.start(), m.end()))
+        found.append(Money(round(value, 2), currency, m.start(), m.end()))
     return found
 
 
+def _asks(text: str) -> list[int]:
+    """Where the ticket asks for a refund: refund words not negated nor already received."""
+    return [m.start() for m in REFUND_WORDS.finditer(text)
+            if not _NOT_ASKED.search(text[max(0, m.start() - 40):m.start()])]
+
+
 def asks_refund(text: str) -> bool:
-    return bool(REFUND_WORDS.search(text))
+    return bool(_asks(text))
 
 
 def refund_amounts(text: str) -> list[Money]:
-    """The distinct amounts of a ticket that asks for a refund (none if it asks for none)."""
-    if not REFUND_WORDS.search(text):
-        return []
+    """The distinct amounts within ``NEAR`` characters of a word asking for a refund (none if
+    the ticket asks for none)."""
+    asks = _asks(text)
     seen: dict[tuple[float, str], Money] = {}
     for m in find_money(text):
-        seen.setdefault((m.amount, m.currency), m)
+        if any(abs(m.start - a) <= NEAR or abs(m.end - a) <= NEAR for a in asks):
+            seen.setdefault((m.amount, m.currency), m)
     return list(seen.values())
 
 

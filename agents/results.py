@@ -38,7 +38,11 @@ def make_result(
     return result
 
 
-def check_grant_fits(grant: grants.Grant, task: Task, role: str) -> None:
+def check_grant_fits(grant: grants.Grant, task: Task, role: str, *, dry: bool = False) -> None:
+    """The grant is the task's: its task, workflow and role, and dry exactly when the agent is
+    a shadow (a live agent never acts under a shadow's grant, nor a shadow under a live one)."""
+    if grant.dry != dry:
+        raise GrantScopeError("dry", str(grant.dry).lower(), str(dry).lower())
     if grant.task_id != task.id:
         raise GrantScopeError("task", grant.task_id, task.id)
     if grant.workflow_id != task.workflow_id:

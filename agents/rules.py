@@ -9,6 +9,7 @@ before any agent acts on it."""
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Iterable
 
@@ -26,7 +27,9 @@ def _any(patterns: Iterable[str]) -> re.Pattern[str]:
 
 
 _SECURITY = _any([
-    r"\bhack(?:ed|ers?)\b", r"\bcompromised?\b", r"\bphishing\b", r"\bbreach(?:ed)?\b(?!.*contract)",
+    r"\bhack(?:ed|ers?)\b", r"\b(?:account|password|login|device|laptop|email)s? (?:was |were |is |"
+    r"has been |have been )?compromised\b", r"\bcompromised (?:account|password|login)",
+    r"\bphishing\b", r"\bbreach(?:ed)?\b(?!.*contract)",
     r"(?:someone|somebody|a stranger|an unknown person)(?: else)? (?:has )?(?:logged|signed|got) in",
     r"suspicious (?:log-?ins?|sign-?ins?|activity|sessions?|emails?)",
     r"(?:wasn't|was not|not) me\b", r"\bunauthori[sz]ed (?:access|log-?ins?|sign-?ins?|user)",
@@ -34,7 +37,7 @@ _SECURITY = _any([
     r"(?:kill|end|revoke|terminate|log out) (?:all )?(?:of )?(?:the |my )?(?:active )?sessions",
     r"log-?ins? (?:from|on) (?:devices?|countries|locations?|ip)",
     r"(?:devices?|locations?|log-?ins?|sessions?) (?:that )?(?:I|we) (?:do not|don't|didn't|did not) "
-    r"(?:own|recogni[sz]e|know|make)", r"\bnot mine\b",
+    r"(?:own|recogni[sz]e|know|make)",
     r"publicly (?:readable|accessible|exposed)", r"\bdata leak\b",
     r"security (?:researcher|vulnerability|hole|flaw)",
     r"password (?:was|has been) changed.{0,60}(?:not|wasn't|didn't)",
@@ -44,17 +47,18 @@ _SECURITY = _any([
     r"(?:exactly )?(?:like|to be|as) (?:from )?(?:you|your|support)",
     # de, fr, es, it, nl, pt
     r"\bgehackt\b", r"\bverdächtige? (?:anmeldung|login|aktivität)", r"nicht ich\b", r"\bunbefugte?\b",
-    r"\bpirat[ée]e?s?\b", r"connexions? suspecte", r"ce n'(?:est|était) pas moi", r"\busurpation\b",
+    r"\bpiraté(?:e|s|es)?\b", r"connexions? suspecte", r"ce n'(?:est|était) pas moi", r"\busurpation\b",
     r"\bhacke(?:ado|ada|aron)\b", r"sesi(?:ón|ones) sospechos", r"inicios? de sesión.{0,60}no son m[ií]os",
     r"\bhackerat[oa]\b", r"access[oi] sospett", r"non sono stat[oa] io",
     r"\bverdachte? (?:inlog|aanmelding|activiteit)", r"\bniet ik\b", r"\bgehackt\b",
     r"\b(?:invadid[ao]|hackead[ao])\b", r"acessos? suspeit", r"não fui eu",
 ])
 _INJECTION = _any([
-    r"\b(?:ignore|disregard|forget|override) (?:all |any |your |the )*(?:previous |prior |above |earlier |"
-    r"system )?(?:instructions|rules|prompts?|guidelines)",
-    r"\byou are now\b", r"\bsystem prompt\b", r"\bhidden instructions\b", r"\bdeveloper mode\b",
-    r"\bjailbreak", r"\bsystem override\b", r"^\s*(?:assistant|system)\s*:", r"\b(?:assistant|system):\s",
+    r"\b(?:ignore|disregard|forget|override) (?:the )?(?:all|any|your|previous|prior|above|earlier|"
+    r"system)(?: previous| prior| your| the| of your)? (?:instructions|rules|prompts?|guidelines)",
+    r"\byou are now (?:an? |in |free|unlocked|unrestricted|no longer|\w+-?bot\b|dan\b)",
+    r"\bsystem prompt\b", r"\bhidden instructions\b", r"\bjailbreak", r"\bsystem override\b",
+    r"(?:^|\n)\s*(?:assistant|system)\s*:", r"\bassistant:\s",
     r"reveal (?:your |the )?(?:instructions|prompt|rules|configuration)",
     r"as (?:the|an|your) (?:platform )?(?:admin|administrator|developer|owner),? "
     r"I (?:order|instruct|command)",
@@ -71,9 +75,9 @@ _DATA = (r"(?:phone(?: number)?|mobile|number|address|e-?mail(?: address)?|conta
          r"numéro|téléphone|courriel|teléfono|dirección|correo|indirizzo|telefono|adres|"
          r"telefoonnummer|endereço|telemóvel)")
 _OTHERS = (r"(?:colleague|co-?worker|friend|boss|manager|ex|wife|husband|partner|neighbou?r|"
-           r"her|his|him|she|he|they|someone else|another customer|kollegin|kollege|freund(?:in)?|"
-           r"chef(?:in)?|ihr|sein|ihn|er|sie|collègue|ami|amie|patron|colega|amig[oa]|jefe|"
-           r"collega|amic[oa]|capo|vriend(?:in)?|baas|zijn|haar|hem|chefe)")
+           r"her|his|him|someone else|another customer|kollegin|kollege|freund(?:in)?|"
+           r"chef(?:in)?|collègue|ami|amie|patron|colega|amig[oa]|jefe|"
+           r"collega|amic[oa]|capo|vriend(?:in)?|baas|chefe)")
 _ASK = (r"(?:tell|give|send|share|forward|provide|what(?:'s| is| are)|which|look up|find out|"
         r"geben|schicken|nennen|mitteilen|sagen|donner|donnez|envoyer|envoyez|communiquer|dites|"
         r"dar|dame|enviar|decir|dime|dare|inviare|dimmi|dirmi|geven|geef|sturen|stuur|doorgeven|"
@@ -84,12 +88,14 @@ _THIRD_PARTY = re.compile(
     rf"(?:(?-i:[A-Z][a-z]+ [A-Z][a-z]+)|my {_OTHERS})", re.IGNORECASE | re.DOTALL)
 # a legal threat: the severity is high
 _LEGAL_THREAT = _any([
-    r"\blawsuit\b", r"\bsu(?:e|ing)\b(?! ?\w+@)", r"\bcourt\b", r"\bsubpoena", r"\bcease and desist\b",
+    r"\blawsuit\b", r"\b(?:will|going to|shall|to) sue\b", r"\bsu(?:e|ing) (?:you|your|the company)\b",
+    r"\bcourt\b", r"\bsubpoena", r"\bcease and desist\b",
     r"\blegal (?:action|steps|proceedings|notice|claim)", r"\bchargeback\b", r"\bregulator\b",
     r"data protection (?:authority|regulator)", r"\bpolice\b", r"formal (?:notice|complaint)",
     r"\bdisput(?:e|ed|ing)\b.{0,40}\b(?:bank|charge|payment|card)",
     r"\b(?:my|our) (?:bank|card issuer)\b.{0,60}\b(?:revers|disput|chargeback|claim)",
-    r"\b(?:file|filing|prepar\w*) (?:a )?(?:claim|complaint)\b", r"\bdamages\b",
+    r"\b(?:claim|claiming|seek|seeking|sue for) damages\b", r"\bdamages (?:claim|of \d)",
+    r"\b(?:counsel|lawyers?|attorneys?|solicitors?)\b.{0,60}\b(?:claim|complaint|legal action|papers)\b",
     r"\bklage\b", r"\bgericht", r"datenschutzbehörde", r"\btribunal\b", r"\bcnil\b",
     r"mise en demeure", r"\bdemanda\b", r"\btribunale\b", r"garante per la protezione",
     r"\bdiffida\b", r"\brechtbank\b", r"\bprocesso judicial\b",
@@ -100,7 +106,7 @@ _LEGAL = _any([
     r"\bcopyright\b", r"\bdmca\b", r"\bgdpr\b", r"\bccpa\b", r"data protection officer",
     r"formal request", r"\bdata subject\b", r"article 1[57]\b", r"\banwalt\b", r"\brechtsanwält",
     r"\bdsgvo\b", r"\bavocats?\b", r"\brgpd\b", r"\babogad[oa]s?\b", r"\bavvocat[oi]\b",
-    r"\badvocaat\b", r"(?-i:\bAVG\b)", r"\badvogad[oa]s?\b", r"\blgpd\b",
+    r"\badvocaat\b", r"\badvogad[oa]s?\b", r"\blgpd\b",
 ])
 
 
@@ -114,13 +120,14 @@ def flags(raw: str, text: str, *, sender: str | None = None) -> list[str]:
     found = []
     if _SECURITY.search(text):
         found.append(SECURITY)
-    if _INJECTION.search(raw) or _INJECTION.search(text):
+    # the raw text too, entities decoded: an instruction hidden from a person's eye in markup
+    if _INJECTION.search(text) or _INJECTION.search(html.unescape(raw)):
         found.append(INJECTION)
     # another address than the sender's, asked about: not one the writer calls their own
     others = [f for f in find_pii(text) if f.kind == "email"
               and f.value.lower() != (sender or "").lower()
               and not _OWN.search(text[max(0, f.start - 40):f.start])]
-    if _THIRD_PARTY.search(text) or (others and re.search(_ASK, text, re.IGNORECASE)):
+    if _THIRD_PARTY.search(text) or (others and re.search(rf"\b{_ASK}\b", text, re.IGNORECASE)):
         found.append(THIRD_PARTY)
     if _LEGAL_THREAT.search(text):
         found += [LEGAL, LEGAL_THREAT]

@@ -123,6 +123,7 @@ class Agent(Component):
     ``async with agent`` / ``await agent.start(config=..., nc=...)`` in your own program."""
 
     _kind = "agent"
+    _dry, _letters = False, DeadLetterKind.TASK  # a shadow: dry grants, dead letters of its own
     _config: AgentConfig
 
     def __init__(
@@ -313,7 +314,7 @@ class Agent(Component):
             return
         try:
             grant = grants.verify(task.grant, self._trusted, time.time())
-            check_grant_fits(grant, task, self.role)
+            check_grant_fits(grant, task, self.role, dry=self._dry)
         except GrantError as exc:  # the task's claim to a workflow is not vouched for
             await self._dead_letter(msg, exc.code, exc.message, None, claimed=task.workflow_id)
             return
@@ -489,7 +490,7 @@ class Agent(Component):
         log.warning("agent.dead_letter", role=self.role, code=code, reason=reason)
         try:
             await self.dead_letters.send(
-                DeadLetterKind.TASK, msg.data, subject=msg.subject, code=code, reason=reason,
+                self._letters, msg.data, subject=msg.subject, code=code, reason=reason,
                 workflow_id=workflow_id, stream_seq=meta.sequence.stream,
                 deliveries=meta.num_delivered, claimed=claimed)
         except Exception:

@@ -11,8 +11,8 @@ differences that keep it from changing anything:
   so no workflow moves on it;
 - its tool calls carry the dry grant: the tool host runs tools without effects, answers the
   others with their dry run, holds nothing for approval and spends nothing;
-- a copy whose grant is not dry is refused (dead-lettered), so a shadow is never handed a grant
-  that could act.
+- a copy whose grant is not dry is refused (dead-lettered on ``<prefix>.dlq.shadow``), so a
+  shadow never acts under a grant that could act; and a live agent refuses a dry grant.
 
 Under the generated bus authorization the shadow's identity (``shadow-<role>``) may publish
 neither journal records nor tasks: the server refuses what the runtime never sends.
@@ -35,10 +35,10 @@ from nats.micro.service import ServiceConfig
 from switchyard.agents.context import TaskContext
 from switchyard.agents.results import make_result
 from switchyard.agents.runtime import Agent
-from switchyard.protocol import codec, grants
+from switchyard.protocol import codec
 from switchyard.protocol.bus.provision import open_bucket
 from switchyard.protocol.bus.tasks import cancel_and_wait, periodically
-from switchyard.protocol.errors import ConfigError, ErrorCode
+from switchyard.protocol.errors import ConfigError
 from switchyard.protocol.messages import (
     SHADOW_REFRESH_S,
     SHADOW_STALE_S,
@@ -48,7 +48,7 @@ from switchyard.protocol.messages import (
     ShadowResult,
     Task,
 )
-from switchyard.protocol.subjects import Bucket, Stream, shadow_durable
+from switchyard.protocol.subjects import Bucket, DeadLetterKind, Stream, shadow_durable
 
 log = structlog.get_logger("switchyard.agent")
 
@@ -57,6 +57,7 @@ class ShadowAgent(Agent):
     """An agent working copies of its role's tasks, for comparison only."""
 
     _kind = "shadow"
+    _dry, _letters = True, DeadLetterKind.SHADOW
 
     @classmethod
     def of(cls, agent: Agent) -> ShadowAgent:
@@ -119,17 +120,12 @@ class ShadowAgent(Agent):
             kv = await open_bucket(self.js, self._config.subjects.bucket(Bucket.SHADOWS))
             await kv.delete(self.role)
 
-    async def _process(self, msg: Msg) -> None:
-        try:  # a copy must carry a dry grant: a shadow never holds one that could act
-            task = codec.decode(msg.data, Task, max_bytes=self._config.max_bytes)
-            dry = grants.verify(task.grant, self._trusted, time.time()).dry
-        except Exception:  # undecodable or unvouched: the runtime's checks say which, below
-            dry = True
-        if not dry:
-            await self._dead_letter(msg, ErrorCode.GRANT_SCOPE,
-                                    "a shadow agent was handed a grant that is not dry", None)
-            return
-        await super()._process(msg)
+    async def _dead_letter(
+        self, msg: Msg, code: str, reason: str, workflow_id: str | None, *, claimed: str = "",
+    ) -> None:
+        """As the runtime's, on ``<prefix>.dlq.shadow`` and attributed to no workflow: a copy
+        is no input of the live run, and its chain stays the live run's alone."""
+        await super()._dead_letter(msg, code, reason, None, claimed=claimed or workflow_id or "")
 
     async def _publish_result(
         self, msg: Msg, task: Task, status: str, *, output: dict[str, Any] | None = None,

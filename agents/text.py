@@ -17,6 +17,8 @@ _MARKUP = re.compile(r"<[A-Za-z/!][^>]*>|(^|\n)\s{0,3}(#{1,6}\s|[-*+]\s|>\s?|\d+
 _BLOCK = frozenset({"p", "div", "br", "li", "tr", "table", "h1", "h2", "h3", "h4", "h5", "h6",
                     "blockquote", "pre", "ul", "ol", "section", "article", "header", "footer"})
 _SKIP = frozenset({"script", "style", "head", "title"})
+_VOID = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta",
+                   "param", "source", "track", "wbr"})  # elements with no end tag
 _HIDDEN = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*0", re.I)
 
 
@@ -30,7 +32,7 @@ class _Text(HTMLParser):
         style = " ".join(v or "" for k, v in attrs if k == "style")
         hidden = any(k == "hidden" for k, _ in attrs) or bool(_HIDDEN.search(style))
         if tag in _SKIP or hidden or self._skipping:
-            if tag not in ("br", "img", "hr", "input", "meta", "link"):
+            if tag not in _VOID:
                 self._skipping.append(tag)
             return
         if tag in _BLOCK:
@@ -40,8 +42,8 @@ class _Text(HTMLParser):
 
     def handle_endtag(self, tag: str) -> None:
         if self._skipping:
-            if self._skipping[-1] == tag:
-                self._skipping.pop()
+            if tag in self._skipping:  # closes it and whatever was left open inside it
+                del self._skipping[len(self._skipping) - 1 - self._skipping[::-1].index(tag):]
             return
         if tag in _BLOCK:
             self.parts.append("\n")

@@ -39,7 +39,7 @@ from sklearn.pipeline import FeatureUnion, Pipeline, make_pipeline
 from sklearn.svm import LinearSVC
 
 from switchyard.agents import Agent, Scored, TaskContext
-from switchyard.agents.amounts import asks_refund, find_money
+from switchyard.agents.amounts import refund_amounts
 from switchyard.agents.pii import find_pii
 from switchyard.agents.rules import LEGAL, LEGAL_THREAT, SECURITY, flags
 from switchyard.agents.text import plain_text
@@ -112,7 +112,7 @@ def classify(raw: str, sender: str | None = None) -> tuple[Triage, float]:
     found = flags(raw, text, sender=sender)
     if LEGAL in found:
         intent, confidence = "legal", max(confidence, float(probs[classes.index("legal")]))
-    elif asks_refund(text) and find_money(text):  # a refund of an amount is a billing matter
+    elif refund_amounts(text):  # a refund asked for an amount is a billing matter
         intent, confidence = "billing", max(confidence, REFUND_CONFIDENCE)
     if intent == "other":  # feedback, sales, small talk: never urgent (as the examples say)
         severity = "low"

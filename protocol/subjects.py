@@ -72,6 +72,7 @@ class DeadLetterKind(StrEnum):
     """What a dead letter was: its subject is ``<prefix>.dlq.<kind>``."""
 
     TASK = "task"
+    SHADOW = "shadow"  # a copy of a task a shadow agent could not work
     RESULT = "result"
     TOOL = "tool"
     SUBMIT = "submit"

@@ -225,7 +225,7 @@ def identities(policy: Policy | None, roles: Iterable[str], s: Subjects,
         # grants); no journal, no tasks, no partial output
         name = shadow_identity(role)
         pub, sub = r.base(name)
-        pub += [s.shadow_result(role), s.dlq(DeadLetterKind.TASK),
+        pub += [s.shadow_result(role), s.dlq(DeadLetterKind.SHADOW),
                 *r.durable(r.stream(Stream.SHADOW), shadow_durable(role)),
                 *r.kv_read(Bucket.TRUST), *(s.tool(t, role) for t in tools),
                 *r.kv_read(Bucket.SHADOWS), f"$KV.{s.bucket(Bucket.SHADOWS)}.{role}",

@@ -74,7 +74,9 @@ class Shadows:
 
     async def copy(self, task: Task, grant: grants.Grant, traceparent: str) -> None:
         """Send the shadow its copy, under the grant marked dry; a failure is logged only."""
-        dry = msgspec.structs.replace(grant, dry=True)
+        # its own id and no budget: a tool host from before dry grants (which would read this
+        # one as a live grant) refuses every call under it, and spends nothing of the task's
+        dry = msgspec.structs.replace(grant, id=f"dry:{grant.id}", budget=0, dry=True)
         # no partial output either: the submitter watches the live agent's
         copy = msgspec.structs.replace(task, grant=self.signer.mint(dry), stream=False)
         try:

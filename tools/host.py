@@ -178,7 +178,9 @@ class ToolHost(Component):
         try:
             call = codec.decode(req.data, ToolCall, max_bytes=self.config.max_bytes)
             grant = grants.verify(call.grant, self._trusted, time.time())
-            workflow_id = grant.workflow_id  # signed by a trusted key: the workflow is known
+            # signed by a trusted key: the workflow is known; a shadow's (dry) call is none of
+            # its inputs, so what is refused of one goes on the unattributed chain
+            workflow_id = None if grant.dry else grant.workflow_id
             self._authorize(t, call, grant, req.subject.rsplit(".", 1)[1])
             args = t.args_model.model_validate(call.args)
         except (ProtocolError, GrantError) as exc:

@@ -90,7 +90,15 @@ def eval_cmd(
         if not cases:
             err.print(f"[red]no case has the tags {', '.join(only)}[/]")
             raise typer.Exit(_PROBLEM)
-    loaded = settings.load_workflows()
+    if report is not None and not report.parent.is_dir():
+        err.print(f"[red]--report {escape(str(report))}: no directory {escape(str(report.parent))}[/]")
+        raise typer.Exit(_PROBLEM)
+    try:
+        loaded = settings.load_workflows()
+        policy = settings.load_policy()
+    except (ConfigError, OSError) as exc:
+        err.print(f"[red]{escape(getattr(exc, 'message', str(exc)))}[/]")
+        raise typer.Exit(_PROBLEM) from None
     name = workflow or ("support-llm" if "support-llm" in loaded else "support")
     for wanted, where in [(name, "--workflow")] + [(c.workflow, f"case {c.id}") for c in cases
                                                     if c.workflow]:
@@ -98,7 +106,6 @@ def eval_cmd(
             err.print(f"[red]{escape(where)}: no workflow {escape(repr(wanted))} (configured: "
                       f"{', '.join(sorted(loaded))})[/]")
             raise typer.Exit(_PROBLEM)
-    policy = settings.load_policy()
     done: list[int] = []
 
     def progress(scored: Any) -> None:
@@ -210,13 +217,18 @@ def _print_report(r: dict[str, Any]) -> None:
         out.print("[red]gate failed:[/] " + escape("; ".join(gate["failed"])), soft_wrap=True)
 
 
+_REPORT_KEYS = {"golden": dict, "provenance": dict, "summary": dict, "fields": dict,
+                "gate": dict, "cases": list}
+
+
 def _read_report(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        err.print(f"[red]cannot read the report {escape(str(path))}: {escape(str(exc))}[/]")
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:  # JSON and UTF-8 errors are ValueErrors
+        err.print(f"[red]cannot read the report {escape(str(path))}: {escape(str(exc))[:200]}[/]")
         raise typer.Exit(_PROBLEM) from None
-    if not isinstance(data, dict) or data.get("format") != 1 or "summary" not in data:
+    if not isinstance(data, dict) or data.get("format") != 1 or any(
+            not isinstance(data.get(k), t) for k, t in _REPORT_KEYS.items()):
         err.print(f"[red]{escape(str(path))} is not a report of switchyard eval --report[/]")
         raise typer.Exit(_PROBLEM)
     return data
@@ -225,7 +237,12 @@ def _read_report(path: Path) -> dict[str, Any]:
 def _compare(a: Path, b: Path, json_out: bool) -> None:
     from switchyard.evals.report import compare
 
-    diff = compare(_read_report(a), _read_report(b))
+    try:
+        diff = compare(_read_report(a), _read_report(b))
+    except (KeyError, TypeError, ValueError) as exc:  # a report edited out of shape
+        err.print(f"[red]the reports cannot be compared: {escape(type(exc).__name__)} "
+                  f"{escape(str(exc))[:200]}[/]")
+        raise typer.Exit(_PROBLEM) from None
     if json_out:
         dump(diff)
         return

@@ -177,6 +177,8 @@ def load(source: Path | str) -> list[Case]:
             case = Case.model_validate(json.loads(line))
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{where}: not JSON ({exc.msg}, column {exc.colno})") from None
+        except RecursionError:
+            raise ConfigError(f"{where}: nested too deeply") from None
         except ValidationError as exc:
             first = exc.errors()[0]
             at = ".".join(str(p) for p in first["loc"]) or "case"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import tempfile
 import time
 import uuid
@@ -29,7 +30,10 @@ from switchyard.supervisor.authz import CONSOLE
 from switchyard.supervisor.policy import Policy
 
 EVAL_REVIEWER = "switchyard-eval"
-CALLED = ("tool.called", "tool.replayed")
+DEPLOYMENT_ENV = ("SWITCHYARD_SUPERVISOR_SEED", "SWITCHYARD_TRUSTED_KEYS", "SWITCHYARD_NKEY_FILE",
+                  "SWITCHYARD_METRICS_PORT", "OTEL_EXPORTER_OTLP_ENDPOINT",
+                  "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_TRACES_EXPORTER")
+CALLED = "tool.called"  # a replayed call is the same call, recorded again
 
 
 async def run_cases(
@@ -65,9 +69,15 @@ async def run_cases(
         if unknown:
             raise ConfigError(f"--agent names a role the stack does not run: {', '.join(unknown)} "
                               f"(roles: {', '.join(ROLES)})")
+    # nothing of a deployment's identity or exporters: its key, its trusted keys, its bus
+    # credentials, its metrics port, its traces' collector
+    for name in DEPLOYMENT_ENV:
+        os.environ.pop(name, None)
+    os.environ["OTEL_SDK_DISABLED"] = "true"
     with tempfile.TemporaryDirectory(prefix="switchyard-eval-") as data:
         own = settings.model_copy(update={
-            "nats_url": f"nats://127.0.0.1:{free_ports(1)}", "data_dir": Path(data)})
+            "nats_url": f"nats://127.0.0.1:{free_ports(1)}", "data_dir": Path(data),
+            "supervisor_seed": None, "trusted_keys": "", "nkey_file": None, "metrics_port": 0})
         async with LocalStack(own, agents=stack_agents) as stack:
             from switchyard.protocol.bus.component import servers
 
@@ -90,9 +100,16 @@ async def _drive(
     scores: dict[str, CaseScore] = {}
 
     async def one(case: Case) -> None:
+        wid = f"eval-{batch}-{case.id}"
         async with gate:
-            observed = await observe(client, case, case.workflow or workflow,
-                                     f"eval-{batch}-{case.id}", timeout, policy)
+            try:
+                observed = await observe(client, case, case.workflow or workflow, wid, timeout,
+                                         policy)
+            except Exception as exc:  # one case's trouble is that case's failure, not the run's
+                observed = Observed(wid, "failed", reason=f"not observed: {type(exc).__name__}: "
+                                                          f"{exc}")
+            if settle:  # a shared stack's queue is left as it was: at once, not at the end
+                await _reject_open(client, observed)
         scored = score_case(case, observed)
         scores[case.id] = scored
         if on_case is not None:
@@ -100,9 +117,6 @@ async def _drive(
 
     await asyncio.gather(*(one(c) for c in cases))
     services = await client.services()
-    if settle:  # a shared stack's queue is left as it was: the runs this set began are rejected
-        for s in scores.values():
-            await _reject_open(client, s.observed)
     return [scores[c.id] for c in cases], services
 
 
@@ -138,16 +152,19 @@ async def _read_calls(client: SwitchyardClient, seen: Observed, policy: Policy |
     rules = policy.tools if policy is not None else {}
     for event in await client.events(seen.workflow_id):
         for entry in event.entries:
-            if entry.type not in CALLED:
+            if entry.type != CALLED:
                 continue
             tool = str(entry.data.get("tool", ""))
             args = entry.data.get("args")
-            args = args if isinstance(args, dict) else {}
             rule = rules.get(tool)
+            # a tool host from before the arguments were recorded: the rule cannot be checked
+            known = isinstance(args, dict)
+            args = args if isinstance(args, dict) else {}
             seen.calls.append(ToolUse(
                 tool=tool, args=args, ok=True,
                 approved_by=str(entry.data.get("approved_by", "")),
-                needs_approval=bool(rule and rule.approval and holds(rule.approval, {"args": args})),
+                needs_approval=bool(known and rule and rule.approval
+                                    and holds(rule.approval, {"args": args})),
                 gated=bool(rule and rule.approval),
                 side_effect=bool(rule and rule.risk != "read")))
 
@@ -155,6 +172,6 @@ async def _read_calls(client: SwitchyardClient, seen: Observed, policy: Policy |
 async def _reject_open(client: SwitchyardClient, seen: Observed) -> None:
     if seen.status != "escalated" or not seen.escalation_id:
         return
-    with contextlib.suppress(LookupError):  # decided meanwhile, by a person
+    with contextlib.suppress(LookupError, TimeoutError):  # decided meanwhile, by a person
         await client.decide(seen.escalation_id, "reject", reviewer=EVAL_REVIEWER,
                             note="a golden-set case of switchyard eval")

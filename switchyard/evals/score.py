@@ -140,6 +140,16 @@ def score_field(name: str, spec: Spec, value: Any) -> FieldScore:
     raise AssertionError(spec)  # pragma: no cover - every spec is matched above
 
 
+def _scored(name: str, spec: Spec, value: Any) -> FieldScore:
+    """``score_field``, where a spec that cannot be applied (a schema's ``$ref`` to nowhere, a
+    number too large to compare) fails that field, saying why, and nothing else."""
+    try:
+        return score_field(name, spec, value)
+    except Exception as exc:
+        return FieldScore(name, False, None, value, f"could not be scored: {type(exc).__name__}: "
+                                                    f"{exc}")
+
+
 def _equal(a: Any, b: Any) -> bool:
     if isinstance(a, bool) or isinstance(b, bool):
         return a is b
@@ -153,7 +163,7 @@ def _key(value: Any) -> str:
 def score_case(case: Case, observed: Observed) -> CaseScore:
     want = case.expect
     outcome_ok = observed.status == want.outcome and (not want.kinds or observed.kind in want.kinds)
-    fields = [score_field(name, spec, observed.lookup(name)) for name, spec in want.specs().items()]
+    fields = [_scored(name, spec, observed.lookup(name)) for name, spec in want.specs().items()]
     for f in fields:
         f.got = _shown(f.got)
     return CaseScore(case, observed, outcome_ok, fields)

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import nats
 import pytest
 from nats.aio.client import Client
@@ -160,9 +161,23 @@ async def test_a_shadow_refuses_a_copy_whose_grant_could_act(
         await nc.jetstream().publish(s.shadow_task("action"), codec.encode(task))
 
         async def dead_lettered() -> bool:
-            return any("not dry" in d.reason for d in await client.dead_letters(kind="task"))
+            return any("grant is for dry 'false', not 'true'" in d.reason
+                       for d in await client.dead_letters(kind="shadow"))
 
         await _until("the copy's dead letter", dead_lettered)
         assert await shadow_records(client, "action") == []
+        assert _store_rows(running.settings.data_dir)[1] == []
+        # and the other way: a dry grant on the live subject is refused by the live agent
+        dry = msgspec.structs.replace(live, id="dry:w2:action:1", workflow_id="w2",
+                                      task_id="w2:action:1", budget=0, dry=True)
+        stray = msgspec.structs.replace(task, id="w2:action:1", workflow_id="w2",
+                                        grant=signer.mint(dry))
+        await nc.jetstream().publish(s.task("action"), codec.encode(stray))
+
+        async def refused_live() -> bool:
+            return any("grant is for dry 'true', not 'false'" in d.reason
+                       for d in await client.dead_letters(kind="task"))
+
+        await _until("the live agent's dead letter", refused_live)
         assert _store_rows(running.settings.data_dir)[1] == []
 
