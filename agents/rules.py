@@ -13,7 +13,7 @@ import html
 import re
 from collections.abc import Iterable
 
-from switchyard.agents.pii import find_pii
+from switchyard.agents.pii import Finding, find_pii
 
 SECURITY = "security_incident"
 INJECTION = "prompt_injection"
@@ -114,9 +114,11 @@ _OWN = re.compile(r"\b(?:my|mine|meine?[mnrs]?|mon|ma|mes|mi|mis|mio|mia|mijn|me
                   re.IGNORECASE)
 
 
-def flags(raw: str, text: str, *, sender: str | None = None) -> list[str]:
+def flags(raw: str, text: str, *, sender: str | None = None,
+          pii: list[Finding] | None = None) -> list[str]:
     """The flags of a ticket: ``raw`` as it came (markup and all), ``text`` its plain text,
-    ``sender`` the customer's own email (another address in the text is someone else's)."""
+    ``sender`` the customer's own email (another address in the text is someone else's),
+    ``pii`` what ``find_pii(text)`` found, when the caller has it already."""
     found = []
     if _SECURITY.search(text):
         found.append(SECURITY)
@@ -124,7 +126,7 @@ def flags(raw: str, text: str, *, sender: str | None = None) -> list[str]:
     if _INJECTION.search(text) or _INJECTION.search(html.unescape(raw)):
         found.append(INJECTION)
     # another address than the sender's, asked about: not one the writer calls their own
-    others = [f for f in find_pii(text) if f.kind == "email"
+    others = [f for f in (find_pii(text) if pii is None else pii) if f.kind == "email"
               and f.value.lower() != (sender or "").lower()
               and not _OWN.search(text[max(0, f.start - 40):f.start])]
     if _THIRD_PARTY.search(text) or (others and re.search(rf"\b{_ASK}\b", text, re.IGNORECASE)):

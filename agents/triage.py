@@ -109,7 +109,8 @@ def classify(raw: str, sender: str | None = None) -> tuple[Triage, float]:
     best = int(probs.argmax())
     intent, confidence = classes[best], float(probs[best])
     severity = str(severity_model.predict([text])[0])
-    found = flags(raw, text, sender=sender)
+    pii = find_pii(text)
+    found = flags(raw, text, sender=sender, pii=pii)
     if LEGAL in found:
         intent, confidence = "legal", max(confidence, float(probs[classes.index("legal")]))
     elif refund_amounts(text):  # a refund asked for an amount is a billing matter
@@ -122,7 +123,7 @@ def classify(raw: str, sender: str | None = None) -> tuple[Triage, float]:
         confidence = max(confidence, RULE_CONFIDENCE)
     if not informative(text):
         confidence = min(confidence, LOW_INFORMATION_CONFIDENCE)
-    sensitive = intent in SENSITIVE_INTENTS or bool(find_pii(text)) or bool(found)
+    sensitive = intent in SENSITIVE_INTENTS or bool(pii) or bool(found)
     result = Triage(
         intent=intent,
         severity=severity,

@@ -18,14 +18,12 @@ import yaml
 from nats.aio.client import Client
 
 from switchyard.client import SwitchyardClient
-from switchyard.credentials import connect_or_refuse
 from switchyard.protocol.bus.component import servers
 from switchyard.protocol.bus.provision import open_bucket
-from switchyard.protocol.errors import ConfigError
 from switchyard.protocol.messages import Usage
 from switchyard.protocol.subjects import Bucket
 from switchyard.settings import Settings
-from switchyard.stack import LocalStack, nats_answers
+from switchyard.stack import LocalStack, connect_running
 from switchyard.supervisor.authz import CONSOLE
 from switchyard.supervisor.store import Snapshots
 
@@ -94,10 +92,7 @@ async def run_demo(
     ``NATS_URL`` (a compose deployment, say), as the identity ``SWITCHYARD_NKEY_FILE`` names."""
     t0 = time.perf_counter()
     if connect:
-        if not await nats_answers(settings.nats_url):
-            raise ConfigError(f"no NATS server answers at {settings.nats_url}: --connect works "
-                              "the tickets on a stack already running there")
-        nc = await connect_or_refuse(servers(settings.nats_url), settings.connect_options())
+        nc = await connect_running(settings, "works the tickets")
         try:
             return await _drive(nc, settings, tickets, timeout, on_progress, 0.0)
         finally:

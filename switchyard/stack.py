@@ -35,6 +35,17 @@ from switchyard.supervisor import authz
 ROLES = ("triage", "retrieval", "action", "compliance", "reviewer")
 
 
+async def connect_running(settings: Settings, doing: str) -> Client:
+    """A connection to the stack already running at ``NATS_URL``, as the identity
+    ``SWITCHYARD_NKEY_FILE`` names; ``ConfigError`` saying what ``--connect`` does if nothing
+    answers there."""
+    if not await nats_answers(settings.nats_url):
+        raise ConfigError(f"no NATS server answers at {settings.nats_url}: --connect {doing} "
+                          "on a stack already running there")
+    return await credentials.connect_or_refuse(servers(settings.nats_url),
+                                               settings.connect_options())
+
+
 async def nats_answers(url: str, timeout: float = 1.0) -> bool:
     """True if a NATS server greets us (``INFO {…}``) at ``url``'s host and port (at one of
     them, for a list of a cluster's nodes)."""

@@ -81,7 +81,8 @@ def eval_cmd(
 
     source = golden_set.resolve(golden)
     try:
-        cases = golden_set.load(source)
+        text = golden_set.read_text(source)
+        cases = golden_set.parse(text, source)
     except ConfigError as exc:
         err.print(f"[red]{escape(exc.message)}[/]")
         raise typer.Exit(_PROBLEM) from None
@@ -121,7 +122,7 @@ def eval_cmd(
     catalogue = settings.catalogue()
     ids = {m: f"{spec.provider_model}" + (f" at {spec.base_url}" if spec.base_url else " (local)")
            for m in catalogue.names() if (spec := catalogue.get(m))}
-    result = build(scores, services, source=str(source), text=golden_set.read_text(source),
+    result = build(scores, services, source=str(source), text=text,
                    workflow=name, definition=loaded[name].digest() if name in loaded else "",
                    policy=policy.digest() if policy is not None else "", gate=gate,
                    model_ids=ids)

@@ -165,9 +165,14 @@ def read_text(source: Path | str) -> str:
 
 def load(source: Path | str) -> list[Case]:
     """Every case of a golden set; a line that is not one is refused, naming the line."""
+    return parse(read_text(source), source)
+
+
+def parse(text: str, source: Path | str) -> list[Case]:
+    """The cases of a golden set's ``text`` (``source`` names it in what is refused)."""
     cases: list[Case] = []
     seen: set[str] = set()
-    for n, line in enumerate(read_text(source).splitlines(), start=1):
+    for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{source}:{n}"

@@ -18,14 +18,13 @@ import nats
 from nats.aio.client import Client
 
 from switchyard.client import SwitchyardClient
-from switchyard.credentials import connect_or_refuse
 from switchyard.evals.golden import Case
 from switchyard.evals.score import CaseScore, Observed, ToolUse, score_case
 from switchyard.natsd import free_ports
 from switchyard.protocol.errors import ConfigError
 from switchyard.protocol.expressions import holds
 from switchyard.settings import Settings
-from switchyard.stack import LocalStack, nats_answers
+from switchyard.stack import LocalStack, connect_running
 from switchyard.supervisor.authz import CONSOLE
 from switchyard.supervisor.policy import Policy
 
@@ -49,12 +48,7 @@ async def run_cases(
     directory of its own (the support store, the supervisor's key), both gone afterwards, so
     nothing of the run reaches a deployment that ``NATS_URL`` or ``SWITCHYARD_DATA_DIR`` name."""
     if connect:
-        if not await nats_answers(settings.nats_url):
-            raise ConfigError(f"no NATS server answers at {settings.nats_url}: --connect runs the "
-                              "set on a stack already running there")
-        from switchyard.protocol.bus.component import servers
-
-        nc = await connect_or_refuse(servers(settings.nats_url), settings.connect_options())
+        nc = await connect_running(settings, "runs the set")
         try:
             return await _drive(nc, settings, cases, workflow, timeout, concurrency, on_case,
                                 settle=True)
