@@ -66,7 +66,8 @@ class ConsoleBus:
         self.claim_s = claim_s
         self.connected = False
         self.version = 0  # bumped on every change the pages show
-        self._changed = asyncio.Condition()
+        # set, and replaced, at every change: what a page waiting on the version awaits
+        self._changed = asyncio.Event()
         self.runs: OrderedDict[str, Run] = OrderedDict()
         self._watches: list[asyncio.Task[None]] = []
         self._subs: list[Any] = []
@@ -124,17 +125,19 @@ class ConsoleBus:
             await self.nc.close()
 
     async def bump(self) -> None:
-        async with self._changed:
-            self.version += 1
-            self._changed.notify_all()
+        self.version += 1
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     async def changed(self, seen: int, timeout: float) -> int:
-        """The version once it is past ``seen``, or after ``timeout`` as it is."""
-        async with self._changed:
+        """The version once it is past ``seen``, or after ``timeout`` as it is. (Not a
+        Condition under ``wait_for``: on Python 3.11 its timeout can leave the lock released
+        twice, "Lock is not acquired", and the page's event stream died of it.)"""
+        event = self._changed
+        if self.version <= seen:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait_for(lambda: self.version > seen),
-                                       timeout)
-            return self.version
+                await asyncio.wait_for(event.wait(), timeout)
+        return self.version
 
     async def _unwatch(self) -> None:
         for task in self._watches:
