@@ -53,6 +53,7 @@ from switchyard.protocol import codec, grants
 from switchyard.protocol.bus import tracing
 from switchyard.protocol.bus.component import Component, ComponentConfig
 from switchyard.protocol.bus.faults import Faults
+from switchyard.protocol.bus.tasks import unless_stopped
 from switchyard.protocol.errors import (
     ConfigError,
     ErrorCode,
@@ -288,12 +289,12 @@ class Agent(Component):
         self, stop: asyncio.Event, config: AgentConfig | None = None,
         *, metrics: CollectorRegistry | None = None,
     ) -> None:
-        """Start, run until ``stop`` is set, then stop gracefully."""
-        await self.start(config=config, metrics=metrics)
-        try:
-            await stop.wait()
-        finally:
-            await self.stop()
+        """Start (unless ``stop`` is set first), run until ``stop`` is set, then stop gracefully."""
+        if await unless_stopped(stop, self.start(config=config, metrics=metrics)):
+            try:
+                await stop.wait()
+            finally:
+                await self.stop()
 
     def run(self) -> None:
         """Run in the foreground until SIGINT/SIGTERM, configured from the environment
@@ -361,8 +362,7 @@ class Agent(Component):
         headers = msg.headers or {}
         ctx = TaskContext(
             task, nc=self.nc, subjects=cfg.subjects, traceparent=headers.get(TRACEPARENT, ""),
-            model=self.model, models=self.models, tool_timeout=cfg.tool_timeout,
-            faults=self.faults,
+            model=self.model, models=self.models, tool_timeout=cfg.tool_timeout, faults=self.faults,
         )
         heartbeat = Heartbeat(msg, self._config.ack_wait / 3)
         started = time.perf_counter()

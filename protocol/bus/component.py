@@ -41,7 +41,7 @@ from switchyard.protocol.bus.faults import Faults
 from switchyard.protocol.bus.journal import Journal
 from switchyard.protocol.bus.provision import TRAIL_MAX_AGE_S, await_layout, provision
 from switchyard.protocol.bus.publisher import Publisher
-from switchyard.protocol.bus.tasks import cancel_and_wait
+from switchyard.protocol.bus.tasks import cancel_and_wait, unless_stopped
 from switchyard.protocol.bus.transient import START_WAIT_S, ride_out
 from switchyard.protocol.faults import FaultPlan
 from switchyard.protocol.subjects import Subjects
@@ -217,9 +217,10 @@ class Component:
         cfg = self._config
         try:
             if self._nc is None:
+                options = {"error_cb": self._bus_error, **cfg.connect_options}
                 self._nc = await nats.connect(servers(cfg.nats_url),
                                               name=f"{cfg.subjects.prefix}-{self._name}",
-                                              **dict(cfg.connect_options))
+                                              **options)
                 self._own_nc = True
             self._js = self._nc.jetstream()
             if cfg.provisions:  # idempotent: after a timeout (a cluster electing) all again
@@ -244,6 +245,11 @@ class Component:
         self._state = ComponentState.RUNNING
         log.info(f"{self._kind}.started", name=self._name)
         return self
+
+    async def _bus_error(self, error: Exception) -> None:
+        """One log line per error of the connection (a server not up yet, a reconnect), instead
+        of nats.py's traceback each time it retries."""
+        log.warning(f"{self._kind}.bus_error", name=self._name, error=str(error) or repr(error))
 
     async def stop(self, *, graceful_timeout: float | None = None) -> None:
         """Stop taking work, let in-flight work finish (bounded), nak the rest, drain. Idempotent."""
@@ -310,8 +316,9 @@ class Component:
         await self.stop()
 
     async def serve(self, stop: asyncio.Event) -> None:
-        """Start, run until ``stop`` is set, then stop gracefully."""
-        await self.start()
+        """Start (unless ``stop`` is set first), run until ``stop`` is set, then stop gracefully."""
+        if not await unless_stopped(stop, self.start()):
+            return
         try:
             await stop.wait()
         finally:

@@ -9,7 +9,7 @@ happened; at loop shutdown that hangs the process for ever.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 
 import structlog
 
@@ -39,3 +39,19 @@ async def periodically(every: float, work: Callable[[], Awaitable[object]], name
             await work()
         except Exception:
             log.exception(name)
+
+
+async def unless_stopped(stop: asyncio.Event, work: Coroutine[object, object, object]) -> bool:
+    """Run ``work`` (a start-up: connecting to a bus that may not be up yet) unless ``stop`` is
+    set first, which cancels it. Whether it finished; its failure is raised."""
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await cancel_and_wait(stopping)
+    if not task.done():
+        await cancel_and_wait(task)
+        return False
+    task.result()
+    return True

@@ -399,3 +399,32 @@ async def test_runtime_answers_a_task_taken_after_its_deadline_without_running_i
     on_time = decode((await results.next()).data, Result)
     assert (on_time.workflow_id, on_time.status, calls) == ("on_time", "ok", 1)
     await gone(js, subjects.stream("tasks"), seq)  # acked: gone from the work queue
+
+
+async def test_an_agent_waiting_for_a_bus_that_is_not_up_logs_a_line_and_stops_when_told() -> None:
+    """No server at the address: each failed attempt is one log line (not nats.py's traceback),
+    and a stop while it still waits ends it at once instead of at the shutdown limit."""
+    from structlog.testing import capture_logs
+
+    from switchyard.natsd import free_ports
+
+    agent = Agent("doubler", version="1.2.3")
+
+    @agent.task
+    async def handle(inp: In, ctx: TaskContext) -> Scored[Out]:
+        return Scored(Out(doubled=inp.n * 2), confidence=1.0)
+
+    stop = asyncio.Event()
+    port = free_ports(1)
+    with capture_logs() as logs:
+        serving = asyncio.create_task(agent.serve(stop, AgentConfig(
+            nats_url=f"nats://127.0.0.1:{port}")))
+        async with asyncio.timeout(10):
+            while not any(e["event"] == "agent.bus_error" for e in logs):
+                await asyncio.sleep(0.05)  # noqa: ASYNC110 - the log line is the event
+        stop.set()
+        async with asyncio.timeout(5):
+            await serving
+    errors = [e for e in logs if e["event"] == "agent.bus_error"]
+    assert "Connect call failed" in errors[0]["error"] or "refused" in errors[0]["error"].lower()
+    assert agent.state.value != "running"
