@@ -49,8 +49,10 @@ def _ratio(a: int, b: int) -> float | None:
 def _percentile(values: list[float], q: float) -> float:
     if not values:
         return 0.0
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 4)
+    if len(values) == 1:
+        return round(values[0], 4)
+    # interpolated between the two nearest cases, as numpy's default does
+    return round(statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1], 4)
 
 
 def summarize(scores: list[CaseScore]) -> dict[str, Any]:

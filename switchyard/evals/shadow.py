@@ -15,7 +15,7 @@ from rich.table import Table
 
 from switchyard.client import SwitchyardClient
 from switchyard.protocol import codec, grants
-from switchyard.protocol.errors import ProtocolError
+from switchyard.protocol.errors import ConfigError, ProtocolError
 from switchyard.protocol.messages import Result, ShadowResult
 from switchyard.protocol.subjects import Stream, check_token
 
@@ -51,6 +51,9 @@ async def shadow_records(client: SwitchyardClient, role: str = "", *,
                     pass  # not a shadow's record: nothing to compare
                 if msg.metadata.sequence.stream >= end:
                     break
+    except TimeoutError:
+        raise ConfigError(f"reading the shadow records took over {timeout:g} s ({len(out)} read, "
+                          f"up to stream sequence {end}); --role reads one role's only") from None
     finally:
         await sub.unsubscribe()
     return out

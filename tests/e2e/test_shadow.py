@@ -22,6 +22,7 @@ from nats.aio.client import Client
 from switchyard.client import SwitchyardClient
 from switchyard.evals.shadow import shadow_records
 from switchyard.protocol import codec, grants
+from switchyard.protocol.errors import ConfigError
 from switchyard.protocol.messages import Task
 from switchyard.settings import Settings
 from switchyard.stack import LocalStack
@@ -114,6 +115,8 @@ async def test_a_shadow_is_scored_against_the_live_agent_and_changes_nothing(
 
         await _until("the shadow's records", recorded)
         records = {r.workflow_id: r for r in await shadow_records(client, "action")}
+        with pytest.raises(ConfigError, match="took over 0 s"):  # a sentence, not a traceback
+            await shadow_records(client, "action", timeout=0)
         # the shadow ran every call dry: the refund it "issued" is a dry run's, the one live
         # waits for is marked as what a person would have been asked for
         small, held = records[ids["small"]], records[ids["held"]]
