@@ -33,7 +33,7 @@ _MONEY = re.compile(
 )
 REFUND_WORDS = re.compile(
     r"\b(?:refund(?!able)|money back|reimburs|pay (?:me )?back|credit (?:it )?back|"
-    r"rückerstatt|erstatt|zurückzahl|geld zurück|"
+    r"rückerstatt|zurückerstatt|zurücküberweis|erstatt|zurückzahl|geld zurück|"
     r"rembours|"
     r"reembols|devolu|devolv|"
     r"rimbors|restitu|"

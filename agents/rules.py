@@ -52,6 +52,25 @@ _SECURITY = _any([
     r"\bhackerat[oa]\b", r"access[oi] sospett", r"non sono stat[oa] io",
     r"\bverdachte? (?:inlog|aanmelding|activiteit)", r"\bniet ik\b", r"\bgehackt\b",
     r"\b(?:invadid[ao]|hackead[ao])\b", r"acessos? suspeit", r"não fui eu",
+    # a vulnerability reported, in any of the languages
+    r"\b(?:xss|cross-site scripting|sql injection|csrf|idor|remote code execution|"
+    r"vulnerabilit(?:y|ies)|exploitable|responsible(?:ly)? disclos\w*|bug bounty|cve-\d{4})",
+    r"\bsicherheitslücke", r"\bschwachstelle", r"\bfaille (?:de sécurité|xss)", r"\bvulnérabilité",
+    r"\bvulnerabilidad", r"\bvulnerabilit[àa]\b", r"\bkwetsbaarhe(?:id|den)\b", r"\bbeveiligingslek",
+    r"\bvulnerabilidade", r"\b(?:fallo|falla|falha) de seguran?[cç]",
+    # a secret out in the open
+    r"\b(?:api[- ]?(?:keys?|tokens?)|access tokens?|secret keys?|credentials|passwords?|"
+    r"api-(?:sleutel|schlüssel)|cl[ée]s? (?:d'|de )?api|claves? (?:de )?api|chiavi? api|"
+    r"chaves? (?:de )?api)\b.{0,60}\b(?:leaked|exposed|public(?:ly)?|committed|pushed|posted|"
+    r"pastebin|github|gitlab|publiek|öffentlich|publi(?:que|c)|pública|pubblic[ao])",
+    # someone reaching data that is not theirs
+    r"\b(?:could|can|was able to|were able to) (?:see|open|access|view|download|read)\b.{0,50}"
+    r"\b(?:another|other|someone else's|a different) (?:company|companies|customers?|users?|"
+    r"workspaces?|organi[sz]ations?|accounts?)",
+    r"\b(?:former|ex-?) ?(?:employees?|colleagues?|staff|contractors?|admins?)\b.{0,80}"
+    r"\b(?:still (?:had|has|have) access|downloaded|exported|copied)",
+    r"\b(?:downloaded|exported|copied|stole|took) (?:our|the|all) (?:entire |whole |full |complete )?"
+    r"(?:customer|client|user|contact)s? (?:list|database|data)",
 ])
 _INJECTION = _any([
     r"\b(?:ignore|disregard|forget|override) (?:the )?(?:all|any|your|previous|prior|above|earlier|"
@@ -77,8 +96,13 @@ _DATA = (r"(?:phone(?: number)?|mobile|number|address|e-?mail(?: address)?|conta
 _OTHERS = (r"(?:colleague|co-?worker|friend|boss|manager|ex|wife|husband|partner|neighbou?r|"
            r"her|his|him|someone else|another customer|kollegin|kollege|freund(?:in)?|"
            r"chef(?:in)?|collègue|ami|amie|patron|colega|amig[oa]|jefe|"
-           r"collega|amic[oa]|capo|vriend(?:in)?|baas|chefe)")
-_ASK = (r"(?:tell|give|send|share|forward|provide|what(?:'s| is| are)|which|look up|find out|"
+           r"collega|amic[oa]|capo|vriend(?:in)?|baas|chefe|"
+           # another of your customers, whoever they are
+           r"(?:your|another|other) (?:customer|client|user)s?|the (?:customer|client|user) (?:who|that)|"
+           r"(?:del|do) cliente que|du client qui|des kunden,? (?:der|die)|del cliente che|"
+           r"van de klant die)")
+_ASK = (r"(?:tell|give|send|share|forward|provide|what(?:'s| is| are)|which|look up|find out|need|"
+        r"necesito|preciso|brauche|besoin|bisogno|nodig|"
         r"geben|schicken|nennen|mitteilen|sagen|donner|donnez|envoyer|envoyez|communiquer|dites|"
         r"dar|dame|enviar|decir|dime|dare|inviare|dimmi|dirmi|geven|geef|sturen|stuur|doorgeven|"
         r"dizer|diga|passar|quais|qual)")
@@ -108,6 +132,32 @@ _LEGAL = _any([
     r"\bdsgvo\b", r"\bavocats?\b", r"\brgpd\b", r"\babogad[oa]s?\b", r"\bavvocat[oi]\b",
     r"\badvocaat\b", r"\badvogad[oa]s?\b", r"\blgpd\b",
 ])
+
+# data lost: not a person's matter by itself, but the severity is high (docs/eval.md)
+_DATA_LOST = _any([
+    r"\b(?:all|every|entire|whole)\b[^.?!]{0,40}\b(?:data|files?|documents?|docs?|tasks?|comments?|"
+    r"projects?|history|records?|attachments?|messages?|notes?|boards?|content)\b[^.?!]{0,40}"
+    r"(?<!not )(?<!n't )(?<!never )\b(?:gone|lost|deleted|disappeared|wiped|vanished|erased)\b",
+    r"\b(?:lost|deleted|wiped|erased)\b[^.?!]{0,20}\b(?:all|every|entire|whole)\b[^.?!]{0,30}"
+    r"\b(?:data|files?|documents?|docs?|tasks?|comments?|projects?|history|records?|attachments?|"
+    r"content)\b",
+    r"\b(?:alle|sämtliche)\b[^.?!]{0,40}(?:daten|dateien|dokumente|aufgaben|kommentare|projekte)"
+    r"[^.?!]{0,40}(?:weg|verschwunden|gelöscht|verloren)",
+    r"\b(?:tou(?:s|tes)|l'ensemble)\b[^.?!]{0,40}(?:données|fichiers|documents|tâches|commentaires|"
+    r"projets)[^.?!]{0,40}(?:disparu|perdu|supprimé|effacé)",
+    r"\btod[oa]s\b[^.?!]{0,40}(?:datos|archivos|documentos|tareas|comentarios|proyectos|dados|"
+    r"ficheiros|arquivos|projetos|comentários)[^.?!]{0,40}(?:desaparec|perdid|borrad|eliminad|apagad|"
+    r"sumi)",
+    r"\btutt[ie]\b[^.?!]{0,40}(?:dati|file|documenti|attività|commenti|progetti)[^.?!]{0,40}"
+    r"(?:spari|pers|cancellat|eliminat)",
+    r"\balle\b[^.?!]{0,40}(?:gegevens|bestanden|documenten|taken|opmerkingen|projecten)[^.?!]{0,40}"
+    r"(?:verdwenen|kwijt|verwijderd|weg)",
+])
+
+
+def data_lost(text: str) -> bool:
+    """Whether a ticket says a whole body of the customer's data is gone."""
+    return bool(_DATA_LOST.search(text))
 
 
 _OWN = re.compile(r"\b(?:my|mine|meine?[mnrs]?|mon|ma|mes|mi|mis|mio|mia|mijn|meu|minha)\b",

@@ -33,7 +33,7 @@ from switchyard.protocol.errors import ConfigError
 from switchyard.protocol.messages import EscalationKind
 
 Outcome = Literal["completed", "escalated", "rejected", "failed"]
-SHIPPED = ("support",)  # golden sets that ship with the package, by name
+SHIPPED = ("support", "support-unseen")  # golden sets that ship with the package, by name
 MAX_CASES = 10_000
 MAX_LINE_BYTES = 64 * 1024
 
@@ -164,7 +164,9 @@ def read_text(source: Path | str) -> str:
 
 
 def load(source: Path | str) -> list[Case]:
-    """Every case of a golden set; a line that is not one is refused, naming the line."""
+    """Every case of a golden set (a shipped one by name, else a file); a line that is not one
+    is refused, naming the line."""
+    source = resolve(source) if isinstance(source, str) else source
     return parse(read_text(source), source)
 
 

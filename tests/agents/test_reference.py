@@ -196,6 +196,7 @@ def test_ticket_ids_never_read_as_phone_numbers(tmp_path: Path) -> None:
     ("My ticket says non-refundable. I paid 50 €, can I change the date?", None),
     ("Je ne peux pas me rendre au point relais, colis de 30 €.", None),
     ("Ik wil geen geld terug, stuur een nieuwe voor 20 EUR.", None),
+    ("Die Gebühr von 12,50 € war falsch, bitte zurückerstatten.", (12.5, "EUR")),
     # two amounts: which one is meant is a person's call
     ("Refund me 60000 EUR. Then refund 60 EUR to customer C-1002.", None),
     ("refund " + "9" * 400 + " EUR", None),  # no finite amount
@@ -216,6 +217,15 @@ def test_a_refund_is_read_in_any_format_and_only_when_asked(
     ("Could you tell me the phone number you have for her?", "third_party_data"),
     ("Können Sie mir die E-Mail-Adresse von Linus Torvalds geben?", "third_party_data"),
     ("Our lawyers will sue you for the outage", "legal_threat"),
+    # a vulnerability reported, a secret leaked, another tenant's data reached, an insider
+    ("I found a reflected XSS in your search box and would like to disclose it", "security_incident"),
+    ("Wir haben eine Sicherheitslücke im Upload-Dialog gefunden", "security_incident"),
+    ("Our API token was committed to a public GitHub repo last night", "security_incident"),
+    ("Changing the id in the link I was able to view another customer's files", "security_incident"),
+    ("An ex-employee still has access and exported the whole project", "security_incident"),
+    ("Someone downloaded our entire customer list from the admin page", "security_incident"),
+    ("What is the e-mail address of your customer Jane Roe? She owes us money", "third_party_data"),
+    ("Necesito el correo del cliente que reservó antes que yo", "third_party_data"),
     # ordinary tickets that only look like one
     ("Can we reach a compromise on the price?", None),
     ("Operating system: Windows 11, the app crashes", None),
@@ -225,6 +235,9 @@ def test_a_refund_is_read_in_any_format_and_only_when_asked(
     ("Hi, this is Sue from accounting, where are the invoices?", None),
     ("How do I file a claim for my damaged parcel?", None),
     ("AVG antivirus blocks your installer", None),
+    ("Can I see another user's tasks if I am an admin?", None),
+    ("I need to change the address on my invoices", None),
+    ("How do I rotate my API key every month?", None),
 ])
 def test_the_rules_flag_what_a_person_handles_and_not_what_only_looks_like_it(
         text: str, flag: str | None) -> None:
@@ -233,6 +246,35 @@ def test_the_rules_flag_what_a_person_handles_and_not_what_only_looks_like_it(
 
     found = flags(text, plain_text(text), sender="ada@example.com")
     assert (flag in found) if flag else found == [], found
+
+
+@pytest.mark.parametrize(("text", "lost"), [
+    ("Since the sync last night all our documents are gone", True),
+    ("I deleted every task on the board by mistake", True),
+    ("We lost all the attachments of the Q3 project", True),
+    ("Alle Dateien im Projektordner sind verschwunden", True),
+    ("Todos los archivos del proyecto han desaparecido", True),
+    ("All good now, the files are not lost after all", False),
+    ("I lost my phone and cannot sign in", False),
+])
+def test_data_lost_is_read_in_the_languages_served(text: str, lost: bool) -> None:
+    from switchyard.agents.rules import data_lost
+
+    assert data_lost(text) is lost
+
+
+@pytest.mark.parametrize("text", ["Hilfe!!", "toujours rien...", "ayuda", "still nothing", "aiuto??",
+                                  "werkt nog steeds niet"])
+def test_a_ticket_that_says_nothing_scores_low_in_any_language(text: str) -> None:
+    assert not triage.informative(text)
+    assert triage.classify(text)[1] <= triage.LOW_INFORMATION_CONFIDENCE
+
+
+def test_triage_reads_personal_data_as_its_kind() -> None:
+    """Two tickets that differ only in the number they give are one ticket to the classifier."""
+    a, _ = triage.classify("Please use my new number +44 20 7946 0958 for the two-factor codes")
+    b, _ = triage.classify("Please use my new number +1 202 555 0147 for the two-factor codes")
+    assert (a.intent, a.severity, a.scores) == (b.intent, b.severity, b.scores)
 
 
 def test_markup_is_read_as_a_person_reads_it() -> None:

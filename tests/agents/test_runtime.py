@@ -420,8 +420,8 @@ async def test_an_agent_waiting_for_a_bus_that_is_not_up_logs_a_line_and_stops_w
         serving = asyncio.create_task(agent.serve(stop, AgentConfig(
             nats_url=f"nats://127.0.0.1:{port}")))
         async with asyncio.timeout(10):
-            while not any(e["event"] == "agent.bus_error" for e in logs):
-                await asyncio.sleep(0.05)  # noqa: ASYNC110 - the log line is the event
+            while not any(e["event"] == "agent.bus_error" for e in logs):  # noqa: ASYNC110 - a log line
+                await asyncio.sleep(0.05)
         stop.set()
         async with asyncio.timeout(5):
             await serving

@@ -108,11 +108,15 @@ def _words(text: str) -> set[str]:
     return set(re.findall(r"[^\W\d_]+", text.lower()))
 
 
-def _shipped() -> list[Case]:
-    return golden.load("support")
+SHIPPED = ("support", "support-unseen")
 
 
-def test_the_shipped_set_is_kept_apart_from_the_training_examples() -> None:
+def _shipped(name: str = "support") -> list[Case]:
+    return golden.load(name)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_the_shipped_sets_are_kept_apart_from_the_training_examples(name: str) -> None:
     """No golden ticket is a training example (nor the demo's), nor close to one: word sets
     overlap by less than 0.7 (Jaccard)."""
     rows = csv.DictReader(resources.files("switchyard.agents").joinpath(
@@ -121,7 +125,7 @@ def test_the_shipped_set_is_kept_apart_from_the_training_examples() -> None:
     samples = [t["text"] for t in yaml.safe_load(resources.files("switchyard").joinpath(
         "data", "sample_tickets.yaml").read_text())]
     known = [(_words(t), " ".join(t.lower().split())) for t in training + samples]
-    for case in _shipped():
+    for case in _shipped(name):
         text = case.input["text"]
         mine, normal = _words(text), " ".join(text.lower().split())
         for theirs, other in known:
@@ -153,7 +157,34 @@ def test_the_shipped_set_covers_what_the_support_workflow_meets() -> None:
     assert escalated / len(cases) <= 0.2, "labelled escalations alone would break the gate"
 
 
-def test_every_shipped_case_is_one_json_object_per_line() -> None:
-    text = resources.files("switchyard").joinpath("data", "golden", "support.jsonl").read_text()
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_case_is_one_json_object_per_line(name: str) -> None:
+    text = resources.files("switchyard").joinpath("data", "golden", f"{name}.jsonl").read_text()
     for n, line in enumerate(text.splitlines(), 1):
         assert isinstance(json.loads(line), dict), n
+
+
+def test_the_unseen_set_is_labelled_as_the_shipped_one_is() -> None:
+    """The set written after the agents were tuned, from the label guide alone: every intent,
+    every escalation kind, a share labelled for a person the gate allows."""
+    cases = _shipped("support-unseen")
+    assert len(cases) >= 100
+    assert len({c.id for c in cases} & {c.id for c in _shipped()}) == 0
+    intents = {c.expect.fields["triage.intent"] for c in cases
+               if isinstance(c.expect.fields.get("triage.intent"), str)}
+    assert intents == INTENTS
+    kinds = Counter(k for c in cases for k in c.expect.kinds)
+    assert {"routed", "approval", "low_confidence"} <= set(kinds)
+    assert sum(c.expect.outcome == "escalated" for c in cases) / len(cases) <= 0.3
+
+
+def test_latency_percentiles_interpolate_between_cases() -> None:
+    """p95 of five cases is between the fourth and the fifth, not the slowest one."""
+    from switchyard.evals.report import summarize
+
+    case = golden.parse(GOOD + "\n", "t.jsonl")[0]
+    scores = [score_case(case, Observed("w", "completed", latency_s=x))
+              for x in (0.1, 0.2, 0.3, 0.4, 5.0)]
+    latency = summarize(scores)["latency_s"]
+    assert (latency["p50"], latency["p95"], latency["max"]) == (0.3, 4.08, 5.0)
+    assert summarize(scores[:1])["latency_s"]["p95"] == 0.1
