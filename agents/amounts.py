@@ -38,7 +38,8 @@ REFUND_WORDS = re.compile(
     r"reembols|devolu|devolv|"
     r"rimbors|restitu|"
     r"terugbetal|terugstort|geld terug|"
-    r"estorno|reembolso|devolução)",
+    r"estorno|reembolso|devolução)"
+    r"|(?:€|\bEUR|\beuros?)\s+zurück\b",  # "ich hätte gern die 250 € zurück"
     re.IGNORECASE,
 )
 # a refund word that asks for none: negated just before it, or one already received

@@ -63,6 +63,20 @@ _SECURITY = _any([
     r"api-(?:sleutel|schlüssel)|cl[ée]s? (?:d'|de )?api|claves? (?:de )?api|chiavi? api|"
     r"chaves? (?:de )?api)\b.{0,60}\b(?:leaked|exposed|public(?:ly)?|committed|pushed|posted|"
     r"pastebin|github|gitlab|publiek|öffentlich|publi(?:que|c)|pública|pubblic[ao])",
+    # credentials for sale, security settings changed behind the customer's back
+    r"\b(?:passwords?|credentials|log-?ins?|accounts?|e-?mails? and passwords?)\b.{0,60}"
+    r"\b(?:for sale|being sold|on (?:a|the) (?:forum|dark ?web)|dumped|pastebin)",
+    r"\b(?:in vendita|zum verkauf|à vendre|en venta|à venda|te koop)\b",
+    r"\b(?:2fa|two-factor|mfa|two-step)\b.{0,40}\b(?:turned|switched|disabled|removed|off)\b.{0,60}"
+    r"\b(?:without (?:me|my|us|our)|not (?:me|us)|I (?:didn't|did not|never))",
+    r"\b(?:turned off|switched off|disabled|removed)\b.{0,20}\b(?:2fa|two-factor|mfa|two-step)\b.{0,60}"
+    r"\b(?:without (?:me|my|us|our)|not (?:me|us)|I (?:didn't|did not|never))",
+    r"\b(?:never (?:asked|requested) for|didn't (?:ask|request)|did not (?:ask|request))\b.{0,80}"
+    r"\b(?:2fa|two-factor|password|e-?mail (?:address )?(?:was |got )?changed)",
+    # data out in the open: "publicly online", downloadable without signing in
+    r"\b(?:openbaar|öffentlich|publiquement|públicamente|pubblicamente|publicamente)\b.{0,40}"
+    r"\b(?:online|zugänglich|accessible|accesible|accessibil|acessível|downloaden|herunterladen)",
+    r"\bpublicly (?:online|available|visible|downloadable|listed)\b",
     # someone reaching data that is not theirs
     r"\b(?:could|can|was able to|were able to) (?:see|open|access|view|download|read)\b.{0,50}"
     r"\b(?:another|other|someone else's|a different) (?:company|companies|customers?|users?|"
@@ -88,6 +102,18 @@ _INJECTION = _any([
     r"ignora (?:todas )?(?:las |tus )?instrucciones",
     r"ignora (?:tutte )?(?:le )?istruzioni", r"negeer (?:alle )?(?:eerdere )?instructies",
     r"ignore (?:todas )?as instruções",
+    # the policies, not just the instructions, in any language; a note addressed to the AI
+    r"\bignor\w* (?:all |alle |toutes |todas |tutte )?(?:your |vos |tus |tue |suas |ihre |jullie |"
+    r"(?:the |die |les |las |le |as |os |de )?(?:internal |internen? |internes |internas ))"
+    r"(?:policies|politiques|richtlinien|políticas|politiche|regels|richtlijnen|regras|reglas)",
+    r"\bignor\w* (?:las |as |le |les |die |de |os )(?:políticas|politiques|richtlinien|politiche|"
+    r"regels|richtlijnen|regras|reglas) (?:internas|internes|interne|internen)",
+    r"\b(?:note|message|instructions?) (?:to|for) (?:the )?(?:ai|assistant|bot|model|llm|agents?)\b",
+    r"\b(?:nota|mensagem|mensaje|messaggio) (?:para|per) (?:o |el |l')?(?:assistente|asistente|ia|ai|bot)",
+    r"\b(?:hinweis|nachricht|anweisung) an (?:die |den )?(?:ki|assistent|bot)",
+    r"\bnote (?:pour|à) (?:l'|le )?(?:assistant|ia|bot)", r"\bnotitie voor de (?:ai|assistent|bot)",
+    r"\b(?:auto-?approve|approve (?:automatically|everything)|aprove automaticamente|"
+    r"apruebe automáticamente|approva automaticamente|automatisch goedkeuren|automatisch genehmigen)",
 ])
 _DATA = (r"(?:phone(?: number)?|mobile|number|address|e-?mail(?: address)?|contact details|details|"
          r"invoice|plan|account|password|card|telefon(?:nummer)?|adresse|e-mail-adresse|handynummer|"
@@ -99,10 +125,12 @@ _OTHERS = (r"(?:colleague|co-?worker|friend|boss|manager|ex|wife|husband|partner
            r"collega|amic[oa]|capo|vriend(?:in)?|baas|chefe|"
            # another of your customers, whoever they are
            r"(?:your|another|other) (?:customer|client|user)s?|the (?:customer|client|user) (?:who|that)|"
+           r"otr[oa]s? client[ea]s?|autres? clients?|anderen? kunden|altr[oa] client[ei]|"
+           r"andere klant(?:en)?|outr[oa]s? client[ea]s?|"
            r"(?:del|do) cliente que|du client qui|des kunden,? (?:der|die)|del cliente che|"
            r"van de klant die)")
 _ASK = (r"(?:tell|give|send|share|forward|provide|what(?:'s| is| are)|which|look up|find out|need|"
-        r"necesito|preciso|brauche|besoin|bisogno|nodig|"
+        r"necesito|preciso|brauche|besoin|bisogno|nodig|pasar|pasen|mandar|mandarme|"
         r"geben|schicken|nennen|mitteilen|sagen|donner|donnez|envoyer|envoyez|communiquer|dites|"
         r"dar|dame|enviar|decir|dime|dare|inviare|dimmi|dirmi|geven|geef|sturen|stuur|doorgeven|"
         r"dizer|diga|passar|quais|qual)")

@@ -22,8 +22,8 @@ _PROBLEM = 2
 @app.command("eval")
 def eval_cmd(
     golden: Annotated[str | None, typer.Argument(
-        help="a golden set (JSONL), 'support' for the shipped one, or 'shadow' for the shadow "
-             "agents' agreement")] = None,
+        help="a golden set (JSONL), a shipped one by name (support, support-2, support-holdout), "
+             "or 'shadow' for the shadow agents' agreement")] = None,
     workflow: Annotated[str, typer.Option(help="the workflow the cases run (default: support, "
                                                "or support-llm with --models llm)")] = "",
     min_pass: Annotated[float, typer.Option(min=0.0, max=1.0, help="the gate: the share of cases "
@@ -64,8 +64,9 @@ def eval_cmd(
         _shadow(role, json_out)
         return
     if golden is None:
-        err.print("[red]name a golden set: switchyard eval support (the shipped one), or a "
-                  "JSONL file[/] (or: eval shadow, eval --compare A.json B.json)")
+        err.print("[red]name a golden set: switchyard eval support (or another shipped one: "
+                  "support-2, support-holdout), or a JSONL file[/] (or: eval shadow, eval "
+                  "--compare A.json B.json)")
         raise typer.Exit(_PROBLEM)
     if agent and connect:
         err.print("[red]--agent runs a role with another agent on the stack eval starts; with "
