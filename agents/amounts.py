@@ -39,14 +39,19 @@ REFUND_WORDS = re.compile(
     r"rimbors|restitu|"
     r"terugbetal|terugstort|geld terug|"
     r"estorno|reembolso|devolução)"
-    r"|(?:€|\bEUR|\beuros?)\s+zurück\b",  # "ich hätte gern die 250 € zurück"
+    # "ich hätte gern die 250 € zurück", "can I get the GBP 180 back": asked for, not received
+    r"|\b(?:hätte|hätten|möchte|möchten|will|wollen|bitte)\b[^.!?]{0,40}(?:€|\bEUR|\beuros?)\s+"
+    r"zurück\b"
+    r"|\b(?:(?:can|could|may) (?:i|we) (?:please )?|(?:like|want|need|wish) to |please )get "
+    r"(?:it|that|this|them|the money|my money|our money|(?:the |my |our )?(?:€|\$|£|[A-Z]{3} ?)?"
+    r"\d[\d.,]*(?: ?(?:€|\$|£|[A-Z]{3}|euros?|dollars?|pounds?))?) back\b",
     re.IGNORECASE,
 )
-# a refund word that asks for none: negated just before it, or one already received
+# a refund word that asks for none: negated just before it in its sentence, or one already received
 _NOT_ASKED = re.compile(
     r"(?:\b(?:no|not|don't|do not|never|nicht|kein\w*|pas de|ne veux pas|no quiero|non voglio|"
-    r"geen|wil geen|não quero)\W+(?:\w+\W+){0,3}$)|(?:\b(?:received|got|had|thanks? for|"
-    r"erhalten|reçu|recibido|ricevuto|ontvangen|recebi)\W+(?:\w+\W+){0,2}$)",
+    r"geen|wil geen|não quero)[^\w.!?]+(?:\w+[^\w.!?]+){0,3}$)|(?:\b(?:received|got|had|thanks? for|"
+    r"erhalten|reçu|recibido|ricevuto|ontvangen|recebi)[^\w.!?]+(?:\w+[^\w.!?]+){0,2}$)",
     re.IGNORECASE)
 NEAR = 150  # characters between the refund word and the amount it asks for (two sentences)
 MAX_AMOUNT = 1e9  # a longer number is no amount anybody asks back

@@ -57,34 +57,52 @@ _SECURITY = _any([
     r"vulnerabilit(?:y|ies)|exploitable|responsible(?:ly)? disclos\w*|bug bounty|cve-\d{4})",
     r"\bsicherheitslücke", r"\bschwachstelle", r"\bfaille (?:de sécurité|xss)", r"\bvulnérabilité",
     r"\bvulnerabilidad", r"\bvulnerabilit[àa]\b", r"\bkwetsbaarhe(?:id|den)\b", r"\bbeveiligingslek",
-    r"\bvulnerabilidade", r"\b(?:fallo|falla|falha) de seguran?[cç]",
-    # a secret out in the open
+    r"\bvulnerabilidade", r"\b(?:fallo|falla|falha|falla) de (?:seguridad|segurança|sicurezza)",
+    # a secret out in the open: leaked, pushed, posted, made public (not merely used with GitHub)
     r"\b(?:api[- ]?(?:keys?|tokens?)|access tokens?|secret keys?|credentials|passwords?|"
     r"api-(?:sleutel|schlüssel)|cl[ée]s? (?:d'|de )?api|claves? (?:de )?api|chiavi? api|"
-    r"chaves? (?:de )?api)\b.{0,60}\b(?:leaked|exposed|public(?:ly)?|committed|pushed|posted|"
-    r"pastebin|github|gitlab|publiek|öffentlich|publi(?:que|c)|pública|pubblic[ao])",
-    # credentials for sale, security settings changed behind the customer's back
-    r"\b(?:passwords?|credentials|log-?ins?|accounts?|e-?mails? and passwords?)\b.{0,60}"
-    r"\b(?:for sale|being sold|on (?:a|the) (?:forum|dark ?web)|dumped|pastebin)",
-    r"\b(?:in vendita|zum verkauf|à vendre|en venta|à venda|te koop)\b",
+    r"chaves? (?:de )?api)\b.{0,60}\b(?:leaked|exposed|committed|pushed|posted|published|"
+    r"made public|(?:is|are|was|were) public|pastebin|publiek|öffentlich|publiquement|pública|"
+    r"pubblicat[oa]|pubblic[ao])\b",
+    r"\b(?:leaked|pushed|committed|posted|published|exposed)\b.{0,40}\b(?:api[- ]?(?:keys?|tokens?)|"
+    r"access tokens?|secret keys?|credentials|passwords?)\b",
+    # someone else got in, in the other languages; a phishing mail in the product's name
+    r"\bqualcuno (?:è|e) entrat[oa]\b", r"\balguien (?:ha )?entr(?:ó|ado) en mi cuenta",
+    r"\bquelqu'un (?:s'est connecté|est entré|a accédé)", r"\bjemand hat sich\b.{0,30}"
+    r"\b(?:eingeloggt|angemeldet)", r"\biemand (?:is|heeft)\b.{0,30}\b(?:ingelogd|ingebroken)",
+    r"\balguém (?:entrou|acedeu|acessou)", r"\baccessi da (?:un paese|paesi|dispositivi)",
+    r"\b(?:mail|e-mail|email|bericht|nachricht|courriel|correo|messaggio|mensagem)\b.{0,30}"
+    r"\b(?:with|met|mit|avec|con|com) (?:your|jullie|uw|ihrem|eurem|votre|vuestro|su|il vostro|"
+    r"o (?:seu|vosso)) logo\b", r"\b(?:strange|weird|unknown|vreemd|fremde|étrange|extraño|strano|"
+    r"estranho)e? (?:domain|domein|domäne|domaine|dominio|domínio)",
+    # credentials for sale; security settings changed behind the customer's back
+    r"\b(?:passwords?|credentials|log-?ins?|e-?mails? and passwords?|passwörter|zugangsdaten|"
+    r"wachtwoorden|mots de passe|contraseñas|senhas)\b.{0,60}\b(?:for sale|being sold|on (?:a|the) "
+    r"(?:forum|dark ?web)|dumped|pastebin|in vendita|zum verkauf|à vendre|en venta|à venda|te koop)",
     r"\b(?:2fa|two-factor|mfa|two-step)\b.{0,40}\b(?:turned|switched|disabled|removed|off)\b.{0,60}"
-    r"\b(?:without (?:me|my|us|our)|not (?:me|us)|I (?:didn't|did not|never))",
+    r"\b(?:without (?:me|my|us|our)|not (?:by )?(?:me|us)|(?:wasn't|was not) (?:me|us)|"
+    r"I (?:never|didn't|did not) (?:do|did|change|touch|turn|switch|disable|ask))",
     r"\b(?:turned off|switched off|disabled|removed)\b.{0,20}\b(?:2fa|two-factor|mfa|two-step)\b.{0,60}"
-    r"\b(?:without (?:me|my|us|our)|not (?:me|us)|I (?:didn't|did not|never))",
+    r"\b(?:without (?:me|my|us|our)|not (?:by )?(?:me|us)|(?:wasn't|was not) (?:me|us)|"
+    r"I (?:never|didn't|did not) (?:do|did|change|touch|turn|switch|disable|ask))",
     r"\b(?:never (?:asked|requested) for|didn't (?:ask|request)|did not (?:ask|request))\b.{0,80}"
     r"\b(?:2fa|two-factor|password|e-?mail (?:address )?(?:was |got )?changed)",
-    # data out in the open: "publicly online", downloadable without signing in
-    r"\b(?:openbaar|öffentlich|publiquement|públicamente|pubblicamente|publicamente)\b.{0,40}"
-    r"\b(?:online|zugänglich|accessible|accesible|accessibil|acessível|downloaden|herunterladen)",
-    r"\bpublicly (?:online|available|visible|downloadable|listed)\b",
-    # someone reaching data that is not theirs
-    r"\b(?:could|can|was able to|were able to) (?:see|open|access|view|download|read)\b.{0,50}"
-    r"\b(?:another|other|someone else's|a different) (?:company|companies|customers?|users?|"
-    r"workspaces?|organi[sz]ations?|accounts?)",
+    # the customer's data out in the open ("our customer export is publicly online")
+    r"\b(?:data|exports?|files?|documents?|database|backups?|records|lists?|\w*gegevens|\w*daten|"
+    r"\w*bestand(?:en)?|\w*dateien|données|datos|dati|dados|fichiers?|archivos?|ficheiros?)\b.{0,60}\b(?:openbaar|öffentlich|publiquement|públicamente|pubblicamente|"
+    r"publicamente|publicly)\b.{0,20}\b(?:online|zugänglich|accessible|accesible|accessibil\w*|"
+    r"acessível|available|visible|downloadable|readable|listed)",
+    # someone reaching another company's data, or taking the customer's
+    r"\b(?:could|can|was able to|were able to) (?:see|access|view|download|read)\b.{0,50}"
+    r"\b(?:another|someone else's|a different) (?:company|companies|customer|organi[sz]ation|"
+    r"workspace|tenant)(?:'s|s)?\b",
+    r"\b(?:could|can|was able to|were able to) (?:open|get into|edit)\b.{0,50}\b(?:someone else's|"
+    r"(?:another|a different) (?:company|customer|organi[sz]ation|tenant)'s)",
     r"\b(?:former|ex-?) ?(?:employees?|colleagues?|staff|contractors?|admins?)\b.{0,80}"
     r"\b(?:still (?:had|has|have) access|downloaded|exported|copied)",
-    r"\b(?:downloaded|exported|copied|stole|took) (?:our|the|all) (?:entire |whole |full |complete )?"
-    r"(?:customer|client|user|contact)s? (?:list|database|data)",
+    r"\b(?:someone|somebody|a stranger|an unknown \w+|the attacker|an attacker|they)\b.{0,40}"
+    r"\b(?:downloaded|exported|copied|stole|took)\b.{0,30}\b(?:customer|client|user|contact)s? "
+    r"(?:list|database|data)",
 ])
 _INJECTION = _any([
     r"\b(?:ignore|disregard|forget|override) (?:the )?(?:all|any|your|previous|prior|above|earlier|"
@@ -103,20 +121,22 @@ _INJECTION = _any([
     r"ignora (?:tutte )?(?:le )?istruzioni", r"negeer (?:alle )?(?:eerdere )?instructies",
     r"ignore (?:todas )?as instruções",
     # the policies, not just the instructions, in any language; a note addressed to the AI
-    r"\bignor\w* (?:all |alle |toutes |todas |tutte )?(?:your |vos |tus |tue |suas |ihre |jullie |"
+    r"\b(?:ignore|ignorez|ignora|ignoriere|ignorieren sie|negeer|disregard|bypass|override) "
+    r"(?:all |alle |toutes |todas |tutte )?(?:your |vos |tus |tue |suas |ihre |jullie |"
     r"(?:the |die |les |las |le |as |os |de )?(?:internal |internen? |internes |internas ))"
     r"(?:policies|politiques|richtlinien|políticas|politiche|regels|richtlijnen|regras|reglas)",
-    r"\bignor\w* (?:las |as |le |les |die |de |os )(?:políticas|politiques|richtlinien|politiche|"
-    r"regels|richtlijnen|regras|reglas) (?:internas|internes|interne|internen)",
-    r"\b(?:note|message|instructions?) (?:to|for) (?:the )?(?:ai|assistant|bot|model|llm|agents?)\b",
-    r"\b(?:nota|mensagem|mensaje|messaggio) (?:para|per) (?:o |el |l')?(?:assistente|asistente|ia|ai|bot)",
-    r"\b(?:hinweis|nachricht|anweisung) an (?:die |den )?(?:ki|assistent|bot)",
-    r"\bnote (?:pour|à) (?:l'|le )?(?:assistant|ia|bot)", r"\bnotitie voor de (?:ai|assistent|bot)",
-    r"\b(?:auto-?approve|approve (?:automatically|everything)|aprove automaticamente|"
-    r"apruebe automáticamente|approva automaticamente|automatisch goedkeuren|automatisch genehmigen)",
+    r"\b(?:ignore|ignorez|ignora|ignoriere|negeer) (?:las |as |le |les |die |de |os )(?:políticas|"
+    r"politiques|richtlinien|politiche|regels|richtlijnen|regras|reglas) (?:internas|internes|"
+    r"interne|internen)",
+    r"\b(?:note|message|instructions?) (?:to|for) (?:the |any )?(?:\w+ )?(?:ai|a\.i\.|bot|chatbot|"
+    r"llm|gpt)\b",
+    r"\b(?:nota|mensagem|mensaje|messaggio) (?:para|per) (?:o |a |el |la |l')?(?:assistente|asistente|"
+    r"ia|ai|bot)\b",
+    r"\b(?:hinweis|nachricht|anweisung) an (?:die |den )?(?:ki|assistent|bot)\b",
+    r"\bnote (?:pour|à) (?:l'|le )?(?:assistant|ia|bot)\b", r"\bnotitie voor de (?:ai|assistent|bot)\b",
 ])
-_DATA = (r"(?:phone(?: number)?|mobile|number|address|e-?mail(?: address)?|contact details|details|"
-         r"invoice|plan|account|password|card|telefon(?:nummer)?|adresse|e-mail-adresse|handynummer|"
+_DATA = (r"(?:phone(?: number)?|mobile|numbers?|address(?:es)?|e-?mail(?: address)?|contact details|"
+         r"details|invoices?|plan|accounts?|password|cards?|telefon(?:nummer)?|adresse|e-mail-adresse|handynummer|"
          r"numéro|téléphone|courriel|teléfono|dirección|correo|indirizzo|telefono|adres|"
          r"telefoonnummer|endereço|telemóvel)")
 _OTHERS = (r"(?:colleague|co-?worker|friend|boss|manager|ex|wife|husband|partner|neighbou?r|"
@@ -124,12 +144,15 @@ _OTHERS = (r"(?:colleague|co-?worker|friend|boss|manager|ex|wife|husband|partner
            r"chef(?:in)?|collègue|ami|amie|patron|colega|amig[oa]|jefe|"
            r"collega|amic[oa]|capo|vriend(?:in)?|baas|chefe|"
            # another of your customers, whoever they are
-           r"(?:your|another|other) (?:customer|client|user)s?|the (?:customer|client|user) (?:who|that)|"
+           r"(?:your|another|other) (?:customer|client|user)\b(?! service| support| success| care| portal|"
+           r" team)|the (?:customer|client|user) (?:who|that)|"
            r"otr[oa]s? client[ea]s?|autres? clients?|anderen? kunden|altr[oa] client[ei]|"
-           r"andere klant(?:en)?|outr[oa]s? client[ea]s?|"
+           r"andere klant(?:en)?|outr[oa]s? client[ea]s?|soci[oa]|sócio|partenaire|associée?|"
+           r"geschäftspartner(?:in)?|compagn[oa]|zakenpartner|"
            r"(?:del|do) cliente que|du client qui|des kunden,? (?:der|die)|del cliente che|"
            r"van de klant die)")
-_ASK = (r"(?:tell|give|send|share|forward|provide|what(?:'s| is| are)|which|look up|find out|need|"
+_ASK = (r"(?:tell|give|send|share|forward|provide|what(?:'s| is| are)|which|look up|find out|"
+        r"need(?! to\b)|"
         r"necesito|preciso|brauche|besoin|bisogno|nodig|pasar|pasen|mandar|mandarme|"
         r"geben|schicken|nennen|mitteilen|sagen|donner|donnez|envoyer|envoyez|communiquer|dites|"
         r"dar|dame|enviar|decir|dime|dare|inviare|dimmi|dirmi|geven|geef|sturen|stuur|doorgeven|"
@@ -169,25 +192,35 @@ _DATA_LOST = _any([
     r"\b(?:lost|deleted|wiped|erased)\b[^.?!]{0,20}\b(?:all|every|entire|whole)\b[^.?!]{0,30}"
     r"\b(?:data|files?|documents?|docs?|tasks?|comments?|projects?|history|records?|attachments?|"
     r"content)\b",
-    r"\b(?:alle|sämtliche)\b[^.?!]{0,40}(?:daten|dateien|dokumente|aufgaben|kommentare|projekte)"
-    r"[^.?!]{0,40}(?:weg|verschwunden|gelöscht|verloren)",
-    r"\b(?:tou(?:s|tes)|l'ensemble)\b[^.?!]{0,40}(?:données|fichiers|documents|tâches|commentaires|"
-    r"projets)[^.?!]{0,40}(?:disparu|perdu|supprimé|effacé)",
-    r"\btod[oa]s\b[^.?!]{0,40}(?:datos|archivos|documentos|tareas|comentarios|proyectos|dados|"
-    r"ficheiros|arquivos|projetos|comentários)[^.?!]{0,40}(?:desaparec|perdid|borrad|eliminad|apagad|"
-    r"sumi)",
-    r"\btutt[ie]\b[^.?!]{0,40}(?:dati|file|documenti|attività|commenti|progetti)[^.?!]{0,40}"
-    r"(?:spari|pers|cancellat|eliminat)",
-    r"\balle\b[^.?!]{0,40}(?:gegevens|bestanden|documenten|taken|opmerkingen|projecten)[^.?!]{0,40}"
-    r"(?:verdwenen|kwijt|verwijderd|weg)",
+    r"\b(?:alle|sämtliche)\b[^.?!]{0,40}\b(?:daten|dateien|dokumente|aufgaben|kommentare|projekte)"
+    r"\b[^.?!]{0,40}\b(?:weg|verschwunden|gelöscht|verloren)\b",
+    r"\b(?:tou(?:s|tes)|l'ensemble)\b[^.?!]{0,40}\b(?:données|fichiers|documents|tâches|commentaires|"
+    r"projets)\b[^.?!]{0,40}\b(?:disparu|perdu|supprimé|effacé)e?s?\b",
+    r"\btod[oa]s\b[^.?!]{0,40}\b(?:datos|archivos|documentos|tareas|comentarios|proyectos|dados|"
+    r"ficheiros|arquivos|projetos|comentários)\b[^.?!]{0,40}\b(?:desaparec\w*|perdid[oa]s|"
+    r"borrad[oa]s|eliminad[oa]s|apagad[oa]s|sumiram)\b",
+    r"\btutt[ie]\b[^.?!]{0,40}\b(?:dati|file|documenti|attività|commenti|progetti)\b[^.?!]{0,40}"
+    r"\b(?:spari\w*|pers[io]|cancellat[ie]|eliminat[ie])\b",
+    r"\balle\b[^.?!]{0,40}\b(?:gegevens|bestanden|documenten|taken|opmerkingen|projecten)\b[^.?!]{0,40}"
+    r"\b(?:verdwenen|kwijt|verwijderd|weg)\b",
 ])
+# a sentence that asks, supposes or requests ("will all my files be deleted?", "if all our data is
+# lost", "please delete all my data") or says nothing was lost tells of no loss
+_NO_LOSS = re.compile(
+    r"\b(?:if|will|would|wenn|falls|wird|würde|si|se|als|zal|nothing|none|nichts|rien|nada|niente|"
+    r"niets|please|bitte|por favor|per favore|graag|s'il vous plaît|want|would like|möchte|"
+    r"delete|löschen|supprimer|eliminar|eliminare|verwijderen|apagar)\b", re.IGNORECASE)
+_SENTENCE = re.compile(r"[^.!?\n]+[.!?]*")
 
 
 def data_lost(text: str) -> bool:
-    """Whether a ticket says a whole body of the customer's data is gone."""
-    return bool(_DATA_LOST.search(text))
+    """Whether a ticket tells that a whole body of the customer's data is gone."""
+    return any(_DATA_LOST.search(s) and not s.rstrip().endswith("?") and not _NO_LOSS.search(s)
+               for s in _SENTENCE.findall(text))
 
 
+# an address something is to be sent to ("send the steps to x@…"), not one asked about
+_TO = re.compile(r"\b(?:to|an|à|a|naar|para|per|via)\s*:?\s*$", re.IGNORECASE)
 _OWN = re.compile(r"\b(?:my|mine|meine?[mnrs]?|mon|ma|mes|mi|mis|mio|mia|mijn|meu|minha)\b",
                   re.IGNORECASE)
 
@@ -206,7 +239,8 @@ def flags(raw: str, text: str, *, sender: str | None = None,
     # another address than the sender's, asked about: not one the writer calls their own
     others = [f for f in (find_pii(text) if pii is None else pii) if f.kind == "email"
               and f.value.lower() != (sender or "").lower()
-              and not _OWN.search(text[max(0, f.start - 40):f.start])]
+              and not _OWN.search(text[max(0, f.start - 40):f.start])
+              and not _TO.search(text[max(0, f.start - 12):f.start])]
     if _THIRD_PARTY.search(text) or (others and re.search(rf"\b{_ASK}\b", text, re.IGNORECASE)):
         found.append(THIRD_PARTY)
     if _LEGAL_THREAT.search(text):

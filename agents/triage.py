@@ -47,7 +47,7 @@ from sklearn.svm import LinearSVC
 
 from switchyard.agents import Agent, Scored, TaskContext
 from switchyard.agents.amounts import refund_amounts
-from switchyard.agents.pii import find_pii, redact
+from switchyard.agents.pii import Finding, find_pii, redact
 from switchyard.agents.rules import LEGAL, LEGAL_THREAT, SECURITY, data_lost, flags
 from switchyard.agents.text import plain_text
 
@@ -59,30 +59,30 @@ _WORD = re.compile(r"[^\W\d_]{3,}")
 # words that say nothing of what a ticket is about, in the languages read
 _EMPTY = frozenset(" ".join([
     # en: greetings, thanks, asking, pointing elsewhere, "a problem", "still", small words
-    """hi hello hey dear thanks thank you please help see above attached attachment again the and
+    """hi hello hey dear thanks thank you please help see above attached again the and
     this that it's its not right there here what why how any update still same issue problem
     question thing things broken works working about from before something anything stuff wrong
     okay fine hmm maybe perhaps whatever unsure nothing yet urgent asap have has got one can could
-    call contact me""",
+    call contact me anyone someone anybody information need""",
     # de
-    """hallo guten tag danke bitte dank hilfe siehe anbei anhang frage problem dringend immer noch
+    """hallo guten tag danke bitte dank hilfe siehe anbei frage problem dringend immer noch
     nichts funktioniert geht kaputt nicht ich habe ein eine einen wir haben melden sich mich uns
-    rückruf""",
+    rückruf hätte hätten mal kurz einer fragen jemand information""",
     # fr
-    """bonjour salut merci aide voir pièce jointe question problème souci urgent toujours rien
-    encore marche cassé pas une des les est avons contactez moi""",
+    """bonjour salut merci aide voir ci-joint question problème souci urgent toujours rien
+    encore marche cassé pas une des les est avons contactez moi joint quelqu'un information besoin""",
     # es
-    """hola gracias ayuda ver adjunto pregunta duda problema urgente todavía sigue nada funciona
-    roto una uno tengo tenemos contacten llamen""",
+    """hola gracias ayuda ver pregunta duda problema urgente todavía sigue nada funciona
+    roto una uno tengo tenemos contacten llamen alguien información necesito""",
     # it
-    """ciao buongiorno grazie aiuto vedi allegato domanda problema urgente ancora niente funziona
-    rotto non una uno abbiamo contattatemi""",
+    """ciao buongiorno grazie aiuto vedi domanda problema urgente ancora niente funziona
+    rotto non una uno abbiamo contattatemi salve avrei bisogno informazione informazioni qualcuno""",
     # nl
-    """hallo dank bedankt hulp zie bijlage vraag probleem dringend nog steeds niets werkt stuk niet
-    een heb hebben""",
+    """hallo dank bedankt hulp zie bijgevoegd vraag probleem dringend nog steeds niets werkt stuk niet
+    een heb hebben iemand informatie""",
     # pt
-    """olá obrigado obrigada ajuda ver anexo pergunta dúvida problema urgente ainda nada funciona
-    quebrado não uma tenho temos""",
+    """olá obrigado obrigada ajuda ver pergunta dúvida problema urgente ainda nada funciona
+    quebrado não uma tenho temos alguém informação preciso""",
 ]).split())
 
 
@@ -125,9 +125,24 @@ def models() -> tuple[Pipeline, Pipeline]:
     return intent, severity
 
 
+# an attachment is a feature of the product ("Anhang geht nicht"), unless it is only pointed at
+_ATTACHMENT = frozenset("attachment attachments anhang pièce jointe adjunto allegato bijlage anexo".split())
+_SEE = frozenset("see siehe voir ver vedi zie".split())
+_STRETCHED = re.compile(r"(\w)\1{2,}")  # "hellooo", "hiii"
+
+
 def informative(text: str) -> bool:
     """Whether a ticket says anything a classifier could go on: a word that is not empty."""
-    return any(w not in _EMPTY for w in _WORD.findall(text.lower()))
+    words = {_STRETCHED.sub(r"\1", w) for w in _WORD.findall(text.lower())}
+    if words & _SEE:
+        words -= _ATTACHMENT
+    return any(w not in _EMPTY for w in words)
+
+
+def _without(text: str, pii: list[Finding]) -> str:
+    for f in sorted(pii, key=lambda f: f.start, reverse=True):
+        text = text[:f.start] + " " + text[f.end:]
+    return text
 
 
 def classify(raw: str, sender: str | None = None) -> tuple[Triage, float]:
@@ -152,7 +167,7 @@ def classify(raw: str, sender: str | None = None) -> tuple[Triage, float]:
         severity = "high"
     if found:  # the rule is sure of one thing: a person handles it (the workflow routes it)
         confidence = max(confidence, RULE_CONFIDENCE)
-    if not informative(text):
+    if not informative(_without(text, pii)):  # an address or a number is not something to go on
         confidence = min(confidence, LOW_INFORMATION_CONFIDENCE)
     sensitive = intent in SENSITIVE_INTENTS or bool(pii) or bool(found)
     result = Triage(

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import structlog
 
 log = structlog.get_logger("switchyard")
 
 
-async def cancel_and_wait(task: asyncio.Future[object] | asyncio.Task[None] | None) -> None:
+async def cancel_and_wait(task: asyncio.Future[Any] | None) -> None:
     """Cancel ``task`` and wait for it to end; re-raise if our own task was cancelled."""
     if task is None or task.done():
         return
@@ -48,8 +49,12 @@ async def unless_stopped(stop: asyncio.Event, work: Coroutine[object, object, ob
     stopping = asyncio.ensure_future(stop.wait())
     try:
         await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        await cancel_and_wait(stopping)
+    except BaseException:  # we are cancelled ourselves: so is the start, not left to run on
+        stopping.cancel()
+        task.cancel()
+        await asyncio.wait({task, stopping})
+        raise
+    await cancel_and_wait(stopping)
     if not task.done():
         await cancel_and_wait(task)
         return False

@@ -52,7 +52,8 @@ def _percentile(values: list[float], q: float) -> float:
     if len(values) == 1:
         return round(values[0], 4)
     # interpolated between the two nearest cases, as numpy's default does
-    return round(statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1], 4)
+    cut = min(99, max(1, round(q * 100)))  # the percentiles 1 to 99
+    return round(statistics.quantiles(values, n=100, method="inclusive")[cut - 1], 4)
 
 
 def summarize(scores: list[CaseScore]) -> dict[str, Any]:

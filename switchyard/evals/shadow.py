@@ -52,8 +52,9 @@ async def shadow_records(client: SwitchyardClient, role: str = "", *,
                 if msg.metadata.sequence.stream >= end:
                     break
     except TimeoutError:
+        narrower = "" if role else "; --role reads one role's only"
         raise ConfigError(f"reading the shadow records took over {timeout:g} s ({len(out)} read, "
-                          f"up to stream sequence {end}); --role reads one role's only") from None
+                          f"up to stream sequence {end}){narrower}") from None
     finally:
         await sub.unsubscribe()
     return out

@@ -427,4 +427,40 @@ async def test_an_agent_waiting_for_a_bus_that_is_not_up_logs_a_line_and_stops_w
             await serving
     errors = [e for e in logs if e["event"] == "agent.bus_error"]
     assert "Connect call failed" in errors[0]["error"] or "refused" in errors[0]["error"].lower()
-    assert agent.state.value != "running"
+
+
+async def test_a_start_is_cancelled_with_whoever_waits_for_it() -> None:
+    """unless_stopped: a stop cancels a start still running; so does a cancellation of the
+    caller (it must not leave the start to finish on its own); a start that fails raises."""
+    from switchyard.protocol.bus.tasks import unless_stopped
+
+    started, ended = asyncio.Event(), asyncio.Event()
+
+    async def slow_start() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            ended.set()
+
+    stop = asyncio.Event()
+    waiting = asyncio.create_task(unless_stopped(stop, slow_start()))
+    await started.wait()
+    stop.set()
+    assert await asyncio.wait_for(waiting, 5) is False and ended.is_set()
+
+    started.clear()
+    ended.clear()
+    waiting = asyncio.create_task(unless_stopped(asyncio.Event(), slow_start()))
+    await started.wait()
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert ended.is_set()
+
+    async def failing() -> None:
+        raise RuntimeError("no bus")
+
+    with pytest.raises(RuntimeError, match="no bus"):
+        await unless_stopped(asyncio.Event(), failing())
+    assert await unless_stopped(asyncio.Event(), asyncio.sleep(0)) is True

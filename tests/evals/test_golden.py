@@ -108,7 +108,7 @@ def _words(text: str) -> set[str]:
     return set(re.findall(r"[^\W\d_]+", text.lower()))
 
 
-SHIPPED = ("support", "support-2", "support-3")
+SHIPPED = ("support", "support-2", "support-3", "support-4")
 
 
 def _shipped(name: str = "support") -> list[Case]:
@@ -164,10 +164,11 @@ def test_every_shipped_case_is_one_json_object_per_line(name: str) -> None:
         assert isinstance(json.loads(line), dict), n
 
 
-def test_the_second_set_is_labelled_as_the_first_is() -> None:
-    """The set written after the agents were tuned, from the label guide alone: every intent,
-    every escalation kind, a share labelled for a person the gate allows."""
-    cases = _shipped("support-2")
+@pytest.mark.parametrize("name", SHIPPED[1:])
+def test_the_later_sets_are_labelled_as_the_first_is(name: str) -> None:
+    """The sets written after the first, from the label guide alone: every intent, every
+    escalation kind, a share labelled for a person the gate allows."""
+    cases = _shipped(name)
     assert len(cases) >= 100
     assert len({c.id for c in cases} & {c.id for c in _shipped()}) == 0
     intents = {c.expect.fields["triage.intent"] for c in cases
@@ -188,3 +189,12 @@ def test_latency_percentiles_interpolate_between_cases() -> None:
     latency = summarize(scores)["latency_s"]
     assert (latency["p50"], latency["p95"], latency["max"]) == (0.3, 4.08, 5.0)
     assert summarize(scores[:1])["latency_s"]["p95"] == 0.1
+
+
+def test_a_set_is_named_or_a_path(tmp_path: Path) -> None:
+    """load("support") is the shipped set; any other string is a file, as on the command line."""
+    path = _write(tmp_path, GOOD)
+    assert [c.id for c in golden.load(str(path))] == ["c1"]
+    assert len(golden.load("support")) == len(_shipped())
+    with pytest.raises(ConfigError, match="no golden set at"):
+        golden.load(str(tmp_path / "missing.jsonl"))
