@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-import nats
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -216,12 +215,11 @@ class Component:
         self._state = ComponentState.STARTING
         cfg = self._config
         try:
-            if self._nc is None:
+            if self._nc is None:  # ours before it connects: a stop meanwhile closes it too
+                self._nc, self._own_nc = Client(), True
                 options = {"error_cb": self._bus_error, **cfg.connect_options}
-                self._nc = await nats.connect(servers(cfg.nats_url),
-                                              name=f"{cfg.subjects.prefix}-{self._name}",
-                                              **options)
-                self._own_nc = True
+                await self._nc.connect(servers(cfg.nats_url),
+                                       name=f"{cfg.subjects.prefix}-{self._name}", **options)
             self._js = self._nc.jetstream()
             if cfg.provisions:  # idempotent: after a timeout (a cluster electing) all again
                 await self._ride_out(lambda: provision(
