@@ -63,7 +63,8 @@ _EMPTY = frozenset(" ".join([
     this that it's its not right there here what why how any update still same issue problem
     question thing things broken works working about from before something anything stuff wrong
     okay fine hmm maybe perhaps whatever unsure nothing yet urgent asap have has got one can could
-    call contact me anyone someone anybody information need""",
+    call contact me anyone someone anybody information need work does did doesn doesnt dont cant
+    isnt wont didnt""",
     # de
     """hallo guten tag danke bitte dank hilfe siehe anbei frage problem dringend immer noch
     nichts funktioniert geht kaputt nicht ich habe ein eine einen wir haben melden sich mich uns
