@@ -22,7 +22,7 @@ _PROBLEM = 2
 @app.command("eval")
 def eval_cmd(
     golden: Annotated[str | None, typer.Argument(
-        help="a golden set (JSONL), a shipped one by name (support, support-2, support-3), "
+        help="a golden set (JSONL), a shipped one by name (support, support-2 … support-5), "
              "or 'shadow' for the shadow agents' agreement")] = None,
     workflow: Annotated[str, typer.Option(help="the workflow the cases run (default: support, "
                                                "or support-llm with --models llm)")] = "",
@@ -65,7 +65,7 @@ def eval_cmd(
         return
     if golden is None:
         err.print("[red]name a golden set: switchyard eval support (or another shipped one: "
-                  "support-2, support-3), or a JSONL file[/] (or: eval shadow, eval "
+                  "support-2 … support-5), or a JSONL file[/] (or: eval shadow, eval "
                   "--compare A.json B.json)")
         raise typer.Exit(_PROBLEM)
     if agent and connect:

@@ -33,7 +33,7 @@ from switchyard.protocol.errors import ConfigError
 from switchyard.protocol.messages import EscalationKind
 
 Outcome = Literal["completed", "escalated", "rejected", "failed"]
-SHIPPED = ("support", "support-2", "support-3", "support-4")  # the sets the package ships, by name
+SHIPPED = ("support", "support-2", "support-3", "support-4", "support-5")  # shipped, by name
 MAX_CASES = 10_000
 MAX_LINE_BYTES = 64 * 1024
 

@@ -108,7 +108,7 @@ def _words(text: str) -> set[str]:
     return set(re.findall(r"[^\W\d_]+", text.lower()))
 
 
-SHIPPED = ("support", "support-2", "support-3", "support-4")
+SHIPPED = ("support", "support-2", "support-3", "support-4", "support-5")
 
 
 def _shipped(name: str = "support") -> list[Case]:
