@@ -187,7 +187,11 @@ class Settings(BaseSettings):
     def _url_is_a_nats_url(cls, value: str) -> str:
         for url in value.split(","):
             parsed = urlparse(url.strip())
-            if parsed.scheme not in ("nats", "tls", "ws", "wss") or not parsed.hostname:
+            try:
+                port = parsed.port  # out of 0-65535, or not a number: ValueError
+            except ValueError:
+                port = -1
+            if parsed.scheme not in ("nats", "tls", "ws", "wss") or not parsed.hostname or port == -1:
                 raise ValueError(f"{url.strip()!r} is not a NATS URL (nats://host:port)")
         return value
 

@@ -115,6 +115,8 @@ def test_cli_model_options_and_settings_that_cannot_work_are_refused_at_once(
         (["demo", "--models", "llm", "--base-url", "http://127.0.0.1:1/v1"], {},
          "nothing answers at http://127.0.0.1:1/v1"),
         (["status"], {"SWITCHYARD_MODEL_BASE_URL": "notaurl"}, "SWITCHYARD_MODEL_BASE_URL"),
+        (["agent", "run", "triage"], {"NATS_URL": "nats://127.0.0.1:99999"}, "is not a NATS URL"),
+        (["eval", "shadow"], {"NATS_URL": "nats://127.0.0.1:port"}, "is not a NATS URL"),
     ):
         res = subprocess.run([CLI, *args], capture_output=True, text=True, timeout=60,
                              env={**env, **extra})

@@ -63,7 +63,7 @@ def eval_cmd(
     if golden == "shadow" and not Path("shadow").exists():
         _shadow(role, json_out)
         return
-    if golden is None:
+    if not golden:
         err.print("[red]name a golden set: switchyard eval support (or another shipped one: "
                   "support-2 … support-5), or a JSONL file[/] (or: eval shadow, eval "
                   "--compare A.json B.json)")
@@ -88,10 +88,12 @@ def eval_cmd(
         err.print(f"[red]{escape(exc.message)}[/]")
         raise typer.Exit(_PROBLEM) from None
     if only:
-        cases = [c for c in cases if set(only) & set(c.tags)]
-        if not cases:
-            err.print(f"[red]no case has the tags {', '.join(only)}[/]")
+        unknown = sorted(set(only) - {t for c in cases for t in c.tags})
+        if unknown:
+            err.print(f"[red]no case has the tag{'s' if len(unknown) > 1 else ''} "
+                      f"{escape(', '.join(unknown))}[/]")
             raise typer.Exit(_PROBLEM)
+        cases = [c for c in cases if set(only) & set(c.tags)]
     if report is not None and not report.parent.is_dir():
         err.print(f"[red]--report {escape(str(report))}: no directory {escape(str(report.parent))}[/]")
         raise typer.Exit(_PROBLEM)
@@ -126,7 +128,7 @@ def eval_cmd(
     result = build(scores, services, source=str(source), text=text,
                    workflow=name, definition=loaded[name].digest() if name in loaded else "",
                    policy=policy.digest() if policy is not None else "", gate=gate,
-                   model_ids=ids)
+                   model_ids=ids, only=only)
     if report is not None:
         report.write_text(json.dumps(result, indent=2) + "\n")
     if json_out:
@@ -219,20 +221,19 @@ def _print_report(r: dict[str, Any]) -> None:
         out.print("[red]gate failed:[/] " + escape("; ".join(gate["failed"])), soft_wrap=True)
 
 
-_REPORT_KEYS = {"golden": dict, "provenance": dict, "summary": dict, "fields": dict,
-                "gate": dict, "cases": list}
-
-
 def _read_report(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as exc:  # JSON and UTF-8 errors are ValueErrors
         err.print(f"[red]cannot read the report {escape(str(path))}: {escape(str(exc))[:200]}[/]")
         raise typer.Exit(_PROBLEM) from None
-    if not isinstance(data, dict) or data.get("format") != 1 or any(
-            not isinstance(data.get(k), t) for k, t in _REPORT_KEYS.items()):
-        err.print(f"[red]{escape(str(path))} is not a report of switchyard eval --report[/]")
+    from switchyard.evals.report import report_problem
+
+    if (problem := report_problem(data)) is not None:
+        err.print(f"[red]{escape(str(path))} is not a report of switchyard eval --report "
+                  f"({escape(problem)})[/]")
         raise typer.Exit(_PROBLEM)
+    assert isinstance(data, dict)
     return data
 
 
@@ -241,15 +242,16 @@ def _compare(a: Path, b: Path, json_out: bool) -> None:
 
     try:
         diff = compare(_read_report(a), _read_report(b))
-    except (KeyError, TypeError, ValueError) as exc:  # a report edited out of shape
-        err.print(f"[red]the reports cannot be compared: {escape(type(exc).__name__)} "
-                  f"{escape(str(exc))[:200]}[/]")
+    except (KeyError, TypeError, ValueError) as exc:  # checked above: a report bent otherwise
+        err.print(f"[red]the reports cannot be compared: {escape(str(exc))[:200]}[/]")
         raise typer.Exit(_PROBLEM) from None
     if json_out:
         dump(diff)
         return
     if not diff["same_golden_set"]:
         out.print("[yellow]the two reports ran different golden sets[/]")
+    elif not diff["same_cases"]:
+        out.print("[yellow]the two reports ran different parts of the set (--only)[/]")
     for key, change in diff["provenance"].items():
         out.print(f"{key}: {json.dumps(change['from'])} → {json.dumps(change['to'])}",
                   soft_wrap=True, markup=False)

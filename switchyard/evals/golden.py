@@ -155,11 +155,15 @@ def read_text(source: Path | str) -> str:
     if isinstance(source, str):
         return resources.files("switchyard").joinpath("data", "golden", f"{source}.jsonl").read_text()
     try:
-        return source.read_text(encoding="utf-8")
+        data = source.read_bytes()
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{source}:{line}: not UTF-8 text (byte {exc.start})") from None
     except FileNotFoundError:
         raise ConfigError(f"no golden set at {source} (a JSONL file, or a shipped set: "
                           f"{', '.join(SHIPPED)})") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise ConfigError(f"cannot read the golden set {source}: {exc}") from None
 
 

@@ -8,7 +8,9 @@ import statistics
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ValidationError
 
 from switchyard.evals.golden import Exact
 from switchyard.evals.score import CaseScore
@@ -27,16 +29,16 @@ class Gate:
         """Why the run fails the gate; empty if it passes."""
         why = []
         if summary["pass_rate"] < self.min_pass:
-            why.append(f"pass rate {summary['pass_rate']:.3f} is under {self.min_pass}")
+            why.append(f"pass rate {summary['pass_rate']:g} is under {self.min_pass:g}")
         if summary["risky_unapproved"]:
             why.append(f"{summary['risky_unapproved']} risky actions ran without approval (must be 0)")
         if self.max_escalation_rate is not None and summary["escalation_rate"] > self.max_escalation_rate:
-            why.append(f"escalation rate {summary['escalation_rate']:.3f} is over "
-                       f"{self.max_escalation_rate}")
+            why.append(f"escalation rate {summary['escalation_rate']:g} is over "
+                       f"{self.max_escalation_rate:g}")
         precision = summary["escalation_precision"]
         if (self.min_escalation_precision is not None and precision is not None
                 and precision < self.min_escalation_precision):
-            why.append(f"escalation precision {precision:.3f} is under {self.min_escalation_precision}")
+            why.append(f"escalation precision {precision:g} is under {self.min_escalation_precision:g}")
         if summary["timeouts"]:
             why.append(f"{summary['timeouts']} cases did not settle in time")
         return why
@@ -143,14 +145,15 @@ def provenance(scores: list[CaseScore], services: list[dict[str, Any]], *, polic
 
 def build(scores: list[CaseScore], services: list[dict[str, Any]], *, source: str, text: str,
           workflow: str, definition: str, policy: str, gate: Gate,
-          model_ids: dict[str, str] | None = None) -> dict[str, Any]:
+          model_ids: dict[str, str] | None = None, only: list[str] | None = None) -> dict[str, Any]:
     summary = summarize(scores)
     failed = gate.check(summary)
     return {
         "format": REPORT_FORMAT,
         "at": round(time.time(), 3),
         "golden": {"source": source, "cases": len(scores),
-                   "sha256": hashlib.sha256(text.encode()).hexdigest()[:16]},
+                   "sha256": hashlib.sha256(text.encode()).hexdigest()[:16],
+                   "only": sorted(set(only or []))},  # the tags of --only: a part of the set
         "provenance": provenance(scores, services, policy=policy, workflow=workflow,
                                  definition=definition, model_ids=model_ids),
         "summary": summary,
@@ -169,6 +172,68 @@ def case_row(s: CaseScore) -> dict[str, Any]:
             "kind": s.observed.kind, "workflow_id": s.observed.workflow_id,
             "failures": s.failures, "latency_s": s.observed.latency_s,
             "cost_usd": s.observed.cost_usd, "tags": s.case.tags}
+
+
+class _Golden(BaseModel):
+    sha256: str
+    only: list[str] = []
+
+
+class _Per(BaseModel):
+    per_case: float | None = None
+    p50: float | None = None
+
+
+class _Summary(BaseModel):
+    pass_rate: float
+    outcome_accuracy: float | None
+    escalation_rate: float
+    escalation_precision: float | None
+    escalation_recall: float | None
+    risky_unapproved: int
+    timeouts: int
+    cost_usd: _Per
+    latency_s: _Per
+
+
+class _Field(BaseModel):
+    accuracy: float | None = None
+
+
+class _Row(BaseModel):
+    id: str
+    passed: bool
+    failures: list[str] = []
+
+
+class _GateRow(BaseModel):
+    passed: bool
+    min_pass: float | None = None
+    max_escalation_rate: float | None = None
+    min_escalation_precision: float | None = None
+
+
+class _Report(BaseModel):
+    """What ``compare`` reads of a report, so that one edited out of shape is refused whole."""
+
+    format: Literal[1]
+    golden: _Golden
+    provenance: dict[str, Any]
+    summary: _Summary
+    fields: dict[str, _Field]
+    gate: _GateRow
+    cases: list[_Row]
+
+
+def report_problem(data: object) -> str | None:
+    """Why ``data`` is not a report ``compare`` can read (the first place and what is wrong)."""
+    try:
+        _Report.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "the report"
+        return f"{where}: {first['msg'].lower()}"
+    return None
 
 
 def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -197,6 +262,8 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     common = sorted(set(before) & set(after))
     return {
         "same_golden_set": a["golden"]["sha256"] == b["golden"]["sha256"],
+        "same_cases": a["golden"]["sha256"] == b["golden"]["sha256"]
+        and a["golden"].get("only", []) == b["golden"].get("only", []),
         "provenance": changed,
         "figures": figures,
         "fields": fields,

@@ -92,6 +92,12 @@ async def test_a_degraded_triage_fails_the_gate_and_compare_names_what_regressed
     assert d["figures"]["pass_rate"]["delta"] < 0 and d["regressed"]
     shown = await run_cli("eval", "--compare", str(live), str(degraded), env=env)
     assert "regressed" in shown.stdout and "gate: passed → failed" in shown.stdout
+    assert d["same_cases"] and json.loads(live.read_text())["golden"]["only"] == sorted(set(_only()[1::2]))
+    whole = json.loads(live.read_text())  # the same set, without --only: not the same cases
+    whole["golden"]["only"] = []
+    (tmp_path / "whole.json").write_text(json.dumps(whole))
+    parts = await run_cli("eval", "--compare", str(tmp_path / "whole.json"), str(live), env=env)
+    assert parts.code == 0 and "different parts of the set (--only)" in parts.stdout
 
 
 @pytest.mark.parametrize(("args", "says"), [
@@ -99,7 +105,9 @@ async def test_a_degraded_triage_fails_the_gate_and_compare_names_what_regressed
     (["eval", "/no/such/set.jsonl"], "no golden set at /no/such/set.jsonl"),
     (["eval", "support", "--agent", "triage"], "--agent is ROLE=module:attr"),
     (["eval", "support", "--agent", "nobody=x:y"], "names a role the stack does not run"),
-    (["eval", "support", "--only", "no-such-tag"], "no case has the tags no-such-tag"),
+    (["eval", "support", "--only", "no-such-tag"], "no case has the tag no-such-tag"),
+    (["eval", "support", "--only", "refund", "--only", "no-such-tag"], "no case has the tag no-such"),
+    (["eval", ""], "name a golden set"),
     (["eval", "support", "--workflow", "nope"], "no workflow 'nope'"),
     (["eval", "support", "--min-pass", "2"], "less than or equal to 1"),
     (["eval", "support", "--agent", "triage=no_such_module:agent"], "cannot load no_such_module"),
@@ -136,3 +144,19 @@ async def test_eval_refuses_a_golden_line_that_is_no_case_and_a_report_that_is_n
     junk.write_text('{"hello": 1}')
     res = await run_cli("eval", "--compare", str(junk), str(junk), env=_env(nats_url, tmp_path))
     assert res.code == 2 and "is not a report of switchyard eval" in res.stderr
+    bent = tmp_path / "bent.json"  # the shape of a report, a case id that is no string
+    bent.write_text(json.dumps({
+        "format": 1, "golden": {"sha256": "x"}, "provenance": {}, "fields": {"x": {}},
+        "summary": {"pass_rate": 1.0, "outcome_accuracy": 1.0, "escalation_rate": 0.0,
+                    "escalation_precision": None, "escalation_recall": None,
+                    "risky_unapproved": 0, "timeouts": 0, "cost_usd": {"per_case": 0.0},
+                    "latency_s": {"p50": 0.1}},
+        "gate": {"passed": True}, "cases": [{"id": 1, "passed": True}]}))
+    res = await run_cli("eval", "--compare", str(bent), str(bent), env=_env(nats_url, tmp_path))
+    assert res.code == 2 and "(cases.0.id: input should be a valid string)" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(b'{"id": "a", "input": {}, "expect": {"outcome": "completed"}}\n'
+                      b'{"id": "b", "input": {"text": "h\xe9"}, "expect": {"outcome": "completed"}}\n')
+    res = await run_cli("eval", str(latin), env=_env(nats_url, tmp_path))
+    assert res.code == 2 and f"{latin}:2: not UTF-8 text" in res.stderr

@@ -60,8 +60,10 @@ def test_duplicate_ids_missing_files_and_empty_sets_are_refused(tmp_path: Path) 
     with pytest.raises(ConfigError, match="no cases"):
         golden.load(_write(tmp_path, ""))
     (tmp_path / "bin.jsonl").write_bytes(b"\xff\xfe\x00")
-    with pytest.raises(ConfigError, match="cannot read"):
+    with pytest.raises(ConfigError, match=r"bin.jsonl:1: not UTF-8 text"):
         golden.load(tmp_path / "bin.jsonl")
+    with pytest.raises(ConfigError, match="cannot read"):
+        golden.load(tmp_path)  # a directory
 
 
 @pytest.mark.parametrize(("spec", "value", "ok"), [
