@@ -110,6 +110,16 @@ def eval_cmd(
             err.print(f"[red]{escape(where)}: no workflow {escape(repr(wanted))} (configured: "
                       f"{', '.join(sorted(loaded))})[/]")
             raise typer.Exit(_PROBLEM)
+    for case in cases:  # a field names a step of the case's workflow, or the run's outcome
+        flow = loaded.get(case.workflow or name)
+        steps = {s.name for s in flow.steps} | {"outcome"} if flow is not None else None
+        wrong = sorted(f for f in case.expect.fields if steps is not None
+                       and f.split(".", 1)[0] not in steps)
+        if wrong:
+            err.print(f"[red]case {escape(case.id)}: {escape(wrong[0])} names no step of "
+                      f"{escape(case.workflow or name)} (its steps: "
+                      f"{escape(', '.join(sorted(steps or ())))})[/]")
+            raise typer.Exit(_PROBLEM)
     done: list[int] = []
 
     def progress(scored: Any) -> None:

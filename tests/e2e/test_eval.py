@@ -135,6 +135,11 @@ async def test_eval_refuses_a_golden_line_that_is_no_case_and_a_report_that_is_n
                     '{"triage.intent": {"nera": 3}}}}\n')
     res = await run_cli("eval", str(typo), env=_env(nats_url, tmp_path))
     assert res.code == 2 and "field 'triage.intent': a field's spec is an object with" in res.stderr
+    step = tmp_path / "step.jsonl"  # a field of a step the workflow does not have
+    step.write_text('{"id": "a", "input": {}, "expect": {"outcome": "completed", "fields": '
+                    '{"triagee.intent": "other"}}}\n')
+    res = await run_cli("eval", str(step), env=_env(nats_url, tmp_path))
+    assert res.code == 2 and "case a: triagee.intent names no step of support" in res.stderr
     elsewhere = tmp_path / "elsewhere.jsonl"
     elsewhere.write_text('{"id": "a", "workflow": "nosuch", "input": {}, '
                          '"expect": {"outcome": "completed"}}\n')
