@@ -181,10 +181,16 @@ async def prometheus_saw_the_demo(url: str, counts: dict[str, int]) -> str:
 
         await until(counted, f"the scraped supervisor counting the demo's 30 submissions and "
                              f"its ended runs {want}", timeout=60)
-        found = (await http.get("/api/v1/query", params={
-            "query": 'sum by (instance) (switchyard_agent_tasks_total{role="action"})'})).json()
-        per_replica = sorted(float(r["value"][1]) for r in found["data"]["result"])
-        assert len(per_replica) == 3 and all(n >= 1 for n in per_replica), per_replica
+        per_replica: list[float] = []
+
+        async def every_replica() -> bool:  # each replica's last tasks may be a scrape behind
+            found = (await http.get("/api/v1/query", params={
+                "query": 'sum by (instance) (switchyard_agent_tasks_total{role="action"})'})).json()
+            per_replica[:] = sorted(float(r["value"][1]) for r in found["data"]["result"])
+            return len(per_replica) == 3 and all(n >= 1 for n in per_replica)
+
+        await until(every_replica, "the scraped tasks of each of the three action replicas",
+                    timeout=30)
     return f"11 targets up, {ended} runs ended, action tasks per replica {per_replica}"
 
 
