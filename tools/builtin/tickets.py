@@ -7,7 +7,7 @@ import hashlib
 from pydantic import BaseModel, Field
 
 from switchyard.protocol.errors import ToolError
-from switchyard.tools.builtin.store import SupportStore
+from switchyard.tools.builtin.store import DIGITS_AS_LETTERS, SupportStore
 from switchyard.tools.contract import CallContext, Tool, tool
 
 
@@ -64,4 +64,4 @@ DRY_PREFIX = "DRY-"
 def dry_id(kind: str, ctx: CallContext) -> str:
     """The id a dry run answers with: never one the store would give (``DRY-…``)."""
     digest = hashlib.sha256(ctx.idempotency_key.encode() or ctx.task_id.encode()).hexdigest()[:10]
-    return f"{DRY_PREFIX}{kind}-{digest}"
+    return f"{DRY_PREFIX}{kind}-{digest.upper().translate(DIGITS_AS_LETTERS)}"  # as the store's
