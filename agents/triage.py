@@ -47,7 +47,7 @@ from sklearn.svm import LinearSVC
 
 from switchyard.agents import Agent, Scored, TaskContext
 from switchyard.agents.amounts import refund_amounts
-from switchyard.agents.pii import Finding, find_pii, redact
+from switchyard.agents.pii import find_pii, redact
 from switchyard.agents.rules import LEGAL, LEGAL_THREAT, SECURITY, data_lost, flags
 from switchyard.agents.text import plain_text
 
@@ -130,6 +130,7 @@ def models() -> tuple[Pipeline, Pipeline]:
 _ATTACHMENT = frozenset("attachment attachments anhang pièce jointe adjunto allegato bijlage anexo".split())
 _SEE = frozenset("see siehe voir ver vedi zie".split())
 _STRETCHED = re.compile(r"(\w)\1{2,}")  # "hellooo", "hiii"
+_REDACTED = re.compile(r"\[(?:email|phone|card|iban)\]")  # what pii.redact put in their place
 
 
 def informative(text: str) -> bool:
@@ -138,12 +139,6 @@ def informative(text: str) -> bool:
     if words & _SEE:
         words -= _ATTACHMENT
     return any(w not in _EMPTY for w in words)
-
-
-def _without(text: str, pii: list[Finding]) -> str:
-    for f in sorted(pii, key=lambda f: f.start, reverse=True):
-        text = text[:f.start] + " " + text[f.end:]
-    return text
 
 
 def classify(raw: str, sender: str | None = None) -> tuple[Triage, float]:
@@ -168,7 +163,7 @@ def classify(raw: str, sender: str | None = None) -> tuple[Triage, float]:
         severity = "high"
     if found:  # the rule is sure of one thing: a person handles it (the workflow routes it)
         confidence = max(confidence, RULE_CONFIDENCE)
-    if not informative(_without(text, pii)):  # an address or a number is not something to go on
+    if not informative(_REDACTED.sub(" ", read)):  # an address or a number is nothing to go on
         confidence = min(confidence, LOW_INFORMATION_CONFIDENCE)
     sensitive = intent in SENSITIVE_INTENTS or bool(pii) or bool(found)
     result = Triage(

@@ -112,13 +112,13 @@ def eval_cmd(
             raise typer.Exit(_PROBLEM)
     for case in cases:  # a field names a step of the case's workflow, or the run's outcome
         flow = loaded.get(case.workflow or name)
-        steps = {s.name for s in flow.steps} | {"outcome"} if flow is not None else None
-        wrong = sorted(f for f in case.expect.fields if steps is not None
-                       and f.split(".", 1)[0] not in steps)
+        if flow is None:  # --connect: the running stack's workflow, not known here
+            continue
+        steps = {s.name for s in flow.steps} | {"outcome"}
+        wrong = sorted(f for f in case.expect.fields if f.split(".", 1)[0] not in steps)
         if wrong:
             err.print(f"[red]case {escape(case.id)}: {escape(wrong[0])} names no step of "
-                      f"{escape(case.workflow or name)} (its steps: "
-                      f"{escape(', '.join(sorted(steps or ())))})[/]")
+                      f"{escape(flow.name)} (its steps: {escape(', '.join(sorted(steps)))})[/]")
             raise typer.Exit(_PROBLEM)
     done: list[int] = []
 
